@@ -1,0 +1,31 @@
+"""mixviz: see the trade-off of mixed-precision quantization, layer by layer.
+
+The library (no Streamlit here): models, layer inventory, schemes and bit accounting, text.
+"""
+
+from mixviz.errors import MixvizError
+from mixviz.inventory import Layer, block_linears, inventory
+from mixviz.models import ModelRef, load_model, meta_model, resolve_model
+from mixviz.schemes import SCHEMES, Scheme, average_bits, get_scheme, layer_bits, parse_options
+from mixviz.text import Corpus, calibration_text, evaluation_text, load_user_text
+
+__all__ = [
+    "SCHEMES",
+    "Corpus",
+    "Layer",
+    "MixvizError",
+    "ModelRef",
+    "Scheme",
+    "average_bits",
+    "block_linears",
+    "calibration_text",
+    "evaluation_text",
+    "get_scheme",
+    "inventory",
+    "layer_bits",
+    "load_model",
+    "load_user_text",
+    "meta_model",
+    "parse_options",
+    "resolve_model",
+]

@@ -1,0 +1,50 @@
+"""Where mixviz keeps its caches, and how it writes them (atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Root of every cache: ``$MIXVIZ_CACHE`` or ``<repo>/cache``."""
+    return Path(os.environ.get("MIXVIZ_CACHE") or REPO_ROOT / "cache")
+
+
+def models_dir() -> Path:
+    """Converted models and downloaded wheels: ``$MIXVIZ_MODELS`` or ``<cache>/models``.
+
+    Separate from :func:`cache_dir` so tests can isolate every other cache in a temporary
+    folder while reusing the (expensive) converted demo model.
+    """
+    return Path(os.environ.get("MIXVIZ_MODELS") or cache_dir() / "models")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
+
+    A reader never sees a half-written file, and a crash leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """``atomic_write_bytes`` of ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

@@ -1,0 +1,127 @@
+"""Real English text for calibration and evaluation: Python's own ``pydoc_data.topics``.
+
+The bundled text is split by topic into two disjoint parts, deterministically: every fourth
+topic (sorted by name, starting at the second) is *evaluation*, the rest *calibration*. Some
+topics quote others, so every paragraph that also appears in an evaluation topic is removed from
+the calibration part. Users may bring their own text as a ``.txt`` file or a ``.jsonl`` file with
+a ``text`` field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from mixviz.errors import MixvizError
+
+BUNDLED = "pydoc"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A named text and its hash (the hash keys every cache that used it)."""
+
+    source: str
+    text: str
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:  # the text is long; keep reprs readable
+        return f"Corpus(source={self.source!r}, chars={len(self.text)}, hash={self.hash})"
+
+
+@cache
+def _pydoc_split() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    evaluation = tuple(topics[n] for i, n in enumerate(names) if i % 4 == 1)
+    seen = {p.strip() for doc in evaluation for p in _paragraphs(doc)}
+    calibration = tuple(
+        "\n\n".join(p for p in _paragraphs(topics[n]) if p.strip() not in seen)
+        for i, n in enumerate(names)
+        if i % 4 != 1
+    )
+    return calibration, evaluation
+
+
+def _paragraphs(doc: str) -> list[str]:
+    return [p for p in doc.split("\n\n") if p.strip()]
+
+
+def calibration_text(source: str | Path = BUNDLED) -> Corpus:
+    """The calibration part of the bundled text, or the user's own file.
+
+    >>> calibration_text().source
+    'pydoc'
+    """
+    if str(source) == BUNDLED:
+        return Corpus(BUNDLED, "\n\n".join(_pydoc_split()[0]))
+    return load_user_text(source)
+
+
+def evaluation_text() -> Corpus:
+    """The evaluation part of the bundled text: never used for calibration."""
+    return Corpus(f"{BUNDLED}:eval", "\n\n".join(_pydoc_split()[1]))
+
+
+def evaluation_documents() -> tuple[str, ...]:
+    """The evaluation part as separate documents (one per pydoc topic)."""
+    return _pydoc_split()[1]
+
+
+def load_user_text(path: str | Path) -> Corpus:
+    """Read a ``.txt`` file, or the ``text`` fields of a ``.jsonl`` file, with precise errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise MixvizError(f"text file not found: {p} (give 'pydoc' or a .txt / .jsonl file)")
+    if p.suffix not in (".txt", ".jsonl"):
+        raise MixvizError(
+            f"unsupported text file {p.name}: use .txt, or .jsonl with a 'text' field"
+        )
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MixvizError(f"{p.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if p.suffix == ".jsonl":
+        parts = []
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MixvizError(f"{p.name} line {lineno}: not JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise MixvizError(f"{p.name} line {lineno}: no string 'text' field")
+            parts.append(rec["text"])
+        raw = "\n\n".join(parts)
+    if not raw.strip():
+        raise MixvizError(f"{p.name} holds no text")
+    return Corpus(str(p), raw)
+
+
+def token_windows(tokenizer, corpus: Corpus, nsamples: int, seqlen: int):
+    """``nsamples`` contiguous, non-overlapping windows of ``seqlen`` tokens, as a LongTensor.
+
+    Raises a clear error when the text is too short (auto-round would ``sys.exit`` instead).
+    """
+    import torch
+
+    if nsamples < 1 or seqlen < 2:
+        raise MixvizError(f"need nsamples >= 1 and seqlen >= 2 (got {nsamples}, {seqlen})")
+    ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
+    have = len(ids) // seqlen
+    if have < nsamples:
+        raise MixvizError(
+            f"calibration text {corpus.source!r} has {len(ids)} tokens: "
+            f"{have} windows of {seqlen}, but {nsamples} are needed; "
+            "give more text, fewer samples or a shorter seqlen"
+        )
+    t = torch.tensor(ids[: nsamples * seqlen], dtype=torch.long)
+    return t.view(nsamples, seqlen)

@@ -1,0 +1,31 @@
+"""Model page: what can be quantized, and what each format costs in bits."""
+
+import streamlit as st
+
+import ui
+from mixviz import MixvizError
+
+choice = ui.sidebar()
+st.title("Model")
+
+try:
+    with st.spinner(f"Loading {choice['model']} (the demo model is fetched and converted once)"):
+        report = ui.model_report(choice["model"], choice["trust_remote_code"])
+except MixvizError as e:
+    st.error(str(e))
+    st.stop()
+
+st.caption(report["note"])
+layers = ui.layers_frame(report)
+blocks = layers[layers["block"].notna()]
+c1, c2, c3 = st.columns(3)
+c1.metric("Linear layers in blocks", len(blocks))
+c2.metric("Blocks", int(blocks["block"].max()) + 1)
+c3.metric("Parameters in block linears", f"{blocks['numel'].sum() / 1e6:.1f} M")
+
+st.subheader("Bits per format")
+st.caption("Parameter-weighted average over the block linears, counted as auto-round counts them.")
+st.dataframe(ui.schemes_frame(report), hide_index=True, key="model_schemes")
+
+st.subheader("Layer inventory")
+st.dataframe(layers, hide_index=True, key="model_layers")
