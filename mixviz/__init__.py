@@ -6,6 +6,7 @@ The library (no Streamlit here): models, layer inventory, schemes and bit accoun
 from mixviz.errors import MixvizError
 from mixviz.inventory import Layer, block_linears, inventory
 from mixviz.models import ModelRef, load_model, meta_model, resolve_model
+from mixviz.profile import Profile, profile_model
 from mixviz.schemes import SCHEMES, Scheme, average_bits, get_scheme, layer_bits, parse_options
 from mixviz.text import Corpus, calibration_text, evaluation_text, load_user_text
 
@@ -15,6 +16,7 @@ __all__ = [
     "Layer",
     "MixvizError",
     "ModelRef",
+    "Profile",
     "Scheme",
     "average_bits",
     "block_linears",
@@ -27,5 +29,6 @@ __all__ = [
     "load_user_text",
     "meta_model",
     "parse_options",
+    "profile_model",
     "resolve_model",
 ]

@@ -70,6 +70,73 @@ def _info_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ profile
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, driven by the library's progress callback."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int, msg: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.bar.set_description(msg[:40])
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= total:
+            self.bar.close()
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from mixviz.profile import profile_model
+
+    if args.from_autoscheme:
+        from mixviz.autoscheme import import_autoscheme
+
+        model = args.model_opt or args.model
+        if not model:
+            raise MixvizError("--from-autoscheme needs --model MODEL (the model it scored)")
+        prof = import_autoscheme(args.from_autoscheme, model)
+    else:
+        if not args.model:
+            raise MixvizError("give a MODEL to profile (demo, tiny, a folder or a hub id)")
+        prof = profile_model(
+            args.model,
+            options=args.options,
+            metric=args.metric,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            calib=args.calib,
+            use_cache=not args.no_cache,
+            layers=args.layers,
+            include_lm_head=args.include_lm_head,
+            allow_partial=args.allow_partial,
+            trust_remote_code=args.trust_remote_code,
+            progress=_Bar(),
+        )
+    _emit(prof.to_dict(), args.json, _profile_text, args.out)
+
+
+def _profile_text(doc: dict) -> str:
+    c = doc["calib"]
+    lines = [
+        f"{doc['metric']} profile of {doc['model']}: {len(doc['layers'])} layers × "
+        f"{', '.join(doc['options'])}; calib {c['source']} {c['nsamples']}×{c['seqlen']}; "
+        f"{doc['seconds']:.1f} s"
+    ]
+    for opt in doc["options"]:
+        rows = [r for r in doc["rows"] if r["option"] == opt and r["score"] is not None]
+        rows.sort(key=lambda r: -r["score"])
+        total = sum(r["score"] for r in rows)
+        lines.append(f"\n{opt}: total score {total:.4g}; most sensitive:")
+        lines += [f"  {r['layer']:48} {r['score']:.4g}" for r in rows[:5]]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -86,6 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow the model's own Python code (off by default)",
     )
     info.set_defaults(func=cmd_info)
+
+    from mixviz.profile import DEFAULT_METRIC, METRIC_NAMES
+
+    prof = sub.add_parser("profile", help="per-layer sensitivity to each option (cached)")
+    prof.add_argument("model", nargs="?", help="demo | tiny | local HF folder | hub id")
+    prof.add_argument("--options", default="MXFP4,MXFP8", help="comma-separated options")
+    prof.add_argument("--metric", default=DEFAULT_METRIC, choices=METRIC_NAMES)
+    prof.add_argument("--nsamples", type=int, default=16)
+    prof.add_argument("--seqlen", type=int, default=256)
+    prof.add_argument("--calib", default="pydoc", help="pydoc | a .txt or .jsonl file")
+    prof.add_argument("--layers", help="regex: score only matching layers (e.g. for kl)")
+    prof.add_argument("--include-lm-head", action="store_true", help="score lm_head too")
+    prof.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="keep options whose group size does not divide some layers",
+    )
+    prof.add_argument("--no-cache", action="store_true", help="recompute, do not store")
+    prof.add_argument(
+        "--from-autoscheme",
+        metavar="DIR",
+        help="import AutoScheme's score cache folder instead of profiling",
+    )
+    prof.add_argument("--model", dest="model_opt", help="the model (with --from-autoscheme)")
+    prof.add_argument("--json", action="store_true")
+    prof.add_argument("--out", help="also write the profile JSON to this file")
+    prof.add_argument("--trust-remote-code", action="store_true")
+    prof.set_defaults(func=cmd_profile)
     return p
 
 

@@ -22,10 +22,15 @@ BUNDLED = "pydoc"
 
 @dataclass(frozen=True)
 class Corpus:
-    """A named text and its hash (the hash keys every cache that used it)."""
+    """A named text and its hash (the hash keys every cache that used it).
+
+    ``records`` holds the separate texts of a ``.jsonl`` file: each is one calibration sample,
+    as auto-round treats them.
+    """
 
     source: str
     text: str
+    records: tuple[str, ...] = ()
 
     @property
     def hash(self) -> str:
@@ -100,22 +105,39 @@ def load_user_text(path: str | Path) -> Corpus:
             if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
                 raise MixvizError(f"{p.name} line {lineno}: no string 'text' field")
             parts.append(rec["text"])
-        raw = "\n\n".join(parts)
+        if not any(t.strip() for t in parts):
+            raise MixvizError(f"{p.name} holds no text")
+        return Corpus(str(p), "\n\n".join(parts), tuple(parts))
     if not raw.strip():
         raise MixvizError(f"{p.name} holds no text")
     return Corpus(str(p), raw)
 
 
 def token_windows(tokenizer, corpus: Corpus, nsamples: int, seqlen: int):
-    """``nsamples`` contiguous, non-overlapping windows of ``seqlen`` tokens, as a LongTensor.
+    """``nsamples`` windows of ``seqlen`` tokens, as a LongTensor ``[nsamples, seqlen]``.
 
-    Raises a clear error when the text is too short (auto-round would ``sys.exit`` instead).
+    Plain text gives contiguous, non-overlapping windows. A ``.jsonl`` corpus gives one window
+    per record, as auto-round does: records shorter than ``seqlen`` are skipped, longer ones
+    truncated. Raises a clear error when the text is too short (auto-round would
+    ``sys.exit`` instead).
     """
     import torch
 
     if nsamples < 1 or seqlen < 2:
         raise MixvizError(f"need nsamples >= 1 and seqlen >= 2 (got {nsamples}, {seqlen})")
-    ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
+    if corpus.records:
+        rows = []
+        for rec in corpus.records:
+            ids = tokenizer(rec, add_special_tokens=False, verbose=False)["input_ids"]
+            if len(ids) >= seqlen:
+                rows.append(ids[:seqlen])
+            if len(rows) == nsamples:
+                return torch.tensor(rows, dtype=torch.long)
+        raise MixvizError(
+            f"calibration file {corpus.source!r} has {len(rows)} records of at least {seqlen} "
+            f"tokens, but {nsamples} are needed; give more text, fewer samples or a shorter seqlen"
+        )
+    ids = tokenizer(corpus.text, add_special_tokens=False, verbose=False)["input_ids"]
     have = len(ids) // seqlen
     if have < nsamples:
         raise MixvizError(

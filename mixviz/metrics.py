@@ -1,0 +1,430 @@
+"""The four sensitivity metrics: each scores every (layer, option) pair on calibration tokens.
+
+Every metric takes the same inputs — the loaded model, the candidate layers, the schemes, and
+the calibration token windows — and returns ``{(layer name, option name): score}``, where a
+higher score means the layer is hurt more by that format. Weights and activations are
+quantize-dequantized with auto-round's own quantizers (:mod:`mixviz.quantizers`).
+
+- ``delta_loss``: AutoScheme's score. Per option, all layers at that option; per batch,
+  ``Σ|∂L/∂Q(W) ⊙ (W − Q(W))|`` plus ``Σ|∂L/∂Q(x) ⊙ (x − Q(x))|`` when activations are quantized.
+- ``fisher``: one backward pass at the unquantized model shared by all options; per sample
+  ``½ Σ (∂L/∂W ⊙ ΔW)²`` (+ the same for activations).
+- ``hessian``: no backward; block by block, ``tr(ΔW H ΔWᵀ)`` with ``H = XᵀX`` (for formats that
+  quantize activations, the exact output error ``‖XWᵀ − Q(X)Q(W)ᵀ‖²``).
+- ``kl``: ground truth; one layer at a time, the KL divergence of the next-token distribution
+  from the unquantized model's, averaged over tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mixviz.errors import MixvizError
+from mixviz.inventory import Layer
+from mixviz.quantizers import LayerQuantizer
+from mixviz.schemes import Scheme
+
+Scores = dict[tuple[str, str], float]
+Step = Callable[[str], None]  # called once per (block or batch, option) unit of work
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (input capture)."""
+
+
+def _modules(model) -> dict[str, torch.nn.Module]:
+    return dict(model.named_modules())
+
+
+def _freeze(model) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _untie_if_needed(model, layers: list[Layer]) -> None:
+    """Quantizing a tied lm_head in place would quantize the embedding too: untie it first."""
+    if any(x.kind == "lm_head" for x in layers):
+        head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and emb is not None and head.weight is emb.weight:
+            head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+
+
+def _embeddings_require_grad(model):
+    """Make the embedding output a graph leaf so every linear input gets a gradient."""
+    return model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: out.requires_grad_(True)
+    )
+
+
+# --------------------------------------------------------------------------- delta_loss
+
+
+def delta_loss(
+    model,
+    layers: list[Layer],
+    schemes: list[Scheme],
+    ids: torch.Tensor,
+    step: Step,
+    batch_size: int = 8,
+) -> Scores:
+    """AutoScheme's per-layer score, option by option (all layers at that option)."""
+    _freeze(model)
+    _untie_if_needed(model, layers)
+    mods = _modules(model)
+    scores: Scores = {}
+    for scheme in schemes:
+        acc = {x.name: 0.0 for x in layers}
+        originals, handles = {}, [_embeddings_require_grad(model)]
+        try:
+            for x in layers:
+                lin = mods[x.name]
+                q = LayerQuantizer(lin, scheme)
+                originals[x.name] = lin.weight.data
+                lin.weight.data = q.weight()
+                if scheme.bits < 16:
+                    lin.weight.requires_grad_(True)
+                    handles.append(
+                        lin.weight.register_post_accumulate_grad_hook(
+                            _weight_abs_hook(acc, x.name, originals[x.name])
+                        )
+                    )
+                if q.act is not None:
+                    handles.append(lin.register_forward_pre_hook(_act_abs_hook(acc, x.name, q.act)))
+            for batch in ids.split(batch_size):
+                out = model(input_ids=batch, labels=batch, use_cache=False)
+                out.loss.backward()
+                step(f"delta_loss {scheme.name}")
+        finally:
+            for h in handles:
+                h.remove()
+            for x in layers:
+                lin = mods[x.name]
+                lin.weight.requires_grad_(False)
+                lin.weight.grad = None
+                if x.name in originals:
+                    lin.weight.data = originals[x.name]
+        scores.update({(n, scheme.name): v for n, v in acc.items()})
+    return scores
+
+
+def _weight_abs_hook(acc: dict, name: str, original: torch.Tensor):
+    def hook(p: torch.Tensor) -> None:
+        acc[name] += (p.grad * (original - p.detach())).abs().sum().item()
+        p.grad = None
+
+    return hook
+
+
+def _act_abs_hook(acc: dict, name: str, qdq):
+    def hook(mod, args):
+        x = args[0]
+        qx = qdq(x)
+        if torch.is_grad_enabled() and qx.requires_grad:
+            diff = (x - qx).detach()
+            qx.register_hook(
+                lambda g: acc.__setitem__(name, acc[name] + (g * diff).abs().sum().item())
+            )
+        return (qx, *args[1:])
+
+    return hook
+
+
+# --------------------------------------------------------------------------- fisher
+
+
+def fisher(
+    model,
+    layers: list[Layer],
+    schemes: list[Scheme],
+    ids: torch.Tensor,
+    step: Step,
+    batch_size: int = 1,
+) -> Scores:
+    """Diagonal empirical Fisher at the unquantized model, one backward shared by all options."""
+    _freeze(model)
+    _untie_if_needed(model, layers)
+    mods = _modules(model)
+    quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
+    act_schemes = [s for s in schemes if s.act_bits <= 8]
+    grad_sq = {x.name: torch.zeros_like(mods[x.name].weight) for x in layers}
+    act = {(x.name, s.name): 0.0 for x in layers for s in act_schemes}
+    handles = [_embeddings_require_grad(model)]
+    try:
+        for x in layers:
+            w = mods[x.name].weight
+            w.requires_grad_(True)
+            handles.append(w.register_post_accumulate_grad_hook(_square_hook(grad_sq[x.name])))
+            if act_schemes:
+                qs = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
+                handles.append(
+                    mods[x.name].register_forward_pre_hook(_act_sq_hook(act, x.name, qs))
+                )
+        for batch in ids.split(batch_size):
+            out = model(input_ids=batch, labels=batch, use_cache=False)
+            out.loss.backward()
+            step("fisher backward")
+    finally:
+        for h in handles:
+            h.remove()
+        for x in layers:
+            mods[x.name].weight.requires_grad_(False)
+            mods[x.name].weight.grad = None
+    scores: Scores = {}
+    with torch.no_grad():
+        for x in layers:
+            w = mods[x.name].weight
+            for s in schemes:
+                dw = w - quant[(x.name, s.name)].weight()
+                total = (grad_sq[x.name] * dw * dw).sum().item() + act.get((x.name, s.name), 0.0)
+                scores[(x.name, s.name)] = 0.5 * total
+            del grad_sq[x.name]
+    return scores
+
+
+def _square_hook(acc: torch.Tensor):
+    def hook(p: torch.Tensor) -> None:
+        acc.add_(p.grad * p.grad)
+        p.grad = None
+
+    return hook
+
+
+def _act_sq_hook(acc: dict, name: str, qdqs: dict):
+    def hook(mod, args):
+        x = args[0]
+        if torch.is_grad_enabled() and x.requires_grad:
+
+            def on_grad(g):
+                with torch.no_grad():
+                    for sname, qdq in qdqs.items():
+                        d = x.detach() - qdq(x.detach())
+                        acc[(name, sname)] += (g * d).pow(2).sum().item()
+
+            x.register_hook(on_grad)
+
+    return hook
+
+
+# --------------------------------------------------------------------------- streaming helpers
+
+
+def _decoder_parts(model):
+    """(blocks ModuleList, final norm or None) of a decoder-only transformers model."""
+    from mixviz.inventory import _block_list_name
+
+    name = _block_list_name(model)
+    if name is None:
+        raise MixvizError("cannot find the transformer blocks of this model")
+    blocks = _modules(model)[name]
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    norm = None
+    for attr in ("norm", "final_layernorm", "ln_f"):
+        norm = getattr(decoder, attr, None) if decoder is not None else None
+        if norm is not None:
+            break
+    return blocks, norm
+
+
+def _capture_block_inputs(model, blocks, ids: torch.Tensor, batch_size: int):
+    """Run the model up to block 0 and keep, per batch, its hidden states and keyword args."""
+    captured = []
+
+    def grab(mod, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        captured.append((hidden.detach(), kw))
+        raise _Stop
+
+    h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in ids.split(batch_size):
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+    return captured
+
+
+def _run_block(block, hidden: torch.Tensor, kw: dict) -> torch.Tensor:
+    out = block(hidden, **kw)
+    return out[0] if isinstance(out, tuple) else out
+
+
+# --------------------------------------------------------------------------- hessian
+
+
+def hessian(
+    model,
+    layers: list[Layer],
+    schemes: list[Scheme],
+    ids: torch.Tensor,
+    step: Step,
+    batch_size: int = 4,
+) -> Scores:
+    """Layer-output error ``tr(ΔW H ΔWᵀ)``, streamed block by block with no backward."""
+    _freeze(model)
+    blocks, norm = _decoder_parts(model)
+    mods = _modules(model)
+    by_block: dict[int | None, list[Layer]] = {}
+    for x in layers:
+        by_block.setdefault(x.block, []).append(x)
+    scores: Scores = {}
+    with torch.no_grad():
+        states = _capture_block_inputs(model, blocks, ids, batch_size)
+        for b, block in enumerate(blocks):
+            todo = by_block.get(b, [])
+            hooks, stats = _hessian_hooks(mods, todo, schemes)
+            try:
+                states = [(_run_block(block, h, kw), kw) for h, kw in states]
+            finally:
+                for hk in hooks:
+                    hk.remove()
+            scores.update(_hessian_scores(mods, todo, schemes, stats))
+            step(f"hessian block {b}")
+        head = [x for x in by_block.get(None, []) if x.kind == "lm_head"]
+        if head:
+            if norm is None:
+                raise MixvizError("cannot find the final norm before lm_head for this model")
+            hooks, stats = _hessian_hooks(mods, head, schemes)
+            try:
+                for h, _ in states:
+                    mods[head[0].name](norm(h))
+            finally:
+                for hk in hooks:
+                    hk.remove()
+            scores.update(_hessian_scores(mods, head, schemes, stats))
+            step("hessian lm_head")
+    return scores
+
+
+def _hessian_hooks(mods, todo: list[Layer], schemes: list[Scheme]):
+    stats: dict = {"H": {}, "out": {}}
+    act_schemes = [s for s in schemes if s.act_bits <= 8]
+    quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in todo for s in act_schemes}
+    qw = {k: q.weight() for k, q in quant.items()}
+    hooks = []
+    for x in todo:
+        lin = mods[x.name]
+
+        def hook(mod, args, out, name=x.name):
+            inp = args[0].reshape(-1, args[0].shape[-1]).float()
+            stats["H"][name] = stats["H"].get(name, 0) + inp.T @ inp
+            for s in act_schemes:
+                q = quant[(name, s.name)]
+                y = inp @ mod.weight.float().T
+                yq = q.act(inp) @ qw[(name, s.name)].float().T
+                key = (name, s.name)
+                stats["out"][key] = stats["out"].get(key, 0.0) + (y - yq).pow(2).sum().item()
+
+        hooks.append(lin.register_forward_hook(hook))
+    return hooks, stats
+
+
+def _hessian_scores(mods, todo: list[Layer], schemes: list[Scheme], stats: dict) -> Scores:
+    scores: Scores = {}
+    for x in todo:
+        w = mods[x.name].weight
+        H = stats["H"].pop(x.name, None)
+        for s in schemes:
+            if H is None:  # the layer never ran on these tokens (an unrouted expert, say)
+                scores[(x.name, s.name)] = 0.0
+                continue
+            if (x.name, s.name) in stats["out"]:
+                scores[(x.name, s.name)] = stats["out"][(x.name, s.name)]
+                continue
+            dw = (w - LayerQuantizer(mods[x.name], s).weight()).float()
+            scores[(x.name, s.name)] = ((dw @ H) * dw).sum().item()
+    return scores
+
+
+# --------------------------------------------------------------------------- kl
+
+
+def kl(
+    model,
+    layers: list[Layer],
+    schemes: list[Scheme],
+    ids: torch.Tensor,
+    step: Step,
+    batch_size: int = 4,
+) -> Scores:
+    """KL(unquantized ‖ one layer quantized) of next-token distributions, mean over tokens.
+
+    Keeps every block's input for the calibration tokens and the reference log-probabilities,
+    so each (layer, option) costs one forward from that layer's block to the end.
+    """
+    _freeze(model)
+    _untie_if_needed(model, layers)
+    blocks, norm = _decoder_parts(model)
+    if norm is None:
+        raise MixvizError("cannot find the final norm before lm_head for this model")
+    head = model.get_output_embeddings()
+    mods = _modules(model)
+    scores: Scores = {}
+    with torch.no_grad():
+        states = _capture_block_inputs(model, blocks, ids, batch_size)
+        inputs = [[h for h, _ in states]]
+        kws = [kw for _, kw in states]
+        for block in blocks:
+            inputs.append([_run_block(block, h, kw) for h, kw in zip(inputs[-1], kws, strict=True)])
+        ref = [torch.log_softmax(head(norm(h)).double(), -1) for h in inputs[-1]]
+        n_tokens = ids.numel()
+        for x in layers:
+            start = x.block if x.block is not None else len(blocks)
+            lin = mods[x.name]
+            for s in schemes:
+                if s.bits >= 16:
+                    scores[(x.name, s.name)] = 0.0
+                    continue
+                q = LayerQuantizer(lin, s)
+                original = lin.weight.data
+                lin.weight.data = q.weight()
+                hk = (
+                    lin.register_forward_pre_hook(
+                        lambda mod, args, qa=q.act: (qa(args[0]), *args[1:])
+                    )
+                    if q.act
+                    else None
+                )
+                try:
+                    total = 0.0
+                    for i, kw in enumerate(kws):
+                        h = inputs[start][i]
+                        for block in blocks[start:]:
+                            h = _run_block(block, h, kw)
+                        logq = torch.log_softmax(head(norm(h)).double(), -1)
+                        p = ref[i].exp()
+                        total += (p * (ref[i] - logq)).sum().item()
+                finally:
+                    lin.weight.data = original
+                    if hk is not None:
+                        hk.remove()
+                scores[(x.name, s.name)] = max(total / n_tokens, 0.0)
+                step(f"kl {x.name} {s.name}")
+    return scores
+
+
+METRICS: dict[str, Callable[..., Scores]] = {
+    "delta_loss": delta_loss,
+    "fisher": fisher,
+    "hessian": hessian,
+    "kl": kl,
+}
+
+
+def work_units(
+    metric: str, layers: list[Layer], schemes: list[Scheme], nbatches: int, nblocks: int
+) -> int:
+    """How many ``step`` calls a metric makes (for a progress bar)."""
+    if metric == "delta_loss":
+        return len(schemes) * nbatches
+    if metric == "fisher":
+        return nbatches
+    if metric == "hessian":
+        return nblocks + any(x.kind == "lm_head" for x in layers)
+    return len(layers) * sum(s.bits < 16 for s in schemes)

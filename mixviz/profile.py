@@ -1,0 +1,362 @@
+"""Profiles: per-layer, per-option sensitivity scores, computed once and cached.
+
+>>> p = profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=4, seqlen=64)
+>>> down = "model.layers.0.mlp.down_proj"
+>>> p.score(down, "MXFP4") > p.score(down, "MXFP8")
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixviz.errors import MixvizError
+from mixviz.inventory import Layer
+from mixviz.paths import atomic_write_json, cache_dir
+from mixviz.schemes import Scheme, get_scheme, layer_bits, parse_options
+
+FORMAT = "mixviz.profile"
+VERSION = 1
+METRIC_NAMES = ("hessian", "fisher", "delta_loss", "kl")
+DEFAULT_METRIC = "hessian"
+
+# progress(done, total, message); return value ignored
+ProgressFn = Callable[[int, int, str], None]
+
+
+class Cancelled(MixvizError):
+    """Profiling was cancelled by the caller."""
+
+
+@dataclass(frozen=True)
+class Calib:
+    source: str
+    hash: str
+    nsamples: int
+    seqlen: int
+
+
+@dataclass(frozen=True)
+class Row:
+    layer: str
+    option: str
+    bits: int
+    bits_no_scale: int
+    score: float | None  # None: the option is unavailable for this layer
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Scores of every candidate layer under every option, and how they were obtained."""
+
+    model: str
+    model_hash: str
+    metric: str
+    options: tuple[str, ...]
+    calib: Calib
+    seconds: float
+    layers: tuple[Layer, ...]
+    rows: tuple[Row, ...]
+    versions: dict = field(default_factory=dict, compare=False, hash=False)
+    subset: str | None = None
+
+    # ---------------------------------------------------------------- queries
+
+    def score(self, layer: str, option: str) -> float | None:
+        return self._index()[(layer, option)].score
+
+    def row(self, layer: str, option: str) -> Row:
+        return self._index()[(layer, option)]
+
+    def _index(self) -> dict[tuple[str, str], Row]:
+        cached = self.__dict__.get("_idx")
+        if cached is None:
+            cached = {(r.layer, r.option): r for r in self.rows}
+            object.__setattr__(self, "_idx", cached)
+        return cached
+
+    @property
+    def key(self) -> str:
+        """A short digest of everything that produced the scores."""
+        return profile_key(
+            self.model_hash,
+            self.metric,
+            self.options,
+            self.calib,
+            self.subset,
+            any(x.kind == "lm_head" for x in self.layers),
+        )
+
+    # ---------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model,
+            "model_hash": self.model_hash,
+            "metric": self.metric,
+            "options": list(self.options),
+            "calib": vars(self.calib).copy(),
+            "seconds": self.seconds,
+            "versions": self.versions,
+            "subset": self.subset,
+            "layers": [
+                {
+                    k: x.to_dict()[k]
+                    for k in (
+                        "name",
+                        "block",
+                        "kind",
+                        "numel",
+                        "group",
+                        "in_features",
+                        "out_features",
+                    )
+                }
+                for x in self.layers
+            ],
+            "rows": [vars(r).copy() for r in self.rows],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise MixvizError('not a mixviz profile (missing "format": "mixviz.profile")')
+        if d.get("version") != VERSION:
+            raise MixvizError(
+                f"unsupported profile version {d.get('version')!r} "
+                f"(this mixviz reads version {VERSION})"
+            )
+        try:
+            options = tuple(get_scheme(o).name for o in d["options"])
+            layers = tuple(Layer.from_dict(x) for x in d["layers"])
+            rows = tuple(
+                Row(
+                    r["layer"],
+                    get_scheme(r["option"]).name,
+                    int(r["bits"]),
+                    int(r["bits_no_scale"]),
+                    None if r["score"] is None else float(r["score"]),
+                )
+                for r in d["rows"]
+            )
+            calib = Calib(**d["calib"])
+            prof = cls(
+                d["model"],
+                d["model_hash"],
+                d["metric"],
+                options,
+                calib,
+                float(d["seconds"]),
+                layers,
+                rows,
+                d.get("versions", {}),
+                d.get("subset"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MixvizError(f"malformed profile: {type(e).__name__}: {e}") from None
+        names = {x.name for x in layers}
+        if any(r.layer not in names or r.option not in options for r in rows):
+            raise MixvizError("malformed profile: a row names a layer or option not listed")
+        return prof
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise MixvizError(f"profile file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MixvizError(f"cannot read profile {path}: {e}") from None
+        return cls.from_dict(d)
+
+
+def profile_key(
+    model_hash: str, metric: str, options, calib: Calib, subset: str | None, include_lm_head: bool
+) -> str:
+    doc = {
+        "model": model_hash,
+        "metric": metric,
+        "options": sorted(options),
+        "calib": vars(calib),
+        "subset": subset,
+        "lm_head": include_lm_head,
+        "profile_version": VERSION,
+        "versions": _versions(),
+        "algo": _ALGO_VERSION,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ALGO_VERSION = 1  # bump when a metric's computation changes
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    out = {}
+    for pkg in ("torch", "transformers", "auto-round"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:
+            out[pkg] = "unknown"
+    return out
+
+
+def profiles_dir() -> Path:
+    return cache_dir() / "profiles"
+
+
+def _safe(name: str) -> str:
+    """A model name as a file-name fragment: ``Qwen/Qwen3-8B`` → ``Qwen_Qwen3-8B``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "model"
+
+
+def profile_model(
+    model: str,
+    *,
+    options: str | list[str] = "MXFP4,MXFP8",
+    metric: str = DEFAULT_METRIC,
+    nsamples: int = 16,
+    seqlen: int = 256,
+    calib: str = "pydoc",
+    use_cache: bool = True,
+    layers: str | None = None,
+    include_lm_head: bool = False,
+    allow_partial: bool = False,
+    trust_remote_code: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Profile:
+    """Score every candidate layer of ``model`` under each option with ``metric``.
+
+    ``layers`` is a regex restricting the scored layers (useful for the costly ``kl``).
+    An option whose group size does not divide some layer is an error, unless
+    ``allow_partial``: those rows then carry ``score: None`` and the allocator avoids them.
+    Cached under ``cache/profiles/``; a second identical call returns at once.
+    """
+    from mixviz.inventory import block_linears, inventory
+    from mixviz.models import meta_model, resolve_model
+    from mixviz.text import calibration_text
+
+    if metric not in METRIC_NAMES:
+        raise MixvizError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
+    if not (1 <= nsamples <= 4096 and 8 <= seqlen <= 32768):
+        raise MixvizError(
+            f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
+        )
+    schemes = parse_options(options)
+    ref = resolve_model(model, trust_remote_code=trust_remote_code)
+    corpus = calibration_text(calib)
+    all_layers = inventory(meta_model(ref))
+    cands = block_linears(all_layers)
+    if include_lm_head:
+        cands += [x for x in all_layers if x.kind == "lm_head"]
+    if layers:
+        try:
+            rx = re.compile(layers)
+        except re.error as e:
+            raise MixvizError(f"bad --layers regex {layers!r}: {e}") from None
+        cands = [x for x in cands if rx.search(x.name)]
+        if not cands:
+            raise MixvizError(f"--layers {layers!r} matches no candidate layer of {ref.name}")
+    if not cands:
+        raise MixvizError(f"model {ref.name!r} has no linear layers inside transformer blocks")
+    _check_available(cands, schemes, allow_partial)
+
+    cal = Calib(
+        corpus.source if corpus.source == "pydoc" else Path(corpus.source).name,
+        corpus.hash,
+        nsamples,
+        seqlen,
+    )
+    key = profile_key(ref.hash, metric, [s.name for s in schemes], cal, layers, include_lm_head)
+    path = profiles_dir() / f"{_safe(ref.name)}-{metric}-{key}.json"
+    if use_cache and path.is_file():
+        try:
+            return Profile.load(path)
+        except MixvizError:
+            pass  # corrupt or truncated cache file: recompute, never trust it
+
+    t0 = time.perf_counter()
+    scores = _compute(ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel)
+    rows = []
+    for x in cands:
+        for s in schemes:
+            ok = s.available_for(x.in_features)
+            rows.append(
+                Row(
+                    x.name,
+                    s.name,
+                    layer_bits(s, x.in_features, x.out_features),
+                    layer_bits(s, x.in_features, x.out_features, ignore_scale_bits=True),
+                    float(scores[(x.name, s.name)]) if ok else None,
+                )
+            )
+    prof = Profile(
+        ref.name,
+        ref.hash,
+        metric,
+        tuple(s.name for s in schemes),
+        cal,
+        round(time.perf_counter() - t0, 3),
+        tuple(cands),
+        tuple(rows),
+        _versions(),
+        layers,
+    )
+    if use_cache:
+        prof.save(path)
+    return prof
+
+
+def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: bool) -> None:
+    for s in schemes:
+        bad = [x for x in layers if not s.available_for(x.in_features)]
+        if len(bad) == len(layers) or (bad and not allow_partial):
+            alt = ", ".join(o for o in (f"W{s.bits}A16G64", f"W{s.bits}A16G32") if o != s.name)
+            raise MixvizError(
+                f"{s.name} (group {s.group_size}) is unavailable for {len(bad)} of "
+                f"{len(layers)} layers, e.g. {bad[0].name} (in_features {bad[0].in_features}); "
+                f"use {alt}" + ("" if len(bad) == len(layers) else ", or --allow-partial")
+            )
+
+
+def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, cancel):
+    import torch
+
+    from mixviz.metrics import METRICS, _decoder_parts, work_units
+    from mixviz.models import load_model
+    from mixviz.text import token_windows
+
+    model, tok = load_model(ref)
+    ids = token_windows(tok, corpus, nsamples, seqlen)
+    blocks, _ = _decoder_parts(model)
+    fn = METRICS[metric]
+    batch = {"delta_loss": 8, "fisher": 1, "hessian": 4, "kl": 4}[metric]
+    nbatches = -(-nsamples // batch)
+    total = work_units(metric, layers, schemes, nbatches, len(blocks))
+    done = 0
+
+    def step(msg: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total, msg)
+        if cancel and cancel():
+            raise Cancelled("profiling cancelled")
+
+    torch.manual_seed(0)
+    if progress:
+        progress(0, total, f"{metric} on {ref.name}: {nsamples}×{seqlen} tokens")
+    return fn(model, layers, schemes, ids, step, batch_size=batch)

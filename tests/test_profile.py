@@ -1,0 +1,243 @@
+"""Profiler: every metric on tiny, the Profile contract, the cache, agreement with AutoScheme."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixviz import MixvizError
+from mixviz.profile import Profile, profile_model, profiles_dir
+
+REPO = Path(__file__).resolve().parent.parent
+LADDER = "W2A16G32,W4A16G32,W8A16G32,BF16"
+
+
+def _spearman(a, b):
+    from scipy.stats import spearmanr
+
+    return spearmanr(a, b).statistic
+
+
+@pytest.fixture(scope="module")
+def ladders():
+    """Each metric on tiny with a ladder of int widths (plus MXFP4 for the act term)."""
+    return {
+        m: profile_model(
+            "tiny", options=LADDER + ",MXFP4", metric=m, nsamples=4, seqlen=64, use_cache=False
+        )
+        for m in ("hessian", "fisher", "delta_loss", "kl")
+    }
+
+
+@pytest.mark.parametrize("metric", ["hessian", "fisher", "delta_loss", "kl"])
+def test_metric_shapes_and_signs(ladders, metric):
+    p = ladders[metric]
+    assert p.metric == metric and len(p.layers) == 28
+    assert len(p.rows) == 28 * 5
+    assert all(r.score is not None and r.score >= 0 for r in p.rows)
+    for x in p.layers:
+        assert p.score(x.name, "BF16") == 0.0
+        assert p.score(x.name, "W2A16G32") > 0
+        assert p.row(x.name, "MXFP4").bits == x.numel * 4 + x.numel // 32 * 8
+        assert p.row(x.name, "MXFP4").bits_no_scale == x.numel * 4
+
+
+@pytest.mark.parametrize("metric", ["hessian", "kl"])
+def test_fewer_bits_never_score_lower(ladders, metric):
+    p = ladders[metric]
+    for x in p.layers:
+        w2, w4, w8 = (p.score(x.name, o) for o in ("W2A16G32", "W4A16G32", "W8A16G32"))
+        assert w2 >= w4 >= w8 >= 0, x.name
+
+
+def test_profile_json_contract_and_roundtrip(ladders, tmp_path):
+    p = ladders["hessian"]
+    d = p.to_dict()
+    assert d["format"] == "mixviz.profile" and d["version"] == 1
+    assert d["calib"] == {
+        "source": "pydoc",
+        "hash": d["calib"]["hash"],
+        "nsamples": 4,
+        "seqlen": 64,
+    }
+    assert d["layers"][0]["name"] == "model.layers.0.self_attn.q_proj"
+    assert set(d["rows"][0]) == {"layer", "option", "bits", "bits_no_scale", "score"}
+    assert {"torch", "transformers", "auto-round"} <= set(d["versions"])
+    p.save(tmp_path / "p.json")
+    assert Profile.load(tmp_path / "p.json") == p
+
+
+def test_cache_hit_miss_and_corrupt_file():
+    kw = dict(options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
+    first = profile_model("tiny", **kw)
+    files = list(profiles_dir().glob("tiny-hessian-*.json"))
+    assert files
+    again = profile_model("tiny", **kw)
+    assert again == first and again.seconds == pytest.approx(first.seconds, abs=1e-3)
+    other = profile_model("tiny", **{**kw, "nsamples": 3})
+    assert other.calib.nsamples == 3 and other.key != first.key
+    target = next(
+        f
+        for f in profiles_dir().glob("tiny-hessian-*.json")
+        if json.loads(f.read_text())["calib"]["nsamples"] == 2
+    )
+    target.write_text(target.read_text()[:200])  # truncated by a crash
+    healed = profile_model("tiny", **kw)
+    assert healed.rows == first.rows
+    assert json.loads(target.read_text())["format"] == "mixviz.profile"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"options": "MXFP4,FP5"}, "unknown option 'FP5'"),
+        ({"options": "W4A16,MXFP8"}, "W4A16 \\(group 128\\) is unavailable for 24 of 28 layers"),
+        ({"metric": "entropy"}, "unknown metric 'entropy'"),
+        ({"nsamples": 999, "seqlen": 2048}, "but 999 are needed"),
+        ({"layers": "no_such_layer"}, "matches no candidate layer"),
+    ],
+)
+def test_bad_input_is_clear(kwargs, message):
+    with pytest.raises(MixvizError, match=message):
+        profile_model(
+            "tiny",
+            **{"options": "MXFP4,MXFP8", "nsamples": 2, "seqlen": 32, "use_cache": False, **kwargs},
+        )
+
+
+def test_allow_partial_marks_unavailable_rows():
+    p = profile_model(
+        "tiny",
+        options="W4A16,W8A16G64",
+        metric="hessian",
+        nsamples=2,
+        seqlen=32,
+        allow_partial=True,
+        use_cache=False,
+    )
+    assert p.score("model.layers.0.self_attn.q_proj", "W4A16") is None
+    assert p.score("model.layers.0.mlp.down_proj", "W4A16") > 0
+
+
+def test_progress_and_cancel():
+    seen = []
+    profile_model(
+        "tiny",
+        options="MXFP4",
+        metric="hessian",
+        nsamples=2,
+        seqlen=32,
+        use_cache=False,
+        progress=lambda d, t, m: seen.append((d, t)),
+    )
+    assert seen[-1] == (4, 4) and seen[0] == (0, 4)
+    with pytest.raises(MixvizError, match="cancelled"):
+        profile_model(
+            "tiny",
+            options="MXFP4",
+            metric="hessian",
+            nsamples=2,
+            seqlen=32,
+            use_cache=False,
+            cancel=lambda: True,
+        )
+
+
+def test_kl_on_a_subset_of_layers():
+    p = profile_model(
+        "tiny",
+        options="MXFP4",
+        metric="kl",
+        nsamples=2,
+        seqlen=32,
+        layers=r"layers\.1\.",
+        use_cache=False,
+    )
+    assert {x.block for x in p.layers} == {1} and len(p.rows) == 7
+    assert p.subset == r"layers\.1\."
+
+
+def test_delta_loss_agrees_with_autoscheme(tmp_path, tiny_ref):
+    """AutoScheme on tiny with the same 8 samples: Spearman ≥ 0.95 per option."""
+    from mixviz.autoscheme import import_autoscheme, run_autoscheme
+    from mixviz.models import load_model
+    from mixviz.text import calibration_text, token_windows
+
+    model, tok = load_model(tiny_ref)
+    windows = token_windows(tok, calibration_text(), 8, 80)
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("".join(json.dumps({"text": tok.decode(w)}) + "\n" for w in windows))
+    run_autoscheme(model, tok, ["MXFP4", "MXFP8"], str(calib), 8, 64, tmp_path / "as")
+    theirs = import_autoscheme(tmp_path / "as", "tiny")
+    ours = profile_model(
+        "tiny",
+        options="MXFP4,MXFP8",
+        metric="delta_loss",
+        nsamples=8,
+        seqlen=64,
+        calib=str(calib),
+        use_cache=False,
+    )
+    assert {x.name for x in theirs.layers} == {x.name for x in ours.layers}
+    for option in ("MXFP4", "MXFP8"):
+        a = [theirs.score(x.name, option) for x in ours.layers]
+        b = [ours.score(x.name, option) for x in ours.layers]
+        rho = _spearman(a, b)
+        assert rho >= 0.95, (option, rho)
+
+
+def test_cli_profile_json(tmp_path):
+    out = tmp_path / "p.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixviz",
+            "profile",
+            "tiny",
+            "--options",
+            "MXFP4,MXFP8",
+            "--metric",
+            "hessian",
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "32",
+            "--json",
+            "--out",
+            str(out),
+            "--no-cache",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["metric"] == "hessian" and len(doc["rows"]) == 56
+    assert json.loads(out.read_text()) == doc
+    assert "%" in r.stderr or "100" in r.stderr  # a progress bar went to stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "mixviz", "profile", "tiny", "--options", "W4A16"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
+    assert bad.returncode == 2 and "unavailable" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_demo_profile():
+    p = profile_model("demo", options="MXFP4,MXFP8", metric="hessian", nsamples=4, seqlen=128)
+    assert len(p.layers) == 210
+    worse = sum(p.score(x.name, "MXFP4") > p.score(x.name, "MXFP8") for x in p.layers)
+    assert worse == 210
