@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from mixviz.errors import MixvizError
 
@@ -137,6 +138,93 @@ def _profile_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ allocate
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise MixvizError(f"{what} must be a number, got {text!r}") from None
+
+
+def _pins(items: list[str] | None) -> dict[str, str]:
+    pins = {}
+    for item in items or []:
+        name, sep, option = item.partition("=")
+        if not sep or not name or not option:
+            raise MixvizError(f"--pin takes NAME=OPTION, got {item!r}")
+        pins[name.strip()] = option.strip()
+    return pins
+
+
+def _shared(items: list[str] | None) -> list[str]:
+    out = []
+    for item in items or []:
+        parts = [p.strip() for p in item.split(",")]
+        out += parts if all(p in ("qkv", "gate_up") for p in parts) else [item]
+    return out
+
+
+def load_or_profile(target: str, args: argparse.Namespace, include_lm_head: bool = False):
+    """A Profile from a JSON file, or by profiling a model (cached)."""
+    from mixviz.profile import Profile, profile_model
+
+    if target.endswith(".json") or Path(target).is_file():
+        return Profile.load(target)
+    return profile_model(
+        target,
+        options=args.options,
+        metric=args.metric,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        calib=args.calib,
+        include_lm_head=include_lm_head,
+        allow_partial=args.allow_partial,
+        trust_remote_code=args.trust_remote_code,
+        progress=_Bar(),
+    )
+
+
+def cmd_allocate(args: argparse.Namespace) -> None:
+    from mixviz.allocate import Problem, allocate
+
+    budget = _float(args.avg_bits, "--avg-bits")
+    prof = load_or_profile(args.target, args, args.include_lm_head)
+    problem = Problem.from_profile(
+        prof,
+        ignore_scale_bits=args.ignore_scale_bits,
+        shared=_shared(args.shared),
+        pins=_pins(args.pin),
+        include_lm_head=args.include_lm_head,
+    )
+    result = allocate(problem, budget, args.strategy)
+    doc = result.to_dict()
+    doc["model"] = prof.model
+    doc["model_hash"] = prof.model_hash
+    _emit(doc, args.json, _allocation_text, args.out)
+
+
+def _allocation_text(doc: dict) -> str:
+    from collections import Counter
+
+    lines = [
+        f"{doc['strategy']} allocation of {doc['model']} at {doc['budget_avg_bits']:g} bits "
+        f"({'without' if doc['ignore_scale_bits'] else 'with'} scale bits): "
+        f"{doc['avg_bits']:.4f} avg bits ({doc['avg_bits_no_scale']:.4f} without scales), "
+        f"predicted loss {doc['predicted_loss']:.4g}, {doc['seconds'] * 1000:.1f} ms",
+        "  "
+        + ", ".join(f"{o}: {n} layers" for o, n in sorted(Counter(doc["layers"].values()).items())),
+    ]
+    blocks: dict[str, list[str]] = {}
+    for name, option in doc["layers"].items():
+        parts = name.split(".")
+        key = next((p for p in parts if p.isdigit()), "-")
+        blocks.setdefault(key, []).append(f"{parts[-1].removesuffix('_proj')}={option}")
+    lines += [f"  block {k:>3}: {' '.join(v)}" for k, v in blocks.items()]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -181,6 +269,43 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", help="also write the profile JSON to this file")
     prof.add_argument("--trust-remote-code", action="store_true")
     prof.set_defaults(func=cmd_profile)
+
+    from mixviz.allocate import STRATEGIES
+
+    alloc = sub.add_parser("allocate", help="choose an option per layer under a bit budget")
+    alloc.add_argument("target", metavar="PROFILE.json|MODEL")
+    alloc.add_argument("--avg-bits", required=True, help="the average-bits budget")
+    alloc.add_argument("--strategy", default="optimal", choices=STRATEGIES)
+    alloc.add_argument(
+        "--ignore-scale-bits",
+        action="store_true",
+        help="count bits·numel only, as AutoScheme's ignore_scale_zp_bits",
+    )
+    alloc.add_argument(
+        "--shared",
+        action="append",
+        metavar="qkv,gate_up|REGEX",
+        help="layers that must share an option (repeatable)",
+    )
+    alloc.add_argument(
+        "--pin", action="append", metavar="NAME=OPTION", help="fix a layer's option (repeatable)"
+    )
+    alloc.add_argument(
+        "--include-lm-head", action="store_true", help="put lm_head in the budget (profiles it too)"
+    )
+    for flag, default in (
+        ("--options", "MXFP4,MXFP8"),
+        ("--metric", DEFAULT_METRIC),
+        ("--calib", "pydoc"),
+    ):
+        alloc.add_argument(flag, default=default, help="when profiling a MODEL")
+    alloc.add_argument("--nsamples", type=int, default=16, help="when profiling a MODEL")
+    alloc.add_argument("--seqlen", type=int, default=256, help="when profiling a MODEL")
+    alloc.add_argument("--allow-partial", action="store_true", help="when profiling a MODEL")
+    alloc.add_argument("--trust-remote-code", action="store_true")
+    alloc.add_argument("--json", action="store_true")
+    alloc.add_argument("--out", help="also write the allocation JSON to this file")
+    alloc.set_defaults(func=cmd_allocate)
     return p
 
 

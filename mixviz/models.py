@@ -110,14 +110,23 @@ def load_model(ref: ModelRef, dtype: str = "float32"):
         )
         return model.eval(), tok
 
+    managed = ref.name in (DEMO, TINY)
+    if managed and not _folder_ok(Path(ref.path)):
+        ref = resolve_model(ref.name)  # damaged since it was resolved: rebuild
     try:
         return _load(ref.path)
+    except ImportError:
+        raise  # a broken environment, not a broken folder: never delete the cache for it
     except Exception as e:
-        if ref.name not in (DEMO, TINY):
+        if not managed or not _corrupt_file_error(e):
             raise MixvizError(f"could not load model {ref.name!r}: {str(e)[:300]}") from None
-        shutil.rmtree(ref.path, ignore_errors=True)  # corrupt cache: rebuild once
-        fresh = resolve_model(ref.name)
-        return _load(fresh.path)
+        shutil.rmtree(ref.path, ignore_errors=True)  # same sizes, bad bytes: rebuild once
+        return _load(resolve_model(ref.name).path)
+
+
+def _corrupt_file_error(e: Exception) -> bool:
+    """Errors that mean the files themselves are damaged (bad JSON, bad safetensors)."""
+    return isinstance(e, (OSError, ValueError, EOFError)) or type(e).__name__ == "SafetensorError"
 
 
 def load_config(ref: ModelRef):
