@@ -225,6 +225,161 @@ def _allocation_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ runs
+
+
+def uniform_recipe(ref, option: str) -> dict[str, str]:
+    """Every block linear at one option; an error names a layer the option cannot serve."""
+    from mixviz.inventory import block_linears, inventory
+    from mixviz.models import meta_model
+    from mixviz.schemes import get_scheme
+
+    s = get_scheme(option)
+    layers = block_linears(inventory(meta_model(ref)))
+    bad = [x for x in layers if not s.available_for(x.in_features)]
+    if bad:
+        raise MixvizError(
+            f"{s.name} is unavailable for {len(bad)} layers of {ref.name}, e.g. "
+            f"{bad[0].name} (in_features {bad[0].in_features})"
+        )
+    return {x.name: s.name for x in layers}
+
+
+def read_recipe_layers(path: str) -> tuple[dict[str, str], dict]:
+    """The per-layer map of an allocation or recipe JSON file, plus the whole document."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MixvizError(f"recipe file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MixvizError(f"cannot read recipe {path}: {e}") from None
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        raise MixvizError(f'{path} has no "layers" map of layer → option')
+    return {str(k): str(v) for k, v in layers.items()}, doc
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from mixviz.backends import get_backend, run_document, wait
+    from mixviz.models import resolve_model
+    from mixviz.runspec import RunSpec
+    from mixviz.tasks import check_tasks
+
+    ref = resolve_model(args.model, trust_remote_code=args.trust_remote_code, progress=_progress)
+    strategy, budget = "", None
+    if args.bf16:
+        recipe = None
+    elif args.uniform:
+        recipe = uniform_recipe(ref, args.uniform)
+    else:
+        recipe, doc = read_recipe_layers(args.recipe)
+        strategy, budget = str(doc.get("strategy", "")), doc.get("budget_avg_bits")
+        from mixviz.inventory import inventory
+        from mixviz.models import meta_model
+
+        known = {x.name for x in inventory(meta_model(ref))}
+        missing = [n for n in recipe if n not in known]
+        if missing:
+            raise MixvizError(
+                f"the recipe names {len(missing)} layers {ref.name} does not have,"
+                f" e.g. {missing[0]}: a recipe for another model?"
+            )
+    tasks = check_tasks(args.tasks.split(","))
+    spec = RunSpec(
+        model=args.model,
+        recipe=recipe,
+        tasks=tuple(tasks),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        seed=args.seed,
+        strategy=strategy,
+        budget=budget,
+        model_hash=ref.hash,
+        trust_remote_code=args.trust_remote_code,
+    )
+    backend = get_backend(args.backend, ray_address=args.ray_address)
+    run_id = backend.submit(spec)
+    _progress(f"queued run {run_id} ({spec.label}) on the {backend.name} backend")
+    if not args.wait:
+        sys.stdout.write(
+            (json.dumps({"id": run_id, "status": "queued"}) if args.json else run_id) + "\n"
+        )
+        return
+    last = [None]
+
+    def show(row) -> None:
+        now = (row.status, row.stage, round(row.progress, 2))
+        if now != last[0]:
+            _progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
+            last[0] = now
+
+    wait(backend.store, run_id, on_update=show)
+    doc = run_document(backend.store, run_id)
+    _emit(doc, args.json, _run_text)
+    if doc["status"] != "done":
+        raise MixvizError(f"run {run_id} {doc['status']}: {doc['error'] or ''}".strip())
+
+
+def _run_text(doc: dict) -> str:
+    lines = [
+        f"run {doc['id']} ({doc['label']}): {doc['status']}"
+        + (f", {doc['avg_bits']:.4f} avg bits" if doc.get("avg_bits") else "")
+    ]
+    for task, metrics in doc["results"].items():
+        lines.append(f"  {task}: " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
+    return "\n".join(lines)
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from mixviz.backends import LocalBackend
+
+    backend = LocalBackend()
+    backend.reconcile()
+    rows = backend.store.list()
+    doc = {
+        "runs": [
+            {
+                "id": r.id,
+                "model": r.model,
+                "label": r.label,
+                "status": r.status,
+                "stage": r.stage,
+                "progress": r.progress,
+                "avg_bits": r.avg_bits,
+                "elapsed": r.elapsed,
+                "backend": r.backend,
+                "error": r.error,
+                "results": backend.store.results(r.id),
+            }
+            for r in rows
+        ]
+    }
+    _emit(
+        doc,
+        args.json,
+        lambda d: (
+            "\n".join(
+                f"{r['id']}  {r['model']:8} {r['label']:18} {r['status']:9} {r['stage']:22} "
+                f"{r['progress']:4.0%}"
+                for r in d["runs"]
+            )
+            or "no runs"
+        ),
+    )
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    from mixviz.backends import get_backend
+    from mixviz.store import Store
+
+    store = Store()
+    row = store.get(args.id)
+    backend = get_backend(row.backend, store, ray_address=args.ray_address)
+    row = backend.cancel(args.id)
+    sys.stdout.write(f"{row.id} {row.status}\n")
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -306,6 +461,33 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("--json", action="store_true")
     alloc.add_argument("--out", help="also write the allocation JSON to this file")
     alloc.set_defaults(func=cmd_allocate)
+
+    run = sub.add_parser("run", help="quantize with auto-round and evaluate with lm-eval")
+    run.add_argument("model", help="demo | tiny | local HF folder | hub id")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--recipe", help="an allocation or recipe JSON file")
+    what.add_argument("--bf16", action="store_true", help="the unquantized reference")
+    what.add_argument("--uniform", metavar="OPTION", help="every block linear at OPTION")
+    run.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks")
+    run.add_argument("--limit", type=int, help="items per task")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--backend", choices=("local", "ray"))
+    run.add_argument("--ray-address", help="Ray dashboard address (or MIXVIZ_RAY_ADDRESS)")
+    run.add_argument("--wait", action="store_true", help="wait for the run and print results")
+    run.add_argument("--json", action="store_true")
+    run.add_argument("--trust-remote-code", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs and their state")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running run")
+    cancel.add_argument("id")
+    cancel.add_argument("--ray-address")
+    cancel.set_defaults(func=cmd_cancel)
     return p
 
 

@@ -303,25 +303,38 @@ def hessian(
 
 
 def _hessian_hooks(mods, todo: list[Layer], schemes: list[Scheme]):
+    """Forward hooks accumulating, per layer, ``H = XᵀX`` (only if a weight-only option needs
+    it) and, per act-quantizing option, the exact output error ``‖Y − Q(X)Q(W)ᵀ‖²``.
+
+    Layers fed the same input tensor (q/k/v, gate/up) share one ``H`` and one ``Q(X)``.
+    """
     stats: dict = {"H": {}, "out": {}}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
+    need_h = any(s.act_bits > 8 and s.bits < 16 for s in schemes)
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in todo for s in act_schemes}
-    qw = {k: q.weight() for k, q in quant.items()}
+    qw = {k: q.weight().float() for k, q in quant.items()}
+    shared: dict = {}  # for the current input tensor: its XᵀX and its Q(X) per option
     hooks = []
     for x in todo:
-        lin = mods[x.name]
 
         def hook(mod, args, out, name=x.name):
+            if shared.get("input") is not args[0]:  # identity, not address: no reuse
+                shared.clear()
+                shared["input"] = args[0]
             inp = args[0].reshape(-1, args[0].shape[-1]).float()
-            stats["H"][name] = stats["H"].get(name, 0) + inp.T @ inp
+            if need_h:
+                if "H" not in shared:
+                    shared["H"] = inp.T @ inp
+                stats["H"][name] = stats["H"].get(name, 0) + shared["H"]
+            y = out.reshape(-1, out.shape[-1]).float()
             for s in act_schemes:
-                q = quant[(name, s.name)]
-                y = inp @ mod.weight.float().T
-                yq = q.act(inp) @ qw[(name, s.name)].float().T
-                key = (name, s.name)
-                stats["out"][key] = stats["out"].get(key, 0.0) + (y - yq).pow(2).sum().item()
+                if s.name not in shared:
+                    shared[s.name] = quant[(name, s.name)].act(inp)
+                yq = shared[s.name] @ qw[(name, s.name)].T
+                k = (name, s.name)
+                stats["out"][k] = stats["out"].get(k, 0.0) + (y - yq).pow(2).sum().item()
 
-        hooks.append(lin.register_forward_hook(hook))
+        hooks.append(mods[x.name].register_forward_hook(hook))
     return hooks, stats
 
 
@@ -331,14 +344,13 @@ def _hessian_scores(mods, todo: list[Layer], schemes: list[Scheme], stats: dict)
         w = mods[x.name].weight
         H = stats["H"].pop(x.name, None)
         for s in schemes:
-            if H is None:  # the layer never ran on these tokens (an unrouted expert, say)
-                scores[(x.name, s.name)] = 0.0
-                continue
             if (x.name, s.name) in stats["out"]:
                 scores[(x.name, s.name)] = stats["out"][(x.name, s.name)]
-                continue
-            dw = (w - LayerQuantizer(mods[x.name], s).weight()).float()
-            scores[(x.name, s.name)] = ((dw @ H) * dw).sum().item()
+            elif s.bits >= 16 or H is None:  # unquantized, or never ran (an unrouted expert)
+                scores[(x.name, s.name)] = 0.0
+            else:
+                dw = (w - LayerQuantizer(mods[x.name], s).weight()).float()
+                scores[(x.name, s.name)] = ((dw @ H) * dw).sum().item()
     return scores
 
 

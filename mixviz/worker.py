@@ -1,0 +1,305 @@
+"""The run worker: one process per run — quantize with auto-round, check, evaluate with lm-eval.
+
+``python -m mixviz.worker RUN_ID`` reads ``cache/runs/<id>/spec.json``, reports its stage,
+progress and a heartbeat to the store, writes ``lm_eval.json`` and ``result.json`` beside the
+spec, and finally starts the next queued run. The quantize and evaluate steps are plain
+functions passed to :func:`execute`, so tests can swap in fakes; the real ones are below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from mixviz.errors import MixvizError
+from mixviz.paths import atomic_write_bytes, atomic_write_json
+from mixviz.runspec import RunResult, RunSpec
+from mixviz.schemes import get_scheme
+from mixviz.store import Store, runs_dir
+
+HEARTBEAT_S = 2.0
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def quantize(model, tokenizer, spec: RunSpec):
+    """auto-round with the recipe's ``layer_config`` (full names, preset names); in memory."""
+    from collections import Counter
+
+    from auto_round import AutoRound
+
+    recipe = spec.recipe or {}
+    default = Counter(recipe.values()).most_common(1)[0][0]
+    kwargs = dict(
+        iters=spec.quant.iters,
+        disable_opt_rtn=spec.quant.disable_opt_rtn,
+        enable_torch_compile=False,
+        device_map="cpu",
+        seed=spec.seed,
+    )
+    if spec.quant.iters > 0 or not spec.quant.disable_opt_rtn:
+        kwargs.update(
+            dataset=_calibration_texts(spec), nsamples=spec.quant.nsamples, seqlen=spec.quant.seqlen
+        )
+    ar = AutoRound(model, tokenizer, scheme=default, layer_config=dict(recipe), **kwargs)
+    try:
+        qmodel, _ = ar.quantize()
+    except SystemExit as e:  # auto-round exits the process when no calibration text is left
+        raise MixvizError(
+            f"auto-round stopped (exit code {e.code}): the calibration text is "
+            f"too short for seqlen {spec.quant.seqlen}"
+        ) from None
+    return qmodel
+
+
+def _calibration_texts(spec: RunSpec) -> list[str]:
+    from mixviz.text import calibration_text
+
+    text = calibration_text().text
+    step = spec.quant.seqlen * 6  # characters: comfortably more than seqlen tokens
+    return [text[i : i + step] for i in range(0, len(text) - step, step)]
+
+
+def verify(model, recipe: dict[str, str]) -> None:
+    """Every layer carries the scheme the recipe asked for; a mismatch fails the run."""
+    mods = dict(model.named_modules())
+    bad = []
+    for name, option in recipe.items():
+        s = get_scheme(option)
+        mod = mods.get(name)
+        if mod is None:
+            bad.append(f"{name}: missing after quantization")
+            continue
+        layer = getattr(mod, "orig_layer", mod)
+        got = (
+            getattr(layer, "bits", 16),
+            getattr(layer, "group_size", None),
+            str(getattr(layer, "data_type", "fp")),
+            getattr(layer, "act_bits", 16) or 16,
+        )
+        if s.bits >= 16:
+            ok = got[0] is None or got[0] >= 16
+        else:
+            ok = (
+                got[0] == s.bits
+                and got[1] == s.group_size
+                and got[2].startswith(s.data_type)
+                and got[3] == s.act_bits
+            )
+        if not ok:
+            bad.append(
+                f"{name}: asked {option}, got bits={got[0]} group={got[1]} "
+                f"type={got[2]} act_bits={got[3]}"
+            )
+    if bad:
+        raise MixvizError(f"{len(bad)} layers did not get their scheme, e.g. {bad[0]}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[[int, int], None]) -> dict:
+    """lm-eval on the in-memory model, task by task; returns ``{task: lm-eval results}``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from mixviz.tasks import task_manager
+
+    manager = task_manager(spec.tasks)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
+    out = {}
+    for i, task in enumerate(spec.tasks):
+        on_task(i, len(spec.tasks))
+        try:
+            res = simple_evaluate(
+                model=lm,
+                tasks=[task],
+                limit=spec.limit,
+                task_manager=manager,
+                random_seed=spec.seed,
+                numpy_random_seed=spec.seed,
+                torch_random_seed=spec.seed,
+                fewshot_random_seed=spec.seed,
+                bootstrap_iters=0,
+                log_samples=False,
+            )
+        except Exception as e:  # lm-eval raises many kinds; the hub being away is the usual one
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if any(w in msg.lower() for w in ("offline", "connect", "hub", "resolve", "couldn't")):
+                msg = f"task {task} needs its dataset from the Hugging Face hub: {msg}"
+            raise MixvizError(f"lm-eval failed on {task}: {msg[:300]}") from None
+        out[task] = res
+    on_task(len(spec.tasks), len(spec.tasks))
+    return out
+
+
+def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
+    """lm-eval results → (task, metric, value, stderr) rows. ``"acc,none"`` → ``acc``."""
+    rows = []
+    for res in raw.values():
+        for task, metrics in res.get("results", {}).items():
+            for key, value in metrics.items():
+                if "_stderr" in key or not isinstance(value, (int, float)):
+                    continue
+                metric, _, filt = key.partition(",")
+                name = metric if filt in ("", "none") else f"{metric},{filt}"
+                err = metrics.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
+                rows.append(
+                    (
+                        task,
+                        name,
+                        float(value),
+                        float(err) if isinstance(err, (int, float)) else None,
+                    )
+                )
+    return rows
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_bits(spec: RunSpec, model) -> tuple[float, float]:
+    """Average bits over the block linears (both accountings) of what the spec asks."""
+    from mixviz.inventory import block_linears, inventory
+    from mixviz.schemes import layer_bits
+
+    layers = block_linears(inventory(model))
+    total = sum(x.numel for x in layers)
+    recipe = spec.recipe or {}
+    with_s = no_s = 0
+    for x in layers:
+        s = get_scheme(recipe.get(x.name, "BF16"))
+        with_s += layer_bits(s, x.in_features, x.out_features)
+        no_s += layer_bits(s, x.in_features, x.out_features, ignore_scale_bits=True)
+    return with_s / total, no_s / total
+
+
+def execute(
+    run_id: str,
+    store: Store | None = None,
+    quantize_fn=quantize,
+    evaluate_fn=evaluate,
+    kick: bool = True,
+) -> str:
+    """Run one queued run to a final state; returns that state."""
+    import torch
+
+    from mixviz.models import load_model, resolve_model
+
+    store = store or Store()
+    folder = runs_dir() / run_id
+    spec = RunSpec.from_dict(json.loads((folder / "spec.json").read_text()))
+    now = time.time()
+    if not store.transition(
+        run_id,
+        ("queued", "starting"),
+        status="running",
+        started=now,
+        heartbeat=now,
+        pid=os.getpid(),
+        stage="loading",
+        progress=0.0,
+    ):
+        return store.get(run_id).status  # cancelled before it started
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store, run_id, stop), daemon=True)
+    beat.start()
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    status = "failed"
+    try:
+        torch.manual_seed(spec.seed)
+        t = time.perf_counter()
+        ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
+        if spec.model_hash and ref.hash != spec.model_hash:
+            raise MixvizError(
+                f"model {spec.model!r} changed since the run was queued "
+                f"(hash {ref.hash} ≠ {spec.model_hash})"
+            )
+        model, tok = load_model(ref, dtype=spec.dtype)
+        avg, avg_no = run_bits(spec, model)
+        store.update(run_id, avg_bits=avg)
+        timings["load"] = time.perf_counter() - t
+        if spec.recipe is not None:
+            store.update(run_id, stage="quantizing", progress=0.1)
+            t = time.perf_counter()
+            model = quantize_fn(model, tok, spec)
+            verify(model, spec.recipe)
+            timings["quantize"] = time.perf_counter() - t
+        store.update(run_id, stage="evaluating", progress=0.3)
+        t = time.perf_counter()
+
+        def on_task(i: int, n: int) -> None:
+            store.update(
+                run_id,
+                progress=0.3 + 0.7 * i / max(n, 1),
+                stage=f"evaluating {spec.tasks[min(i, n - 1)]}" if i < n else "evaluated",
+            )
+
+        raw = evaluate_fn(model, tok, spec, on_task)
+        timings["evaluate"] = time.perf_counter() - t
+        atomic_write_bytes(folder / "lm_eval.json", json.dumps(raw, indent=1, default=str).encode())
+        rows = result_rows(raw)
+        result = RunResult(
+            run_id,
+            "done",
+            avg,
+            avg_no,
+            {t_: {m: v for t2, m, v, _ in rows if t2 == t_} for t_ in spec.tasks},
+            {t_: {m: e for t2, m, _, e in rows if t2 == t_ and e is not None} for t_ in spec.tasks},
+            time.perf_counter() - t_start,
+            timings,
+        )
+        atomic_write_json(folder / "result.json", result.to_dict())
+        store.put_results(run_id, rows)
+        if store.transition(
+            run_id, ("running",), status="done", stage="done", progress=1.0, finished=time.time()
+        ):
+            status = "done"
+    except BaseException as e:  # noqa: BLE001 — every way out must leave a final state
+        msg = str(e) if isinstance(e, MixvizError) else f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+        store.transition(
+            run_id, ("running",), status="failed", error=msg[:2000], finished=time.time()
+        )
+        status = store.get(run_id).status
+        if isinstance(e, KeyboardInterrupt):
+            raise
+    finally:
+        stop.set()
+        if kick:
+            from mixviz.backends import LocalBackend
+
+            try:
+                LocalBackend(store).kick()
+            except MixvizError:
+                pass
+    return status
+
+
+def _heartbeat(store: Store, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            store.update(run_id, heartbeat=time.time())
+        except MixvizError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m mixviz.worker RUN_ID\n")
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    status = execute(argv[0])
+    return 0 if status == "done" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
