@@ -237,13 +237,15 @@ def profile_model(
     trust_remote_code: bool = False,
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
-) -> Profile:
+    compute: bool = True,
+) -> Profile | None:
     """Score every candidate layer of ``model`` under each option with ``metric``.
 
     ``layers`` is a regex restricting the scored layers (useful for the costly ``kl``).
     An option whose group size does not divide some layer is an error, unless
     ``allow_partial``: those rows then carry ``score: None`` and the allocator avoids them.
-    Cached under ``cache/profiles/``; a second identical call returns at once.
+    Cached under ``cache/profiles/``; a second identical call returns at once. With
+    ``compute=False`` only the cache is consulted (None when the profile was never made).
     """
     from mixviz.inventory import block_linears, inventory
     from mixviz.models import meta_model, resolve_model
@@ -287,6 +289,8 @@ def profile_model(
             return Profile.load(path)
         except MixvizError:
             pass  # corrupt or truncated cache file: recompute, never trust it
+    if not compute:
+        return None
 
     t0 = time.perf_counter()
     scores = _compute(ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel)

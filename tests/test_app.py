@@ -1,24 +1,48 @@
-"""AppTest: the app opens on a model and shows its inventory; bad input is an st.error."""
+"""AppTest for every page: the model inventory, profiling, the slider, runs and results."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from mixviz.backends import LocalBackend
+from mixviz.runspec import RunSpec
+from mixviz.store import Store
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TINY = {
+    "model": "tiny",
+    "options": "MXFP4,MXFP8",
+    "metric": "hessian",
+    "nsamples": "2",
+    "seqlen": "32",
+    "noscale": "1",
+}
 
 
-def _app(model: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["model"] = model
-    return at.run()
+def _app(page: str | None = None, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+@pytest.fixture(scope="module")
+def profiled():
+    """Profile tiny through the Profile page's button (cached for the other pages)."""
+    at = _app("pages/profile.py", **TINY)
+    at.button(key="profile_start").click().run()
+    return at
 
 
 def test_model_page_shows_tiny_inventory():
-    at = _app("tiny")
-    assert not at.exception
-    assert not at.error
+    at = _app(model="tiny")
+    assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Linear layers in blocks"] == "28"
     assert metrics["Blocks"] == "4"
@@ -28,7 +52,104 @@ def test_model_page_shows_tiny_inventory():
     assert len(layers) == 29 and layers.iloc[-1]["name"] == "lm_head"
 
 
-def test_unknown_model_is_an_error_not_a_traceback():
-    at = _app("no-such-model-xyz")
+@pytest.mark.parametrize("page", [None, "pages/profile.py", "pages/allocate.py"])
+def test_unknown_model_is_an_error_not_a_traceback(page):
+    at = _app(page, model="no-such-model-xyz")
     assert not at.exception
     assert len(at.error) == 1 and "unknown model 'no-such-model-xyz'" in at.error[0].value
+
+
+def test_profile_page_heatmaps_and_tables(profiled):
+    at = profiled
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 2  # one heatmap per option
+    most = at.dataframe[0].value  # "Most sensitive"
+    assert len(most) == 10 and most["score"].is_monotonic_decreasing
+
+
+def test_allocate_slider_changes_allocation_within_budget(profiled):
+    at = _app("pages/allocate.py", **TINY)
+    assert not at.exception and not at.error
+    slider = at.slider(key="allocate_avg_bits")
+    seen = {}
+    for bits in (4.5, 6.0, 7.5):
+        slider.set_value(bits).run()
+        assert not at.exception
+        alloc = at.session_state["allocation"]
+        assert alloc["avg_bits_no_scale"] <= bits + 1e-9
+        seen[bits] = alloc["layers"]
+        summary = at.dataframe[0].value.set_index("strategy")
+        assert set(summary.index) == {"optimal", "head", "tail", "uniform", "llamacpp"}
+        for s in ("head", "tail", "uniform"):
+            assert summary.loc[s, "avg bits"] <= bits + 1e-9
+            assert summary.loc[s, "predicted loss"] >= summary.loc["optimal", "predicted loss"]
+    assert seen[4.5] != seen[6.0] != seen[7.5]
+    assert len(at.get("plotly_chart")) == 2  # heatmap + frontier
+    at.radio(key="allocate_view").set_value("diff").run()
+    assert not at.exception
+
+
+def test_allocate_budget_outside_range_is_an_error(profiled):
+    at = _app("pages/allocate.py", **{**TINY, "bits": "2.5"})
+    assert not at.exception
+    assert any("outside the feasible range" in e.value for e in at.error)
+
+
+def test_runs_page_queues_the_comparison(profiled):
+    at = _app("pages/runs.py", **{**TINY, "bits": "6"})
+    assert not at.exception
+    at.number_input(key="runs_limit").set_value(2).run()
+    at.button(key="runs_start").click().run()
+    assert not at.exception and not at.error
+    assert "Queued 6 runs" in at.success[0].value
+    store = Store()
+    labels = {r.label for r in store.list()}
+    assert {"bf16", "pure MXFP4", "optimal @6", "head @6", "tail @6", "uniform @6"} <= labels
+    backend = LocalBackend(store)
+    for r in store.list(("queued", "starting", "running")):
+        backend.cancel(r.id)
+
+
+def _fake_run(store, spec, acc):
+    from mixviz.backends import _write_spec, new_run_id
+    from mixviz.worker import execute
+
+    run_id = new_run_id()
+    _write_spec(run_id, spec)
+    store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict())
+
+    def fake_eval(model, tok, s, on_task):
+        return {t: {"results": {t: {"acc,none": acc}}} for t in s.tasks}
+
+    execute(run_id, store, quantize_fn=lambda m, t, s: m, evaluate_fn=fake_eval, kick=False)
+    return run_id
+
+
+def test_results_page_table_in_study_style(monkeypatch, tmp_path):
+    import mixviz.worker as worker
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    monkeypatch.setattr(worker, "verify", lambda model, recipe: None)
+    store = Store()
+    tasks = ("mixviz_lastword",)
+    _fake_run(store, RunSpec(model="tiny", recipe=None, tasks=tasks, strategy="bf16"), 0.7076)
+    for budget, acc in ((4.5, 0.62), (5.0, 0.6857)):
+        for strategy, delta in (("optimal", 0.0), ("head", -0.02)):
+            _fake_run(
+                store,
+                RunSpec(
+                    model="tiny",
+                    recipe={"model.layers.0.mlp.up_proj": "MXFP4"},
+                    tasks=tasks,
+                    strategy=strategy,
+                    budget=budget,
+                ),
+                acc + delta,
+            )
+    at = _app("pages/results.py", model="tiny")
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert table.loc["optimal @5", "average"] == "0.6857 (96.9%)"
+    assert table.loc["bf16", "average"] == "0.7076 (100.0%)"
+    assert len(at.get("plotly_chart")) >= 1
+    assert len(at.get("download_button")) == 3

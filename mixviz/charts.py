@@ -1,0 +1,233 @@
+"""Plotly figures: sensitivity and allocation heatmaps (block × module), the loss–bits frontier,
+accuracy vs bits, predicted loss vs accuracy. Pure functions of library objects; no Streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+from mixviz.inventory import KINDS
+from mixviz.schemes import get_scheme
+
+PALETTE = [
+    "#d62728",
+    "#ff7f0e",
+    "#bcbd22",
+    "#2ca02c",
+    "#17becf",
+    "#1f77b4",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+]
+STRATEGY_COLOURS = {
+    "optimal": "#1f77b4",
+    "head": "#ff7f0e",
+    "tail": "#2ca02c",
+    "uniform": "#9467bd",
+    "llamacpp": "#8c564b",
+    "bf16": "#000000",
+    "autoscheme": "#e377c2",
+}
+
+
+def _grid(layers):
+    """(blocks, kinds present in order, {(block, kind): layer}) for the block linears."""
+    cells = {(x.block, x.kind): x for x in layers if x.block is not None}
+    blocks = sorted({b for b, _ in cells})
+    kinds = [k for k in KINDS if any(kk == k for _, kk in cells)]
+    kinds += sorted({k for _, k in cells if k not in kinds})
+    return blocks, kinds, cells
+
+
+def sensitivity_heatmap(profile, option: str) -> go.Figure:
+    """Score per (block, module) for one option, on a log colour scale."""
+    blocks, kinds, cells = _grid(profile.layers)
+    z, text, custom = [], [], []
+    for b in blocks:
+        zr, cr = [], []
+        for k in kinds:
+            x = cells.get((b, k))
+            s = profile.score(x.name, option) if x else None
+            zr.append(math.log10(s) if s and s > 0 else None)
+            cr.append(
+                [
+                    x.name if x else "",
+                    x.numel if x else 0,
+                    "unavailable" if x and s is None else f"{s:.4g}" if s is not None else "",
+                ]
+            )
+        z.append(zr)
+        custom.append(cr)
+        text.append(None)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=kinds,
+            y=blocks,
+            customdata=custom,
+            colorscale="Viridis",
+            colorbar={"title": "log₁₀ score"},
+            hovertemplate="%{customdata[0]}<br>numel %{customdata[1]:,}<br>score "
+            "%{customdata[2]}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"{profile.metric} sensitivity — {option}",
+        xaxis_title="module",
+        yaxis_title="block",
+        yaxis_autorange="reversed",
+        height=520,
+        margin={"t": 50, "b": 40},
+    )
+    return fig
+
+
+def allocation_heatmap(
+    layers, allocation, options: list[str], title: str = "", highlight: set[str] | None = None
+) -> go.Figure:
+    """The option of every (block, module); ``highlight`` outlines the given layers."""
+    blocks, kinds, cells = _grid(layers)
+    order = sorted(
+        set(options) | set(allocation.layers.values()), key=lambda o: (get_scheme(o).bits, o)
+    )
+    idx = {o: i for i, o in enumerate(order)}
+    n = max(len(order), 1)
+    scale = []
+    for i, _ in enumerate(order):
+        c = PALETTE[i % len(PALETTE)]
+        scale += [[i / n, c], [(i + 1) / n, c]]
+    z, custom, text = [], [], []
+    for b in blocks:
+        zr, cr, tr = [], [], []
+        for k in kinds:
+            x = cells.get((b, k))
+            o = allocation.layers.get(x.name) if x else None
+            zr.append(idx[o] + 0.5 if o else None)
+            cr.append([x.name if x else "", o or "", x.numel if x else 0])
+            tr.append(get_scheme(o).label if o else "")
+        z.append(zr)
+        custom.append(cr)
+        text.append(tr)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=kinds,
+            y=blocks,
+            zmin=0,
+            zmax=n,
+            colorscale=scale,
+            customdata=custom,
+            text=text,
+            texttemplate="%{text}" if len(blocks) <= 40 else None,
+            textfont={"size": 9},
+            colorbar={
+                "tickvals": [i + 0.5 for i in range(n)],
+                "ticktext": order,
+                "title": "format",
+            },
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<br>numel %{customdata[2]:,}"
+            "<extra></extra>",
+            xgap=1,
+            ygap=1,
+        )
+    )
+    for name in highlight or ():
+        for (b, k), x in cells.items():
+            if x.name == name:
+                fig.add_shape(
+                    type="rect",
+                    x0=kinds.index(k) - 0.5,
+                    x1=kinds.index(k) + 0.5,
+                    y0=b - 0.5,
+                    y1=b + 0.5,
+                    line={"color": "black", "width": 2},
+                )
+    fig.update_layout(
+        title=title or f"{allocation.strategy}: {allocation.avg_bits:.3f} bits",
+        xaxis_title="module",
+        yaxis_title="block",
+        yaxis_autorange="reversed",
+        height=520,
+        margin={"t": 50, "b": 40},
+    )
+    return fig
+
+
+def frontier_chart(
+    front: dict[str, list[dict]], marker: float | None = None, no_scale: bool = False
+) -> go.Figure:
+    """Predicted loss vs average bits, a line per strategy; a vertical marker at the slider."""
+    key = "avg_bits_no_scale" if no_scale else "avg_bits"
+    fig = go.Figure()
+    for strategy, pts in front.items():
+        if not pts:
+            continue
+        pts = sorted(pts, key=lambda p: p[key])
+        fig.add_trace(
+            go.Scatter(
+                x=[p[key] for p in pts],
+                y=[p["predicted_loss"] for p in pts],
+                name=strategy,
+                mode="lines+markers" if len(pts) > 1 else "markers",
+                line={"color": STRATEGY_COLOURS.get(strategy)},
+            )
+        )
+    if marker is not None:
+        fig.add_vline(
+            x=marker, line_dash="dash", line_color="grey", annotation_text=f"{marker:.2f} bits"
+        )
+    fig.update_layout(
+        xaxis_title="average bits" + (" (no scale bits)" if no_scale else ""),
+        yaxis_title="predicted loss (Σ score)",
+        yaxis_type="log",
+        height=420,
+        margin={"t": 30, "b": 40},
+    )
+    return fig
+
+
+def accuracy_chart(frame, bf16: float | None = None, y: str = "accuracy") -> go.Figure:
+    """Accuracy vs average bits, a line per strategy; BF16 as a horizontal reference."""
+    fig = go.Figure()
+    for strategy, part in frame.groupby("strategy", sort=False):
+        part = part.sort_values("avg_bits")
+        fig.add_trace(
+            go.Scatter(
+                x=part["avg_bits"],
+                y=part[y],
+                name=strategy,
+                mode="lines+markers",
+                line={"color": STRATEGY_COLOURS.get(strategy)},
+            )
+        )
+    if bf16 is not None:
+        fig.add_hline(y=bf16, line_dash="dot", annotation_text="BF16")
+    fig.update_layout(
+        xaxis_title="average bits", yaxis_title=y, height=420, margin={"t": 30, "b": 40}
+    )
+    return fig
+
+
+def loss_vs_accuracy(frame, rho: float | None) -> go.Figure:
+    fig = go.Figure(
+        go.Scatter(
+            x=frame["predicted_loss"],
+            y=frame["accuracy"],
+            mode="markers",
+            text=frame["label"],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Spearman ρ = {rho:.3f}" if rho is not None else "",
+        xaxis_title="predicted loss",
+        yaxis_title="accuracy",
+        xaxis_type="log",
+        height=380,
+        margin={"t": 40, "b": 40},
+    )
+    return fig
