@@ -32,7 +32,7 @@ def scheme_from_autoround(d: dict) -> Scheme:
         have["act_bits"] = have["act_bits"] or 16
         if have == want:
             return s
-    raise MixvizError(f"AutoScheme cache uses a scheme mixviz does not know: {want}")
+    raise MixvizError(f"unknown scheme: mixviz has no option with {want}")
 
 
 def import_autoscheme(folder: str | Path, model: str) -> Profile:

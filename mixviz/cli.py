@@ -273,7 +273,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         recipe = uniform_recipe(ref, args.uniform)
     else:
         recipe, doc = read_recipe_layers(args.recipe)
-        strategy, budget = str(doc.get("strategy", "")), doc.get("budget_avg_bits")
+        prov = doc.get("provenance") or {}
+        strategy = str(doc.get("strategy") or prov.get("strategy") or "")
+        budget = doc.get("budget_avg_bits", prov.get("budget"))
         from mixviz.inventory import inventory
         from mixviz.models import meta_model
 
@@ -378,6 +380,74 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     backend = get_backend(row.backend, store, ray_address=args.ray_address)
     row = backend.cancel(args.id)
     sys.stdout.write(f"{row.id} {row.status}\n")
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def _recipe_from_file(path: str):
+    """A mixviz recipe, or an allocation JSON (as ``allocate --out`` writes) made into one."""
+    from mixviz.recipe import FORMAT, Recipe, read_json
+
+    doc = read_json(path, "recipe")
+    if isinstance(doc, dict) and doc.get("format") == FORMAT:
+        return Recipe.from_dict(doc)
+    if isinstance(doc, dict) and isinstance(doc.get("layers"), dict) and "strategy" in doc:
+        from mixviz.allocate import Allocation
+
+        fields = {k: doc[k] for k in Allocation.__dataclass_fields__ if k in doc}
+        return Recipe.from_allocation(Allocation(**fields), doc.get("model", ""),
+                                      doc.get("model_hash", ""))
+    raise MixvizError(f"{path} is neither a mixviz recipe nor an allocation "
+                      "(use `mixviz import` for auto-round layer configs)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mixviz.export import export
+
+    text = export(_recipe_from_file(args.recipe), args.to)
+    if args.out:
+        from mixviz.paths import atomic_write_bytes
+
+        atomic_write_bytes(args.out, text.encode())
+        _progress(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from mixviz.export import import_recipe
+    from mixviz.inventory import inventory
+    from mixviz.models import meta_model, resolve_model
+
+    ref = resolve_model(args.model, trust_remote_code=args.trust_remote_code)
+    recipe = import_recipe(args.file, ref.name, ref.hash, inventory(meta_model(ref)))
+    recipe = type(recipe)(ref.name, ref.hash, recipe.layers, recipe.ignore_scale_bits,
+                          recipe.provenance)
+    if args.out:
+        recipe.save(args.out)
+        _progress(f"wrote {args.out} ({len(recipe.layers)} layers)")
+    else:
+        sys.stdout.write(json.dumps(recipe.to_dict(), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ reproduce
+
+STUDY_TASKS = "lambada_openai,hellaswag,piqa,winogrande,mmlu"
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from mixviz.reproduce import reports_dir, run_protocol
+    from mixviz.tasks import check_tasks
+
+    default = "mixviz_lastword,mixviz_nextsent" if args.model in ("demo", "tiny") else STUDY_TASKS
+    tasks = tuple(check_tasks((args.tasks or default).split(",")))
+    run_protocol(args.model, tasks=tasks, limit=args.limit, metric=args.metric,
+                          nsamples=args.nsamples, seqlen=args.seqlen,
+                 with_autoscheme=not args.no_autoscheme, log=_progress)
+    folder = reports_dir(args.model)
+    _progress(f"wrote {folder}/tables.md, table1-4.csv and chart.html")
+    sys.stdout.write((folder / "tables.md").read_text())
 
 
 # ------------------------------------------------------------------ main
@@ -488,6 +558,33 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     cancel.add_argument("--ray-address")
     cancel.set_defaults(func=cmd_cancel)
+
+    from mixviz.export import TARGETS
+
+    exp = sub.add_parser("export", help="translate a recipe for auto-round, GPTQModel, "
+                                        "llm-compressor or llama.cpp")
+    exp.add_argument("recipe", help="a mixviz recipe or allocation JSON")
+    exp.add_argument("--to", required=True, choices=TARGETS)
+    exp.add_argument("--out", help="write to this file instead of stdout")
+    exp.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="an auto-round layer_config or recipe → mixviz recipe")
+    imp.add_argument("file")
+    imp.add_argument("--model", required=True)
+    imp.add_argument("--out", help="write the recipe here instead of stdout")
+    imp.add_argument("--trust-remote-code", action="store_true")
+    imp.set_defaults(func=cmd_import)
+
+    rep = sub.add_parser("reproduce", help="the reference study's tables for a model")
+    rep.add_argument("model")
+    rep.add_argument("--tasks", help=f"default: {STUDY_TASKS} (demo/tiny: the bundled ones)")
+    rep.add_argument("--limit", type=int, help="items per task")
+    rep.add_argument("--metric", default=DEFAULT_METRIC, choices=METRIC_NAMES)
+    rep.add_argument("--nsamples", type=int, default=16)
+    rep.add_argument("--seqlen", type=int, default=256)
+    rep.add_argument("--no-autoscheme", action="store_true",
+                     help="skip AutoScheme's own allocations")
+    rep.set_defaults(func=cmd_reproduce)
     return p
 
 

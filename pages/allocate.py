@@ -8,6 +8,8 @@ import streamlit as st
 import ui
 from mixviz import MixvizError, charts
 from mixviz.allocate import STRATEGIES, allocate
+from mixviz.export import export
+from mixviz.recipe import Recipe
 
 choice = ui.sidebar()
 st.title("Allocate")
@@ -156,10 +158,18 @@ if new_pins != pins:
     st.session_state["allocate_pins"] = new_pins
     st.rerun()
 
-st.download_button(
-    "Download recipe (JSON)",
-    json.dumps(best.to_dict(), indent=2),
-    file_name=f"{profile.model.replace('/', '_')}-{avg:g}bits.json",
-    mime="application/json",
-    key="allocate_download",
-)
+st.subheader("Download")
+ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
+recipe = Recipe.from_allocation(best, profile.model, ref.hash)
+stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
+cols = st.columns(5)
+cols[0].download_button("mixviz recipe", json.dumps(recipe.to_dict(), indent=2),
+                        f"{stem}.recipe.json", "application/json", key="allocate_download")
+for col, (target, ext) in zip(cols[1:], [("autoround", "json"), ("gptqmodel", "json"),
+                                         ("llmcompressor", "yaml"), ("llamacpp", "txt")],
+                              strict=True):
+    try:
+        col.download_button(target, export(recipe, target), f"{stem}.{target}.{ext}",
+                            key=f"allocate_download_{target}")
+    except MixvizError as e:
+        col.button(target, disabled=True, help=str(e), key=f"allocate_download_{target}")

@@ -5,6 +5,7 @@ import streamlit as st
 
 import ui
 from mixviz import MixvizError, charts, tables
+from mixviz.reproduce import reports_dir
 from mixviz.store import Store
 
 choice = ui.sidebar()
@@ -15,6 +16,11 @@ try:
 except MixvizError as e:
     st.error(str(e))
     st.stop()
+
+report = reports_dir(choice["model"]) / "tables.md"
+if report.is_file():
+    with st.expander("The reference study's tables (python -m mixviz reproduce)"):
+        st.markdown(report.read_text())
 if frame.empty:
     st.info(f"No finished runs for {choice['model']} yet (Runs page).")
     st.stop()

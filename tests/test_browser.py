@@ -1,0 +1,68 @@
+"""The main flow in a real browser on tiny: profile, move the slider, run, see the result."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM, browser_page, streamlit_server, wait_idle
+
+SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+QUERY = "model=tiny&options=MXFP4,MXFP8&metric=hessian&nsamples=2&seqlen=32&noscale=1"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed"),
+]
+
+
+def test_profile_slider_run_results(tmp_path):
+    SHOTS.mkdir(exist_ok=True)
+    with streamlit_server() as url, browser_page() as page:
+        page.goto(f"{url}/?{QUERY}")
+        page.get_by_text("Linear layers in blocks").wait_for(timeout=120_000)
+        page.screenshot(path=SHOTS / "model.png", full_page=True)
+
+        page.goto(f"{url}/profile?{QUERY}")
+        page.get_by_role("button", name=re.compile("Profile tiny")).click()
+        page.get_by_text("hessian sensitivity — MXFP4").first.wait_for(timeout=180_000)
+        wait_idle(page)
+        page.screenshot(path=SHOTS / "profile.png", full_page=True)
+
+        page.goto(f"{url}/allocate?{QUERY}&bits=5")
+        metric = page.locator('[data-testid="stMetricValue"]').nth(1)
+        metric.wait_for(timeout=120_000)
+        wait_idle(page)
+        before = metric.inner_text()
+        slider = page.get_by_role("slider")
+        slider.focus()
+        for _ in range(50):
+            page.keyboard.press("ArrowRight")
+        wait_idle(page)
+        page.wait_for_function(
+            "(b) => document.querySelectorAll('[data-testid=\"stMetricValue\"]')[1]"
+            ".innerText !== b", arg=before, timeout=60_000)
+        after = metric.inner_text()
+        assert float(after) > float(before)
+        assert float(after) <= 5.5 + 1e-9
+        page.screenshot(path=SHOTS / "allocate.png", full_page=True)
+
+        page.goto(f"{url}/runs?{QUERY}&bits=5.5")
+        page.get_by_label("Items per task").fill("2")
+        page.keyboard.press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name=re.compile("Run the comparison")).click()
+        page.get_by_text(re.compile("Queued 6 runs")).wait_for(timeout=60_000)
+        page.wait_for_function(
+            "() => { const t = document.body.innerText;"
+            " return (t.match(/\\bdone\\b/g) || []).length >= 6; }", timeout=900_000)
+        page.screenshot(path=SHOTS / "runs.png", full_page=True)
+
+        page.goto(f"{url}/results?{QUERY}")
+        page.get_by_text("Accuracy vs average bits").wait_for(timeout=120_000)
+        wait_idle(page)
+        assert page.locator(".js-plotly-plot").count() >= 1
+        assert "(100.0%)" in page.inner_text("body")
+        page.screenshot(path=SHOTS / "results.png", full_page=True)

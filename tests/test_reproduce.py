@@ -1,0 +1,57 @@
+"""The reference-study protocol: the plan of runs, AutoScheme's own rows, the written tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixviz.reproduce import int_options, plan, reports_dir, run_protocol
+
+
+def test_int_options_fall_back_to_a_dividing_group(tiny_layers, demo_layers):
+    assert int_options([x for x in tiny_layers if x.block is not None]) == ("W2A16G64",
+                                                                             "W4A16G64")
+    assert int_options([x for x in demo_layers if x.block is not None]) == ("W2A16G64",
+                                                                             "W4A16G64")
+
+
+def test_plan_has_every_row_of_the_study(tiny_layers):
+    rows = plan("tiny", ("mixviz_lastword",), 2, "hessian", 2, 32, True, lambda m: None)
+    by_table = {t: [r.label for r in rows if r.table == t] for t in (1, 2, 3, 4)}
+    assert by_table[1] == ["BF16", "pure 4-bit", "mixviz 4.5", "AutoScheme 4.5", "mixviz 5",
+                           "AutoScheme 5", "mixviz 6", "AutoScheme 6"]
+    for t in (2, 3, 4):
+        high = "4" if t == 4 else "8"
+        assert by_table[t] == [f"tail layers {high}-bit", f"head layers {high}-bit",
+                               "mixviz (optimal)", "AutoScheme"]
+    from mixviz.recipe import Recipe
+
+    layers = [x for x in tiny_layers if x.block is not None]
+    for r in rows:
+        if r.spec.budget is not None and r.spec.strategy != "autoscheme":
+            avg = Recipe("tiny", "", r.spec.recipe).average_bits(layers, ignore_scale_bits=True)
+            assert avg <= r.spec.budget + 1e-9, r.label
+    auto = [r for r in rows if r.spec.strategy == "autoscheme"]
+    assert len(auto) == 4 and all(len(r.spec.recipe) == 28 for r in auto)
+    assert set(auto[-1].spec.recipe.values()) <= {"W2A16G64", "W4A16G64"}
+
+
+def test_run_protocol_on_tiny_writes_the_tables():
+    tables = run_protocol("tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32,
+                          with_autoscheme=False)
+    folder = reports_dir("tiny")
+    text = (folder / "tables.md").read_text()
+    for t in (1, 2, 3, 4):
+        assert f"Table {t}" in text and (folder / f"table{t}.csv").is_file()
+    assert tables[1].loc["BF16", "accuracy"].endswith("(100.0%)")
+    assert "%" in tables[2].loc["mixviz (optimal)", "accuracy"]
+    assert (folder / "chart.html").is_file()
+    again = run_protocol("tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32,
+                         with_autoscheme=False)  # resumable: nothing to run, same tables
+    assert again[1].equals(tables[1])
+
+
+@pytest.mark.slow
+def test_demo_is_planned_with_group_64_for_w2_w4():
+    rows = plan("demo", ("mixviz_lastword",), 2, "hessian", 2, 64, False, lambda m: None)
+    table4 = [r for r in rows if r.table == 4]
+    assert {o for r in table4 for o in r.spec.recipe.values()} <= {"W2A16G64", "W4A16G64"}
