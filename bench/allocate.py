@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+# bench/profile.py shadows the stdlib's ``profile`` (imported via cProfile): drop this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mixviz.allocate import Problem, allocate, frontier  # noqa: E402

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+# bench/profile.py shadows the stdlib's ``profile`` (imported via cProfile): drop this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mixviz.backends import LocalBackend, wait  # noqa: E402
@@ -32,11 +34,22 @@ def main() -> None:
     ref = resolve_model(args.model)
     backend = LocalBackend()
     specs = {
-        "bf16": RunSpec(model=args.model, recipe=None, tasks=BUNDLED_TASKS, limit=args.limit,
-                        model_hash=ref.hash, strategy="bf16"),
-        args.option: RunSpec(model=args.model, recipe=uniform_recipe(ref, args.option),
-                             tasks=BUNDLED_TASKS, limit=args.limit, model_hash=ref.hash,
-                             strategy=f"pure {args.option}"),
+        "bf16": RunSpec(
+            model=args.model,
+            recipe=None,
+            tasks=BUNDLED_TASKS,
+            limit=args.limit,
+            model_hash=ref.hash,
+            strategy="bf16",
+        ),
+        args.option: RunSpec(
+            model=args.model,
+            recipe=uniform_recipe(ref, args.option),
+            tasks=BUNDLED_TASKS,
+            limit=args.limit,
+            model_hash=ref.hash,
+            strategy=f"pure {args.option}",
+        ),
     }
     rows = {}
     for name, spec in specs.items():

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/profile.py shadows the stdlib's ``profile`` (imported via cProfile): drop this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -27,8 +29,9 @@ QUERY = "model=demo&options=MXFP4,MXFP8&metric=hessian&nsamples=16&seqlen=256&no
 
 
 def main() -> None:
-    prof = profile_model("demo", options="MXFP4,MXFP8", metric="hessian", nsamples=16,
-                         seqlen=256, allow_partial=True)
+    prof = profile_model(
+        "demo", options="MXFP4,MXFP8", metric="hessian", nsamples=16, seqlen=256, allow_partial=True
+    )
     problem = Problem.from_profile(prof, ignore_scale_bits=True)
     solve = []
     for i in range(20):
@@ -50,14 +53,19 @@ def main() -> None:
             page.keyboard.press("ArrowRight")
             page.wait_for_function(
                 "(b) => document.querySelectorAll('[data-testid=\"stMetricValue\"]')[1]"
-                ".innerText !== b", arg=before, timeout=60_000)
+                ".innerText !== b",
+                arg=before,
+                timeout=60_000,
+            )
             wait_idle(page, settle_ms=0)
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(f"server-side solve (anchor): median {statistics.median(solve) * 1000:.1f} ms")
-    print(f"slider → redrawn in the browser: median {med * 1000:.0f} ms, max "
-          f"{max(times) * 1000:.0f} ms over {len(times)} moves "
-          f"({med / statistics.median(solve):.0f}× the solve); goal < 300 ms")
+    print(
+        f"slider → redrawn in the browser: median {med * 1000:.0f} ms, max "
+        f"{max(times) * 1000:.0f} ms over {len(times)} moves "
+        f"({med / statistics.median(solve):.0f}× the solve); goal < 300 ms"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.profile import Calib, Profile, Row, _versions
-from mixviz.schemes import SCHEMES, Scheme, layer_bits
+from mixviz.schemes import SCHEMES, Scheme
 
 _FIELDS = ("bits", "group_size", "data_type", "act_bits")
 
@@ -66,15 +66,7 @@ def import_autoscheme(folder: str | Path, model: str) -> Profile:
         for x in layers:
             if x.name not in d["layer_scores"]:
                 raise MixvizError(f"AutoScheme cache for {scheme.name} lacks {x.name}")
-            rows.append(
-                Row(
-                    x.name,
-                    scheme.name,
-                    layer_bits(scheme, x.in_features, x.out_features),
-                    layer_bits(scheme, x.in_features, x.out_features, ignore_scale_bits=True),
-                    float(d["layer_scores"][x.name][1]),
-                )
-            )
+            rows.append(Row.of(x, scheme, float(d["layer_scores"][x.name][1])))
     dataset = str(cfg.get("dataset", "unknown"))
     calib = Calib(
         Path(dataset).name,

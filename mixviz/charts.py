@@ -43,6 +43,19 @@ def _grid(layers):
     return blocks, kinds, cells
 
 
+def _grid_layout(fig: go.Figure, title: str) -> go.Figure:
+    """Block × module axes, block 0 on top."""
+    fig.update_layout(
+        title=title,
+        xaxis_title="module",
+        yaxis_title="block",
+        yaxis_autorange="reversed",
+        height=520,
+        margin={"t": 50, "b": 40},
+    )
+    return fig
+
+
 def sensitivity_heatmap(profile, option: str) -> go.Figure:
     """Score per (block, module) for one option, on a log colour scale."""
     blocks, kinds, cells = _grid(profile.layers)
@@ -75,15 +88,7 @@ def sensitivity_heatmap(profile, option: str) -> go.Figure:
             "%{customdata[2]}<extra></extra>",
         )
     )
-    fig.update_layout(
-        title=f"{profile.metric} sensitivity — {option}",
-        xaxis_title="module",
-        yaxis_title="block",
-        yaxis_autorange="reversed",
-        height=520,
-        margin={"t": 50, "b": 40},
-    )
-    return fig
+    return _grid_layout(fig, f"{profile.metric} sensitivity — {option}")
 
 
 def allocation_heatmap(
@@ -146,15 +151,7 @@ def allocation_heatmap(
                     y1=b + 0.5,
                     line={"color": "black", "width": 2},
                 )
-    fig.update_layout(
-        title=title or f"{allocation.strategy}: {allocation.avg_bits:.3f} bits",
-        xaxis_title="module",
-        yaxis_title="block",
-        yaxis_autorange="reversed",
-        height=520,
-        margin={"t": 50, "b": 40},
-    )
-    return fig
+    return _grid_layout(fig, title or f"{allocation.strategy}: {allocation.avg_bits:.3f} bits")
 
 
 def frontier_chart(

@@ -396,10 +396,13 @@ def _recipe_from_file(path: str):
         from mixviz.allocate import Allocation
 
         fields = {k: doc[k] for k in Allocation.__dataclass_fields__ if k in doc}
-        return Recipe.from_allocation(Allocation(**fields), doc.get("model", ""),
-                                      doc.get("model_hash", ""))
-    raise MixvizError(f"{path} is neither a mixviz recipe nor an allocation "
-                      "(use `mixviz import` for auto-round layer configs)")
+        return Recipe.from_allocation(
+            Allocation(**fields), doc.get("model", ""), doc.get("model_hash", "")
+        )
+    raise MixvizError(
+        f"{path} is neither a mixviz recipe nor an allocation "
+        "(use `mixviz import` for auto-round layer configs)"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -422,8 +425,9 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     ref = resolve_model(args.model, trust_remote_code=args.trust_remote_code)
     recipe = import_recipe(args.file, ref.name, ref.hash, inventory(meta_model(ref)))
-    recipe = type(recipe)(ref.name, ref.hash, recipe.layers, recipe.ignore_scale_bits,
-                          recipe.provenance)
+    recipe = type(recipe)(
+        ref.name, ref.hash, recipe.layers, recipe.ignore_scale_bits, recipe.provenance
+    )
     if args.out:
         recipe.save(args.out)
         _progress(f"wrote {args.out} ({len(recipe.layers)} layers)")
@@ -442,9 +446,16 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     default = "mixviz_lastword,mixviz_nextsent" if args.model in ("demo", "tiny") else STUDY_TASKS
     tasks = tuple(check_tasks((args.tasks or default).split(",")))
-    run_protocol(args.model, tasks=tasks, limit=args.limit, metric=args.metric,
-                          nsamples=args.nsamples, seqlen=args.seqlen,
-                 with_autoscheme=not args.no_autoscheme, log=_progress)
+    run_protocol(
+        args.model,
+        tasks=tasks,
+        limit=args.limit,
+        metric=args.metric,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        with_autoscheme=not args.no_autoscheme,
+        log=_progress,
+    )
     folder = reports_dir(args.model)
     _progress(f"wrote {folder}/tables.md, table1-4.csv and chart.html")
     sys.stdout.write((folder / "tables.md").read_text())
@@ -561,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mixviz.export import TARGETS
 
-    exp = sub.add_parser("export", help="translate a recipe for auto-round, GPTQModel, "
-                                        "llm-compressor or llama.cpp")
+    exp = sub.add_parser(
+        "export", help="translate a recipe for auto-round, GPTQModel, llm-compressor or llama.cpp"
+    )
     exp.add_argument("recipe", help="a mixviz recipe or allocation JSON")
     exp.add_argument("--to", required=True, choices=TARGETS)
     exp.add_argument("--out", help="write to this file instead of stdout")
@@ -582,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default=DEFAULT_METRIC, choices=METRIC_NAMES)
     rep.add_argument("--nsamples", type=int, default=16)
     rep.add_argument("--seqlen", type=int, default=256)
-    rep.add_argument("--no-autoscheme", action="store_true",
-                     help="skip AutoScheme's own allocations")
+    rep.add_argument(
+        "--no-autoscheme", action="store_true", help="skip AutoScheme's own allocations"
+    )
     rep.set_defaults(func=cmd_reproduce)
     return p
 

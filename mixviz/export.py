@@ -37,9 +37,12 @@ def to_autoround(recipe: Recipe) -> dict:
         f"layer_config = {json.dumps(layer_config, indent=4)}\n"
         f"ar = AutoRound(model, tokenizer, scheme={default!r}, layer_config=layer_config,\n"
         "               iters=0, disable_opt_rtn=True)\n"
-        "model, layer_config = ar.quantize()  # in memory; or ar.quantize_and_save(...)\n")
-    cli = (f"auto-round --model {recipe.model} --scheme {default} --iters 0 "
-           f"--layer_config '{text}' --format auto_round --output_dir ./quantized")
+        "model, layer_config = ar.quantize()  # in memory; or ar.quantize_and_save(...)\n"
+    )
+    cli = (
+        f"auto-round --model {recipe.model} --scheme {default} --iters 0 "
+        f"--layer_config '{text}' --format auto_round --output_dir ./quantized"
+    )
     return {"layer_config": layer_config, "python": python, "cli": cli}
 
 
@@ -56,8 +59,10 @@ def to_gptqmodel(recipe: Recipe) -> dict:
     for name, option in recipe.layers.items():
         s = get_scheme(option)
         if s.family not in ("int", "bf16"):
-            raise MixvizError(f"GPTQModel quantizes integer weights only; {name} is {option} "
-                              "(use the auto-round or llm-compressor export for MX/NV formats)")
+            raise MixvizError(
+                f"GPTQModel quantizes integer weights only; {name} is {option} "
+                "(use the auto-round or llm-compressor export for MX/NV formats)"
+            )
         ints[name] = s
     quantized = [s for s in ints.values() if s.bits < 16]
     if not quantized:
@@ -101,11 +106,23 @@ def _targets(names: list[str]) -> list[str]:
 def _ct_args(s: Scheme) -> dict:
     """compressed-tensors QuantizationArgs for a scheme."""
     if s.family == "int":
-        return {"num_bits": s.bits, "type": "int", "symmetric": True, "strategy": "group",
-                "group_size": s.group_size, "dynamic": False}
+        return {
+            "num_bits": s.bits,
+            "type": "int",
+            "symmetric": True,
+            "strategy": "group",
+            "group_size": s.group_size,
+            "dynamic": False,
+        }
     strategy = "tensor_group" if s.family == "nvfp" else "group"
-    return {"num_bits": s.bits, "type": "float", "symmetric": True, "strategy": strategy,
-            "group_size": s.group_size, "dynamic": False}
+    return {
+        "num_bits": s.bits,
+        "type": "float",
+        "symmetric": True,
+        "strategy": strategy,
+        "group_size": s.group_size,
+        "dynamic": False,
+    }
 
 
 def to_llmcompressor(recipe: Recipe) -> str:
@@ -123,16 +140,25 @@ def to_llmcompressor(recipe: Recipe) -> str:
         lines.append("          targets: " + json.dumps(_targets(names)))
         lines.append("          weights: " + json.dumps(_ct_args(s)))
         if s.act_bits <= 8:
-            act = {**_ct_args(get_scheme(option)), "dynamic": True if s.family == "mxfp"
-                   else "local"}
+            act = {
+                **_ct_args(get_scheme(option)),
+                "dynamic": True if s.family == "mxfp" else "local",
+            }
             lines.append("          input_activations: " + json.dumps(act))
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- llama.cpp
 
-_GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+_GGUF_NAMES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
 
 
 def gguf_tensor_name(hf_name: str) -> str:
@@ -163,8 +189,7 @@ def ggml_type(option: str) -> str:
 
 def to_llamacpp(recipe: Recipe) -> list[str]:
     """``llama-quantize`` arguments, one ``--tensor-type`` per layer."""
-    return [f"--tensor-type {gguf_tensor_name(n)}={ggml_type(o)}" for n, o in
-            recipe.layers.items()]
+    return [f"--tensor-type {gguf_tensor_name(n)}={ggml_type(o)}" for n, o in recipe.layers.items()]
 
 
 def export(recipe: Recipe, target: str) -> str:
@@ -192,15 +217,19 @@ def import_recipe(path, model: str, model_hash: str, layers) -> Recipe:
     if isinstance(doc, dict) and doc.get("format") == "mixviz.recipe":
         recipe = Recipe.from_dict(doc)
         if recipe.model_hash and model_hash and recipe.model_hash != model_hash:
-            raise MixvizError(f"this recipe was made for {recipe.model!r} "
-                              f"(hash {recipe.model_hash}), not {model!r}")
+            raise MixvizError(
+                f"this recipe was made for {recipe.model!r} "
+                f"(hash {recipe.model_hash}), not {model!r}"
+            )
         recipe.validate(layers)
         return recipe
     if isinstance(doc, dict) and isinstance(doc.get("layer_config"), dict):
         doc = doc["layer_config"]
     if not isinstance(doc, dict) or not doc:
-        raise MixvizError("expected a mixviz recipe or an auto-round layer_config "
-                          "(a JSON object of layer name → scheme)")
+        raise MixvizError(
+            "expected a mixviz recipe or an auto-round layer_config "
+            "(a JSON object of layer name → scheme)"
+        )
     out = {}
     for name, cfg in doc.items():
         if isinstance(cfg, str):

@@ -68,8 +68,14 @@ def delta_loss(
     ids: torch.Tensor,
     step: Step,
     batch_size: int = 8,
+    micro_batch: int = 1,
 ) -> Scores:
-    """AutoScheme's per-layer score, option by option (all layers at that option)."""
+    """AutoScheme's per-layer score, option by option (all layers at that option).
+
+    As in AutoScheme, the weight term is ``|Σ_batch ∂L/∂Q(W) ⊙ ΔW|`` per batch of
+    ``batch_size`` sequences; the batch's gradient is accumulated over micro-batches (loss
+    scaled to the batch mean), so only one micro-batch's activations are held at a time.
+    """
     _freeze(model)
     _untie_if_needed(model, layers)
     mods = _modules(model)
@@ -83,18 +89,19 @@ def delta_loss(
                 q = LayerQuantizer(lin, scheme)
                 originals[x.name] = lin.weight.data
                 lin.weight.data = q.weight()
-                if scheme.bits < 16:
-                    lin.weight.requires_grad_(True)
-                    handles.append(
-                        lin.weight.register_post_accumulate_grad_hook(
-                            _weight_abs_hook(acc, x.name, originals[x.name])
-                        )
-                    )
+                lin.weight.requires_grad_(scheme.bits < 16)
                 if q.act is not None:
                     handles.append(lin.register_forward_pre_hook(_act_abs_hook(acc, x.name, q.act)))
             for batch in ids.split(batch_size):
-                out = model(input_ids=batch, labels=batch, use_cache=False)
-                out.loss.backward()
+                for part in batch.split(micro_batch):
+                    out = model(input_ids=part, labels=part, use_cache=False)
+                    (out.loss * (len(part) / len(batch))).backward()
+                with torch.no_grad():
+                    for x in layers:
+                        w = mods[x.name].weight
+                        if w.grad is not None:
+                            acc[x.name] += (w.grad * (originals[x.name] - w)).abs().sum().item()
+                            w.grad = None
                 step(f"delta_loss {scheme.name}")
         finally:
             for h in handles:
@@ -109,23 +116,25 @@ def delta_loss(
     return scores
 
 
-def _weight_abs_hook(acc: dict, name: str, original: torch.Tensor):
-    def hook(p: torch.Tensor) -> None:
-        acc[name] += (p.grad * (original - p.detach())).abs().sum().item()
-        p.grad = None
-
-    return hook
-
-
 def _act_abs_hook(acc: dict, name: str, qdq):
+    """Quantize the layer's input; accumulate ``Σ|∂L/∂Q(x) ⊙ (x − Q(x))|`` in backward.
+
+    Q(x) is computed without autograd and passed straight through (``x + (Q(x) − x)``
+    detached), so the graph keeps only ``x`` — the quantizer's intermediates would otherwise
+    be saved for every linear and exhaust memory on a real model.
+    """
+
     def hook(mod, args):
         x = args[0]
-        qx = qdq(x)
+        with torch.no_grad():
+            diff = x - qdq(x)
+        qx = x - diff
         if torch.is_grad_enabled() and qx.requires_grad:
-            diff = (x - qx).detach()
-            qx.register_hook(
-                lambda g: acc.__setitem__(name, acc[name] + (g * diff).abs().sum().item())
-            )
+
+            def on_grad(g):
+                acc[name] += (g * diff).abs().sum().item()
+
+            qx.register_hook(on_grad)
         return (qx, *args[1:])
 
     return hook

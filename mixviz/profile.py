@@ -23,8 +23,8 @@ from mixviz.schemes import Scheme, get_scheme, layer_bits, parse_options
 
 FORMAT = "mixviz.profile"
 VERSION = 1
-METRIC_NAMES = ("hessian", "fisher", "delta_loss", "kl")
-DEFAULT_METRIC = "hessian"
+METRIC_NAMES = ("fisher", "hessian", "delta_loss", "kl")
+DEFAULT_METRIC = "fisher"  # best agreement with kl within 0.5× AutoScheme's time (bench)
 
 # progress(done, total, message); return value ignored
 ProgressFn = Callable[[int, int, str], None]
@@ -49,6 +49,18 @@ class Row:
     bits: int
     bits_no_scale: int
     score: float | None  # None: the option is unavailable for this layer
+
+    @classmethod
+    def of(cls, layer: Layer, scheme: Scheme, score: float | None) -> Row:
+        """A row carrying the layer's bits under ``scheme`` in both accountings."""
+        i, o = layer.in_features, layer.out_features
+        return cls(
+            layer.name,
+            scheme.name,
+            layer_bits(scheme, i, o),
+            layer_bits(scheme, i, o, ignore_scale_bits=True),
+            score,
+        )
 
 
 @dataclass(frozen=True)
@@ -294,19 +306,11 @@ def profile_model(
 
     t0 = time.perf_counter()
     scores = _compute(ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel)
-    rows = []
-    for x in cands:
-        for s in schemes:
-            ok = s.available_for(x.in_features)
-            rows.append(
-                Row(
-                    x.name,
-                    s.name,
-                    layer_bits(s, x.in_features, x.out_features),
-                    layer_bits(s, x.in_features, x.out_features, ignore_scale_bits=True),
-                    float(scores[(x.name, s.name)]) if ok else None,
-                )
-            )
+    rows = [
+        Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
+        for x in cands
+        for s in schemes
+    ]
     prof = Profile(
         ref.name,
         ref.hash,
@@ -397,15 +401,7 @@ def synthetic_profile(
             sens = float(rng.lognormal(0.0, 1.0))
             for s in schemes:
                 score = 0.0 if s.bits >= 16 else sens * x.numel * 4.0 ** (-s.bits)
-                rows.append(
-                    Row(
-                        x.name,
-                        s.name,
-                        layer_bits(s, i, o),
-                        layer_bits(s, i, o, ignore_scale_bits=True),
-                        score if s.available_for(i) else None,
-                    )
-                )
+                rows.append(Row.of(x, s, score if s.available_for(i) else None))
     cal = Calib("synthetic", f"seed{seed}", 0, 0)
     return Profile(
         model,

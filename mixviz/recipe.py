@@ -40,11 +40,17 @@ class Recipe:
                 raise MixvizError(f"recipe layer {name}: write {canonical}, not {option}")
 
     @classmethod
-    def from_allocation(cls, allocation, model: str, model_hash: str,
-                        locks: list[str] | None = None) -> Recipe:
-        prov = {"profile_key": allocation.profile_key, "metric": allocation.metric,
-                "strategy": allocation.strategy, "budget": allocation.budget_avg_bits,
-                "predicted_loss": allocation.predicted_loss, "pins": dict(allocation.pins)}
+    def from_allocation(
+        cls, allocation, model: str, model_hash: str, locks: list[str] | None = None
+    ) -> Recipe:
+        prov = {
+            "profile_key": allocation.profile_key,
+            "metric": allocation.metric,
+            "strategy": allocation.strategy,
+            "budget": allocation.budget_avg_bits,
+            "predicted_loss": allocation.predicted_loss,
+            "pins": dict(allocation.pins),
+        }
         if locks:
             prov["locks"] = list(locks)
         return cls(model, model_hash, dict(allocation.layers), allocation.ignore_scale_bits, prov)
@@ -56,8 +62,9 @@ class Recipe:
         total = numel = 0
         for name, option in self.layers.items():
             x = shapes[name]
-            total += layer_bits(get_scheme(option), x.in_features, x.out_features,
-                                ignore_scale_bits=ignore)
+            total += layer_bits(
+                get_scheme(option), x.in_features, x.out_features, ignore_scale_bits=ignore
+            )
             numel += x.numel
         return total / numel
 
@@ -66,33 +73,57 @@ class Recipe:
         shapes = {x.name: x for x in layers}
         missing = [n for n in self.layers if n not in shapes]
         if missing:
-            raise MixvizError(f"the recipe names {len(missing)} layers this model does not "
-                              f"have, e.g. {missing[0]}: a recipe for another model?")
+            raise MixvizError(
+                f"the recipe names {len(missing)} layers this model does not "
+                f"have, e.g. {missing[0]}: a recipe for another model?"
+            )
         for name, option in self.layers.items():
             if not get_scheme(option).available_for(shapes[name].in_features):
-                raise MixvizError(f"{option} cannot quantize {name}: its group size does not "
-                                  f"divide in_features {shapes[name].in_features}")
+                raise MixvizError(
+                    f"{option} cannot quantize {name}: its group size does not "
+                    f"divide in_features {shapes[name].in_features}"
+                )
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "model": self.model,
-                "model_hash": self.model_hash, "ignore_scale_bits": self.ignore_scale_bits,
-                "provenance": self.provenance, "layers": dict(self.layers)}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model,
+            "model_hash": self.model_hash,
+            "ignore_scale_bits": self.ignore_scale_bits,
+            "provenance": self.provenance,
+            "layers": dict(self.layers),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise MixvizError("not a mixviz recipe (missing \"format\": \"mixviz.recipe\")")
+            raise MixvizError('not a mixviz recipe (missing "format": "mixviz.recipe")')
         if d.get("version") != VERSION:
-            raise MixvizError(f"unsupported recipe version {d.get('version')!r} "
-                              f"(this mixviz reads version {VERSION})")
-        unknown = set(d) - {"format", "version", "model", "model_hash", "ignore_scale_bits",
-                            "provenance", "layers"}
+            raise MixvizError(
+                f"unsupported recipe version {d.get('version')!r} "
+                f"(this mixviz reads version {VERSION})"
+            )
+        unknown = set(d) - {
+            "format",
+            "version",
+            "model",
+            "model_hash",
+            "ignore_scale_bits",
+            "provenance",
+            "layers",
+        }
         if unknown:
             raise MixvizError(f"unknown recipe field {sorted(unknown)[0]!r}")
         if not isinstance(d.get("layers"), dict):
-            raise MixvizError("a recipe needs a \"layers\" map of layer → option")
-        return cls(str(d.get("model", "")), str(d.get("model_hash", "")), d["layers"],
-                   bool(d.get("ignore_scale_bits", False)), dict(d.get("provenance") or {}))
+            raise MixvizError('a recipe needs a "layers" map of layer → option')
+        return cls(
+            str(d.get("model", "")),
+            str(d.get("model_hash", "")),
+            d["layers"],
+            bool(d.get("ignore_scale_bits", False)),
+            dict(d.get("provenance") or {}),
+        )
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(Path(path), self.to_dict())
@@ -114,5 +145,6 @@ def read_json(path: str | Path, what: str) -> object:
     except UnicodeDecodeError:
         raise MixvizError(f"{what} file {p.name} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
-        raise MixvizError(f"{what} file {p.name} is not valid JSON: {e.msg} at line "
-                          f"{e.lineno}") from None
+        raise MixvizError(
+            f"{what} file {p.name} is not valid JSON: {e.msg} at line {e.lineno}"
+        ) from None

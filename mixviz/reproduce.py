@@ -43,8 +43,14 @@ def reports_dir(model: str) -> Path:
     return cache_dir() / "reports" / _safe(model)
 
 
-def autoscheme_recipe(ref, options: tuple[str, ...], budget: float, nsamples: int,
-                      seqlen: int, log: Callable[[str], None]) -> dict[str, str]:
+def autoscheme_recipe(
+    ref,
+    options: tuple[str, ...],
+    budget: float,
+    nsamples: int,
+    seqlen: int,
+    log: Callable[[str], None],
+) -> dict[str, str]:
     """AutoScheme's own allocation (through auto-round) at ``budget``, cached on disk."""
     from mixviz.autoscheme import run_autoscheme, scheme_from_autoround
     from mixviz.models import load_model
@@ -58,11 +64,13 @@ def autoscheme_recipe(ref, options: tuple[str, ...], budget: float, nsamples: in
     calib = reports_dir(ref.name) / f"calib-{nsamples}x{seqlen}.jsonl"
     if not calib.is_file():
         windows = token_windows(tok, calibration_text(), nsamples, seqlen + 16)
-        atomic_write_bytes(calib, "".join(json.dumps({"text": tok.decode(w)}) + "\n"
-                                          for w in windows).encode())
+        atomic_write_bytes(
+            calib, "".join(json.dumps({"text": tok.decode(w)}) + "\n" for w in windows).encode()
+        )
     scores = cache_dir() / "autoscheme" / ref.hash
-    config, _ = run_autoscheme(model, tok, list(options), str(calib), nsamples, seqlen, scores,
-                               avg_bits=budget)
+    config, _ = run_autoscheme(
+        model, tok, list(options), str(calib), nsamples, seqlen, scores, avg_bits=budget
+    )
     layers = {}
     for name, cfg in config.items():
         if "layers." not in name:  # lm_head and friends stay as they are
@@ -73,8 +81,16 @@ def autoscheme_recipe(ref, options: tuple[str, ...], budget: float, nsamples: in
     return layers
 
 
-def plan(model: str, tasks: tuple[str, ...], limit: int | None, metric: str, nsamples: int,
-         seqlen: int, with_autoscheme: bool, log: Callable[[str], None]) -> list[Row]:
+def plan(
+    model: str,
+    tasks: tuple[str, ...],
+    limit: int | None,
+    metric: str,
+    nsamples: int,
+    seqlen: int,
+    with_autoscheme: bool,
+    log: Callable[[str], None],
+) -> list[Row]:
     """Every run of the protocol, as (table, row label, RunSpec)."""
     from mixviz.inventory import block_linears, inventory
     from mixviz.models import meta_model, resolve_model
@@ -87,22 +103,28 @@ def plan(model: str, tasks: tuple[str, ...], limit: int | None, metric: str, nsa
     def spec(recipe, strategy, budget=None):
         return RunSpec(recipe=recipe, strategy=strategy, budget=budget, **base)
 
-    rows = [Row(1, "BF16", spec(None, "bf16")),
-            Row(1, "pure 4-bit", spec({x.name: "MXFP4" for x in layers}, "pure MXFP4"))]
+    rows = [
+        Row(1, "BF16", spec(None, "bf16")),
+        Row(1, "pure 4-bit", spec({x.name: "MXFP4" for x in layers}, "pure MXFP4")),
+    ]
     w2, w4 = int_options(layers)
-    for options, table_budgets, high in ((MX, {1: (4.5, 5, 6), 2: (5,), 3: (4.5,)}, "8"),
-                                         ((w2, w4), {4: (3,)}, "4")):
+    for options, table_budgets, high in (
+        (MX, {1: (4.5, 5, 6), 2: (5,), 3: (4.5,)}, "8"),
+        ((w2, w4), {4: (3,)}, "4"),
+    ):
         log(f"profiling {model} with {metric} for {'+'.join(options)}")
-        prof = profile_model(model, options=list(options), metric=metric, nsamples=nsamples,
-                             seqlen=seqlen)
+        prof = profile_model(
+            model, options=list(options), metric=metric, nsamples=nsamples, seqlen=seqlen
+        )
         problem = Problem.from_profile(prof, ignore_scale_bits=True)
         for table, budgets in table_budgets.items():
             for b in budgets:
                 if table != 1:
                     for s in ("tail", "head"):
                         a = allocate(problem, b, s)
-                        rows.append(Row(table, f"{s} layers {high}-bit",
-                                        spec(dict(a.layers), s, b)))
+                        rows.append(
+                            Row(table, f"{s} layers {high}-bit", spec(dict(a.layers), s, b))
+                        )
                 a = allocate(problem, b, "optimal")
                 label = f"mixviz {b:g}" if table == 1 else "mixviz (optimal)"
                 rows.append(Row(table, label, spec(dict(a.layers), "optimal", b)))
@@ -113,10 +135,18 @@ def plan(model: str, tasks: tuple[str, ...], limit: int | None, metric: str, nsa
     return rows
 
 
-def run_protocol(model: str, *, tasks: tuple[str, ...], limit: int | None = None,
-                 metric: str = "hessian", nsamples: int = 16, seqlen: int = 256,
-                 with_autoscheme: bool = True, store: Store | None = None,
-                 log: Callable[[str], None] = lambda m: None) -> dict[int, object]:
+def run_protocol(
+    model: str,
+    *,
+    tasks: tuple[str, ...],
+    limit: int | None = None,
+    metric: str = "hessian",
+    nsamples: int = 16,
+    seqlen: int = 256,
+    with_autoscheme: bool = True,
+    store: Store | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[int, object]:
     """Run (or resume) the protocol; write the tables under ``cache/reports/<model>/``."""
     from mixviz.backends import LocalBackend, wait
 
@@ -144,8 +174,9 @@ def run_protocol(model: str, *, tasks: tuple[str, ...], limit: int | None = None
     return write_report(model, rows, ids, store, tasks)
 
 
-def write_report(model: str, rows: list[Row], ids: dict[str, str], store: Store,
-                 tasks: tuple[str, ...]) -> dict[int, object]:
+def write_report(
+    model: str, rows: list[Row], ids: dict[str, str], store: Store, tasks: tuple[str, ...]
+) -> dict[int, object]:
     """Tables 1–4 (Markdown + CSV) and a chart (HTML) under ``cache/reports/<model>/``."""
     import pandas as pd
 
@@ -160,22 +191,40 @@ def write_report(model: str, rows: list[Row], ids: dict[str, str], store: Store,
     bf16_id = ids[rows[0].spec.key]
     ref = accuracy(bf16_id) if store.get(bf16_id).status == "done" else None
     folder = reports_dir(model)
-    titles = {1: "Table 1 — MXFP4/MXFP8 mixed", 2: "Table 2 — average 5 bits, MXFP",
-              3: "Table 3 — average 4.5 bits, MXFP", 4: "Table 4 — average 3 bits, W2 + W4"}
-    tables, md = {}, [f"# {model}: the reference study's tables\n",
-                      f"Tasks: {', '.join(tasks)} (accuracy = mean of their acc).\n"]
+    titles = {
+        1: "Table 1 — MXFP4/MXFP8 mixed",
+        2: "Table 2 — average 5 bits, MXFP",
+        3: "Table 3 — average 4.5 bits, MXFP",
+        4: "Table 4 — average 3 bits, W2 + W4",
+    }
+    tables, md = (
+        {},
+        [
+            f"# {model}: the reference study's tables\n",
+            f"Tasks: {', '.join(tasks)} (accuracy = mean of their acc).\n",
+        ],
+    )
     points = []
     for t, title in titles.items():
         data = []
         for row in (r for r in rows if r.table == t):
             run = store.get(ids[row.spec.key])
             acc = accuracy(run.id) if run.status == "done" else None
-            data.append({"strategy": row.label, "avg bits": f"{run.avg_bits:.2f}"
-                         if run.avg_bits else "", "accuracy": format_share(acc, ref)
-                         if acc is not None else run.status})
+            data.append(
+                {
+                    "strategy": row.label,
+                    "avg bits": f"{run.avg_bits:.2f}" if run.avg_bits else "",
+                    "accuracy": format_share(acc, ref) if acc is not None else run.status,
+                }
+            )
             if acc is not None and t != 4 and run.avg_bits:
-                points.append({"strategy": row.spec.strategy or "bf16", "avg_bits": run.avg_bits,
-                               "accuracy": acc})
+                points.append(
+                    {
+                        "strategy": row.spec.strategy or "bf16",
+                        "avg_bits": run.avg_bits,
+                        "accuracy": acc,
+                    }
+                )
         frame = pd.DataFrame(data).set_index("strategy")
         tables[t] = frame
         atomic_write_bytes(folder / f"table{t}.csv", frame.to_csv().encode())

@@ -8,6 +8,7 @@ so the UI, the CLI and the workers agree without talking to each other.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -111,11 +112,12 @@ class Store:
             raise MixvizError(f"cannot create the run store at {self.path}: {e}") from None
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        wait_s = float(os.environ.get("MIXVIZ_DB_TIMEOUT", "30"))
+        con = sqlite3.connect(self.path, timeout=wait_s, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
+        con.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
         return con
 
     @contextmanager

@@ -194,8 +194,18 @@ def execute(
 
     store = store or Store()
     folder = runs_dir() / run_id
-    spec = RunSpec.from_dict(json.loads((folder / "spec.json").read_text()))
     now = time.time()
+    try:
+        spec = RunSpec.from_dict(json.loads((folder / "spec.json").read_text()))
+    except (OSError, ValueError, MixvizError) as e:
+        store.transition(
+            run_id,
+            ("queued", "starting"),
+            status="failed",
+            finished=now,
+            error=f"unreadable spec.json: {e}",
+        )
+        return "failed"
     if not store.transition(
         run_id,
         ("queued", "starting"),

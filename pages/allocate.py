@@ -163,13 +163,24 @@ ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
 recipe = Recipe.from_allocation(best, profile.model, ref.hash)
 stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
 cols = st.columns(5)
-cols[0].download_button("mixviz recipe", json.dumps(recipe.to_dict(), indent=2),
-                        f"{stem}.recipe.json", "application/json", key="allocate_download")
-for col, (target, ext) in zip(cols[1:], [("autoround", "json"), ("gptqmodel", "json"),
-                                         ("llmcompressor", "yaml"), ("llamacpp", "txt")],
-                              strict=True):
+cols[0].download_button(
+    "mixviz recipe",
+    json.dumps(recipe.to_dict(), indent=2),
+    f"{stem}.recipe.json",
+    "application/json",
+    key="allocate_download",
+)
+for col, (target, ext) in zip(
+    cols[1:],
+    [("autoround", "json"), ("gptqmodel", "json"), ("llmcompressor", "yaml"), ("llamacpp", "txt")],
+    strict=True,
+):
     try:
-        col.download_button(target, export(recipe, target), f"{stem}.{target}.{ext}",
-                            key=f"allocate_download_{target}")
+        col.download_button(
+            target,
+            export(recipe, target),
+            f"{stem}.{target}.{ext}",
+            key=f"allocate_download_{target}",
+        )
     except MixvizError as e:
         col.button(target, disabled=True, help=str(e), key=f"allocate_download_{target}")

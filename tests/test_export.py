@@ -18,7 +18,6 @@ from mixviz.export import (
     export,
     ggml_type,
     import_recipe,
-    to_autoround,
     to_gptqmodel,
     to_llamacpp,
     to_llmcompressor,
@@ -43,13 +42,16 @@ def test_saved_v1_recipe_keeps_loading(tiny_layers):
     assert r.average_bits(tiny_layers, ignore_scale_bits=False) > r.average_bits(tiny_layers)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"version": 2}, "unsupported recipe version 2"),
-    ({"format": "other"}, "not a mixviz recipe"),
-    ({"extra": 1}, "unknown recipe field 'extra'"),
-    ({"layers": {"model.layers.0.mlp.up_proj": "FP5"}}, "unknown option 'FP5'"),
-    ({"layers": {"model.layers.0.mlp.up_proj": "mxfp4"}}, "write MXFP4"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"version": 2}, "unsupported recipe version 2"),
+        ({"format": "other"}, "not a mixviz recipe"),
+        ({"extra": 1}, "unknown recipe field 'extra'"),
+        ({"layers": {"model.layers.0.mlp.up_proj": "FP5"}}, "unknown option 'FP5'"),
+        ({"layers": {"model.layers.0.mlp.up_proj": "mxfp4"}}, "write MXFP4"),
+    ],
+)
 def test_recipe_refuses_what_it_does_not_know(change, message):
     d = {**json.loads(SAVED.read_text()), **change}
     with pytest.raises(MixvizError, match=message):
@@ -73,14 +75,29 @@ def test_autoround_export_round_trip(tiny_ref, tiny_layers):
     from mixviz.worker import verify
 
     recipe = Recipe.load(SAVED)
-    recipe = Recipe("tiny", "", {**recipe.layers, "model.layers.2.mlp.up_proj": "W4A16G32",
-                                 "model.layers.2.mlp.gate_proj": "W2A16G64"})
+    recipe = Recipe(
+        "tiny",
+        "",
+        {
+            **recipe.layers,
+            "model.layers.2.mlp.up_proj": "W4A16G32",
+            "model.layers.2.mlp.gate_proj": "W2A16G64",
+        },
+    )
     exported = json.loads(export(recipe, "autoround"))
     assert "--layer_config" in exported["cli"] and "AutoRound(" in exported["python"]
     assert all("\\" not in k and "*" not in k for k in exported["layer_config"])
     model, tok = load_model(tiny_ref)
-    ar = AutoRound(model, tok, scheme="MXFP4", layer_config=exported["layer_config"], iters=0,
-                   disable_opt_rtn=True, enable_torch_compile=False, device_map="cpu")
+    ar = AutoRound(
+        model,
+        tok,
+        scheme="MXFP4",
+        layer_config=exported["layer_config"],
+        iters=0,
+        disable_opt_rtn=True,
+        enable_torch_compile=False,
+        device_map="cpu",
+    )
     qmodel, _ = ar.quantize()
     verify(qmodel, recipe.layers)
     mods = dict(qmodel.named_modules())
@@ -128,8 +145,12 @@ def test_llmcompressor_targets_match_exactly(tiny_layers, which):
                 if re.match(t[3:], n):
                     assert n not in seen, n
                     seen[n] = (group["weights"]["num_bits"], group["weights"]["group_size"])
-    ignored = {n for t in mod["ignore"] for n in all_names
-               if (t.startswith("re:") and re.match(t[3:], n)) or t == n}
+    ignored = {
+        n
+        for t in mod["ignore"]
+        for n in all_names
+        if (t.startswith("re:") and re.match(t[3:], n)) or t == n
+    }
     for name, option in recipe.layers.items():
         if option == "BF16":
             assert name in ignored and name not in seen
@@ -169,8 +190,15 @@ def test_llamacpp_names_exist_in_the_demo_gguf(tmp_path, demo_layers):
 
 def test_import_autoround_layer_config_and_errors(tmp_path, tiny_layers):
     names = [x.name for x in tiny_layers if x.block is not None]
-    mx8 = {"bits": 8, "group_size": 32, "sym": True, "data_type": "mx_fp", "act_bits": 8,
-           "act_data_type": "mx_fp", "fixed_by_user": True}
+    mx8 = {
+        "bits": 8,
+        "group_size": 32,
+        "sym": True,
+        "data_type": "mx_fp",
+        "act_bits": 8,
+        "act_data_type": "mx_fp",
+        "fixed_by_user": True,
+    }
     cfg = {n: (mx8 if i % 2 else "W4A16G32") for i, n in enumerate(names)}
     f = tmp_path / "lc.json"
     f.write_text(json.dumps(cfg))
@@ -178,12 +206,18 @@ def test_import_autoround_layer_config_and_errors(tmp_path, tiny_layers):
     assert r.layers[names[1]] == "MXFP8" and r.layers[names[0]] == "W4A16G32"
     cases = {
         "bad.json": ("{not json", "not valid JSON"),
-        "unknown_layer.json": (json.dumps({"model.layers.7.mlp.up_proj": "MXFP4"}),
-                               "does not have"),
-        "unknown_scheme.json": (json.dumps({names[0]: {"bits": 5, "group_size": 128,
-                                                       "data_type": "int"}}), "unknown scheme"),
-        "other_model.json": (json.dumps({**json.loads(SAVED.read_text()),
-                                         "model_hash": "another"}), "made for"),
+        "unknown_layer.json": (
+            json.dumps({"model.layers.7.mlp.up_proj": "MXFP4"}),
+            "does not have",
+        ),
+        "unknown_scheme.json": (
+            json.dumps({names[0]: {"bits": 5, "group_size": 128, "data_type": "int"}}),
+            "unknown scheme",
+        ),
+        "other_model.json": (
+            json.dumps({**json.loads(SAVED.read_text()), "model_hash": "another"}),
+            "made for",
+        ),
     }
     for fname, (body, message) in cases.items():
         p = tmp_path / fname
@@ -194,18 +228,53 @@ def test_import_autoround_layer_config_and_errors(tmp_path, tiny_layers):
 
 def test_cli_export_and_import(tmp_path):
     out = tmp_path / "llmc.yaml"
-    r = subprocess.run([sys.executable, "-m", "mixviz", "export", str(SAVED), "--to",
-                        "llmcompressor", "--out", str(out)], cwd=REPO, capture_output=True,
-                       text=True, env=dict(os.environ), timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixviz",
+            "export",
+            str(SAVED),
+            "--to",
+            "llmcompressor",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "config_groups" in out.read_text()
-    r = subprocess.run([sys.executable, "-m", "mixviz", "export", str(SAVED), "--to",
-                        "gptqmodel"], cwd=REPO, capture_output=True, text=True,
-                       env=dict(os.environ), timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mixviz", "export", str(SAVED), "--to", "gptqmodel"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert r.returncode == 2 and "integer weights only" in r.stderr
     rec = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, "-m", "mixviz", "import", str(SAVED), "--model", "tiny",
-                        "--out", str(rec)], cwd=REPO, capture_output=True, text=True,
-                       env=dict(os.environ), timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixviz",
+            "import",
+            str(SAVED),
+            "--model",
+            "tiny",
+            "--out",
+            str(rec),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert Recipe.load(rec).layers == Recipe.load(SAVED).layers

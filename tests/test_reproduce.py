@@ -8,21 +8,31 @@ from mixviz.reproduce import int_options, plan, reports_dir, run_protocol
 
 
 def test_int_options_fall_back_to_a_dividing_group(tiny_layers, demo_layers):
-    assert int_options([x for x in tiny_layers if x.block is not None]) == ("W2A16G64",
-                                                                             "W4A16G64")
-    assert int_options([x for x in demo_layers if x.block is not None]) == ("W2A16G64",
-                                                                             "W4A16G64")
+    assert int_options([x for x in tiny_layers if x.block is not None]) == ("W2A16G64", "W4A16G64")
+    assert int_options([x for x in demo_layers if x.block is not None]) == ("W2A16G64", "W4A16G64")
 
 
 def test_plan_has_every_row_of_the_study(tiny_layers):
     rows = plan("tiny", ("mixviz_lastword",), 2, "hessian", 2, 32, True, lambda m: None)
     by_table = {t: [r.label for r in rows if r.table == t] for t in (1, 2, 3, 4)}
-    assert by_table[1] == ["BF16", "pure 4-bit", "mixviz 4.5", "AutoScheme 4.5", "mixviz 5",
-                           "AutoScheme 5", "mixviz 6", "AutoScheme 6"]
+    assert by_table[1] == [
+        "BF16",
+        "pure 4-bit",
+        "mixviz 4.5",
+        "AutoScheme 4.5",
+        "mixviz 5",
+        "AutoScheme 5",
+        "mixviz 6",
+        "AutoScheme 6",
+    ]
     for t in (2, 3, 4):
         high = "4" if t == 4 else "8"
-        assert by_table[t] == [f"tail layers {high}-bit", f"head layers {high}-bit",
-                               "mixviz (optimal)", "AutoScheme"]
+        assert by_table[t] == [
+            f"tail layers {high}-bit",
+            f"head layers {high}-bit",
+            "mixviz (optimal)",
+            "AutoScheme",
+        ]
     from mixviz.recipe import Recipe
 
     layers = [x for x in tiny_layers if x.block is not None]
@@ -36,8 +46,9 @@ def test_plan_has_every_row_of_the_study(tiny_layers):
 
 
 def test_run_protocol_on_tiny_writes_the_tables():
-    tables = run_protocol("tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32,
-                          with_autoscheme=False)
+    tables = run_protocol(
+        "tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32, with_autoscheme=False
+    )
     folder = reports_dir("tiny")
     text = (folder / "tables.md").read_text()
     for t in (1, 2, 3, 4):
@@ -45,8 +56,9 @@ def test_run_protocol_on_tiny_writes_the_tables():
     assert tables[1].loc["BF16", "accuracy"].endswith("(100.0%)")
     assert "%" in tables[2].loc["mixviz (optimal)", "accuracy"]
     assert (folder / "chart.html").is_file()
-    again = run_protocol("tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32,
-                         with_autoscheme=False)  # resumable: nothing to run, same tables
+    again = run_protocol(
+        "tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32, with_autoscheme=False
+    )  # resumable: nothing to run, same tables
     assert again[1].equals(tables[1])
 
 
