@@ -50,6 +50,7 @@ def _grid_layout(fig: go.Figure, title: str) -> go.Figure:
         xaxis_title="module",
         yaxis_title="block",
         yaxis_autorange="reversed",
+        yaxis_dtick=max(1, len(fig.data[0].y) // 16) if fig.data else 1,
         height=520,
         margin={"t": 50, "b": 40},
     )

@@ -97,15 +97,21 @@ class Store:
         self.path = Path(path) if path else db_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as con:
+            con = self._connect()
+            try:
                 version = con.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise MixvizError(
                         f"run store {self.path} has schema version {version}, newer than this "
                         f"mixviz ({SCHEMA_VERSION}); upgrade mixviz"
                     )
-                con.executescript(_SCHEMA)
-                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if version < SCHEMA_VERSION:  # only a new store is written to on open
+                    con.executescript(_SCHEMA)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            finally:
+                con.close()
+        except sqlite3.OperationalError as e:
+            raise MixvizError(f"run store busy or read-only ({self.path}): {e}") from None
         except sqlite3.DatabaseError as e:
             raise MixvizError(f"cannot open the run store {self.path}: {e}") from None
         except OSError as e:

@@ -119,7 +119,12 @@ else:
         st.error(str(chosen))
     else:
         st.plotly_chart(
-            charts.allocation_heatmap(profile.layers, chosen, list(profile.options)),
+            charts.allocation_heatmap(
+                profile.layers,
+                chosen,
+                list(profile.options),
+                f"{view}: {getattr(chosen, bits_key):.3f} bits",
+            ),
             key="allocate_heatmap",
         )
 

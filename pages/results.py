@@ -46,7 +46,7 @@ if tasks:
 
 st.subheader("Table")
 table = tables.study_table(frame, tasks)
-st.dataframe(table, key="results_table")
+st.table(table)
 c1, c2, c3 = st.columns(3)
 c1.download_button("Markdown", tables.to_markdown(table), "results.md", key="results_md")
 c2.download_button("CSV", tables.to_csv(table), "results.csv", key="results_csv")

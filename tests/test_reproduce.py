@@ -41,13 +41,14 @@ def test_plan_has_every_row_of_the_study(tiny_layers):
             avg = Recipe("tiny", "", r.spec.recipe).average_bits(layers, ignore_scale_bits=True)
             assert avg <= r.spec.budget + 1e-9, r.label
     auto = [r for r in rows if r.spec.strategy == "autoscheme"]
-    assert len(auto) == 4 and all(len(r.spec.recipe) == 28 for r in auto)
+    assert len(auto) == 6 and all(len(r.spec.recipe) == 28 for r in auto)
+    assert len({r.spec.key for r in auto}) == 4  # 4.5, 5 and 6 bits MX, 3 bits W2+W4
     assert set(auto[-1].spec.recipe.values()) <= {"W2A16G64", "W4A16G64"}
 
 
 def test_run_protocol_on_tiny_writes_the_tables():
     tables = run_protocol(
-        "tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32, with_autoscheme=False
+        "tiny", tasks=("mixviz_nextsent",), limit=8, nsamples=2, seqlen=32, with_autoscheme=False
     )
     folder = reports_dir("tiny")
     text = (folder / "tables.md").read_text()
@@ -57,7 +58,7 @@ def test_run_protocol_on_tiny_writes_the_tables():
     assert "%" in tables[2].loc["mixviz (optimal)", "accuracy"]
     assert (folder / "chart.html").is_file()
     again = run_protocol(
-        "tiny", tasks=("mixviz_lastword",), limit=2, nsamples=2, seqlen=32, with_autoscheme=False
+        "tiny", tasks=("mixviz_nextsent",), limit=8, nsamples=2, seqlen=32, with_autoscheme=False
     )  # resumable: nothing to run, same tables
     assert again[1].equals(tables[1])
 

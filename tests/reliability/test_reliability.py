@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -94,18 +93,27 @@ def test_locked_database_is_a_clear_error_and_data_survives(store, monkeypatch):
     assert [r.id for r in store.list()] == ["keep"]
 
 
-def test_read_only_cache_folder(tmp_path, monkeypatch):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    monkeypatch.setenv("MIXVIZ_CACHE", str(ro / "cache"))
+def test_unwritable_cache_folder(tmp_path, monkeypatch):
+    """A cache folder that cannot be written (a file in its way; root ignores chmod)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("MIXVIZ_CACHE", str(blocker / "cache"))
+    with pytest.raises(MixvizError, match="cannot create the run store"):
+        Store()
+    r = _cli("runs")
+    assert r.returncode == 2 and "cannot create the run store" in r.stderr
+
+
+def test_read_only_store_file_keeps_its_data(store):
+    store.insert("keep", "k", "tiny", "bf16", {"x": 1})
+    store.path.chmod(0o444)
     try:
-        if os.geteuid() == 0:
-            pytest.skip("root ignores file permissions")
-        with pytest.raises(MixvizError, match="cannot create the run store"):
-            Store()
+        assert Store(store.path).get("keep").spec == {"x": 1}  # reading still works
+        if os.geteuid() != 0:
+            with pytest.raises(MixvizError, match="busy or read-only"):
+                Store(store.path).insert("new", "k2", "tiny", "bf16", {})
     finally:
-        ro.chmod(stat.S_IRWXU)
+        store.path.chmod(0o644)
 
 
 def test_two_sessions_submit_at_once_one_runs(store, monkeypatch):
