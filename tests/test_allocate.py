@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from mixviz import MixvizError
-from mixviz.allocate import (
-    Problem,
-    allocate,
-    frontier,
-    llamacpp_more_bits,
-    solve_mckp,
-    solve_milp,
-)
+from mixviz.allocate import Problem, allocate, frontier
+from mixviz.baselines import llamacpp_more_bits
+from mixviz.knapsack import solve_mckp, solve_milp
 from mixviz.profile import synthetic_profile
 
 REPO = Path(__file__).resolve().parent.parent
