@@ -98,36 +98,9 @@ class Problem:
             bits[(r.layer, r.option)] = r.bits
             nos[(r.layer, r.option)] = r.bits_no_scale
             scores[(r.layer, r.option)] = r.score
-        return cls._build(
-            layers,
-            options,
-            bits,
-            nos,
-            scores,
-            ignore_scale_bits,
-            shared,
-            pins or {},
-            profile.key,
-            profile.metric,
-        )
-
-    @classmethod
-    def _build(
-        cls,
-        layers,
-        options,
-        bits,
-        nos,
-        scores,
-        ignore_scale_bits,
-        shared,
-        pins,
-        profile_key,
-        metric,
-    ) -> Problem:
         names = [x.name for x in layers]
         by_name = {x.name: x for x in layers}
-        pins = {k: get_scheme(v).name for k, v in pins.items()}
+        pins = {k: get_scheme(v).name for k, v in (pins or {}).items()}
         for name, opt in pins.items():
             if name not in by_name:
                 raise MixvizError(f"pinned layer {name!r} is not among the allocated layers")
@@ -180,8 +153,8 @@ class Problem:
             options,
             tuple(units),
             ignore_scale_bits,
-            profile_key,
-            metric,
+            profile.key,
+            profile.metric,
             pins,
         )
 

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mixviz.errors import MixvizError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,3 +50,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """``atomic_write_bytes`` of ``obj`` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def check_header(doc: Any, fmt: str, version: int, what: str) -> None:
+    """Refuse a document that is not ``{"format": fmt, "version": version, ...}``.
+
+    >>> check_header({"format": "mixviz.recipe", "version": 1}, "mixviz.recipe", 1, "recipe")
+    """
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise MixvizError(f'not a mixviz {what} (missing "format": "{fmt}")')
+    if doc.get("version") != version:
+        raise MixvizError(
+            f"unsupported {what} version {doc.get('version')!r} "
+            f"(this mixviz reads version {version})"
+        )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.inventory import Layer
-from mixviz.paths import atomic_write_json, cache_dir
+from mixviz.paths import atomic_write_json, cache_dir, check_header
 from mixviz.schemes import Scheme, get_scheme, layer_bits, parse_options
 
 FORMAT = "mixviz.profile"
@@ -139,13 +139,7 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: dict) -> Profile:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise MixvizError('not a mixviz profile (missing "format": "mixviz.profile")')
-        if d.get("version") != VERSION:
-            raise MixvizError(
-                f"unsupported profile version {d.get('version')!r} "
-                f"(this mixviz reads version {VERSION})"
-            )
+        check_header(d, FORMAT, VERSION, "profile")
         try:
             options = tuple(get_scheme(o).name for o in d["options"])
             layers = tuple(Layer.from_dict(x) for x in d["layers"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixviz.errors import MixvizError
-from mixviz.paths import atomic_write_json
+from mixviz.paths import atomic_write_json, check_header
 from mixviz.schemes import get_scheme, layer_bits
 
 FORMAT, VERSION = "mixviz.recipe", 1
@@ -97,13 +97,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise MixvizError('not a mixviz recipe (missing "format": "mixviz.recipe")')
-        if d.get("version") != VERSION:
-            raise MixvizError(
-                f"unsupported recipe version {d.get('version')!r} "
-                f"(this mixviz reads version {VERSION})"
-            )
+        check_header(d, FORMAT, VERSION, "recipe")
         unknown = set(d) - {
             "format",
             "version",

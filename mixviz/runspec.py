@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from mixviz.errors import MixvizError
+from mixviz.paths import check_header
 from mixviz.schemes import get_scheme
 
 SPEC_FORMAT, SPEC_VERSION = "mixviz.runspec", 1
@@ -91,8 +92,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
-        if d.get("format") != SPEC_FORMAT or d.get("version") != SPEC_VERSION:
-            raise MixvizError(f"not a {SPEC_FORMAT} v{SPEC_VERSION} document")
+        check_header(d, SPEC_FORMAT, SPEC_VERSION, "run spec")
         d = {k: v for k, v in d.items() if k not in ("format", "version")}
         try:
             d["tasks"] = tuple(d["tasks"])
@@ -120,6 +120,5 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunResult:
-        if d.get("format") != RESULT_FORMAT or d.get("version") != RESULT_VERSION:
-            raise MixvizError(f"not a {RESULT_FORMAT} v{RESULT_VERSION} document")
+        check_header(d, RESULT_FORMAT, RESULT_VERSION, "run result")
         return cls(**{k: v for k, v in d.items() if k not in ("format", "version")})

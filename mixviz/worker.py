@@ -145,8 +145,8 @@ def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
     for res in raw.values():
         for task, metrics in res.get("results", {}).items():
             for key, value in metrics.items():
-                if "_stderr" in key or not isinstance(value, (int, float)):
-                    continue
+                if "_stderr" in key or key == "sample_len" or not isinstance(value, (int, float)):
+                    continue  # sample_len is lm-eval's item count, not a metric
                 metric, _, filt = key.partition(",")
                 name = metric if filt in ("", "none") else f"{metric},{filt}"
                 err = metrics.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")

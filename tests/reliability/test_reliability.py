@@ -174,4 +174,4 @@ def test_corrupt_run_spec_fails_the_run_not_the_store(store):
     (folder / "spec.json").write_text(json.dumps({"format": "nope"}))
     store.insert(run_id, "k", "tiny", "x", {})
     assert execute(run_id, store, kick=False) == "failed"
-    assert "not a mixviz.runspec" in store.get(run_id).error
+    assert "not a mixviz run spec" in store.get(run_id).error
