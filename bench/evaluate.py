@@ -4,7 +4,7 @@ Both runs go through the real path (local backend → worker → auto-round → 
 bundled offline tasks. Prints the wall time of each run (goal < 3 min on 2 cores) and each
 task's figures side by side: the tasks must separate the two clearly.
 
-    .venv/bin/python bench/evaluate.py [--limit 100] [--model demo]
+    .venv/bin/python bench/evaluate.py [--limit 40] [--model demo]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mixviz.tasks import BUNDLED_TASKS  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="demo")
-    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--option", default="MXFP4")
     args = ap.parse_args()
     ref = resolve_model(args.model)

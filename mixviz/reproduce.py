@@ -201,19 +201,31 @@ def write_report(
         {},
         [
             f"# {model}: the reference study's tables\n",
-            f"Tasks: {', '.join(tasks)} (accuracy = mean of their acc).\n",
+            f"Tasks: {', '.join(tasks)} (accuracy = mean of their acc). "
+            "Avg bits ignore scale bits, as in the study; the next column counts them.\n",
         ],
     )
+    from mixviz.inventory import inventory
+    from mixviz.models import meta_model, resolve_model
+    from mixviz.recipe import Recipe
+
+    layers = inventory(meta_model(resolve_model(model)))
     points = []
     for t, title in titles.items():
         data = []
         for row in (r for r in rows if r.table == t):
             run = store.get(ids[row.spec.key])
             acc = accuracy(run.id) if run.status == "done" else None
+            no_scale = (
+                Recipe(model, "", row.spec.recipe).average_bits(layers, True)
+                if row.spec.recipe
+                else 16.0
+            )
             data.append(
                 {
                     "strategy": row.label,
-                    "avg bits": f"{run.avg_bits:.2f}" if run.avg_bits else "",
+                    "avg bits": f"{no_scale:.2f}",
+                    "with scale bits": f"{run.avg_bits:.2f}" if run.avg_bits else "",
                     "accuracy": format_share(acc, ref) if acc is not None else run.status,
                 }
             )
