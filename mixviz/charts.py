@@ -128,7 +128,7 @@ def allocation_heatmap(
             colorscale=scale,
             customdata=custom,
             text=text,
-            texttemplate="%{text}" if len(blocks) <= 40 else None,
+            texttemplate="%{text}" if len(blocks) <= 16 else None,
             textfont={"size": 9},
             colorbar={
                 "tickvals": [i + 0.5 for i in range(n)],
