@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.allocate import Problem, allocate, frontier
@@ -214,29 +212,19 @@ def test_cli_allocate_on_a_profile_file(tmp_path):
     path = tmp_path / "profile.json"
     prof.save(path)
     out = tmp_path / "recipe.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mixviz",
-            "allocate",
-            str(path),
-            "--avg-bits",
-            "5",
-            "--ignore-scale-bits",
-            "--shared",
-            "qkv,gate_up",
-            "--pin",
-            "model.layers.0.mlp.down_proj=MXFP8",
-            "--json",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=300,
+    r = run_cli(
+        "allocate",
+        str(path),
+        "--avg-bits",
+        "5",
+        "--ignore-scale-bits",
+        "--shared",
+        "qkv,gate_up",
+        "--pin",
+        "model.layers.0.mlp.down_proj=MXFP8",
+        "--json",
+        "--out",
+        str(out),
     )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -252,41 +240,24 @@ def test_cli_allocate_on_a_profile_file(tmp_path):
     assert doc["strategy"] == "optimal" and doc["avg_bits_no_scale"] <= 5.0
     assert doc["layers"]["model.layers.0.mlp.down_proj"] == "MXFP8"
     assert json.loads(out.read_text())["layers"] == doc["layers"]
-    bad = subprocess.run(
-        [sys.executable, "-m", "mixviz", "allocate", str(path), "--avg-bits", "3"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=300,
-    )
+    bad = run_cli("allocate", str(path), "--avg-bits", "3")
     assert bad.returncode == 2 and "feasible range" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
 def test_cli_allocate_on_a_model_profiles_first():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mixviz",
-            "allocate",
-            "tiny",
-            "--avg-bits",
-            "6",
-            "--strategy",
-            "tail",
-            "--nsamples",
-            "2",
-            "--seqlen",
-            "32",
-            "--json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
+    r = run_cli(
+        "allocate",
+        "tiny",
+        "--avg-bits",
+        "6",
+        "--strategy",
+        "tail",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--json",
     )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

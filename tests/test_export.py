@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.export import (
@@ -228,53 +227,12 @@ def test_import_autoround_layer_config_and_errors(tmp_path, tiny_layers):
 
 def test_cli_export_and_import(tmp_path):
     out = tmp_path / "llmc.yaml"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mixviz",
-            "export",
-            str(SAVED),
-            "--to",
-            "llmcompressor",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=300,
-    )
+    r = run_cli("export", str(SAVED), "--to", "llmcompressor", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "config_groups" in out.read_text()
-    r = subprocess.run(
-        [sys.executable, "-m", "mixviz", "export", str(SAVED), "--to", "gptqmodel"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=300,
-    )
+    r = run_cli("export", str(SAVED), "--to", "gptqmodel")
     assert r.returncode == 2 and "integer weights only" in r.stderr
     rec = tmp_path / "r.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mixviz",
-            "import",
-            str(SAVED),
-            "--model",
-            "tiny",
-            "--out",
-            str(rec),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=300,
-    )
+    r = run_cli("import", str(SAVED), "--model", "tiny", "--out", str(rec))
     assert r.returncode == 0, r.stderr
     assert Recipe.load(rec).layers == Recipe.load(SAVED).layers

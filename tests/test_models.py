@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 
 import mixviz
 from mixviz import MixvizError
@@ -18,15 +19,7 @@ from mixviz.models import DEMO_WHEEL, MARKER
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mixviz", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
+_cli = run_cli
 
 
 def test_tiny_inventory(tiny_layers):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.profile import Profile, profile_model, profiles_dir
@@ -193,45 +191,28 @@ def test_delta_loss_agrees_with_autoscheme(tmp_path, tiny_ref):
 
 def test_cli_profile_json(tmp_path):
     out = tmp_path / "p.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mixviz",
-            "profile",
-            "tiny",
-            "--options",
-            "MXFP4,MXFP8",
-            "--metric",
-            "hessian",
-            "--nsamples",
-            "2",
-            "--seqlen",
-            "32",
-            "--json",
-            "--out",
-            str(out),
-            "--no-cache",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
+    r = run_cli(
+        "profile",
+        "tiny",
+        "--options",
+        "MXFP4,MXFP8",
+        "--metric",
+        "hessian",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--json",
+        "--out",
+        str(out),
+        "--no-cache",
     )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["metric"] == "hessian" and len(doc["rows"]) == 56
     assert json.loads(out.read_text()) == doc
     assert "%" in r.stderr or "100" in r.stderr  # a progress bar went to stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "mixviz", "profile", "tiny", "--options", "W4A16"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
-    )
+    bad = run_cli("profile", "tiny", "--options", "W4A16")
     assert bad.returncode == 2 and "unavailable" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.backends import LocalBackend, _write_spec, new_run_id, run_document, wait
@@ -22,15 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 TASKS = ("mixviz_lastword", "mixviz_nextsent")
 
 
-def _cli(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "mixviz", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=timeout,
-    )
+_cli = run_cli
 
 
 def _fake_eval(model, tok, spec, on_task):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.backends import LocalBackend, _write_spec, new_run_id
@@ -23,15 +24,7 @@ from mixviz.store import Store
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "mixviz", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
-    )
+_cli = run_cli
 
 
 @pytest.fixture
