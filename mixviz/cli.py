@@ -247,12 +247,9 @@ def uniform_recipe(ref, option: str) -> dict[str, str]:
 
 def read_recipe_layers(path: str) -> tuple[dict[str, str], dict]:
     """The per-layer map of an allocation or recipe JSON file, plus the whole document."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MixvizError(f"recipe file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MixvizError(f"cannot read recipe {path}: {e}") from None
+    from mixviz.paths import read_json
+
+    doc = read_json(path, "recipe")
     layers = doc.get("layers") if isinstance(doc, dict) else None
     if not isinstance(layers, dict) or not layers:
         raise MixvizError(f'{path} has no "layers" map of layer → option')

@@ -64,3 +64,25 @@ def check_header(doc: Any, fmt: str, version: int, what: str) -> None:
             f"unsupported {what} version {doc.get('version')!r} "
             f"(this mixviz reads version {version})"
         )
+
+
+MAX_BYTES = 20 * 1024 * 1024  # far above any profile or recipe; caps user uploads
+
+
+def read_json(path: str | Path, what: str) -> object:
+    """Read a JSON file with precise, one-line errors (and a size cap for uploads)."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_BYTES:
+            raise MixvizError(f"{what} file {p.name} is larger than {MAX_BYTES >> 20} MB")
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MixvizError(f"{what} file not found: {p}") from None
+    except OSError as e:
+        raise MixvizError(f"cannot read {what} file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise MixvizError(f"{what} file {p.name} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise MixvizError(
+            f"{what} file {p.name} is not valid JSON: {e.msg} at line {e.lineno}"
+        ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.inventory import Layer
-from mixviz.paths import atomic_write_json, cache_dir, check_header
+from mixviz.paths import atomic_write_json, cache_dir, check_header, read_json
 from mixviz.schemes import Scheme, get_scheme, layer_bits, parse_options
 
 FORMAT = "mixviz.profile"
@@ -178,13 +178,7 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise MixvizError(f"profile file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MixvizError(f"cannot read profile {path}: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(path, "profile"))
 
 
 def profile_key(

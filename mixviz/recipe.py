@@ -9,16 +9,14 @@ True
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixviz.errors import MixvizError
-from mixviz.paths import atomic_write_json, check_header
+from mixviz.paths import MAX_BYTES, atomic_write_json, check_header, read_json  # noqa: F401
 from mixviz.schemes import get_scheme, layer_bits
 
 FORMAT, VERSION = "mixviz.recipe", 1
-MAX_BYTES = 20 * 1024 * 1024  # a recipe of even a 1000-layer model is far below this
 
 
 @dataclass(frozen=True)
@@ -125,20 +123,3 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         return cls.from_dict(read_json(path, "recipe"))
-
-
-def read_json(path: str | Path, what: str) -> object:
-    """Read a JSON file with precise, one-line errors (and a size cap for uploads)."""
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_BYTES:
-            raise MixvizError(f"{what} file {p.name} is larger than {MAX_BYTES >> 20} MB")
-        return json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MixvizError(f"{what} file not found: {p}") from None
-    except UnicodeDecodeError:
-        raise MixvizError(f"{what} file {p.name} is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise MixvizError(
-            f"{what} file {p.name} is not valid JSON: {e.msg} at line {e.lineno}"
-        ) from None
