@@ -148,16 +148,6 @@ def _float(text: str, what: str) -> float:
         raise MixvizError(f"{what} must be a number, got {text!r}") from None
 
 
-def _pins(items: list[str] | None) -> dict[str, str]:
-    pins = {}
-    for item in items or []:
-        name, sep, option = item.partition("=")
-        if not sep or not name or not option:
-            raise MixvizError(f"--pin takes NAME=OPTION, got {item!r}")
-        pins[name.strip()] = option.strip()
-    return pins
-
-
 def _shared(items: list[str] | None) -> list[str]:
     out = []
     for item in items or []:
@@ -188,6 +178,7 @@ def load_or_profile(target: str, args: argparse.Namespace, include_lm_head: bool
 
 def cmd_allocate(args: argparse.Namespace) -> None:
     from mixviz.allocate import Problem, allocate
+    from mixviz.edits import parse_pins
 
     budget = _float(args.avg_bits, "--avg-bits")
     prof = load_or_profile(args.target, args, args.include_lm_head)
@@ -195,7 +186,7 @@ def cmd_allocate(args: argparse.Namespace) -> None:
         prof,
         ignore_scale_bits=args.ignore_scale_bits,
         shared=_shared(args.shared),
-        pins=_pins(args.pin),
+        pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
         include_lm_head=args.include_lm_head,
     )
     result = allocate(problem, budget, args.strategy)
@@ -522,6 +513,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     alloc.add_argument(
         "--pin", action="append", metavar="NAME=OPTION", help="fix a layer's option (repeatable)"
+    )
+    alloc.add_argument(
+        "--pin-kind",
+        action="append",
+        metavar="KIND=OPTION",
+        help="fix a module kind in every block, e.g. down=MXFP8 (repeatable)",
+    )
+    alloc.add_argument(
+        "--pin-block",
+        action="append",
+        metavar="N=OPTION",
+        help="fix every linear of block N, e.g. 0=MXFP8 (repeatable); "
+        "--pin beats --pin-block beats --pin-kind",
     )
     alloc.add_argument(
         "--include-lm-head", action="store_true", help="put lm_head in the budget (profiles it too)"
