@@ -206,12 +206,8 @@ def edit_cost(free, locked, budget: float, strategy: str = "optimal") -> EditCos
             f"{budget:g} is outside it ({e})"
         ) from None
     pins = set(locked.pins)
-    changed = [
-        n for n in locked.layers if n not in pins and after.layers[n] != before.layers[n]
-    ]
+    changed = [n for n in locked.layers if n not in pins and after.layers[n] != before.layers[n]]
     down = [
-        n
-        for n in changed
-        if locked.bits[(n, after.layers[n])] < free.bits[(n, before.layers[n])]
+        n for n in changed if locked.bits[(n, after.layers[n])] < free.bits[(n, before.layers[n])]
     ]
     return EditCost(before, after, tuple(sorted(pins)), tuple(changed), tuple(down))

@@ -130,7 +130,7 @@ def budget_view() -> None:
                     profile.layers,
                     chosen,
                     list(profile.options),
-                    f"{view}: {getattr(chosen, bits_key):.3f} bits",
+                    f"{view} at {avg:.2f} bits: {getattr(chosen, bits_key):.3f} achieved",
                 ),
                 key="allocate_heatmap",
             )

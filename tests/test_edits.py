@@ -86,10 +86,8 @@ def test_lock_resolve_cost_and_undo_restores_the_recipe_exactly(prof):
     h = h.undo().undo()
     assert not h.can_undo and h.can_redo
     again = Problem.from_profile(prof, ignore_scale_bits=True, pins=h.current)
-    assert (
-        json.dumps(Recipe.from_allocation(allocate(again, budget), "tiny", "h", h.current).to_dict())
-        == json.dumps(recipe0)
-    )
+    restored = Recipe.from_allocation(allocate(again, budget), "tiny", "h", h.current)
+    assert json.dumps(restored.to_dict()) == json.dumps(recipe0)
     h = h.redo()
     assert h.current == dict.fromkeys(downs, "MXFP8")
     h = h.reset()
