@@ -93,9 +93,21 @@ def sensitivity_heatmap(profile, option: str) -> go.Figure:
 
 
 def allocation_heatmap(
-    layers, allocation, options: list[str], title: str = "", highlight: set[str] | None = None
+    layers,
+    allocation,
+    options: list[str],
+    title: str = "",
+    highlight: set[str] | None = None,
+    locked: set[str] | None = None,
+    selectable: bool = False,
+    highlight_label: str = "differs",
 ) -> go.Figure:
-    """The option of every (block, module); ``highlight`` outlines the given layers."""
+    """The option of every (block, module).
+
+    ``highlight`` rings the given layers (legend ``highlight_label``), ``locked`` marks them with
+    a cross; ``selectable`` lays a transparent marker on every cell so that a click, box or lasso
+    selects layers (their names are ``customdata[0]`` of the selected points).
+    """
     blocks, kinds, cells = _grid(layers)
     order = sorted(
         set(options) | set(allocation.layers.values()), key=lambda o: (get_scheme(o).bits, o)
@@ -118,6 +130,7 @@ def allocation_heatmap(
         z.append(zr)
         custom.append(cr)
         text.append(tr)
+    hover = "%{customdata[0]}<br>%{customdata[1]}<br>numel %{customdata[2]:,}<extra></extra>"
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -135,23 +148,71 @@ def allocation_heatmap(
                 "ticktext": order,
                 "title": "format",
             },
-            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<br>numel %{customdata[2]:,}"
-            "<extra></extra>",
+            hovertemplate=hover,
+            hoverinfo="skip" if selectable else None,
             xgap=1,
             ygap=1,
         )
     )
-    for name in highlight or ():
-        for (b, k), x in cells.items():
-            if x.name == name:
-                fig.add_shape(
-                    type="rect",
-                    x0=kinds.index(k) - 0.5,
-                    x1=kinds.index(k) + 0.5,
-                    y0=b - 0.5,
-                    y1=b + 0.5,
-                    line={"color": "black", "width": 2},
-                )
+    where = {x.name: (k, b) for (b, k), x in cells.items()}
+
+    def marks(names, **kw) -> go.Scatter:
+        pts = [(where[m], m) for m in names if m in where]
+        return go.Scatter(
+            x=[p[0][0] for p in pts],
+            y=[p[0][1] for p in pts],
+            customdata=[[m, allocation.layers.get(m, ""), 0] for _, m in pts],
+            mode="markers",
+            hoverinfo="skip",
+            **kw,
+        )
+
+    if selectable:
+        every = [x.name for x in cells.values()]
+        fig.add_trace(
+            marks(
+                every,
+                name="cells",
+                showlegend=False,
+                marker={"size": 16, "symbol": "square", "color": "rgba(0,0,0,0)"},
+                selected={"marker": {"color": "rgba(255,255,255,0.6)"}},
+                unselected={"marker": {"opacity": 0}},
+            )
+        )
+        fig.data[-1].update(
+            customdata=[
+                [m, allocation.layers.get(m, ""), cells[where[m][1], where[m][0]].numel]
+                for m in every
+            ],
+            hoverinfo=None,
+            hovertemplate=hover,
+        )
+    if highlight:
+        fig.add_trace(
+            marks(
+                sorted(highlight),
+                name=highlight_label,
+                marker={
+                    "size": 15,
+                    "symbol": "circle-open",
+                    "color": "black",
+                    "line": {"width": 2},
+                },
+            )
+        )
+    if locked:
+        fig.add_trace(
+            marks(
+                sorted(locked),
+                name="locked",
+                marker={"size": 10, "symbol": "x", "color": "black", "line": {"width": 1}},
+            )
+        )
+    fig.update_layout(
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
+        clickmode="event+select",
+        dragmode="select" if selectable else "zoom",
+    )
     return _grid_layout(fig, title or f"{allocation.strategy}: {allocation.avg_bits:.3f} bits")
 
 

@@ -196,7 +196,8 @@ def edit_cost(free, locked, budget: float, strategy: str = "optimal") -> EditCos
     """
     from mixviz.allocate import allocate
 
-    before = allocate(free, budget, strategy)
+    lo, hi = free.feasible_range()  # BF16 locks can lift the budget above every option
+    before = allocate(free, min(max(budget, lo), hi), strategy)
     try:
         after = allocate(locked, budget, strategy)
     except MixvizError as e:

@@ -8,7 +8,9 @@ import streamlit as st
 import ui
 from mixviz import MixvizError, charts
 from mixviz.allocate import STRATEGIES, allocate
+from mixviz.edits import History, edit_cost, lock, select, unlock
 from mixviz.export import export
+from mixviz.inventory import KINDS
 from mixviz.recipe import Recipe
 
 choice = ui.sidebar()
@@ -23,15 +25,15 @@ if profile is None:
     st.info("Profile this model first (Profile page) with the sidebar's settings.")
     st.stop()
 
-pins = st.session_state.setdefault("allocate_pins", {})
-pins = {k: v for k, v in pins.items() if any(x.name == k for x in profile.layers)}
+layer_names = {x.name for x in profile.layers}
+history: History = st.session_state.get("allocate_history", History())
+locks = {k: v for k, v in history.current.items() if k in layer_names}
+st.session_state["allocate_pins"] = locks  # what the Runs page allocates with
+shared = tuple(choice["shared"])
 try:
+    free = ui.problem_for(profile, profile.key, choice["ignore_scale_bits"], shared, ())
     problem = ui.problem_for(
-        profile,
-        profile.key,
-        choice["ignore_scale_bits"],
-        tuple(choice["shared"]),
-        tuple(sorted(pins.items())),
+        profile, profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))
     )
 except MixvizError as e:
     st.error(str(e))
@@ -40,44 +42,157 @@ except MixvizError as e:
 lo, hi = problem.feasible_range()
 lo_s, hi_s = round(lo + 0.005, 2), round(hi - 0.005, 2)
 start = float(st.query_params.get("bits", min(max(5.0, lo_s), hi_s)))
-if not lo_s <= start <= hi_s:
+if hi_s - lo_s < 0.01:
+    start = hi
+elif not lo_s <= start <= hi_s:
     st.error(
         f"Average bits {start:g} is outside the feasible range {lo:.2f}–{hi:.2f}; "
         "using the nearest feasible value."
     )
     start = min(max(start, lo_s), hi_s)
+held = st.session_state.get("allocate_avg_bits")
+if held is not None and not lo_s <= held <= hi_s:  # the locks moved the range
+    st.session_state["allocate_avg_bits"] = min(max(held, lo_s), hi_s)
+bits_key = "avg_bits_no_scale" if choice["ignore_scale_bits"] else "avg_bits"
+
+
+def commit(new: History) -> None:
+    """Make ``new`` the edit history and redraw the whole page with it."""
+    st.session_state["allocate_history"] = new
+    st.rerun()
 
 
 @st.fragment
 def budget_view() -> None:
     """The slider and everything that depends on it: reruns alone when it moves."""
-    avg = st.slider(
-        "Average bits",
-        lo_s,
-        hi_s,
-        start,
-        0.01,
-        key="allocate_avg_bits",
-        help="Without scale bits" if choice["ignore_scale_bits"] else "With scale bits",
-    )
+    if hi_s - lo_s < 0.01:  # the locks fix every layer
+        avg = hi
+        st.info(f"The locks fix every layer: {hi:.3f} average bits. Unlock some to re-solve.")
+    else:
+        avg = st.slider(
+            "Average bits",
+            lo_s,
+            hi_s,
+            start,
+            0.01,
+            key="allocate_avg_bits",
+            help="Without scale bits" if choice["ignore_scale_bits"] else "With scale bits",
+        )
     st.query_params["bits"] = f"{avg:g}"
     st.session_state["budget"] = avg
 
-    results = {}
-    for strategy in STRATEGIES:
+    try:
+        cost = edit_cost(free, problem, avg)
+    except MixvizError as e:
+        st.error(str(e))
+        edit_panel(None)
+        return
+    best = cost.after
+    st.session_state["allocation"] = best.to_dict()
+    results = {"optimal": best}
+    for strategy in STRATEGIES[1:]:
         try:
             results[strategy] = allocate(problem, avg, strategy)
         except MixvizError as e:
             results[strategy] = e
-    best = results["optimal"]
-    if isinstance(best, MixvizError):
-        st.error(str(best))
-        return
-    st.session_state["allocation"] = best.to_dict()
 
-    bits_key = "avg_bits_no_scale" if choice["ignore_scale_bits"] else "avg_bits"
-    summary = pd.DataFrame(
-        [
+    c1, c2, c3 = st.columns(3)
+    c1.metric(
+        "Optimal: predicted loss",
+        f"{best.predicted_loss:.4g}",
+        f"{cost.loss_ratio - 1:+.1%} from the locks" if locks else None,
+        delta_color="inverse",
+    )
+    c2.metric("Achieved average bits", f"{getattr(best, bits_key):.3f}")
+    c3.metric(
+        "Locked / moved by the re-solve",
+        f"{len(cost.locked)} / {len(cost.changed)}",
+        help="Layers you locked, and unlocked layers the solver moved to keep the budget "
+        "(ringed on the heatmap)",
+    )
+
+    view = st.radio(
+        "Heatmap",
+        ["optimal", "head", "tail", "uniform", "llamacpp", "diff"],
+        horizontal=True,
+        key="allocate_view",
+    )
+    selected: list[str] = []
+    with st.container(key="allocate_heatmap"):
+        if view == "diff":
+            other = st.selectbox(
+                "Where optimal disagrees with",
+                ["head", "tail", "uniform", "llamacpp"],
+                key="allocate_diff_with",
+            )
+            base = results[other]
+            if isinstance(base, MixvizError):
+                st.error(str(base))
+            else:
+                changed = {n for n, o in best.layers.items() if base.layers.get(n) != o}
+                st.caption(f"{len(changed)} layers differ (ringed)")
+                st.plotly_chart(
+                    charts.allocation_heatmap(
+                        profile.layers,
+                        best,
+                        list(profile.options),
+                        f"optimal vs {other} at {avg:.2f} bits",
+                        changed,
+                        set(locks),
+                    ),
+                    key="allocate_heatmap_diff",
+                )
+        elif isinstance(results[view], MixvizError):
+            st.error(str(results[view]))
+        else:
+            chosen = results[view]
+            fig = charts.allocation_heatmap(
+                profile.layers,
+                chosen,
+                list(profile.options),
+                f"{view} at {avg:.2f} bits: {getattr(chosen, bits_key):.3f} achieved",
+                set(cost.changed) if view == "optimal" else None,
+                set(locks),
+                selectable=view == "optimal",
+                highlight_label="moved by the re-solve",
+            )
+            if view == "optimal":
+                event = st.plotly_chart(
+                    fig,
+                    key=f"allocate_heatmap_{history.pos}_{len(history.states)}",
+                    on_select="rerun",
+                    selection_mode=("points", "box", "lasso"),
+                )
+                selected = [
+                    p["customdata"][0]
+                    for p in event.selection.points
+                    if p.get("customdata") and p["customdata"][0] in layer_names
+                ]
+            else:
+                st.plotly_chart(fig, key="allocate_heatmap_view")
+    if view == "optimal":
+        edit_panel(selected)
+
+    st.dataframe(summary_frame(results, best), hide_index=True, key="allocate_summary")
+
+    st.subheader("Predicted loss vs average bits")
+    front = ui.frontier_for(
+        problem,
+        (profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))),
+    )
+    st.plotly_chart(
+        charts.frontier_chart(front, avg, choice["ignore_scale_bits"]), key="allocate_frontier"
+    )
+    downloads(best, avg)
+
+
+def summary_frame(results: dict, best) -> pd.DataFrame:
+    rows = []
+    for s, a in results.items():
+        if isinstance(a, MixvizError):
+            rows.append({"strategy": s, "avg bits": None, "predicted loss": None})
+            continue
+        rows.append(
             {
                 "strategy": s,
                 "avg bits": getattr(a, bits_key),
@@ -86,72 +201,56 @@ def budget_view() -> None:
                 if best.predicted_loss
                 else None,
             }
-            if not isinstance(a, MixvizError)
-            else {"strategy": s, "avg bits": None, "predicted loss": None, "vs optimal": None}
-            for s, a in results.items()
-        ]
-    )
-    c1, c2 = st.columns([1, 1])
-    c1.metric("Optimal: predicted loss", f"{best.predicted_loss:.4g}")
-    c2.metric("Achieved average bits", f"{getattr(best, bits_key):.3f}")
-    st.dataframe(summary, hide_index=True, key="allocate_summary")
-
-    view = st.radio(
-        "Heatmap",
-        ["optimal", "head", "tail", "uniform", "llamacpp", "diff"],
-        horizontal=True,
-        key="allocate_view",
-    )
-    if view == "diff":
-        other = st.selectbox(
-            "Where optimal disagrees with",
-            ["head", "tail", "uniform", "llamacpp"],
-            key="allocate_diff_with",
         )
-        base = results[other]
-        if isinstance(base, MixvizError):
-            st.error(str(base))
-        else:
-            changed = {n for n, o in best.layers.items() if base.layers.get(n) != o}
-            st.caption(f"{len(changed)} layers differ (outlined)")
-            st.plotly_chart(
-                charts.allocation_heatmap(
-                    profile.layers, best, list(profile.options), f"optimal vs {other}", changed
-                ),
-                key="allocate_heatmap",
-            )
-    else:
-        chosen = results[view]
-        if isinstance(chosen, MixvizError):
-            st.error(str(chosen))
-        else:
-            st.plotly_chart(
-                charts.allocation_heatmap(
-                    profile.layers,
-                    chosen,
-                    list(profile.options),
-                    f"{view} at {avg:.2f} bits: {getattr(chosen, bits_key):.3f} achieved",
-                ),
-                key="allocate_heatmap",
-            )
+    return pd.DataFrame(rows)
 
-    st.subheader("Predicted loss vs average bits")
-    front = ui.frontier_for(
-        problem,
-        (
-            profile.key,
-            choice["ignore_scale_bits"],
-            tuple(choice["shared"]),
-            tuple(sorted(pins.items())),
-        ),
-    )
-    st.plotly_chart(
-        charts.frontier_chart(front, avg, choice["ignore_scale_bits"]), key="allocate_frontier"
-    )
 
+def edit_panel(clicked: list[str] | None) -> None:
+    """Lock the selected cells (clicked on the heatmap, or whole rows / columns) and undo."""
+    blocks = sorted({x.block for x in profile.layers if x.block is not None})
+    kinds = [k for k in KINDS if any(x.kind == k and x.block is not None for x in profile.layers)]
+    with st.expander("Edit: lock layers, the rest re-solves at the same budget", expanded=True):
+        c1, c2, c3 = st.columns([2, 2, 1])
+        rows = c1.multiselect("Whole blocks (rows)", blocks, key="edit_blocks")
+        cols = c2.multiselect("Whole modules (columns)", kinds, key="edit_kinds")
+        fused = [g for g in ("qkv", "gate_up") if g in shared]
+        c3.caption(
+            f"Fused groups move together: {', '.join(fused)}"
+            if fused
+            else "Fused groups: off (sidebar → shared groups)"
+        )
+        names = select(profile.layers, clicked or (), rows, cols, fused)
+        st.caption(
+            f"{len(names)} selected"
+            + (
+                f": {', '.join(names[:6])}{' …' if len(names) > 6 else ''}"
+                if names
+                else " — click or box-select cells on the heatmap, or pick rows / columns"
+            )
+        )
+        c1, c2, c3, c4, c5, c6, c7 = st.columns([2, 1, 1, 1, 1, 1, 1.4])
+        option = c1.selectbox(
+            "Option", [*profile.options, "BF16"], key="edit_option", label_visibility="collapsed"
+        )
+        if c2.button(f"Set {option}", key="edit_set", disabled=not names):
+            commit(history.push(lock(locks, names, option)))
+        if c3.button("Lock as is", key="edit_lock", disabled=not names or clicked is None):
+            current = st.session_state.get("allocation", {}).get("layers", {})
+            commit(history.push({**locks, **{n: current[n] for n in names if n in current}}))
+        if c4.button("Unlock", key="edit_unlock", disabled=not set(names) & set(locks)):
+            commit(history.push(unlock(locks, names)))
+        if c5.button("Undo", key="edit_undo", disabled=not history.can_undo):
+            commit(history.undo())
+        if c6.button("Redo", key="edit_redo", disabled=not history.can_redo):
+            commit(history.redo())
+        if c7.button("Reset to optimal", key="edit_reset", disabled=not locks):
+            commit(history.reset())
+
+
+def downloads(best, avg: float) -> None:
     st.subheader("Download")
     ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
-    recipe = Recipe.from_allocation(best, profile.model, ref.hash)
+    recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
     cols = st.columns(5)
     cols[0].download_button(
@@ -184,23 +283,23 @@ def budget_view() -> None:
 
 budget_view()
 
-st.subheader("Pins")
+st.subheader("Locks")
 table = pd.DataFrame(
     [
-        {"layer": x.name, "block": x.block, "kind": x.kind, "pin": pins.get(x.name, "")}
+        {"layer": x.name, "block": x.block, "kind": x.kind, "lock": locks.get(x.name, "")}
         for x in profile.layers
+        if x.block is not None
     ]
 )
 edited = st.data_editor(
     table,
     hide_index=True,
-    key="allocate_pin_editor",
+    key=f"allocate_lock_editor_{history.pos}_{len(history.states)}",
     disabled=["layer", "block", "kind"],
     column_config={
-        "pin": st.column_config.SelectboxColumn("pin", options=["", *profile.options, "BF16"])
+        "lock": st.column_config.SelectboxColumn("lock", options=["", *profile.options, "BF16"])
     },
 )
-new_pins = {r.layer: r.pin for r in edited.itertuples() if r.pin}
-if new_pins != pins:
-    st.session_state["allocate_pins"] = new_pins
-    st.rerun()
+new_locks = {r.layer: r.lock for r in edited.itertuples() if r.lock}
+if new_locks != locks:
+    commit(history.push(new_locks))

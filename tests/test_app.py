@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,61 @@ def test_allocate_slider_changes_allocation_within_budget(profiled):
     assert len(at.get("plotly_chart")) == 2  # heatmap + frontier
     at.radio(key="allocate_view").set_value("diff").run()
     assert not at.exception
+
+
+def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
+    at = _app("pages/allocate.py", **{**TINY, "bits": "6"})
+    assert not at.exception and not at.error
+    before = at.session_state["allocation"]
+    assert at.button(key="edit_set").disabled  # nothing selected yet
+
+    # select a whole column (every down_proj) and lock it to MXFP8
+    at.multiselect(key="edit_kinds").set_value(["down"]).run()
+    at.selectbox(key="edit_option").set_value("MXFP8").run()
+    at.button(key="edit_set").click().run()
+    assert not at.exception and not at.error
+    downs = [f"model.layers.{b}.mlp.down_proj" for b in range(4)]
+    assert at.session_state["allocate_pins"] == dict.fromkeys(downs, "MXFP8")
+    after = at.session_state["allocation"]
+    assert after["budget_avg_bits"] == 6.0 and after["avg_bits_no_scale"] <= 6.0 + 1e-9
+    assert all(after["layers"][n] == "MXFP8" for n in downs)
+    assert after["pins"] == dict.fromkeys(downs, "MXFP8")
+    assert after["predicted_loss"] >= before["predicted_loss"]
+    moved = [
+        n for n in after["layers"] if n not in downs and after["layers"][n] != before["layers"][n]
+    ]
+    loss, _, counts = (m.value for m in at.metric)
+    assert float(loss) == pytest.approx(after["predicted_loss"], rel=1e-3)
+    assert counts == f"4 / {len(moved)}"
+    heat = next(c for c in at.get("plotly_chart") if c.key.startswith("allocate_heatmap_"))
+    traces = {t.get("name"): t for t in json.loads(heat.proto.spec)["data"]}
+    assert len(traces["locked"]["x"]) == 4  # the locks are drawn
+    if moved:
+        assert len(traces["moved by the re-solve"]["x"]) == len(moved)
+
+    # undo → the optimum before the edit, exactly; redo → the locks again
+    at.button(key="edit_undo").click().run()
+    assert at.session_state["allocate_pins"] == {}
+    assert at.session_state["allocation"]["layers"] == before["layers"]
+    assert at.session_state["allocation"]["predicted_loss"] == before["predicted_loss"]
+    at.button(key="edit_redo").click().run()
+    assert at.session_state["allocation"]["layers"] == after["layers"]
+    at.button(key="edit_reset").click().run()
+    assert at.session_state["allocate_pins"] == {}
+    assert at.session_state["allocation"]["layers"] == before["layers"]
+
+
+def test_allocate_locks_beyond_the_budget_are_an_error(profiled):
+    at = _app("pages/allocate.py", **{**TINY, "bits": "5"})
+    at.multiselect(key="edit_blocks").set_value([0, 1, 2, 3]).run()
+    at.selectbox(key="edit_option").set_value("BF16").run()
+    at.button(key="edit_set").click().run()
+    assert not at.exception
+    # every layer locked: the slider's range collapses to the locks' bits, nothing is lost
+    assert len(at.session_state["allocate_pins"]) == 28
+    assert at.session_state["allocation"]["avg_bits_no_scale"] == pytest.approx(16.0)
+    at.button(key="edit_undo").click().run()
+    assert at.session_state["allocate_pins"] == {}
 
 
 def test_allocate_budget_outside_range_is_an_error(profiled):
