@@ -5,10 +5,10 @@ import streamlit as st
 st.set_page_config(page_title="mixviz", layout="wide")
 
 pages = [
-    st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
-    st.Page("pages/profile.py", title="Profile", icon=":material/grid_on:"),
-    st.Page("pages/allocate.py", title="Allocate", icon=":material/tune:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
-    st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("app_pages/model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page("app_pages/profile.py", title="Profile", icon=":material/grid_on:"),
+    st.Page("app_pages/allocate.py", title="Allocate", icon=":material/tune:"),
+    st.Page("app_pages/runs.py", title="Runs", icon=":material/play_circle:"),
+    st.Page("app_pages/results.py", title="Results", icon=":material/table_chart:"),
 ]
 st.navigation(pages).run()

@@ -208,12 +208,15 @@ def allocation_heatmap(
                 marker={"size": 10, "symbol": "x", "color": "black", "line": {"width": 1}},
             )
         )
-    fig.update_layout(
+    # Markers would pad the autorange: pin the axes to the grid. (Leave dragmode and clickmode
+    # to Streamlit: it makes a click select a cell unless box / lasso is picked.)
+    _grid_layout(fig, title or f"{allocation.strategy}: {allocation.avg_bits:.3f} bits")
+    return fig.update_layout(
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
-        clickmode="event+select",
-        dragmode="select" if selectable else "zoom",
+        xaxis_range=[-0.5, len(kinds) - 0.5],
+        yaxis_autorange=False,
+        yaxis_range=[max(blocks, default=0) + 0.5, min(blocks, default=0) - 0.5],
     )
-    return _grid_layout(fig, title or f"{allocation.strategy}: {allocation.avg_bits:.3f} bits")
 
 
 def frontier_chart(

@@ -36,7 +36,7 @@ def _app(page: str | None = None, **params) -> AppTest:
 @pytest.fixture(scope="module")
 def profiled():
     """Profile tiny through the Profile page's button (cached for the other pages)."""
-    at = _app("pages/profile.py", **TINY)
+    at = _app("app_pages/profile.py", **TINY)
     at.button(key="profile_start").click().run()
     return at
 
@@ -53,7 +53,7 @@ def test_model_page_shows_tiny_inventory():
     assert len(layers) == 29 and layers.iloc[-1]["name"] == "lm_head"
 
 
-@pytest.mark.parametrize("page", [None, "pages/profile.py", "pages/allocate.py"])
+@pytest.mark.parametrize("page", [None, "app_pages/profile.py", "app_pages/allocate.py"])
 def test_unknown_model_is_an_error_not_a_traceback(page):
     at = _app(page, model="no-such-model-xyz")
     assert not at.exception
@@ -70,7 +70,7 @@ def test_profile_page_heatmaps_and_tables(profiled):
 
 
 def test_allocate_slider_changes_allocation_within_budget(profiled):
-    at = _app("pages/allocate.py", **TINY)
+    at = _app("app_pages/allocate.py", **TINY)
     assert not at.exception and not at.error
     slider = at.slider(key="allocate_avg_bits")
     seen = {}
@@ -92,7 +92,7 @@ def test_allocate_slider_changes_allocation_within_budget(profiled):
 
 
 def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
-    at = _app("pages/allocate.py", **{**TINY, "bits": "6"})
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
     assert not at.exception and not at.error
     before = at.session_state["allocation"]
     assert at.button(key="edit_set").disabled  # nothing selected yet
@@ -134,7 +134,7 @@ def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
 
 
 def test_allocate_locks_beyond_the_budget_are_an_error(profiled):
-    at = _app("pages/allocate.py", **{**TINY, "bits": "5"})
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "5"})
     at.multiselect(key="edit_blocks").set_value([0, 1, 2, 3]).run()
     at.selectbox(key="edit_option").set_value("BF16").run()
     at.button(key="edit_set").click().run()
@@ -147,13 +147,13 @@ def test_allocate_locks_beyond_the_budget_are_an_error(profiled):
 
 
 def test_allocate_budget_outside_range_is_an_error(profiled):
-    at = _app("pages/allocate.py", **{**TINY, "bits": "2.5"})
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "2.5"})
     assert not at.exception
     assert any("outside the feasible range" in e.value for e in at.error)
 
 
 def test_runs_page_queues_the_comparison(profiled):
-    at = _app("pages/runs.py", **{**TINY, "bits": "6"})
+    at = _app("app_pages/runs.py", **{**TINY, "bits": "6"})
     assert not at.exception
     at.number_input(key="runs_limit").set_value(2).run()
     at.button(key="runs_start").click().run()
@@ -203,7 +203,7 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
                 ),
                 acc + delta,
             )
-    at = _app("pages/results.py", model="tiny")
+    at = _app("app_pages/results.py", model="tiny")
     assert not at.exception and not at.error
     table = at.table[0].value
     assert table.loc["optimal @5", "average"] == "0.6857 (96.9%)"

@@ -8,11 +8,25 @@ from pathlib import Path
 
 import pytest
 from browser import CHROMIUM, browser_page, streamlit_server, wait_idle
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from mixviz.store import FINAL, Store
 
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 QUERY = "model=tiny&options=MXFP4,MXFP8&metric=hessian&nsamples=2&seqlen=32&noscale=1"
+
+GD = "document.querySelector('.st-key-allocate_heatmap .js-plotly-plot')"
+# Page coordinates of the centre of a heatmap cell (module kind, block).
+CELL = f"""([kind, block]) => {{
+    const gd = {GD}, xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const r = gd.getBoundingClientRect();
+    return [r.left + xa._offset + xa.d2p(kind), r.top + ya._offset + ya.d2p(block)];
+}}"""
+LOCKED_CELLS = f"""() => {{
+    const t = ({GD}?.data || []).find(t => t.name === 'locked');
+    return t ? [t.x, t.y] : [[], []];
+}}"""
+LOCKED = f"(n) => ({LOCKED_CELLS})()[0].length === n"
 
 pytestmark = [
     pytest.mark.browser,
@@ -53,6 +67,34 @@ def test_profile_slider_run_results(tmp_path):
         assert float(after) > float(before)
         assert float(after) <= 5.5 + 1e-9
         page.screenshot(path=SHOTS / "allocate.png", full_page=True)
+
+        # click a heatmap cell, lock it to MXFP8: the lock is drawn; undo takes it away
+        heat = page.locator(".st-key-allocate_heatmap")
+        heat.scroll_into_view_if_needed()
+        x, y = page.evaluate(CELL, ["down", 2])
+        page.mouse.click(x, y)
+        page.get_by_text("1 selected: model.layers.2.mlp.down_proj").wait_for(timeout=60_000)
+        wait_idle(page)
+        combo = page.locator(".st-key-edit_option").get_by_role("combobox")
+        choice = page.locator("[role=option]", has_text="MXFP8").first
+        for _ in range(5):  # the first click can land while the fragment is redrawn
+            combo.click()
+            try:
+                choice.wait_for(timeout=5_000)
+                break
+            except PlaywrightTimeout:
+                wait_idle(page)
+        choice.click()
+        page.get_by_role("button", name="Set MXFP8").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("button", name="Set MXFP8").click()
+        page.wait_for_function(LOCKED, arg=1, timeout=60_000)
+        wait_idle(page)
+        assert page.evaluate(LOCKED_CELLS) == [["down"], [2]]
+        heat.screenshot(path=SHOTS / "allocate-locked.png")
+        page.get_by_role("button", name="Undo").click()
+        page.wait_for_function(LOCKED, arg=0, timeout=60_000)
+        wait_idle(page)
 
         page.goto(f"{url}/runs?{QUERY}&bits=5.5")
         page.get_by_label("Items per task").fill("2")
