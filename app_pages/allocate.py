@@ -90,11 +90,16 @@ def budget_view() -> None:
     best = cost.after
     st.session_state["allocation"] = best.to_dict()
     results = {"optimal": best}
-    for strategy in STRATEGIES[1:]:
-        try:
-            results[strategy] = allocate(problem, avg, strategy)
-        except MixvizError as e:
-            results[strategy] = e
+
+    def result(strategy: str):
+        """A baseline's allocation at this budget (or its error), solved when first asked:
+        the default view draws the optimal heatmap before the baselines are solved."""
+        if strategy not in results:
+            try:
+                results[strategy] = allocate(problem, avg, strategy)
+            except MixvizError as e:
+                results[strategy] = e
+        return results[strategy]
 
     c1, c2, c3 = st.columns(3)
     c1.metric(
@@ -103,7 +108,7 @@ def budget_view() -> None:
         f"{cost.loss_ratio - 1:+.1%} from the locks" if locks else None,
         delta_color="inverse",
     )
-    c2.metric("Achieved average bits", f"{getattr(best, bits_key):.3f}")
+    c2.metric(f"Achieved average bits (budget {avg:.2f})", f"{getattr(best, bits_key):.3f}")
     c3.metric(
         "Locked / moved by the re-solve",
         f"{len(cost.locked)} / {len(cost.changed)}",
@@ -111,13 +116,21 @@ def budget_view() -> None:
         "(ringed on the heatmap)",
     )
 
-    view = st.radio(
+    c1, c2 = st.columns([4, 1])
+    view = c1.radio(
         "Heatmap",
         ["optimal", "head", "tail", "uniform", "llamacpp", "diff"],
         horizontal=True,
         key="allocate_view",
     )
-    selected: list[str] = []
+    draw = c2.radio(
+        "Draw as",
+        ["grid", "chart"],
+        horizontal=True,
+        key="allocate_draw",
+        help="grid: quick to redraw; click cells, row numbers or column headers to select. "
+        "chart: plotly, with layer names on hover; click or box-select cells.",
+    )
     with st.container(key="allocate_heatmap"):
         if view == "diff":
             other = st.selectbox(
@@ -125,63 +138,90 @@ def budget_view() -> None:
                 ["head", "tail", "uniform", "llamacpp"],
                 key="allocate_diff_with",
             )
-            base = results[other]
-            if isinstance(base, MixvizError):
-                st.error(str(base))
-            else:
-                changed = {n for n, o in best.layers.items() if base.layers.get(n) != o}
-                st.caption(f"{len(changed)} layers differ (ringed)")
-                st.plotly_chart(
-                    charts.allocation_heatmap(
-                        profile.layers,
-                        best,
-                        list(profile.options),
-                        f"optimal vs {other} at {avg:.2f} bits",
-                        changed,
-                        set(locks),
-                    ),
-                    key="allocate_heatmap_diff",
-                )
-        elif isinstance(results[view], MixvizError):
-            st.error(str(results[view]))
+            chosen = None if isinstance(result(other), MixvizError) else best
+            marked = (
+                {n for n, o in best.layers.items() if result(other).layers.get(n) != o}
+                if chosen
+                else set()
+            )
+            title = f"optimal vs {other}: {len(marked)} layers differ"
+            mark_label = f"differs from {other}"
         else:
-            chosen = results[view]
+            chosen = None if isinstance(result(view), MixvizError) else result(view)
+            marked = set(cost.changed) if view == "optimal" else set()
+            title = view
+            mark_label = "moved by the re-solve"
+        editable = view == "optimal"
+        version = f"{history.pos}_{len(history.states)}"
+        picked: tuple[list, list, list] = ([], [], [])
+        if chosen is None:
+            st.error(str(results[other if view == "diff" else view]))
+        elif draw == "grid":
+            title += f": {getattr(chosen, bits_key):.3f} average bits"
+            st.caption(f"**{title}** · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {mark_label}")
+            styler, blocks, kinds, cells = charts.allocation_grid(
+                profile.layers, chosen, list(profile.options), set(locks), marked
+            )
+            event = st.dataframe(
+                styler,
+                key=f"allocate_grid_{view}_{version}",
+                on_select="rerun" if editable else "ignore",
+                selection_mode=["multi-row", "multi-column", "multi-cell"],
+                row_height=24,
+                height=24 * len(blocks) + 40,  # every block, no inner scroll
+            )
+            if editable:
+                sel = event.selection
+                picked = (
+                    [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells],
+                    [blocks[r] for r in sel.rows],
+                    [k for k in sel.columns if k in kinds],
+                )
+        else:
+            title += f": {getattr(chosen, bits_key):.3f} average bits"
             fig = charts.allocation_heatmap(
                 profile.layers,
                 chosen,
                 list(profile.options),
-                f"{view} at {avg:.2f} bits: {getattr(chosen, bits_key):.3f} achieved",
-                set(cost.changed) if view == "optimal" else None,
+                title,
+                marked,
                 set(locks),
-                selectable=view == "optimal",
-                highlight_label="moved by the re-solve",
+                selectable=editable,
+                highlight_label=mark_label,
             )
-            if view == "optimal":
+            if editable:
                 event = st.plotly_chart(
                     fig,
-                    key=f"allocate_heatmap_{history.pos}_{len(history.states)}",
+                    key=f"allocate_heatmap_{version}",
                     on_select="rerun",
                     selection_mode=("points", "box", "lasso"),
                 )
-                selected = [
-                    p["customdata"][0]
-                    for p in event.selection.points
-                    if p.get("customdata") and p["customdata"][0] in layer_names
-                ]
+                picked = (
+                    [
+                        p["customdata"][0]
+                        for p in event.selection.points
+                        if p.get("customdata") and p["customdata"][0] in layer_names
+                    ],
+                    [],
+                    [],
+                )
             else:
                 st.plotly_chart(fig, key="allocate_heatmap_view")
-    if view == "optimal":
-        edit_panel(selected)
+    if editable:
+        edit_panel(*picked)
 
-    st.dataframe(summary_frame(results, best), hide_index=True, key="allocate_summary")
+    summary = {s: result(s) for s in STRATEGIES}
+    st.dataframe(summary_frame(summary, best), hide_index=True, key="allocate_summary")
 
     st.subheader("Predicted loss vs average bits")
     front = ui.frontier_for(
         problem,
         (profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))),
     )
-    st.plotly_chart(
-        charts.frontier_chart(front, avg, choice["ignore_scale_bits"]), key="allocate_frontier"
+    st.vega_lite_chart(
+        spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"]),
+        key="allocate_frontier",
+        use_container_width=True,
     )
     downloads(best, avg)
 
@@ -205,8 +245,10 @@ def summary_frame(results: dict, best) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def edit_panel(clicked: list[str] | None) -> None:
-    """Lock the selected cells (clicked on the heatmap, or whole rows / columns) and undo."""
+def edit_panel(
+    clicked: list[str] | None, grid_rows: list[int] = (), grid_cols: list[str] = ()
+) -> None:
+    """Lock the selected cells (picked on the heatmap, or whole rows / columns) and undo."""
     blocks = sorted({x.block for x in profile.layers if x.block is not None})
     kinds = [k for k in KINDS if any(x.kind == k and x.block is not None for x in profile.layers)]
     with st.expander("Edit: lock layers, the rest re-solves at the same budget", expanded=True):
@@ -219,7 +261,9 @@ def edit_panel(clicked: list[str] | None) -> None:
             if fused
             else "Fused groups: off (sidebar → shared groups)"
         )
-        names = select(profile.layers, clicked or (), rows, cols, fused)
+        names = select(
+            profile.layers, clicked or (), [*rows, *grid_rows], [*cols, *grid_cols], fused
+        )
         st.caption(
             f"{len(names)} selected"
             + (
@@ -253,9 +297,10 @@ def downloads(best, avg: float) -> None:
     recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
     cols = st.columns(5)
+    # Callables: the bytes are made on click, not shipped to the browser on every slider step.
     cols[0].download_button(
         "mixviz recipe",
-        json.dumps(recipe.to_dict(), indent=2),
+        lambda: json.dumps(recipe.to_dict(), indent=2),
         f"{stem}.recipe.json",
         "application/json",
         key="allocate_download",
@@ -271,9 +316,10 @@ def downloads(best, avg: float) -> None:
         strict=True,
     ):
         try:
+            text = export(recipe, target)  # cheap; raises when the target can't hold the recipe
             col.download_button(
                 target,
-                export(recipe, target),
+                lambda text=text: text,
                 f"{stem}.{target}.{ext}",
                 key=f"allocate_download_{target}",
             )

@@ -139,7 +139,7 @@ def allocation_heatmap(
             zmin=0,
             zmax=n,
             colorscale=scale,
-            customdata=custom,
+            customdata=None if selectable else custom,  # the cell markers carry the hover
             text=text,
             texttemplate="%{text}" if len(blocks) <= 16 else None,
             textfont={"size": 9},
@@ -148,10 +148,11 @@ def allocation_heatmap(
                 "ticktext": order,
                 "title": "format",
             },
-            hovertemplate=hover,
+            hovertemplate=None if selectable else hover,
             hoverinfo="skip" if selectable else None,
-            xgap=1,
-            ygap=1,
+            # One canvas pixel per cell, scaled up: redrawing on every slider step stays cheap
+            # (cell gaps would make plotly paint and PNG-encode a full-size canvas each time).
+            zsmooth="fast",
         )
     )
     where = {x.name: (k, b) for (b, k), x in cells.items()}
@@ -219,37 +220,121 @@ def allocation_heatmap(
     )
 
 
+LOCK_MARK, MOVE_MARK = "✕", "•"
+
+
+def allocation_grid(
+    layers,
+    allocation,
+    options: list[str],
+    locked: set[str] = frozenset(),
+    marked: set[str] = frozenset(),
+):
+    """The allocation as a block × module grid of coloured cells, for ``st.dataframe``.
+
+    Returns ``(styler, blocks, kinds, cells)``: the pandas Styler (cell text = option, prefixed
+    with ``LOCK_MARK`` when locked and ``MOVE_MARK`` when in ``marked``), the row blocks and
+    column kinds (to map a selection back to layers) and ``{(block, kind): Layer}``. A grid
+    redraws far faster than a plotly heatmap, which matters on every slider step.
+    """
+    import pandas as pd
+
+    blocks, kinds, cells = _grid(layers)
+    order = sorted(
+        set(options) | set(allocation.layers.values()), key=lambda o: (get_scheme(o).bits, o)
+    )
+    colour = {o: PALETTE[i % len(PALETTE)] for i, o in enumerate(order)}
+    text, css = [], []
+    for b in blocks:
+        tr, cr = [], []
+        for k in kinds:
+            x = cells.get((b, k))
+            o = allocation.layers.get(x.name) if x else None
+            if not o:
+                tr.append("")
+                cr.append("")
+                continue
+            mark = LOCK_MARK if x.name in locked else MOVE_MARK if x.name in marked else ""
+            tr.append(f"{mark} {o}".strip())
+            cr.append(f"background-color: {colour[o]}; color: white")
+        text.append(tr)
+        css.append(cr)
+    frame = pd.DataFrame(text, index=pd.Index(blocks, name="block"), columns=kinds)
+    styles = pd.DataFrame(css, index=frame.index, columns=kinds)
+    return frame.style.apply(lambda _: styles, axis=None), blocks, kinds, cells
+
+
 def frontier_chart(
     front: dict[str, list[dict]], marker: float | None = None, no_scale: bool = False
-) -> go.Figure:
-    """Predicted loss vs average bits, a line per strategy; a vertical marker at the slider."""
+) -> dict:
+    """Predicted loss vs average bits, a line per strategy, and a dashed marker at the slider:
+    a Vega-Lite spec for ``st.vega_lite_chart``.
+
+    The lines and the marker are separate named datasets, so when the slider moves only the
+    one-row ``marker`` dataset changes and the chart is updated in place, not re-embedded
+    (a plotly figure would be redrawn whole on every step).
+    """
     key = "avg_bits_no_scale" if no_scale else "avg_bits"
-    fig = go.Figure()
-    for strategy, pts in front.items():
-        if not pts:
-            continue
-        pts = sorted(pts, key=lambda p: p[key])
-        fig.add_trace(
-            go.Scatter(
-                x=[p[key] for p in pts],
-                y=[p["predicted_loss"] for p in pts],
-                name=strategy,
-                mode="lines+markers" if len(pts) > 1 else "markers",
-                line={"color": STRATEGY_COLOURS.get(strategy)},
-            )
-        )
-    if marker is not None:
-        fig.add_vline(
-            x=marker, line_dash="dash", line_color="grey", annotation_text=f"{marker:.2f} bits"
-        )
-    fig.update_layout(
-        xaxis_title="average bits" + (" (no scale bits)" if no_scale else ""),
-        yaxis_title="predicted loss (Σ score)",
-        yaxis_type="log",
-        height=420,
-        margin={"t": 30, "b": 40},
-    )
-    return fig
+    rows = [
+        {"strategy": s, "bits": p[key], "loss": p["predicted_loss"]}
+        for s, pts in front.items()
+        for p in sorted(pts, key=lambda p: p[key])
+        if p["predicted_loss"] > 0
+    ]
+    strategies = [s for s in front if front[s]]
+    x = {
+        "field": "bits",
+        "type": "quantitative",
+        "title": "average bits" + (" (no scale bits)" if no_scale else ""),
+        "scale": {"zero": False},
+    }
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "height": 380,
+        "datasets": {
+            "frontier": rows,
+            "marker": [] if marker is None else [{"bits": marker, "label": f"{marker:.2f} bits"}],
+        },
+        "layer": [
+            {
+                "data": {"name": "frontier"},
+                "mark": {"type": "line", "point": True},
+                "encoding": {
+                    "x": x,
+                    "y": {
+                        "field": "loss",
+                        "type": "quantitative",
+                        "scale": {"type": "log"},
+                        "title": "predicted loss (Σ score)",
+                    },
+                    "color": {
+                        "field": "strategy",
+                        "type": "nominal",
+                        "scale": {
+                            "domain": strategies,
+                            "range": [STRATEGY_COLOURS.get(s, "#7f7f7f") for s in strategies],
+                        },
+                    },
+                    "order": {"field": "bits", "type": "quantitative"},
+                    "tooltip": [
+                        {"field": "strategy"},
+                        {"field": "bits", "format": ".3f"},
+                        {"field": "loss", "format": ".4g"},
+                    ],
+                },
+            },
+            {
+                "data": {"name": "marker"},
+                "mark": {"type": "rule", "strokeDash": [6, 4], "color": "grey"},
+                "encoding": {"x": x},
+            },
+            {
+                "data": {"name": "marker"},
+                "mark": {"type": "text", "align": "left", "dx": 4, "y": 8, "color": "grey"},
+                "encoding": {"x": x, "text": {"field": "label"}},
+            },
+        ],
+    }
 
 
 def accuracy_chart(frame, bf16: float | None = None, y: str = "accuracy") -> go.Figure:

@@ -80,15 +80,22 @@ def test_allocate_slider_changes_allocation_within_budget(profiled):
         alloc = at.session_state["allocation"]
         assert alloc["avg_bits_no_scale"] <= bits + 1e-9
         seen[bits] = alloc["layers"]
-        summary = at.dataframe[0].value.set_index("strategy")
+        summary = at.dataframe[1].value.set_index("strategy")  # [0] is the allocation grid
         assert set(summary.index) == {"optimal", "head", "tail", "uniform", "llamacpp"}
         for s in ("head", "tail", "uniform"):
             assert summary.loc[s, "avg bits"] <= bits + 1e-9
             assert summary.loc[s, "predicted loss"] >= summary.loc["optimal", "predicted loss"]
     assert seen[4.5] != seen[6.0] != seen[7.5]
-    assert len(at.get("plotly_chart")) == 2  # heatmap + frontier
+    grid = at.dataframe[0].value  # block × module, the option in each cell
+    assert grid.shape == (4, 7) and list(grid.columns) == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert grid.loc[2, "down"] == seen[7.5]["model.layers.2.mlp.down_proj"]
+    frontier = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert frontier["layer"][1]["mark"]["type"] == "rule"  # the marker at the slider
+    assert not at.get("plotly_chart")
+    at.radio(key="allocate_draw").set_value("chart").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1  # the plotly heatmap
     at.radio(key="allocate_view").set_value("diff").run()
-    assert not at.exception
+    assert not at.exception and not at.error
 
 
 def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
@@ -115,11 +122,16 @@ def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
     loss, _, counts = (m.value for m in at.metric)
     assert float(loss) == pytest.approx(after["predicted_loss"], rel=1e-3)
     assert counts == f"4 / {len(moved)}"
+    grid = at.dataframe[0].value  # the locks and the moved layers are marked in the grid
+    assert list(grid["down"]) == ["✕ MXFP8"] * 4
+    assert sum(str(v).startswith("•") for v in grid.to_numpy().ravel()) == len(moved)
+    at.radio(key="allocate_draw").set_value("chart").run()
     heat = next(c for c in at.get("plotly_chart") if c.key.startswith("allocate_heatmap_"))
     traces = {t.get("name"): t for t in json.loads(heat.proto.spec)["data"]}
-    assert len(traces["locked"]["x"]) == 4  # the locks are drawn
+    assert len(traces["locked"]["x"]) == 4  # ... and drawn on the chart
     if moved:
         assert len(traces["moved by the re-solve"]["x"]) == len(moved)
+    at.radio(key="allocate_draw").set_value("grid").run()
 
     # undo → the optimum before the edit, exactly; redo → the locks again
     at.button(key="edit_undo").click().run()
@@ -131,6 +143,20 @@ def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
     at.button(key="edit_reset").click().run()
     assert at.session_state["allocate_pins"] == {}
     assert at.session_state["allocation"]["layers"] == before["layers"]
+
+
+def test_allocate_grid_selection_locks_a_block(profiled):
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    grid_key = "allocate_grid_optimal_0_1"  # view, history position, history length
+    at.session_state[grid_key] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception
+    at.button(key="edit_lock").click().run()  # lock block 1 as it is
+    assert not at.exception and not at.error
+    pins = at.session_state["allocate_pins"]
+    assert sorted(pins) == sorted(n for n in at.session_state["allocation"]["layers"] if ".1." in n)
+    grid = at.dataframe[0].value
+    assert all(str(v).startswith("✕") for v in grid.loc[1])
 
 
 def test_allocate_locks_beyond_the_budget_are_an_error(profiled):

@@ -68,8 +68,25 @@ def test_profile_slider_run_results(tmp_path):
         assert float(after) <= 5.5 + 1e-9
         page.screenshot(path=SHOTS / "allocate.png", full_page=True)
 
-        # click a heatmap cell, lock it to MXFP8: the lock is drawn; undo takes it away
+        # the grid (default): click block 1's row marker, lock the row as it is, undo
         heat = page.locator(".st-key-allocate_heatmap")
+        heat.scroll_into_view_if_needed()
+        box = heat.locator("[data-testid=stDataFrame]").bounding_box()
+        page.mouse.click(box["x"] + 12, box["y"] + 36 + 24 * 1 + 12)  # 36 px header, 24 px rows
+        page.get_by_text("7 selected: model.layers.1.self_attn.q_proj").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("button", name="Lock as is").click()
+        page.get_by_text(re.compile(r"^7 / \d+$")).wait_for(timeout=60_000)  # locked / moved
+        wait_idle(page)
+        heat.screenshot(path=SHOTS / "allocate-grid-locked.png")
+        page.get_by_role("button", name="Undo").click()
+        page.get_by_text(re.compile(r"^0 / 0$")).wait_for(timeout=60_000)
+        wait_idle(page)
+
+        # the chart: click a cell, lock it to MXFP8: the lock is drawn; undo takes it away
+        page.get_by_text("chart", exact=True).click()
+        page.locator(".st-key-allocate_heatmap .js-plotly-plot").wait_for(timeout=60_000)
+        wait_idle(page)
         heat.scroll_into_view_if_needed()
         x, y = page.evaluate(CELL, ["down", 2])
         page.mouse.click(x, y)
