@@ -1,6 +1,7 @@
 """Allocate page: the budget slider, the optimal allocation beside the baselines."""
 
 import json
+import math
 
 import pandas as pd
 import streamlit as st
@@ -41,7 +42,15 @@ except MixvizError as e:
 
 lo, hi = problem.feasible_range()
 lo_s, hi_s = round(lo + 0.005, 2), round(hi - 0.005, 2)
-start = float(st.query_params.get("bits", min(max(5.0, lo_s), hi_s)))
+default = min(max(5.0, lo_s), hi_s)
+raw = st.query_params.get("bits")
+try:
+    start = default if raw is None else float(raw)
+    if not math.isfinite(start):
+        raise ValueError
+except ValueError:
+    st.error(f"Average bits {raw!r} (from the URL) is not a number; using {default:g}.")
+    start = default
 if hi_s - lo_s < 0.01:
     start = hi
 elif not lo_s <= start <= hi_s:

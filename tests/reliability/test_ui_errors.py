@@ -1,0 +1,102 @@
+"""Bad input through the app and the CLI: a specific st.error / one stderr line, never a
+traceback; a model with no block linears; trust_remote_code off unless ticked, and recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cli import run_cli
+from streamlit.testing.v1 import AppTest
+
+from mixviz.runspec import RunSpec
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+TINY = {"model": "tiny", "options": "MXFP4,MXFP8", "metric": "hessian", "noscale": "1"}
+
+
+def _page(page: str | None, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+@pytest.fixture(scope="module")
+def convless(tmp_path_factory) -> Path:
+    """A GPT-2 folder: its blocks use Conv1D, so there is no nn.Linear for mixviz to quantize."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2-conv1d")
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=64)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_model_without_block_linears_is_named(convless):
+    r = run_cli("info", convless)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "has no linear layers inside transformer blocks" in r.stderr
+    at = _page(None, model=str(convless))
+    assert not at.exception
+    assert any("has no linear layers inside transformer blocks" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("./no/such/folder", "no folder at"),
+        (str(Path(__file__).parent), "has no config.json"),  # a folder, not a model
+        ("nobody-xyz/not-a-model", "couldn't connect"),
+    ],
+)
+def test_bad_model_names_are_one_clear_error(model, message):
+    at = _page("app_pages/profile.py", model=model)
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value.lower()
+    r = run_cli("info", model)
+    assert r.returncode == 2 and message in r.stderr.lower() and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("bits", ["abc", "nan", "-1", "99"])
+def test_bad_budget_in_the_url_is_an_error_not_a_crash(bits, tmp_path):
+    from mixviz.profile import profile_model
+
+    profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
+    at = _page("app_pages/allocate.py", **TINY, nsamples="2", seqlen="32", bits=bits)
+    assert not at.exception
+    assert any("average bits" in e.value.lower() for e in at.error), [e.value for e in at.error]
+    alloc = at.session_state["allocation"]  # the page still works at the nearest budget
+    assert 4.0 <= alloc["avg_bits_no_scale"] <= 8.0
+
+
+def test_empty_calibration_text_in_the_app(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    at = _page("app_pages/profile.py", **TINY, nsamples="2", seqlen="32", calib=str(empty))
+    if not at.error:  # the text is read when the profile's cache key is made, or on the button
+        at.button(key="profile_start").click().run()
+    assert not at.exception
+    assert any("holds no text" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_unknown_option_in_the_url_is_dropped_and_cli_names_it():
+    at = _page("app_pages/profile.py", **{**TINY, "options": "MXFP4,FP3"})
+    assert not at.exception
+    assert at.multiselect(key="sb_options").value == ["MXFP4"]
+    r = run_cli("profile", "tiny", "--options", "MXFP4,FP3")
+    assert r.returncode == 2 and "FP3" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_trust_remote_code_is_off_unless_ticked_and_recorded():
+    at = _page(None, model="tiny")
+    assert at.checkbox(key="sb_trust").value is False
+    assert at.query_params["trust_remote_code"] in ("0", ["0"])
+    base = {"model": "tiny", "tasks": ("mixviz_lastword",), "recipe": None, "strategy": "bf16"}
+    off, on = RunSpec(**base), RunSpec(**base, trust_remote_code=True)
+    assert off.trust_remote_code is False
+    assert on.to_dict()["trust_remote_code"] is True
+    assert RunSpec.from_dict(on.to_dict()) == on and on.key != off.key
