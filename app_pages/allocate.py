@@ -117,13 +117,26 @@ def budget_view() -> None:
         f"{cost.loss_ratio - 1:+.1%} from the locks" if locks else None,
         delta_color="inverse",
     )
-    c2.metric(f"Achieved average bits (budget {avg:.2f})", f"{getattr(best, bits_key):.3f}")
+    before_bits, after_bits = getattr(cost.before, bits_key), getattr(best, bits_key)
+    c2.metric(
+        f"Achieved average bits (budget {avg:.2f})",
+        f"{after_bits:.3f}",
+        f"{after_bits - before_bits:+.3f} from the locks" if locks else None,
+        delta_color="off",
+    )
     c3.metric(
         "Locked / moved by the re-solve",
         f"{len(cost.locked)} / {len(cost.changed)}",
         help="Layers you locked, and unlocked layers the solver moved to keep the budget "
-        "(ringed on the heatmap)",
+        "(• on the grid, ringed on the chart)",
     )
+    if locks:
+        st.caption(
+            f"Without the locks: predicted loss {cost.before.predicted_loss:.4g} at "
+            f"{before_bits:.3f} bits → with them {best.predicted_loss:.4g} at {after_bits:.3f} "
+            f"bits. {len(cost.changed)} other layers moved, {len(cost.gave_back)} of them to "
+            "fewer bits to pay for the locks."
+        )
 
     c1, c2 = st.columns([4, 1])
     view = c1.radio(

@@ -122,6 +122,8 @@ def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
     loss, _, counts = (m.value for m in at.metric)
     assert float(loss) == pytest.approx(after["predicted_loss"], rel=1e-3)
     assert counts == f"4 / {len(moved)}"
+    cost = next(c.value for c in at.caption if "pay for the locks" in c.value)
+    assert f"{len(moved)} other layers moved" in cost
     grid = at.dataframe[0].value  # the locks and the moved layers are marked in the grid
     assert list(grid["down"]) == ["✕ MXFP8"] * 4
     assert sum(str(v).startswith("•") for v in grid.to_numpy().ravel()) == len(moved)
