@@ -1,4 +1,5 @@
-"""Allocate page: the budget slider, the optimal allocation beside the baselines."""
+"""Allocate page: the budget slider, the optimal allocation beside the baselines, and hand edits
+(locks) on the heatmap that the solver re-solves around."""
 
 import json
 import math
@@ -38,6 +39,14 @@ try:
     )
 except MixvizError as e:
     st.error(str(e))
+    if locks:  # an edit made the problem impossible: offer the way back
+        c1, c2 = st.columns(2)
+        if c1.button("Undo the last edit", key="edit_undo_broken", disabled=not history.can_undo):
+            st.session_state["allocate_history"] = history.undo()
+            st.rerun()
+        if c2.button("Reset to optimal", key="edit_reset_broken"):
+            st.session_state["allocate_history"] = history.reset()
+            st.rerun()
     st.stop()
 
 lo, hi = problem.feasible_range()

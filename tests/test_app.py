@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest import open_app
 
 from mixviz.backends import LocalBackend
 from mixviz.runspec import RunSpec
 from mixviz.store import Store
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TINY = {
     "model": "tiny",
     "options": "MXFP4,MXFP8",
@@ -23,14 +21,7 @@ TINY = {
 }
 
 
-def _app(page: str | None = None, **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    return at
+_app = open_app
 
 
 @pytest.fixture(scope="module")

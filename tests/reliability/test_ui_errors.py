@@ -6,23 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from apptest import open_app
 from cli import run_cli
-from streamlit.testing.v1 import AppTest
 
 from mixviz.runspec import RunSpec
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TINY = {"model": "tiny", "options": "MXFP4,MXFP8", "metric": "hessian", "noscale": "1"}
 
 
-def _page(page: str | None, **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    return at
+_page = open_app
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +92,36 @@ def test_trust_remote_code_is_off_unless_ticked_and_recorded():
     assert off.trust_remote_code is False
     assert on.to_dict()["trust_remote_code"] is True
     assert RunSpec.from_dict(on.to_dict()) == on and on.key != off.key
+
+
+def test_locks_that_break_a_shared_group_offer_the_way_back():
+    from mixviz.profile import profile_model
+
+    profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
+    at = _page("app_pages/allocate.py", **TINY, nsamples="2", seqlen="32", bits="6")
+    at.multiselect(key="edit_blocks").set_value([0]).run()
+    at.selectbox(key="edit_option").set_value("MXFP8").run()
+    at.button(key="edit_set").click().run()
+    at.multiselect(key="edit_blocks").set_value([]).run()
+    at.multiselect(key="edit_kinds").set_value(["k"]).run()
+    at.selectbox(key="edit_option").set_value("MXFP4").run()
+    at.button(key="edit_set").click().run()
+    assert not at.exception and not at.error
+    # q/k/v must now share one format, but block 0 has q locked MXFP8 and k locked MXFP4
+    at.multiselect(key="sb_shared").set_value(["qkv"]).run()
+    assert not at.exception
+    assert any("conflicting pins inside the shared group" in e.value for e in at.error)
+    at.button(key="edit_undo_broken").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["allocate_pins"] == {
+        f"model.layers.0.{m}": "MXFP8"
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    }
