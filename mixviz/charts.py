@@ -1,5 +1,6 @@
-"""Plotly figures: sensitivity and allocation heatmaps (block × module), the loss–bits frontier,
-accuracy vs bits, predicted loss vs accuracy. Pure functions of library objects; no Streamlit.
+"""Figures: the sensitivity heatmap, the allocation as a plotly heatmap or a coloured grid
+(block × module), the loss–bits frontier (a Vega-Lite spec), accuracy vs bits, predicted loss vs
+accuracy. Pure functions of library objects; no Streamlit.
 """
 
 from __future__ import annotations
@@ -150,9 +151,8 @@ def allocation_heatmap(
             },
             hovertemplate=None if selectable else hover,
             hoverinfo="skip" if selectable else None,
-            # One canvas pixel per cell, scaled up: redrawing on every slider step stays cheap
-            # (cell gaps would make plotly paint and PNG-encode a full-size canvas each time).
-            zsmooth="fast",
+            xgap=1,
+            ygap=1,
         )
     )
     where = {x.name: (k, b) for (b, k), x in cells.items()}
