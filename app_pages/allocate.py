@@ -300,7 +300,7 @@ def edit_panel(
             + (
                 f": {', '.join(names[:6])}{' …' if len(names) > 6 else ''}"
                 if names
-                else " — click or box-select cells on the heatmap, or pick rows / columns"
+                else " — select cells, rows or columns on the heatmap, or pick them here"
             )
         )
         c1, c2, c3, c4, c5, c6, c7 = st.columns([2, 1, 1, 1, 1, 1, 1.4])
