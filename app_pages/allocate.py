@@ -29,9 +29,18 @@ if profile is None:
 
 layer_names = {x.name for x in profile.layers}
 history: History = st.session_state.get("allocate_history", History())
+version = f"{history.pos}_{len(history.states)}"  # new keys reset selections after an edit
 locks = {k: v for k, v in history.current.items() if k in layer_names}
 st.session_state["allocate_pins"] = locks  # what the Runs page allocates with
 shared = tuple(choice["shared"])
+
+
+def commit(new: History) -> None:
+    """Make ``new`` the edit history and redraw the whole page with it."""
+    st.session_state["allocate_history"] = new
+    st.rerun()
+
+
 try:
     free = ui.problem_for(profile, profile.key, choice["ignore_scale_bits"], shared, ())
     problem = ui.problem_for(
@@ -42,11 +51,9 @@ except MixvizError as e:
     if locks:  # an edit made the problem impossible: offer the way back
         c1, c2 = st.columns(2)
         if c1.button("Undo the last edit", key="edit_undo_broken", disabled=not history.can_undo):
-            st.session_state["allocate_history"] = history.undo()
-            st.rerun()
+            commit(history.undo())
         if c2.button("Reset to optimal", key="edit_reset_broken"):
-            st.session_state["allocate_history"] = history.reset()
-            st.rerun()
+            commit(history.reset())
     st.stop()
 
 lo, hi = problem.feasible_range()
@@ -72,12 +79,6 @@ held = st.session_state.get("allocate_avg_bits")
 if held is not None and not lo_s <= held <= hi_s:  # the locks moved the range
     st.session_state["allocate_avg_bits"] = min(max(held, lo_s), hi_s)
 bits_key = "avg_bits_no_scale" if choice["ignore_scale_bits"] else "avg_bits"
-
-
-def commit(new: History) -> None:
-    """Make ``new`` the edit history and redraw the whole page with it."""
-    st.session_state["allocate_history"] = new
-    st.rerun()
 
 
 @st.fragment
@@ -183,7 +184,6 @@ def budget_view() -> None:
             title = view
             mark_label = "moved by the re-solve"
         editable = view == "optimal"
-        version = f"{history.pos}_{len(history.states)}"
         picked: tuple[list, list, list] = ([], [], [])
         if chosen is None:
             st.error(str(results[other if view == "diff" else view]))
@@ -371,7 +371,7 @@ table = pd.DataFrame(
 edited = st.data_editor(
     table,
     hide_index=True,
-    key=f"allocate_lock_editor_{history.pos}_{len(history.states)}",
+    key=f"allocate_lock_editor_{version}",
     disabled=["layer", "block", "kind"],
     column_config={
         "lock": st.column_config.SelectboxColumn("lock", options=["", *profile.options, "BF16"])

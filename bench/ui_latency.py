@@ -1,10 +1,10 @@
 """Slider latency in a real browser on the demo model: move the Allocate slider 20 times and
 time until the allocation heatmap (the default grid) shows the new budget's allocation: its
-caption carries the achieved average bits, so we wait until it matches the "Achieved average
-bits" metric, then for the canvas to paint. A move
-that leaves the allocation unchanged needs no redraw (the figure is identical); the median over
-the moves that did change it is printed as well, and the time until the whole fragment (table,
-frontier, downloads) is done. Goal: median < 300 ms.
+caption carries the achieved average bits, so we wait, checking in the page on every animation
+frame, until it matches the "Achieved average bits" metric labelled with the new budget. A move
+that leaves the allocation unchanged needs no redraw; the median over the moves that did change
+it is printed as well, and the time until the whole fragment (table, frontier, downloads) is
+done. Goal: median < 300 ms.
 
 The anchor is the server-side solve itself (allocate at the same budgets, measured in the same
 run), printed beside the browser figure.

@@ -44,6 +44,13 @@ def _grid(layers):
     return blocks, kinds, cells
 
 
+def _format_order(options, allocation) -> list[str]:
+    """The formats an allocation heatmap or grid colours, fewest bits first (one palette)."""
+    return sorted(
+        set(options) | set(allocation.layers.values()), key=lambda o: (get_scheme(o).bits, o)
+    )
+
+
 def _grid_layout(fig: go.Figure, title: str) -> go.Figure:
     """Block × module axes, block 0 on top."""
     fig.update_layout(
@@ -110,9 +117,7 @@ def allocation_heatmap(
     selects layers (their names are ``customdata[0]`` of the selected points).
     """
     blocks, kinds, cells = _grid(layers)
-    order = sorted(
-        set(options) | set(allocation.layers.values()), key=lambda o: (get_scheme(o).bits, o)
-    )
+    order = _format_order(options, allocation)
     idx = {o: i for i, o in enumerate(order)}
     n = max(len(order), 1)
     scale = []
@@ -155,38 +160,32 @@ def allocation_heatmap(
             ygap=1,
         )
     )
-    where = {x.name: (k, b) for (b, k), x in cells.items()}
+    by_name = {x.name: x for x in cells.values()}
 
-    def marks(names, **kw) -> go.Scatter:
-        pts = [(where[m], m) for m in names if m in where]
+    def marks(names, hovered: bool = False, **kw) -> go.Scatter:
+        """A marker on the cell of each layer in ``names``; ``customdata`` names the layer."""
+        pts = [by_name[m] for m in names if m in by_name]
         return go.Scatter(
-            x=[p[0][0] for p in pts],
-            y=[p[0][1] for p in pts],
-            customdata=[[m, allocation.layers.get(m, ""), 0] for _, m in pts],
+            x=[x.kind for x in pts],
+            y=[x.block for x in pts],
+            customdata=[[x.name, allocation.layers.get(x.name, ""), x.numel] for x in pts],
             mode="markers",
-            hoverinfo="skip",
+            hovertemplate=hover if hovered else None,
+            hoverinfo=None if hovered else "skip",
             **kw,
         )
 
     if selectable:
-        every = [x.name for x in cells.values()]
         fig.add_trace(
             marks(
-                every,
+                list(by_name),
+                hovered=True,
                 name="cells",
                 showlegend=False,
                 marker={"size": 16, "symbol": "square", "color": "rgba(0,0,0,0)"},
                 selected={"marker": {"color": "rgba(255,255,255,0.6)"}},
                 unselected={"marker": {"opacity": 0}},
             )
-        )
-        fig.data[-1].update(
-            customdata=[
-                [m, allocation.layers.get(m, ""), cells[where[m][1], where[m][0]].numel]
-                for m in every
-            ],
-            hoverinfo=None,
-            hovertemplate=hover,
         )
     if highlight:
         fig.add_trace(
@@ -240,10 +239,9 @@ def allocation_grid(
     import pandas as pd
 
     blocks, kinds, cells = _grid(layers)
-    order = sorted(
-        set(options) | set(allocation.layers.values()), key=lambda o: (get_scheme(o).bits, o)
-    )
-    colour = {o: PALETTE[i % len(PALETTE)] for i, o in enumerate(order)}
+    colour = {
+        o: PALETTE[i % len(PALETTE)] for i, o in enumerate(_format_order(options, allocation))
+    }
     text, css = [], []
     for b in blocks:
         tr, cr = [], []

@@ -197,9 +197,13 @@ def edit_cost(free, locked, budget: float, strategy: str = "optimal") -> EditCos
     from mixviz.allocate import allocate
 
     lo, hi = free.feasible_range()  # BF16 locks can lift the budget above every option
-    before = allocate(free, min(max(budget, lo), hi), strategy)
+    clamped = min(max(budget, lo), hi)
+    before = allocate(free, clamped, strategy)
     try:
-        after = allocate(locked, budget, strategy)
+        # no locks: the same problem at the same budget, so the same answer (once per slider step)
+        after = (
+            before if not locked.pins and clamped == budget else allocate(locked, budget, strategy)
+        )
     except MixvizError as e:
         lo, hi = locked.feasible_range()
         raise MixvizError(
