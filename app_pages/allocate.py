@@ -203,10 +203,12 @@ def budget_view() -> None:
             )
             if editable:
                 sel = event.selection
+                columns = set(sel.columns)
                 picked = (
-                    [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells],
+                    [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
+                    + [x.name for (_, k), x in cells.items() if k in columns],
                     [blocks[r] for r in sel.rows],
-                    [k for k in sel.columns if k in kinds],
+                    [],
                 )
         else:
             title += f": {getattr(chosen, bits_key):.3f} average bits"

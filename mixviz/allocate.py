@@ -19,6 +19,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from mixviz import baselines
 from mixviz.errors import MixvizError
@@ -61,11 +62,14 @@ class Problem:
     def total_numel(self) -> int:
         return sum(self.numel.values())
 
+    def feasible_bits(self) -> tuple[int, int]:
+        """The lowest and highest total bits any allocation can reach (exact integers)."""
+        return sum(min(u.cost) for u in self.units), sum(max(u.cost) for u in self.units)
+
     def feasible_range(self) -> tuple[float, float]:
         """The lowest and highest average bits any allocation can reach."""
-        lo = sum(min(u.cost) for u in self.units) / self.total_numel
-        hi = sum(max(u.cost) for u in self.units) / self.total_numel
-        return lo, hi
+        lo, hi = self.feasible_bits()
+        return lo / self.total_numel, hi / self.total_numel
 
     def cost(self, name: str, option: str) -> int:
         table = self.bits_no_scale if self.ignore_scale_bits else self.bits
@@ -245,18 +249,34 @@ def _result(
     )
 
 
-def _budget_bits(problem: Problem, avg_bits: float) -> int:
+def budget_bits(problem: Problem, avg_bits: float) -> int:
+    """The integer bit budget for an average: ``⌊avg · numel⌋``, exactly.
+
+    An average within float tolerance (1e-12 relative) of a whole number of bits is that
+    number, so the averages this module reports — the ends of :meth:`Problem.feasible_range`
+    included — map back to the bit sums they came from. Outside the feasible range (beyond
+    that tolerance) is an error naming the range.
+
+    >>> p = Problem((), {}, {}, {"a": 3}, {}, {}, {}, (), (Unit(("a",), ("X", "Y"), (4, 8),
+    ...     (1.0, 0.0)),))
+    >>> budget_bits(p, 4 / 3), budget_bits(p, 8 / 3), budget_bits(p, 2.0)
+    (4, 8, 6)
+    """
     if isinstance(avg_bits, bool) or not isinstance(avg_bits, (int, float)):
         raise MixvizError(f"average bits must be a number, got {avg_bits!r}")
     if not math.isfinite(avg_bits):
         raise MixvizError(f"average bits must be a finite number, got {avg_bits}")
-    lo, hi = problem.feasible_range()
-    if avg_bits < lo - 1e-12 or avg_bits > hi + 1e-9:
+    lo, hi = problem.feasible_bits()
+    exact = Fraction(avg_bits) * problem.total_numel
+    nearest = round(exact)
+    bits = nearest if abs(exact - nearest) <= 1e-12 * max(abs(exact), 1) else math.floor(exact)
+    if bits < lo or bits > hi:
+        n = problem.total_numel
         raise MixvizError(
             f"average bits {avg_bits:g} is outside the feasible range "
-            f"{lo:.4f}–{hi:.4f} for these options"
+            f"{lo / n:.4f}–{hi / n:.4f} for these options"
         )
-    return math.floor(avg_bits * problem.total_numel + 1e-6)
+    return bits
 
 
 # --------------------------------------------------------------------------- optimal
@@ -264,10 +284,18 @@ def _budget_bits(problem: Problem, avg_bits: float) -> int:
 
 def allocate(problem: Problem, avg_bits: float, strategy: str = "optimal") -> Allocation:
     """Allocate at ``avg_bits`` with ``strategy`` (one of :data:`STRATEGIES`)."""
+    return allocate_bits(problem, budget_bits(problem, avg_bits), strategy, avg_bits)
+
+
+def allocate_bits(
+    problem: Problem, budget: int, strategy: str = "optimal", avg_bits: float | None = None
+) -> Allocation:
+    """Allocate within ``budget`` total bits (an exact integer) with ``strategy``."""
     if strategy not in STRATEGIES:
         raise MixvizError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     t0 = time.perf_counter()
-    budget = _budget_bits(problem, avg_bits)
+    if avg_bits is None:
+        avg_bits = budget / problem.total_numel
     if strategy == "optimal":
         choice = _solve_optimal(problem, budget)
     elif strategy == "uniform":
@@ -279,25 +307,12 @@ def allocate(problem: Problem, avg_bits: float, strategy: str = "optimal") -> Al
     return _result(problem, strategy, avg_bits, choice, t0)
 
 
-def _pareto(unit: Unit) -> list[int]:
-    """Indices of the options no other option beats on both cost and score."""
-    keep, best = [], math.inf
-    for i in sorted(range(len(unit.cost)), key=lambda i: (unit.cost[i], unit.score[i])):
-        if unit.score[i] < best:
-            keep.append(i)
-            best = unit.score[i]
-    return keep
-
-
 def _solve_optimal(problem: Problem, budget: int) -> dict[str, str]:
     units = problem.units
-    keep = [_pareto(u) for u in units]
-    cost = [[units[i].cost[j] for j in k] for i, k in enumerate(keep)]
-    score = [[units[i].score[j] for j in k] for i, k in enumerate(keep)]
-    picked = solve_mckp(cost, score, budget)
+    picked = solve_mckp([list(u.cost) for u in units], [list(u.score) for u in units], budget)
     if picked is None:
         raise MixvizError(f"no allocation fits {budget / problem.total_numel:.4f} bits")
-    return _expand(units, [keep[i][j] for i, j in enumerate(picked)])
+    return _expand(units, picked)
 
 
 def _expand(units, picked: list[int]) -> dict[str, str]:
@@ -312,14 +327,14 @@ def frontier(problem: Problem, n: int = 50, strategies=STRATEGIES) -> dict[str, 
 
     Budgets a strategy cannot meet are skipped (e.g. llama.cpp's fixed rule below its bits).
     """
-    lo, hi = problem.feasible_range()
-    grid = [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else [hi]
+    lo, hi = problem.feasible_bits()
+    grid = [lo + (hi - lo) * i // (n - 1) for i in range(n)] if n > 1 else [hi]
     out: dict[str, list[dict]] = {}
     for s in strategies:
         pts, seen = [], set()
         for b in grid:
             try:
-                a = allocate(problem, b, s)
+                a = allocate_bits(problem, b, s)
             except MixvizError:
                 continue
             key = tuple(sorted(a.layers.items())) if s != "optimal" else b
@@ -328,7 +343,7 @@ def frontier(problem: Problem, n: int = 50, strategies=STRATEGIES) -> dict[str, 
             seen.add(key)
             pts.append(
                 {
-                    "budget": b,
+                    "budget": b / problem.total_numel,
                     "avg_bits": a.avg_bits,
                     "avg_bits_no_scale": a.avg_bits_no_scale,
                     "predicted_loss": a.predicted_loss,

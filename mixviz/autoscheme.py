@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from mixviz.errors import MixvizError
-from mixviz.profile import Calib, Profile, Row, _versions
+from mixviz.profile import Calib, Profile, Row, library_versions
 from mixviz.schemes import SCHEMES, Scheme
 
 _FIELDS = ("bits", "group_size", "data_type", "act_bits")
@@ -83,7 +83,7 @@ def import_autoscheme(folder: str | Path, model: str) -> Profile:
         0.0,
         layers,
         tuple(rows),
-        _versions(),
+        library_versions(),
         None,
     )
 

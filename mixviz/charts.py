@@ -9,7 +9,7 @@ import math
 
 import plotly.graph_objects as go
 
-from mixviz.inventory import KINDS
+from mixviz.inventory import KINDS, grid_columns
 from mixviz.schemes import get_scheme
 
 PALETTE = [
@@ -36,11 +36,17 @@ STRATEGY_COLOURS = {
 
 
 def _grid(layers):
-    """(blocks, kinds present in order, {(block, kind): layer}) for the block linears."""
-    cells = {(x.block, x.kind): x for x in layers if x.block is not None}
+    """(blocks, columns in order, {(block, column): layer}) for the block linears.
+
+    A column is a module kind, or a layer's path in its block where one block has several
+    layers of a kind (:func:`~mixviz.inventory.grid_columns`): every layer is one cell.
+    """
+    column = grid_columns(layers)
+    cells = {(x.block, column[x.name]): x for x in layers if x.block is not None}
     blocks = sorted({b for b, _ in cells})
-    kinds = [k for k in KINDS if any(kk == k for _, kk in cells)]
-    kinds += sorted({k for _, k in cells if k not in kinds})
+    present = {k for _, k in cells}
+    kinds = [k for k in KINDS if k in present]
+    kinds += sorted(present - set(kinds))
     return blocks, kinds, cells
 
 
@@ -161,12 +167,13 @@ def allocation_heatmap(
         )
     )
     by_name = {x.name: x for x in cells.values()}
+    column = {x.name: k for (_, k), x in cells.items()}
 
     def marks(names, hovered: bool = False, **kw) -> go.Scatter:
         """A marker on the cell of each layer in ``names``; ``customdata`` names the layer."""
         pts = [by_name[m] for m in names if m in by_name]
         return go.Scatter(
-            x=[x.kind for x in pts],
+            x=[column[x.name] for x in pts],
             y=[x.block for x in pts],
             customdata=[[x.name, allocation.layers.get(x.name, ""), x.numel] for x in pts],
             mode="markers",

@@ -76,6 +76,30 @@ def inventory(model) -> list[Layer]:
     return layers
 
 
+def grid_columns(layers: list[Layer]) -> dict[str, str]:
+    """The column of each block linear in a block × module grid: its kind, unless several
+    layers of one block share that kind (Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` are
+    both ``other``; MoE experts repeat ``gate``/``up``/``down``) — then every layer of that kind
+    gets its path inside the block, so each layer is a cell of its own.
+
+    >>> ls = [Layer(f"m.layers.0.{n}", 0, "other", 8, 8, 64, None) for n in ("a.qkv", "b.up")]
+    >>> sorted(grid_columns(ls).values())
+    ['a.qkv', 'b.up']
+    """
+    blocks = [x for x in layers if x.block is not None]
+    seen: dict[tuple, int] = {}
+    for x in blocks:
+        seen[(x.block, x.kind)] = seen.get((x.block, x.kind), 0) + 1
+    crowded = {k for (_, k), n in seen.items() if n > 1}
+    return {x.name: _in_block(x.name) if x.kind in crowded else x.kind for x in blocks}
+
+
+def _in_block(name: str) -> str:
+    """``model.layers.3.self_attn.qkv_proj`` → ``self_attn.qkv_proj``."""
+    m = _BLOCK.match(name)
+    return name[m.end() :] if m else name
+
+
 def block_linears(layers: list[Layer]) -> list[Layer]:
     """The layers inside transformer blocks (what auto-round quantizes by default)."""
     return [layer for layer in layers if layer.block is not None]

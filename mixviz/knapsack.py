@@ -7,19 +7,58 @@ from __future__ import annotations
 import numpy as np
 
 
+def pareto(cost: list[int], score: list[float]) -> list[int]:
+    """Indices of the options no other option beats: cost ascending, score strictly descending.
+
+    Among options of equal cost only the lowest score survives; an option that costs more and
+    scores no better is dropped.
+
+    >>> pareto([2, 1, 2, 3], [1.0, 5.0, 0.5, 0.5])
+    [1, 2]
+    """
+    keep: list[int] = []
+    best = float("inf")
+    for i in sorted(range(len(cost)), key=lambda i: (cost[i], score[i])):
+        if score[i] < best:
+            keep.append(i)
+            best = score[i]
+    return keep
+
+
 def solve_mckp(cost: list[list[int]], score: list[list[float]], budget: int) -> list[int] | None:
     """Exact multiple-choice knapsack: one option per unit, Σ cost ≤ budget, min Σ score.
 
-    Each unit's options must be Pareto-sorted (cost ascending, score strictly descending).
+    Options may come in any order, with ties and equal costs: each unit is first reduced to
+    its Pareto front (:func:`pareto`) and the answer mapped back to the caller's indices.
+    Returns None when even the cheapest option of every unit does not fit.
+
+    >>> solve_mckp([[1, 2], [1, 3]], [[5.0, 1.0], [4.0, 0.0]], 3)
+    [1, 0]
+    >>> solve_mckp([[2, 2, 1]], [[1.0, 0.0, 3.0]], 2)   # equal costs: the better one
+    [1]
+    """
+    if any(not c for c in cost):
+        raise ValueError("every unit needs at least one option")
+    if len(cost) != len(score) or any(len(c) != len(s) for c, s in zip(cost, score, strict=True)):
+        raise ValueError("cost and score must have the same shape")
+    keep = [pareto(c, s) for c, s in zip(cost, score, strict=True)]
+    picked = _solve_front(
+        [[c[j] for j in k] for c, k in zip(cost, keep, strict=True)],
+        [[s[j] for j in k] for s, k in zip(score, keep, strict=True)],
+        budget,
+    )
+    return None if picked is None else [k[j] for k, j in zip(keep, picked, strict=True)]
+
+
+def _solve_front(cost: list[list[int]], score: list[list[float]], budget: int) -> list[int] | None:
+    """:func:`solve_mckp` on Pareto-sorted options (cost ascending, score strictly descending).
+
     1. LP relaxation by the convex-hull greedy → multiplier λ, lower bound L, and a greedy
        integer solution (upper bound U).
     2. Lagrangian reduction: any solution scores ≥ L + Σ_u rc_u, with
        ``rc_u(j) = score + λ·cost − min_k(score + λ·cost)``; options with rc > U − L go.
     3. Exact DP over integer costs on what is left, pruning states whose reduced costs
        already exceed U − L. Returns the chosen index per unit, or None if nothing fits.
-
-    >>> solve_mckp([[1, 2], [1, 3]], [[5.0, 1.0], [4.0, 0.0]], 3)
-    [1, 0]
     """
     n = len(cost)
     if sum(c[0] for c in cost) > budget:

@@ -7,10 +7,12 @@ quantize-dequantized with auto-round's own quantizers (:mod:`mixviz.quantizers`)
 
 - ``delta_loss``: AutoScheme's score. Per option, all layers at that option; per batch,
   ``Σ|∂L/∂Q(W) ⊙ (W − Q(W))|`` plus ``Σ|∂L/∂Q(x) ⊙ (x − Q(x))|`` when activations are quantized.
-- ``fisher``: one backward pass at the unquantized model shared by all options; per sample
-  ``½ Σ (∂L/∂W ⊙ ΔW)²`` (+ the same for activations).
+- ``fisher``: one backward pass at the unquantized model shared by all options; summed over
+  batches (of one sequence by default) of the mean token loss,
+  ``½ Σ (∂L/∂W ⊙ ΔW)²`` over the weight's elements, plus ``½ Σ (∂L/∂x ⊙ (x − Q(x)))²`` over
+  the layer's own input for formats that quantize activations.
 - ``hessian``: no backward; block by block, ``tr(ΔW H ΔWᵀ)`` with ``H = XᵀX`` (for formats that
-  quantize activations, the exact output error ``‖XWᵀ − Q(X)Q(W)ᵀ‖²``).
+  quantize activations, the exact output error ``‖(XWᵀ + b) − (Q(X)Q(W)ᵀ + b)‖²``).
 - ``kl``: ground truth; one layer at a time, the KL divergence of the next-token distribution
   from the unquantized model's, averaged over tokens.
 """
@@ -151,7 +153,13 @@ def fisher(
     step: Step,
     batch_size: int = 1,
 ) -> Scores:
-    """Diagonal empirical Fisher at the unquantized model, one backward shared by all options."""
+    """Diagonal empirical Fisher at the unquantized model, one backward shared by all options.
+
+    Per batch of ``batch_size`` sequences, ``g`` is the gradient of the batch's mean token loss;
+    a layer's score for an option is ``½ Σ_batches Σ (g_W ⊙ ΔW)²`` plus, for formats that
+    quantize activations, ``½ Σ_batches Σ (g_x ⊙ (x − Q(x)))²`` with ``g_x`` the gradient at
+    this layer's own input (not summed over the other layers fed the same tensor).
+    """
     _freeze(model)
     _untie_if_needed(model, layers)
     mods = _modules(model)
@@ -201,17 +209,27 @@ def _square_hook(acc: torch.Tensor):
 
 
 def _act_sq_hook(acc: dict, name: str, qdqs: dict):
+    """Accumulate ``Σ (∂L/∂x ⊙ (x − Q(x)))²`` (diagonal Fisher of the input) for this layer.
+
+    Layers fed one input tensor (q/k/v, gate/up in HF Llama) would each see ∂L/∂x summed over
+    all consumers if the hook went on that tensor; a view per layer (``x.view_as(x)``) is a node
+    of its own, whose gradient is this layer's alone.
+    """
+
     def hook(mod, args):
         x = args[0]
-        if torch.is_grad_enabled() and x.requires_grad:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        own = x.view_as(x)
 
-            def on_grad(g):
-                with torch.no_grad():
-                    for sname, qdq in qdqs.items():
-                        d = x.detach() - qdq(x.detach())
-                        acc[(name, sname)] += (g * d).pow(2).sum().item()
+        def on_grad(g):
+            with torch.no_grad():
+                for sname, qdq in qdqs.items():
+                    d = x.detach() - qdq(x.detach())
+                    acc[(name, sname)] += (g * d).pow(2).sum().item()
 
-            x.register_hook(on_grad)
+        own.register_hook(on_grad)
+        return (own, *args[1:])
 
     return hook
 
@@ -322,6 +340,7 @@ def _hessian_hooks(mods, todo: list[Layer], schemes: list[Scheme]):
     need_h = any(s.act_bits > 8 and s.bits < 16 for s in schemes)
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in todo for s in act_schemes}
     qw = {k: q.weight().float() for k, q in quant.items()}
+    bias = {x.name: mods[x.name].bias for x in todo}
     shared: dict = {}  # for the current input tensor: its XᵀX and its Q(X) per option
     hooks = []
     for x in todo:
@@ -340,6 +359,8 @@ def _hessian_hooks(mods, todo: list[Layer], schemes: list[Scheme]):
                 if s.name not in shared:
                     shared[s.name] = quant[(name, s.name)].act(inp)
                 yq = shared[s.name] @ qw[(name, s.name)].T
+                if bias[name] is not None:  # the output ``out`` carries the bias too
+                    yq = yq + bias[name].float()
                 k = (name, s.name)
                 stats["out"][k] = stats["out"].get(k, 0.0) + (y - yq).pow(2).sum().item()
 

@@ -192,16 +192,18 @@ def profile_key(
         "subset": subset,
         "lm_head": include_lm_head,
         "profile_version": VERSION,
-        "versions": _versions(),
+        "versions": library_versions(),
         "algo": _ALGO_VERSION,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_ALGO_VERSION = 1  # bump when a metric's computation changes
+# Bump when a metric's computation changes (2: fisher's per-layer act term, hessian's bias).
+_ALGO_VERSION = 2
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
+    """Versions of the libraries whose code changes a score (part of every cache key)."""
     from importlib.metadata import version
 
     out = {}
@@ -308,7 +310,7 @@ def profile_model(
         round(time.perf_counter() - t0, 3),
         tuple(cands),
         tuple(rows),
-        _versions(),
+        library_versions(),
         layers,
     )
     if use_cache:

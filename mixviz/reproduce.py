@@ -8,6 +8,7 @@ pure MXFP4; 2 and 3 — tail-8 / head-8 / optimal / AutoScheme at 5 and 4.5 bits
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from mixviz.allocate import Problem, allocate
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_bytes, atomic_write_json, cache_dir
+from mixviz.profile import DEFAULT_METRIC
 from mixviz.runspec import RunSpec
 from mixviz.store import Store
 
@@ -51,23 +53,31 @@ def autoscheme_recipe(
     seqlen: int,
     log: Callable[[str], None],
 ) -> dict[str, str]:
-    """AutoScheme's own allocation (through auto-round) at ``budget``, cached on disk."""
+    """AutoScheme's own allocation (through auto-round) at ``budget``, cached on disk.
+
+    Every cache here — the allocation, the calibration file, AutoScheme's score folder — is
+    keyed by everything that changes it (:func:`autoscheme_key`), not by the model's name.
+    """
     from mixviz.autoscheme import run_autoscheme, scheme_from_autoround
     from mixviz.models import load_model
     from mixviz.text import calibration_text, token_windows
 
-    out = reports_dir(ref.name) / f"autoscheme-{'-'.join(options)}-{budget:g}.json"
+    text = calibration_text()
+    calib_key = autoscheme_key(ref.hash, (), nsamples, seqlen, text.hash)
+    scores_key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash)
+    key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash, budget)
+    out = reports_dir(ref.name) / f"autoscheme-{'-'.join(options)}-{budget:g}-{key}.json"
     if out.is_file():
         return json.loads(out.read_text())["layers"]
     log(f"AutoScheme {'+'.join(options)} at {budget:g} bits (auto-round)")
     model, tok = load_model(ref)
-    calib = reports_dir(ref.name) / f"calib-{nsamples}x{seqlen}.jsonl"
+    calib = reports_dir(ref.name) / f"calib-{nsamples}x{seqlen}-{calib_key}.jsonl"
     if not calib.is_file():
-        windows = token_windows(tok, calibration_text(), nsamples, seqlen + 16)
+        windows = token_windows(tok, text, nsamples, seqlen + 16)
         atomic_write_bytes(
             calib, "".join(json.dumps({"text": tok.decode(w)}) + "\n" for w in windows).encode()
         )
-    scores = cache_dir() / "autoscheme" / ref.hash
+    scores = cache_dir() / "autoscheme" / scores_key
     config, _ = run_autoscheme(
         model, tok, list(options), str(calib), nsamples, seqlen, scores, avg_bits=budget
     )
@@ -77,8 +87,39 @@ def autoscheme_recipe(
             continue
         bits = int(cfg.get("bits", 16) or 16)
         layers[name] = "BF16" if bits >= 16 else scheme_from_autoround(cfg).name
-    atomic_write_json(out, {"options": list(options), "budget": budget, "layers": layers})
+    atomic_write_json(
+        out, {"options": list(options), "budget": budget, "key": key, "layers": layers}
+    )
     return layers
+
+
+def autoscheme_key(
+    model_hash: str,
+    options: tuple[str, ...],
+    nsamples: int,
+    seqlen: int,
+    calib_sha256: str,
+    budget: float | None = None,
+) -> str:
+    """Digest of what changes an AutoScheme cache: model, options, calibration, budget, versions.
+
+    >>> a = autoscheme_key("h", ("MXFP4",), 16, 256, "c")
+    >>> a != autoscheme_key("h", ("MXFP4",), 8, 256, "c")
+    True
+    """
+    from mixviz.profile import library_versions
+
+    doc = {
+        "model": model_hash,
+        "options": sorted(options),
+        "nsamples": nsamples,
+        "seqlen": seqlen,
+        "calib": calib_sha256,
+        "budget": budget,
+        "ignore_scale_bits": True,
+        "versions": library_versions(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan(
@@ -140,7 +181,7 @@ def run_protocol(
     *,
     tasks: tuple[str, ...],
     limit: int | None = None,
-    metric: str = "hessian",
+    metric: str = DEFAULT_METRIC,
     nsamples: int = 16,
     seqlen: int = 256,
     with_autoscheme: bool = True,
