@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,10 +12,12 @@ import streamlit as st
 
 import mixviz
 from mixviz.allocate import Problem
+from mixviz.errors import MixvizError
 from mixviz.inventory import inventory_report
-from mixviz.paths import cache_dir
+from mixviz.paths import MAX_BYTES, cache_dir
 from mixviz.profile import DEFAULT_METRIC, METRIC_NAMES, profile_model
 from mixviz.schemes import SCHEMES
+from mixviz.text import BUNDLED
 
 DEFAULT_MODEL = "demo"
 DEFAULT_OPTIONS = ["MXFP4", "MXFP8"]
@@ -38,9 +42,76 @@ def _qp_list(key: str, default: list[str]) -> list[str]:
     return [x for x in raw.split(",") if x] if raw else list(default)
 
 
+def _qp_int(key: str, default: int, lo: int, hi: int, what: str) -> int:
+    """``?key=`` as an int in ``lo..hi``; anything else is an error and ``default``."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        st.error(f"{what} {raw!r} (from the URL) is not a whole number {lo}–{hi}; using {default}.")
+        return default
+    return value
+
+
+def url_bits(default: float) -> float:
+    """The average-bits budget from ``?bits=``: a finite number, or ``default`` and an error.
+
+    Shared by the Allocate and Runs pages (the range check is the Allocate page's own)."""
+    raw = st.query_params.get("bits")
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        st.error(f"Average bits {raw!r} (from the URL) is not a number; using {default:g}.")
+        return default
+    return value
+
+
+def uploads_dir() -> Path:
+    """Where :func:`save_upload` keeps uploaded texts: the only files the URL may name."""
+    return cache_dir() / "uploads"
+
+
+_UPLOAD_NAME = re.compile(r"[0-9a-f]{16}\.(txt|jsonl)")
+
+
+def is_upload(path: str) -> bool:
+    """``path`` is an existing file that :func:`save_upload` wrote (symlinks, ``..`` resolved)."""
+    try:
+        p = Path(path).resolve(strict=True)
+        root = uploads_dir().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return p.parent == root and bool(_UPLOAD_NAME.fullmatch(p.name)) and p.is_file()
+
+
+def url_calib() -> str:
+    """``?calib=``: ``pydoc`` or a file uploaded through this app, else ``pydoc``.
+
+    A link must not make the app read any other local file. A refused value is remembered for
+    the session (the URL is rewritten to ``pydoc``) so the sidebar keeps warning about it."""
+    raw = st.query_params.get("calib")
+    if raw is None or raw == BUNDLED or is_upload(raw):
+        return raw or BUNDLED
+    st.session_state["sb_calib_refused"] = True
+    return BUNDLED
+
+
 def sidebar() -> dict:
-    """The sidebar's choices; they live in the URL's query params so a reload keeps them."""
+    """The sidebar's choices; they live in the URL's query params so a reload keeps them.
+
+    Except ``trust_remote_code``: never read from or written to the URL. It is ticked by hand,
+    per session and per model (the checkbox's key holds the model), and shown while on."""
     qp = st.query_params
+    if "trust_remote_code" in qp:  # an old or crafted link: drop it, never honour it
+        del qp["trust_remote_code"]
     with st.sidebar:
         st.header("mixviz")
         model = st.text_input(
@@ -78,7 +149,7 @@ def sidebar() -> dict:
             default=[s for s in _qp_list("shared", []) if s in SHARED_CHOICES],
             key="sb_shared",
         )
-        calib = qp.get("calib", "pydoc")
+        calib = url_calib()
         upload = st.file_uploader(
             "Calibration text (.txt / .jsonl)",
             type=["txt", "jsonl"],
@@ -86,20 +157,48 @@ def sidebar() -> dict:
             help="Default: Python's pydoc topics",
         )
         if upload is not None:
-            calib = save_upload(upload.getvalue(), upload.name)
-        st.caption(f"Calibration: {Path(calib).name if calib != 'pydoc' else 'pydoc (bundled)'}")
+            try:
+                calib = save_upload(upload.getvalue(), upload.name)
+                st.session_state.pop("sb_calib_refused", None)
+            except MixvizError as e:
+                st.error(str(e))
+        if calib == BUNDLED and st.session_state.get("sb_calib_refused"):
+            st.warning(
+                "The calibration file named in the link is not one uploaded here (or is gone), "
+                "so it was not read: using pydoc. Upload the text above to calibrate on it."
+            )
+        st.caption(f"Calibration: {Path(calib).name if calib != BUNDLED else 'pydoc (bundled)'}")
         with st.expander("Calibration size"):
             nsamples = st.number_input(
-                "Samples", 1, 512, int(qp.get("nsamples", 16)), key="sb_nsamples"
+                "Samples",
+                1,
+                512,
+                _qp_int("nsamples", 16, 1, 512, "Samples"),
+                key="sb_nsamples",
             )
             seqlen = st.number_input(
-                "Tokens per sample", 16, 4096, int(qp.get("seqlen", 256)), key="sb_seqlen"
+                "Tokens per sample",
+                16,
+                4096,
+                _qp_int("seqlen", 256, 16, 4096, "Tokens per sample"),
+                key="sb_seqlen",
             )
+        trust_key = f"sb_trust:{model.strip()}"  # another model starts unticked
+        for k in [k for k in st.session_state if str(k).startswith("sb_trust:")]:
+            if k != trust_key:  # and switching back does not restore an earlier tick
+                del st.session_state[k]
         trust = st.checkbox(
             "Trust remote code",
-            value=qp.get("trust_remote_code") == "1",
-            key="sb_trust",
-            help="Run the model's own Python code. Off unless you trust it.",
+            value=False,
+            key=trust_key,
+            help="Run this model's own Python code from its repository. Tick only for a model "
+            "you trust; it is asked again for every model and every session.",
+        )
+    if trust:
+        st.warning(
+            f"Remote code enabled for {model.strip()}: its repository's Python code runs "
+            "in this app.",
+            icon=":material/warning:",
         )
     qp["model"] = model
     qp["options"] = ",".join(options)
@@ -108,7 +207,6 @@ def sidebar() -> dict:
     qp["shared"] = ",".join(shared)
     qp["calib"] = calib
     qp["nsamples"], qp["seqlen"] = str(nsamples), str(seqlen)
-    qp["trust_remote_code"] = "1" if trust else "0"
     return {
         "model": model.strip(),
         "options": options,
@@ -124,8 +222,13 @@ def sidebar() -> dict:
 
 def save_upload(data: bytes, name: str) -> str:
     """Store an uploaded text under a name derived from its content (never the user's name)."""
+    if len(data) > MAX_BYTES:
+        raise MixvizError(
+            f"uploaded file {name} is larger than the {MAX_BYTES >> 20} MB limit "
+            f"({len(data) >> 20} MB)"
+        )
     suffix = ".jsonl" if name.lower().endswith(".jsonl") else ".txt"
-    path = cache_dir() / "uploads" / (hashlib.sha256(data).hexdigest()[:16] + suffix)
+    path = uploads_dir() / (hashlib.sha256(data).hexdigest()[:16] + suffix)
     if not path.is_file():
         from mixviz.paths import atomic_write_bytes
 

@@ -2,7 +2,6 @@
 (locks) on the heatmap that the solver re-solves around."""
 
 import json
-import math
 
 import pandas as pd
 import streamlit as st
@@ -59,14 +58,7 @@ except MixvizError as e:
 lo, hi = problem.feasible_range()
 lo_s, hi_s = round(lo + 0.005, 2), round(hi - 0.005, 2)
 default = min(max(5.0, lo_s), hi_s)
-raw = st.query_params.get("bits")
-try:
-    start = default if raw is None else float(raw)
-    if not math.isfinite(start):
-        raise ValueError
-except ValueError:
-    st.error(f"Average bits {raw!r} (from the URL) is not a number; using {default:g}.")
-    start = default
+start = ui.url_bits(default)
 if hi_s - lo_s < 0.01:
     start = hi
 elif not lo_s <= start <= hi_s:

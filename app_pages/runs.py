@@ -23,7 +23,7 @@ except MixvizError as e:
     st.error(str(e))
     st.stop()
 
-budget = float(st.query_params.get("bits", st.session_state.get("budget", 5.0)))
+budget = ui.url_bits(st.session_state.get("budget", 5.0))
 st.caption(
     f"Quantize with auto-round (RTN) and evaluate with lm-eval, in the background "
     f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**."

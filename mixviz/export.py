@@ -3,14 +3,18 @@
 - ``autoround``: ``layer_config`` (full names, preset names — no regex), a Python snippet and
   the equivalent CLI line.
 - ``gptqmodel``: the ``dynamic`` dict (``+:``/``-:`` regex keys); integer options only.
-- ``llmcompressor``: a recipe YAML, one ``config_group`` per option with ``re:`` targets.
-- ``llamacpp``: ``--tensor-type NAME=TYPE`` lines with GGUF tensor names and GGML types.
+- ``llmcompressor``: a recipe YAML, one ``config_group`` per option with ``re:`` targets; the
+  MX/NV groups are compressed-tensors' own presets (scale dtypes included).
+- ``llamacpp``: ``--tensor-type PATTERN=TYPE`` lines, one anchored pattern per GGUF tensor.
+
+Every line meant to be pasted into a shell quotes each value with :func:`shlex.quote`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections import Counter, defaultdict
 
 from mixviz.errors import MixvizError
@@ -39,9 +43,16 @@ def to_autoround(recipe: Recipe) -> dict:
         "               iters=0, disable_opt_rtn=True)\n"
         "model, layer_config = ar.quantize()  # in memory; or ar.quantize_and_save(...)\n"
     )
-    cli = (
-        f"auto-round --model {recipe.model} --scheme {default} --iters 0 "
-        f"--layer_config '{text}' --format auto_round --output_dir ./quantized"
+    cli = shlex.join(
+        [
+            "auto-round",
+            *("--model", recipe.model),
+            *("--scheme", default),
+            *("--iters", "0"),
+            *("--layer_config", text),
+            *("--format", "auto_round"),
+            *("--output_dir", "./quantized"),
+        ]
     )
     return {"layer_config": layer_config, "python": python, "cli": cli}
 
@@ -53,7 +64,8 @@ def to_gptqmodel(recipe: Recipe) -> dict:
     """GPTQModel's ``QuantizeConfig(bits=…, group_size=…, dynamic=…)``.
 
     The most common option is the base; other layers get a ``+:`` override with their bits
-    and group size; BF16 layers are skipped with ``-:``.
+    and group size; BF16 layers are skipped with ``-:``. GPTQModel leaves ``lm_head`` alone
+    unless ``lm_head=True``: that is set when the recipe quantizes it.
     """
     ints = {}
     for name, option in recipe.layers.items():
@@ -75,7 +87,14 @@ def to_gptqmodel(recipe: Recipe) -> dict:
             dynamic[f"-:{pattern}"] = {}
         elif (s.bits, s.group_size) != base:
             dynamic[f"+:{pattern}"] = {"bits": s.bits, "group_size": s.group_size}
-    return {"bits": base[0], "group_size": base[1], "sym": True, "dynamic": dynamic}
+    lm_head = "lm_head" in ints and ints["lm_head"].bits < 16
+    return {
+        "bits": base[0],
+        "group_size": base[1],
+        "sym": True,
+        "lm_head": lm_head,
+        "dynamic": dynamic,
+    }
 
 
 # --------------------------------------------------------------------------- llm-compressor
@@ -103,8 +122,17 @@ def _targets(names: list[str]) -> list[str]:
     return out
 
 
+# compressed-tensors' presets (``PRESET_SCHEMES`` in compressed_tensors/quantization/
+# quant_scheme.py, checked against 0.20.0): MX formats keep E8M0 group scales (stored as
+# uint8), NVFP4 FP8 E4M3 ones; the zero-point dtypes are the presets' too.
+_SCALE_DTYPES = {
+    "mxfp": {"scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8"},
+    "nvfp": {"scale_dtype": "torch.float8_e4m3fn", "zp_dtype": "torch.float8_e4m3fn"},
+}
+
+
 def _ct_args(s: Scheme) -> dict:
-    """compressed-tensors QuantizationArgs for a scheme."""
+    """compressed-tensors QuantizationArgs for a scheme's weights."""
     if s.family == "int":
         return {
             "num_bits": s.bits,
@@ -122,7 +150,17 @@ def _ct_args(s: Scheme) -> dict:
         "strategy": strategy,
         "group_size": s.group_size,
         "dynamic": False,
+        **_SCALE_DTYPES[s.family],
     }
+
+
+def _ct_input_args(s: Scheme) -> dict:
+    """QuantizationArgs for the input activations of a scheme with ``act_bits <= 8``: MX
+    formats are dynamic per group; NVFP4 is ``local`` with a static min-max global scale."""
+    args = {**_ct_args(s), "dynamic": True if s.family == "mxfp" else "local"}
+    if s.family == "nvfp":
+        args["observer"] = "static_minmax"
+    return args
 
 
 def to_llmcompressor(recipe: Recipe) -> str:
@@ -131,7 +169,9 @@ def to_llmcompressor(recipe: Recipe) -> str:
     for name, option in recipe.layers.items():
         groups[option].append(name)
     lines = ["quant_stage:", "  quant_modifiers:", "    QuantizationModifier:"]
-    ignore = ["lm_head", *_targets(groups.pop("BF16", []))]
+    # lm_head stays unquantized unless the recipe quantizes it (a BF16 one is ignored below)
+    ignore = [] if "lm_head" in recipe.layers else ["lm_head"]
+    ignore += _targets(groups.pop("BF16", []))
     lines.append("      ignore: " + json.dumps(ignore))
     lines.append("      config_groups:")
     for i, (option, names) in enumerate(sorted(groups.items())):
@@ -140,11 +180,7 @@ def to_llmcompressor(recipe: Recipe) -> str:
         lines.append("          targets: " + json.dumps(_targets(names)))
         lines.append("          weights: " + json.dumps(_ct_args(s)))
         if s.act_bits <= 8:
-            act = {
-                **_ct_args(get_scheme(option)),
-                "dynamic": True if s.family == "mxfp" else "local",
-            }
-            lines.append("          input_activations: " + json.dumps(act))
+            lines.append("          input_activations: " + json.dumps(_ct_input_args(s)))
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +207,18 @@ def gguf_tensor_name(hf_name: str) -> str:
     return f"blk.{m[1]}.{_GGUF_NAMES[m[2]]}"
 
 
+def gguf_tensor_pattern(hf_name: str) -> str:
+    """A ``--tensor-type`` pattern that finds exactly this layer's weight tensor.
+
+    llama-quantize *searches* each pattern in every tensor name (an unanchored regex), so a
+    bare ``output`` would also hit every ``blk.N.attn_output.weight``: anchor and escape it.
+
+    >>> gguf_tensor_pattern("lm_head")
+    '^output\\\\.weight$'
+    """
+    return "^" + re.escape(gguf_tensor_name(hf_name) + ".weight") + "$"
+
+
 def ggml_type(option: str) -> str:
     """The GGML type closest to an option; an error where none exists."""
     s = get_scheme(option)
@@ -188,8 +236,17 @@ def ggml_type(option: str) -> str:
 
 
 def to_llamacpp(recipe: Recipe) -> list[str]:
-    """``llama-quantize`` arguments, one ``--tensor-type`` per layer."""
-    return [f"--tensor-type {gguf_tensor_name(n)}={ggml_type(o)}" for n, o in recipe.layers.items()]
+    """``llama-quantize`` arguments, one ``--tensor-type '^TENSOR$=TYPE'`` per layer (quoted for
+    the shell).
+
+    ``lm_head`` maps to ``output.weight``; a model with tied embeddings (SmolLM2) has no such
+    tensor in its GGUF (llama.cpp uses ``token_embd.weight`` as the head), so there the lm_head
+    line changes nothing.
+    """
+    return [
+        "--tensor-type " + shlex.quote(f"{gguf_tensor_pattern(n)}={ggml_type(o)}")
+        for n, o in recipe.layers.items()
+    ]
 
 
 def export(recipe: Recipe, target: str) -> str:

@@ -4,7 +4,7 @@ The bundled text is split by topic into two disjoint parts, deterministically: e
 topic (sorted by name, starting at the second) is *evaluation*, the rest *calibration*. Some
 topics quote others, so every paragraph that also appears in an evaluation topic is removed from
 the calibration part. Users may bring their own text as a ``.txt`` file or a ``.jsonl`` file with
-a ``text`` field.
+a ``text`` field, of at most ``MAX_BYTES`` (20 MB, the app's upload limit).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from mixviz.errors import MixvizError
+from mixviz.paths import MAX_BYTES
 
 BUNDLED = "pydoc"
 
@@ -81,7 +82,10 @@ def evaluation_documents() -> tuple[str, ...]:
 
 
 def load_user_text(path: str | Path) -> Corpus:
-    """Read a ``.txt`` file, or the ``text`` fields of a ``.jsonl`` file, with precise errors."""
+    """Read a ``.txt`` file, or the ``text`` fields of a ``.jsonl`` file, with precise errors.
+
+    Files over ``MAX_BYTES`` are refused (checked before reading, and while reading for files
+    that grow or report no size)."""
     p = Path(path)
     if not p.is_file():
         raise MixvizError(f"text file not found: {p} (give 'pydoc' or a .txt / .jsonl file)")
@@ -89,8 +93,20 @@ def load_user_text(path: str | Path) -> Corpus:
         raise MixvizError(
             f"unsupported text file {p.name}: use .txt, or .jsonl with a 'text' field"
         )
+    too_big = MixvizError(
+        f"text file {p.name} is larger than the {_size(MAX_BYTES)} limit: give a smaller file"
+    )
     try:
-        raw = p.read_text(encoding="utf-8")
+        if p.stat().st_size > MAX_BYTES:
+            raise too_big
+        with p.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise MixvizError(f"cannot read text file {p}: {e.strerror or e}") from None
+    if len(data) > MAX_BYTES:
+        raise too_big
+    try:
+        raw = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MixvizError(f"{p.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if p.suffix == ".jsonl":
@@ -111,6 +127,11 @@ def load_user_text(path: str | Path) -> Corpus:
     if not raw.strip():
         raise MixvizError(f"{p.name} holds no text")
     return Corpus(str(p), raw)
+
+
+def _size(n: int) -> str:
+    """``20 MB`` for whole megabytes, else bytes (a test may lower the cap)."""
+    return f"{n >> 20} MB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
 
 
 def token_windows(tokenizer, corpus: Corpus, nsamples: int, seqlen: int):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_bytes, atomic_write_json
 from mixviz.runspec import RunResult, RunSpec
-from mixviz.schemes import get_scheme
+from mixviz.schemes import SCHEMES, Scheme, get_scheme, layer_bits
 from mixviz.store import Store, runs_dir
 
 HEARTBEAT_S = 2.0
@@ -28,14 +28,34 @@ HEARTBEAT_S = 2.0
 # --------------------------------------------------------------------------- quantize
 
 
+def layer_plan(spec: RunSpec, layers) -> dict[str, str]:
+    """Every block linear's option for this run: the recipe's, BF16 for a layer it does not
+    name. What is quantized, checked and counted is this one map, so a partial recipe can
+    never be counted one way and quantized another.
+
+    >>> from mixviz.inventory import Layer
+    >>> ls = [Layer(f"l.{i}.q", i, "q", 64, 64, 4096, "qkv") for i in range(2)]
+    >>> layer_plan(RunSpec(model="m", recipe={"l.0.q": "MXFP4"}, tasks=("t",)), ls)
+    {'l.0.q': 'MXFP4', 'l.1.q': 'BF16'}
+    """
+    recipe = spec.recipe or {}
+    plan = {x.name: recipe.get(x.name, "BF16") for x in layers if x.block is not None}
+    plan.update(recipe)  # lm_head or other layers the recipe names on purpose
+    return plan
+
+
 def quantize(model, tokenizer, spec: RunSpec):
-    """auto-round with the recipe's ``layer_config`` (full names, preset names); in memory."""
+    """auto-round with the run's whole ``layer_config`` (every block linear named, preset
+    names, BF16 spelled out); in memory."""
     from collections import Counter
 
     from auto_round import AutoRound
 
-    recipe = spec.recipe or {}
-    default = Counter(recipe.values()).most_common(1)[0][0]
+    from mixviz.inventory import inventory
+
+    plan = layer_plan(spec, inventory(model))
+    quantized = [o for o in plan.values() if o != "BF16"] or ["BF16"]
+    default = Counter(quantized).most_common(1)[0][0]  # every layer is named: only a fallback
     kwargs = dict(
         iters=spec.quant.iters,
         disable_opt_rtn=spec.quant.disable_opt_rtn,
@@ -47,7 +67,7 @@ def quantize(model, tokenizer, spec: RunSpec):
         kwargs.update(
             dataset=_calibration_texts(spec), nsamples=spec.quant.nsamples, seqlen=spec.quant.seqlen
         )
-    ar = AutoRound(model, tokenizer, scheme=default, layer_config=dict(recipe), **kwargs)
+    ar = AutoRound(model, tokenizer, scheme=default, layer_config=plan, **kwargs)
     try:
         qmodel, _ = ar.quantize()
     except SystemExit as e:  # auto-round exits the process when no calibration text is left
@@ -66,39 +86,59 @@ def _calibration_texts(spec: RunSpec) -> list[str]:
     return [text[i : i + step] for i in range(0, len(text) - step, step)]
 
 
-def verify(model, recipe: dict[str, str]) -> None:
-    """Every layer carries the scheme the recipe asked for; a mismatch fails the run."""
+def carried(module) -> tuple:
+    """What a layer carries after auto-round: ``(bits, group_size, data_type, act_bits)``.
+
+    auto-round sets these on the layer (or on the ``orig_layer`` of its in-memory wrapper);
+    an untouched layer has none of them and reads as 16-bit.
+    """
+    layer = getattr(module, "orig_layer", module)
+    bits = getattr(layer, "bits", None)
+    return (
+        16 if bits is None else bits,
+        getattr(layer, "group_size", None),
+        str(getattr(layer, "data_type", "fp")),
+        getattr(layer, "act_bits", 16) or 16,
+    )
+
+
+def carried_scheme(module) -> Scheme | None:
+    """The catalogue scheme a quantized layer carries (BF16 when untouched), or None."""
+    bits, group, dtype, act = carried(module)
+    if bits >= 16:
+        return SCHEMES["BF16"]
+    for s in SCHEMES.values():
+        # auto-round spells the data type with its width: ``mx_fp8``, ``nv_fp4``, ``int``
+        if (s.bits, s.group_size, s.act_bits) == (bits, group, act) and dtype.startswith(
+            s.data_type
+        ):
+            return s
+    return None
+
+
+def verify(model, plan: dict[str, str]) -> dict[str, str]:
+    """Every layer carries the scheme the plan asked for; a mismatch fails the run naming it.
+
+    Returns what each layer carries (scheme names) — the source of the run's bit counts.
+    """
     mods = dict(model.named_modules())
-    bad = []
-    for name, option in recipe.items():
-        s = get_scheme(option)
+    bad, got = [], {}
+    for name, option in plan.items():
         mod = mods.get(name)
         if mod is None:
             bad.append(f"{name}: missing after quantization")
             continue
-        layer = getattr(mod, "orig_layer", mod)
-        got = (
-            getattr(layer, "bits", 16),
-            getattr(layer, "group_size", None),
-            str(getattr(layer, "data_type", "fp")),
-            getattr(layer, "act_bits", 16) or 16,
-        )
-        if s.bits >= 16:
-            ok = got[0] is None or got[0] >= 16
-        else:
-            ok = (
-                got[0] == s.bits
-                and got[1] == s.group_size
-                and got[2].startswith(s.data_type)
-                and got[3] == s.act_bits
-            )
-        if not ok:
+        s = carried_scheme(mod)
+        if s is None or s.name != get_scheme(option).name:
+            bits, group, dtype, act = carried(mod)
             bad.append(
-                f"{name}: asked {option}, got bits={got[0]} group={got[1]} "
-                f"type={got[2]} act_bits={got[3]}"
+                f"{name}: asked {option}, got bits={bits} group={group} type={dtype} act_bits={act}"
             )
+            continue
+        got[name] = s.name
     if bad:
         raise MixvizError(f"{len(bad)} layers did not get their scheme, e.g. {bad[0]}")
+    return got
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -164,17 +204,20 @@ def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
 # --------------------------------------------------------------------------- the run
 
 
-def run_bits(spec: RunSpec, model) -> tuple[float, float]:
-    """Average bits over the block linears (both accountings) of what the spec asks."""
-    from mixviz.inventory import block_linears, inventory
-    from mixviz.schemes import layer_bits
+def run_bits(plan: dict[str, str], layers) -> tuple[float, float]:
+    """Average bits over the block linears (both accountings) of a layer → option map
+    (layers it does not name count as BF16).
 
-    layers = block_linears(inventory(model))
+    >>> from mixviz.inventory import Layer
+    >>> ls = [Layer(f"l.{i}.q", i, "q", 64, 64, 4096, "qkv") for i in range(2)]
+    >>> run_bits({"l.0.q": "MXFP4"}, ls)
+    (10.125, 10.0)
+    """
+    layers = [x for x in layers if x.block is not None]
     total = sum(x.numel for x in layers)
-    recipe = spec.recipe or {}
     with_s = no_s = 0
     for x in layers:
-        s = get_scheme(recipe.get(x.name, "BF16"))
+        s = get_scheme(plan.get(x.name, "BF16"))
         with_s += layer_bits(s, x.in_features, x.out_features)
         no_s += layer_bits(s, x.in_features, x.out_features, ignore_scale_bits=True)
     return with_s / total, no_s / total
@@ -190,6 +233,7 @@ def execute(
     """Run one queued run to a final state; returns that state."""
     import torch
 
+    from mixviz.inventory import inventory
     from mixviz.models import load_model, resolve_model
 
     store = store or Store()
@@ -233,14 +277,18 @@ def execute(
                 f"(hash {ref.hash} ≠ {spec.model_hash})"
             )
         model, tok = load_model(ref, dtype=spec.dtype)
-        avg, avg_no = run_bits(spec, model)
+        layers = inventory(model)
+        plan = layer_plan(spec, layers)
+        avg, avg_no = run_bits(plan, layers)  # what is asked, shown while it runs
         store.update(run_id, avg_bits=avg)
         timings["load"] = time.perf_counter() - t
         if spec.recipe is not None:
             store.update(run_id, stage="quantizing", progress=0.1)
             t = time.perf_counter()
             model = quantize_fn(model, tok, spec)
-            verify(model, spec.recipe)
+            # the bits stored are those of what the quantized model carries
+            avg, avg_no = run_bits(verify(model, plan), layers)
+            store.update(run_id, avg_bits=avg)
             timings["quantize"] = time.perf_counter() - t
         store.update(run_id, stage="evaluating", progress=0.3)
         t = time.perf_counter()

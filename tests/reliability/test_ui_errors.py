@@ -65,10 +65,30 @@ def test_bad_budget_in_the_url_is_an_error_not_a_crash(bits, tmp_path):
     assert 4.0 <= alloc["avg_bits_no_scale"] <= 8.0
 
 
-def test_empty_calibration_text_in_the_app(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("  \n")
-    at = _page("app_pages/profile.py", **TINY, nsamples="2", seqlen="32", calib=str(empty))
+@pytest.mark.parametrize("bits", ["abc", "nan", "inf", ""])
+def test_bad_budget_in_the_url_on_the_runs_page(bits):
+    at = _page("app_pages/runs.py", **TINY, nsamples="2", seqlen="32", bits=bits)
+    assert not at.exception
+    assert any("average bits" in e.value.lower() for e in at.error), [e.value for e in at.error]
+    assert "at 5 bits" in at.button(key="runs_start").label  # the page still works
+
+
+@pytest.mark.parametrize(
+    "params", [{"nsamples": "x"}, {"seqlen": "0"}, {"nsamples": "1e9"}, {"seqlen": "nan"}]
+)
+def test_bad_calibration_size_in_the_url_is_an_error_not_a_crash(params):
+    at = _page(None, **{**TINY, "nsamples": "2", "seqlen": "32", **params})
+    assert not at.exception
+    assert any("from the url" in e.value.lower() for e in at.error), [e.value for e in at.error]
+    assert 1 <= at.number_input(key="sb_nsamples").value <= 512
+    assert 16 <= at.number_input(key="sb_seqlen").value <= 4096
+
+
+def test_empty_calibration_text_in_the_app():
+    import ui
+
+    empty = ui.save_upload(b"  \n", "empty.txt")  # the URL only names uploads
+    at = _page("app_pages/profile.py", **TINY, nsamples="2", seqlen="32", calib=empty)
     if not at.error:  # the text is read when the profile's cache key is made, or on the button
         at.button(key="profile_start").click().run()
     assert not at.exception
@@ -85,8 +105,8 @@ def test_unknown_option_in_the_url_is_dropped_and_cli_names_it():
 
 def test_trust_remote_code_is_off_unless_ticked_and_recorded():
     at = _page(None, model="tiny")
-    assert at.checkbox(key="sb_trust").value is False
-    assert at.query_params["trust_remote_code"] in ("0", ["0"])
+    assert at.checkbox(key="sb_trust:tiny").value is False
+    assert "trust_remote_code" not in at.query_params  # never in a link (test_security.py)
     base = {"model": "tiny", "tasks": ("mixviz_lastword",), "recipe": None, "strategy": "bf16"}
     off, on = RunSpec(**base), RunSpec(**base, trust_remote_code=True)
     assert off.trust_remote_code is False

@@ -1,0 +1,33 @@
+"""Test doubles for the worker's quantize step.
+
+:func:`fake_quantize` does what auto-round does to a layer's attributes — sets ``bits``,
+``group_size``, ``data_type`` and ``act_bits`` — without touching the weights, so the worker's
+verify step and bit counting run on a model that *says* what it carries, in milliseconds.
+"""
+
+from __future__ import annotations
+
+from mixviz.inventory import inventory
+from mixviz.schemes import get_scheme
+from mixviz.worker import layer_plan
+
+
+def mark(module, option: str) -> None:
+    """Give ``module`` the attributes auto-round leaves on a layer quantized with ``option``."""
+    s = get_scheme(option)
+    if s.bits >= 16:
+        return
+    module.bits, module.group_size = s.bits, s.group_size
+    module.data_type, module.act_bits = s.data_type, s.act_bits
+
+
+def fake_quantize(model, tokenizer, spec, override: dict[str, dict] | None = None):
+    """Mark every layer with its planned option; ``override`` then sets attributes by hand
+    (``{layer: {"group_size": 64}}``) to plant a quantizer that got a layer wrong."""
+    mods = dict(model.named_modules())
+    for name, option in layer_plan(spec, inventory(model)).items():
+        mark(mods[name], option)
+    for name, attrs in (override or {}).items():
+        for k, v in attrs.items():
+            setattr(mods[name], k, v)
+    return model
