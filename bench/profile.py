@@ -2,8 +2,14 @@
 
 Every contender runs in its own process on the same calibration tokens (a .jsonl of decoded
 windows of the bundled text, which auto-round and mixviz both read one record per sample), so
-wall time and peak RSS are comparable. Prints ratios against AutoScheme (the anchor) and the
-Spearman correlation of each metric with ``kl`` on a stated subset of layers.
+wall time and peak RSS are comparable. The timed span is the same for all: from a loaded model
+to per-layer scores — AutoScheme's ``AutoRound(...)`` through ``post_init()`` (its calibration
+loading, scoring and DP), mixviz's tokenisation of the same text plus the metric. Prints ratios
+against AutoScheme (the anchor); Spearman's ρ of each contender's scores with ``kl`` (on a
+stated subset of layers) and with AutoScheme's own scores; and what decides in the end — the
+held-out perplexity (evaluation text, never seen in calibration) of the model quantized with
+the allocation each contender's scores give at ``--budget`` average bits (same exact solver for
+all; ``kl`` scores only a subset, so it has none).
 
     .venv/bin/python bench/profile.py [--model demo] [--nsamples 16] [--seqlen 256]
 """
@@ -48,7 +54,7 @@ def worker(args) -> None:
         from mixviz.autoscheme import import_autoscheme, run_autoscheme
 
         with tempfile.TemporaryDirectory() as cache:
-            _, seconds = run_autoscheme(
+            _, seconds = run_autoscheme(  # times AutoRound(...) through post_init()
                 model, tok, OPTIONS, args.calib, args.nsamples, args.seqlen, cache, avg_bits=6.0
             )
             prof = import_autoscheme(cache, args.model)
@@ -57,18 +63,72 @@ def worker(args) -> None:
         import re
 
         nsamples = args.kl_nsamples if args.worker == "kl" else args.nsamples
-        if args.worker == "kl":
-            layers = [x for x in layers if re.search(KL_SUBSET, x.name)]
-        ids = token_windows(tok, load_user_text(args.calib), nsamples, args.seqlen)
+        subset = [x for x in layers if re.search(KL_SUBSET, x.name)]
         batch = {"delta_loss": 8, "fisher": 1, "hessian": 4, "kl": 4}[args.worker]
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # the same span as AutoScheme's: text → scores
+        ids = token_windows(tok, load_user_text(args.calib), nsamples, args.seqlen)
         raw = METRICS[args.worker](
-            model, layers, parse_options(OPTIONS), ids, lambda m: None, batch_size=batch
+            model,
+            subset if args.worker == "kl" else layers,
+            parse_options(OPTIONS),
+            ids,
+            lambda m: None,
+            batch_size=batch,
         )
         seconds = time.perf_counter() - t0
         scores = {f"{k[0]}|{k[1]}": v for k, v in raw.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss, "scores": scores}))
+    ppl = None
+    if all(f"{x.name}|{o}" in scores for x in layers for o in OPTIONS):
+        ppl = heldout_ppl(model, tok, layers, allocation(layers, scores, args.budget), args)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss, "scores": scores, "ppl": ppl}))
+
+
+def allocation(layers, scores: dict, budget: float) -> dict[str, str]:
+    """The exact optimum of the scores at ``budget`` average bits (scale bits ignored)."""
+    from mixviz.knapsack import solve_mckp
+    from mixviz.schemes import get_scheme, layer_bits
+
+    cost = [
+        [layer_bits(get_scheme(o), x.in_features, x.out_features, ignore_scale_bits=True)
+         for o in OPTIONS]
+        for x in layers
+    ]  # fmt: skip
+    score = [[scores[f"{x.name}|{o}"] for o in OPTIONS] for x in layers]
+    total = int(budget * sum(x.numel for x in layers))
+    picked = solve_mckp(cost, score, total)
+    return {x.name: OPTIONS[j] for x, j in zip(layers, picked, strict=True)}
+
+
+def heldout_ppl(model, tok, layers, choice: dict[str, str], args) -> float:
+    """Token perplexity on the evaluation text of ``model`` quantized (RTN, auto-round's
+    quantizers, activations too for MX formats) as ``choice`` says."""
+    import math
+
+    import torch
+
+    from mixviz.quantizers import LayerQuantizer
+    from mixviz.schemes import get_scheme
+    from mixviz.text import evaluation_text, token_windows
+
+    mods = dict(model.named_modules())
+    hooks = []
+    with torch.no_grad():
+        for x in layers:
+            lin = mods[x.name]
+            q = LayerQuantizer(lin, get_scheme(choice[x.name]))
+            lin.weight.data = q.weight()
+            if q.act is not None:
+                hooks.append(
+                    lin.register_forward_pre_hook(lambda m, a, qa=q.act: (qa(a[0]), *a[1:]))
+                )
+        ids = token_windows(tok, evaluation_text(), args.eval_nsamples, args.seqlen)
+        nll = 0.0
+        for batch in ids.split(4):
+            nll += model(input_ids=batch, labels=batch).loss.item() * len(batch)
+    for h in hooks:
+        h.remove()
+    return math.exp(nll / len(ids))
 
 
 def main() -> None:
@@ -77,6 +137,8 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--kl-nsamples", type=int, default=4)
+    ap.add_argument("--budget", type=float, default=5.0, help="average bits of the allocations")
+    ap.add_argument("--eval-nsamples", type=int, default=32, help="held-out windows for ppl")
     ap.add_argument("--metrics", default="hessian,fisher,delta_loss,kl")
     ap.add_argument("--worker")
     ap.add_argument("--calib")
@@ -113,6 +175,10 @@ def main() -> None:
             str(args.seqlen),
             "--kl-nsamples",
             str(args.kl_nsamples),
+            "--budget",
+            str(args.budget),
+            "--eval-nsamples",
+            str(args.eval_nsamples),
         ]
         env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -129,25 +195,33 @@ def main() -> None:
         f"tokens (kl: {args.kl_nsamples}×{args.seqlen}, layers matching {KL_SUBSET})"
     )
     print(
-        f"{'contender':12} {'seconds':>8} {'× AS time':>10} {'peak RSS MB':>12} {'× AS RSS':>9}"
-        f" {'ρ vs kl ' + OPTIONS[0]:>14} {'ρ vs kl ' + OPTIONS[1]:>14}"
+        f"timed span: loaded model → per-layer scores (AutoScheme: AutoRound() … post_init());"
+        f" held-out ppl: {args.eval_nsamples}×{args.seqlen} evaluation tokens, allocation at "
+        f"{args.budget:g} bits"
     )
+
+    def rho(ref: dict | None, r: dict, opt: str) -> float:
+        if ref is None:
+            return float("nan")
+        keys = [k for k in ref["scores"] if k.endswith("|" + opt) and k in r["scores"]]
+        return spearmanr([ref["scores"][k] for k in keys], [r["scores"][k] for k in keys]).statistic
+
+    head = ["contender", "seconds", "× AS time", "peak RSS MB", "× AS RSS"]
+    head += [f"ρ kl {o}" for o in OPTIONS] + [f"ρ AS {o}" for o in OPTIONS] + ["held-out ppl"]
+    print(" | ".join(head))
     kl = results.get("kl")
     for who, r in results.items():
-        rhos = []
-        for opt in OPTIONS:
-            if kl is None:
-                rhos.append(float("nan"))
-                continue
-            keys = [k for k in kl["scores"] if k.endswith("|" + opt)]
-            rhos.append(
-                spearmanr([kl["scores"][k] for k in keys], [r["scores"][k] for k in keys]).statistic
-            )
-        print(
-            f"{who:12} {r['seconds']:8.1f} {r['seconds'] / anchor['seconds']:10.2f} "
-            f"{r['peak_rss_mb']:12.0f} {r['peak_rss_mb'] / anchor['peak_rss_mb']:9.2f} "
-            f"{rhos[0]:14.3f} {rhos[1]:14.3f}"
-        )
+        cells = [
+            who,
+            f"{r['seconds']:.1f}",
+            f"{r['seconds'] / anchor['seconds']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['peak_rss_mb'] / anchor['peak_rss_mb']:.2f}",
+        ]
+        cells += [f"{rho(kl, r, o):.3f}" for o in OPTIONS]
+        cells += [f"{rho(anchor, r, o):.3f}" for o in OPTIONS]
+        cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
+        print(" | ".join(cells))
     from mixviz.profile import DEFAULT_METRIC
 
     d = results.get(DEFAULT_METRIC)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,8 @@ from mixviz.runspec import RunSpec
 from mixviz.store import FINAL, RunRow, Store, runs_dir
 
 STALE_S = 60.0  # a running worker without a heartbeat for this long is lost
+HOST = socket.gethostname()
+ACTIVE = ("queued", "starting", "running")
 
 
 def new_run_id() -> str:
@@ -71,8 +75,12 @@ class LocalBackend:
         return run_id
 
     def kick(self) -> list[str]:
-        """Start queued runs while fewer than ``max_parallel`` are running."""
-        self.reconcile()
+        """Mark dead workers ``lost``, then start queued runs while fewer than ``max_parallel``
+        are running; returns the runs started."""
+        self._mark_lost()
+        return self._start_queued()
+
+    def _start_queued(self) -> list[str]:
         started = []
         while True:
             with self.store.tx() as con:
@@ -111,38 +119,54 @@ class LocalBackend:
                 cwd=str(REPO_ROOT),
             )
         except OSError as e:
-            self.store.update(
-                run_id, status="failed", error=f"could not start worker: {e}", finished=time.time()
+            self.store.transition(
+                run_id,
+                ("starting",),
+                status="failed",
+                error=f"could not start worker: {e}",
+                finished=time.time(),
             )
             return
         finally:
             log.close()
-        self.store.update(run_id, pid=proc.pid, backend_id=str(proc.pid))
+        # Record the pid only while the run is still live; a cancel that came first found no
+        # pid to stop, so the spawner stops the worker (which would also refuse to run: it
+        # claims the run with a guarded transition).
+        if not self.store.transition(
+            run_id, ("starting", "running"), pid=proc.pid, backend_id=f"{HOST}:{proc.pid}"
+        ):
+            _kill_group(proc.pid)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
     def cancel(self, run_id: str) -> RunRow:
-        row = self.store.get(run_id)
-        if row.status in FINAL:
-            raise MixvizError(f"run {run_id} is already {row.status}")
-        if self.store.transition(
-            run_id,
-            ("queued", "starting", "running"),
-            status="cancelled",
-            finished=time.time(),
-            stage="cancelled",
-        ):
-            if row.pid:
-                _kill_group(row.pid)
+        """Race-free: the run becomes ``cancelled`` and its pid is read in one transaction; then
+        its process group is stopped. A worker that claims the run later finds it cancelled."""
+        before = self.store.cancel(run_id, ACTIVE)
+        if before is None:
+            raise MixvizError(f"run {run_id} is already {self.store.get(run_id).status}")
+        if before.pid and before.status != "queued" and _on_this_host(before):
+            _kill_group(before.pid)
         self.kick()
         return self.store.get(run_id)
 
     def reconcile(self) -> list[str]:
-        """Runs whose worker is gone (killed, machine restarted) become ``lost``."""
+        """Runs whose worker is gone (killed, OOM, machine restarted) become ``lost``, and the
+        queue moves on: the next queued runs start. Returns the runs marked lost."""
+        lost = self._mark_lost()
+        self._start_queued()
+        return lost
+
+    def _mark_lost(self) -> list[str]:
         lost = []
         now = time.time()
         for row in self.store.list(("starting", "running")):
             if row.backend != self.name:
                 continue
-            dead = row.pid is not None and not _alive(row.pid)
+            here = _on_this_host(row)  # a pid means nothing on another machine
+            dead = here and row.pid is not None and not _alive(row.pid)
             stale = (row.heartbeat or row.created) < now - STALE_S
             if dead or stale:
                 why = "worker process disappeared" if dead else "worker stopped responding"
@@ -150,9 +174,16 @@ class LocalBackend:
                     row.id, ("starting", "running"), status="lost", error=why, finished=now
                 ):
                     lost.append(row.id)
-                    if row.pid and not dead:
+                    if row.pid and not dead and here:
                         _kill_group(row.pid)
         return lost
+
+
+def _on_this_host(row: RunRow) -> bool:
+    """Whether the run's worker was started on this machine (``backend_id`` is ``host:pid``;
+    rows from before that, or not yet spawned, count as local)."""
+    host, sep, _ = (row.backend_id or "").rpartition(":")
+    return not sep or host == HOST
 
 
 def _alive(pid: int) -> bool:
@@ -212,44 +243,47 @@ class RayBackend:
         }
         try:
             self.client.submit_job(
-                entrypoint=f"{sys.executable} -m mixviz.worker {run_id}",
+                entrypoint=entrypoint(run_id),
                 submission_id=run_id,
                 runtime_env={"env_vars": env},
             )
         except Exception as e:
-            self.store.update(
+            self.store.transition(
                 run_id,
+                ("queued",),
                 status="failed",
                 finished=time.time(),
                 error=f"Ray refused the job: {str(e)[:300]}",
             )
             raise MixvizError(f"Ray at {self.address} refused the job: {str(e)[:200]}") from None
-        self.store.update(run_id, backend_id=run_id, status="starting", heartbeat=time.time())
+        # Guarded: the worker may already have claimed the run (running), or a cancel landed.
+        if not self.store.transition(
+            run_id, ("queued",), backend_id=run_id, status="starting", heartbeat=time.time()
+        ):
+            self.store.update(run_id, backend_id=run_id)
+            if self.store.get(run_id).status == "cancelled":
+                self._stop(run_id)
         return run_id
+
+    def _stop(self, run_id: str) -> None:
+        try:
+            self.client.stop_job(run_id)
+        except Exception:
+            pass
 
     def kick(self) -> list[str]:
         self.reconcile()
         return []
 
     def cancel(self, run_id: str) -> RunRow:
-        row = self.store.get(run_id)
-        if row.status in FINAL:
-            raise MixvizError(f"run {run_id} is already {row.status}")
-        self.store.transition(
-            run_id,
-            ("queued", "starting", "running"),
-            status="cancelled",
-            finished=time.time(),
-            stage="cancelled",
-        )
-        try:
-            self.client.stop_job(run_id)
-        except Exception:
-            pass
+        if self.store.cancel(run_id, ACTIVE) is None:
+            raise MixvizError(f"run {run_id} is already {self.store.get(run_id).status}")
+        self._stop(run_id)
         return self.store.get(run_id)
 
     def reconcile(self) -> list[str]:
-        """A Ray job that ended without the worker recording a final state is ``lost``."""
+        """A Ray job that ended without the worker recording a final state is ``lost``; so is a
+        running one Ray cannot tell about whose worker stopped sending heartbeats."""
         lost = []
         for row in self.store.list(("starting", "running")):
             if row.backend != self.name:
@@ -257,6 +291,7 @@ class RayBackend:
             try:
                 status = str(self.client.get_job_status(row.id)).rsplit(".", 1)[-1]
             except Exception:
+                lost += _mark_stale(self.store, [row], "Ray cannot tell about the job")
                 continue
             if status in ("FAILED", "STOPPED", "SUCCEEDED"):
                 try:
@@ -289,12 +324,68 @@ def get_backend(
     raise MixvizError(f"unknown backend {name!r}; use local or ray")
 
 
+def entrypoint(run_id: str) -> str:
+    """The worker's shell command line for Ray, every value quoted."""
+    return shlex.join([sys.executable, "-m", "mixviz.worker", run_id])
+
+
+def _mark_stale(store: Store, rows: list[RunRow], why: str) -> list[str]:
+    """Running rows whose worker sent no heartbeat for :data:`STALE_S` become ``lost``."""
+    lost, now = [], time.time()
+    for row in rows:
+        if row.status == "running" and (row.heartbeat or row.created) < now - STALE_S:
+            if store.transition(
+                row.id,
+                ("running",),
+                status="lost",
+                finished=now,
+                error=f"worker stopped responding (no heartbeat for {STALE_S:.0f} s; {why})",
+            ):
+                lost.append(row.id)
+    return lost
+
+
+def reconcile_all(store: Store, backends: dict | None = None) -> list[str]:
+    """Reconcile every backend with live runs in the store (local: lost workers and the queue;
+    ray: through ``MIXVIZ_RAY_ADDRESS`` when no backend is given, else heartbeats only).
+    ``backends`` (name → backend) is reused and filled in. Returns the runs marked lost."""
+    backends = {} if backends is None else backends
+    names = {r.backend for r in store.list(ACTIVE)}
+    lost: list[str] = []
+    for name in sorted(names):
+        if name not in backends:
+            if name == "local":
+                backends[name] = LocalBackend(store)
+            elif name == "ray" and os.environ.get("MIXVIZ_RAY_ADDRESS"):
+                try:
+                    backends[name] = RayBackend(os.environ["MIXVIZ_RAY_ADDRESS"], store)
+                except MixvizError:
+                    backends[name] = None
+            else:
+                backends[name] = None
+        backend = backends[name]
+        if backend is None:  # cannot ask the engine: heartbeats are all there is
+            rows = [r for r in store.list(("running",)) if r.backend == name]
+            lost += _mark_stale(store, rows, f"no {name} backend to ask")
+        else:
+            lost += backend.reconcile()
+    return lost
+
+
 def wait(
-    store: Store, run_id: str, timeout: float | None = None, poll: float = 1.0, on_update=None
+    store: Store,
+    run_id: str,
+    timeout: float | None = None,
+    poll: float = 1.0,
+    on_update=None,
+    backend=None,
 ) -> RunRow:
-    """Poll until the run reaches a final state (re-checking for lost workers)."""
+    """Poll until the run reaches a final state. Each poll reconciles: dead workers become
+    ``lost`` and the queue moves on, so a waiter never depends on anyone else looking.
+    ``backend`` is the one that submitted the run (needed to ask Ray; else built from the
+    environment). On ``timeout`` (seconds) raises :class:`MixvizError`; the run is left as is."""
     deadline = None if timeout is None else time.time() + timeout
-    backend = LocalBackend(store)
+    backends = {} if backend is None else {backend.name: backend}
     while True:
         row = store.get(run_id)
         if on_update:
@@ -302,10 +393,16 @@ def wait(
         if row.status in FINAL:
             return row
         if deadline is not None and time.time() > deadline:
-            raise MixvizError(f"run {run_id} still {row.status} after {timeout:.0f} s")
-        if row.backend == "local":
-            backend.reconcile()
-        time.sleep(poll)
+            raise MixvizError(
+                f"run {run_id} still {row.status} after {timeout:g} s; it is left as it is "
+                f"(`mixviz runs` shows it, `mixviz cancel {run_id}` stops it)"
+            )
+        reconcile_all(store, backends)
+        row = store.get(run_id)
+        if row.status in FINAL:
+            continue
+        pause = poll if deadline is None else max(0.0, min(poll, deadline - time.time()))
+        time.sleep(pause)
 
 
 def run_document(store: Store, run_id: str) -> dict:

@@ -253,6 +253,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from mixviz.runspec import RunSpec
     from mixviz.tasks import check_tasks
 
+    if args.timeout is not None and not args.wait:
+        raise MixvizError("--timeout needs --wait")
     ref = resolve_model(args.model, trust_remote_code=args.trust_remote_code, progress=_progress)
     strategy, budget = "", None
     if args.bf16:
@@ -266,14 +268,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         budget = doc.get("budget_avg_bits", prov.get("budget"))
         from mixviz.inventory import inventory
         from mixviz.models import meta_model
+        from mixviz.recipe import Recipe
+        from mixviz.schemes import get_scheme
 
-        known = {x.name for x in inventory(meta_model(ref))}
-        missing = [n for n in recipe if n not in known]
-        if missing:
-            raise MixvizError(
-                f"the recipe names {len(missing)} layers {ref.name} does not have,"
-                f" e.g. {missing[0]}: a recipe for another model?"
-            )
+        # layers the model lacks and options a layer cannot take are refused here, not by
+        # the worker; block linears the recipe leaves out are named, as BF16, in the spec
+        recipe = {k: get_scheme(v).name for k, v in recipe.items()}
+        layers = inventory(meta_model(ref))
+        Recipe(ref.name, ref.hash, recipe).validate(layers)
+        recipe = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe}
     tasks = check_tasks(args.tasks.split(","))
     spec = RunSpec(
         model=args.model,
@@ -304,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             _progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
             last[0] = now
 
-    wait(backend.store, run_id, on_update=show)
+    wait(backend.store, run_id, timeout=args.timeout, on_update=show, backend=backend)
     doc = run_document(backend.store, run_id)
     _emit(doc, args.json, _run_text)
     if doc["status"] != "done":
@@ -321,12 +324,23 @@ def _run_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_runs(args: argparse.Namespace) -> None:
-    from mixviz.backends import LocalBackend
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
-    backend = LocalBackend()
-    backend.reconcile()
-    rows = backend.store.list()
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from mixviz.backends import reconcile_all
+    from mixviz.store import Store
+
+    store = Store()
+    reconcile_all(store)  # lost workers become lost and the queue moves on
+    rows = store.list()
     doc = {
         "runs": [
             {
@@ -340,7 +354,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
                 "elapsed": r.elapsed,
                 "backend": r.backend,
                 "error": r.error,
-                "results": backend.store.results(r.id),
+                "results": store.results(r.id),
             }
             for r in rows
         ]
@@ -558,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("local", "ray"))
     run.add_argument("--ray-address", help="Ray dashboard address (or MIXVIZ_RAY_ADDRESS)")
     run.add_argument("--wait", action="store_true", help="wait for the run and print results")
+    run.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long (an error; the run is left as it is)",
+    )
     run.add_argument("--json", action="store_true")
     run.add_argument("--trust-remote-code", action="store_true")
     run.set_defaults(func=cmd_run)

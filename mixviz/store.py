@@ -3,12 +3,19 @@
 Runs live on disk as ``cache/runs/<id>/{spec.json, result.json, lm_eval.json, log.txt}``;
 this table says where each one stands (queued → running → done | failed | cancelled | lost)
 so the UI, the CLI and the workers agree without talking to each other.
+
+WAL needs every process that opens the database on one host (it shares memory through the
+``-shm`` file): it breaks on network filesystems. A store whose folder is on one (found from
+``/proc/mounts``) is refused unless ``MIXVIZ_DB_JOURNAL`` says what to do: ``delete`` (SQLite's
+rollback journal, which relies on the share's POSIX locks; set it on every machine) or ``wal``
+(for a share only one host ever opens).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -55,6 +62,48 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+MOUNTS_FILE = "/proc/mounts"
+
+# Filesystem types (as /proc/mounts names them) whose files are shared between hosts.
+NETWORK_FS = frozenset(
+    "nfs nfs4 cifs smb smb3 smbfs ncpfs afs coda 9p lustre gpfs ceph glusterfs ocfs2 gfs2 "
+    "beegfs orangefs pvfs2 davfs panfs wekafs".split()
+)
+NETWORK_FUSE = frozenset(  # fuse.<name>
+    "sshfs s3fs rclone gcsfuse goofys geesefs juicefs glusterfs ceph ceph-fuse cephfs mfs "
+    "lizardfs beegfs blobfuse blobfuse2 davfs seaweedfs alluxio-fuse mountpoint-s3 "
+    "objectivefs xtreemfs cvmfs weka".split()
+)
+
+
+def mount_of(path: str | Path, mounts_file: str | Path | None = None) -> tuple[str, str] | None:
+    """``(mount point, filesystem type)`` of the mount holding ``path``: the longest mount point
+    in ``/proc/mounts`` that is ``path`` or one of its parents. ``None`` where that file is
+    unreadable (not Linux)."""
+    try:
+        text = Path(mounts_file or MOUNTS_FILE).read_text(errors="replace")
+    except OSError:
+        return None
+    target = os.path.realpath(os.path.abspath(path))
+    best: tuple[str, str] | None = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+        inside = mnt == "/" or target == mnt or target.startswith(mnt.rstrip("/") + "/")
+        if inside and (best is None or len(mnt) >= len(best[0])):  # later mounts hide earlier
+            best = (mnt, parts[2])
+    return best
+
+
+def is_network_fs(fstype: str) -> bool:
+    t = fstype.lower()
+    if t.startswith("fuse."):
+        return t[5:] in NETWORK_FUSE
+    return t in NETWORK_FS or t.startswith("nfs")
+
+
 def db_path() -> Path:
     return cache_dir() / "mixviz.db"
 
@@ -95,6 +144,7 @@ class Store:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else db_path()
+        self.journal, self.network_fs = self._journal_mode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = self._connect()
@@ -117,11 +167,41 @@ class Store:
         except OSError as e:
             raise MixvizError(f"cannot create the run store at {self.path}: {e}") from None
 
+    def _journal_mode(self) -> tuple[str, str | None]:
+        """``(journal mode, network filesystem type or None)``; refuses WAL on a share."""
+        asked = os.environ.get("MIXVIZ_DB_JOURNAL", "").strip().lower()
+        if asked not in ("", "wal", "delete"):
+            raise MixvizError(f"MIXVIZ_DB_JOURNAL must be wal or delete, not {asked!r}")
+        folder = self.path.parent
+        try:
+            while not folder.exists() and folder != folder.parent:  # the nearest that exists
+                folder = folder.parent
+        except OSError:
+            folder = self.path.parent
+        where = mount_of(folder)
+        network = where[1] if where and is_network_fs(where[1]) else None
+        if network and not asked:
+            raise MixvizError(
+                f"the run store {self.path} is on a network filesystem ({network} at "
+                f"{where[0]}): SQLite's WAL mode needs every process on one host and corrupts "
+                "over a share. Put MIXVIZ_CACHE on a local disk, or set "
+                "MIXVIZ_DB_JOURNAL=delete on every machine that opens it (rollback journal; "
+                "needs working file locks on the share), or MIXVIZ_DB_JOURNAL=wal if only "
+                "this host ever opens it"
+            )
+        return asked or "wal", network
+
     def _connect(self) -> sqlite3.Connection:
         wait_s = float(os.environ.get("MIXVIZ_DB_TIMEOUT", "30"))
         con = sqlite3.connect(self.path, timeout=wait_s, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
+        mode = con.execute(f"PRAGMA journal_mode={self.journal}").fetchone()[0]
+        if mode == "wal" and self.journal != "wal" and self.network_fs:
+            con.close()
+            raise MixvizError(
+                f"the run store {self.path} is still in WAL mode (another process has it "
+                "open): stop it and set MIXVIZ_DB_JOURNAL=delete for every process"
+            )
         con.execute("PRAGMA foreign_keys=ON")
         con.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
         return con
@@ -174,6 +254,22 @@ class Store:
             )
             return cur.rowcount == 1
 
+    def cancel(self, run_id: str, from_status: tuple[str, ...]) -> RunRow | None:
+        """Mark the run ``cancelled`` and drop any results, in one transaction, if it is still
+        in one of ``from_status``. Returns the row as it stood just before (its ``pid`` is the
+        process to stop), or ``None`` when the run was not in those states."""
+        with self.tx() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row["status"] not in from_status:
+                return None
+            con.execute(
+                "UPDATE runs SET status = 'cancelled', stage = 'cancelled', finished = ? "
+                "WHERE id = ?",
+                (time.time(), run_id),
+            )
+            con.execute("DELETE FROM results WHERE run_id = ?", (run_id,))
+            return _row(row)
+
     def get(self, run_id: str) -> RunRow:
         con = self._connect()
         try:
@@ -210,12 +306,17 @@ class Store:
 
     def put_results(
         self, run_id: str, rows: list[tuple[str, str, float | None, float | None]]
-    ) -> None:
+    ) -> bool:
+        """Replace the run's results; refused (``False``) once it is cancelled or lost."""
         with self.tx() as con:
+            row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and row["status"] in ("cancelled", "lost"):
+                return False
             con.execute("DELETE FROM results WHERE run_id = ?", (run_id,))
             con.executemany(
                 "INSERT INTO results VALUES (?, ?, ?, ?, ?)", [(run_id, *r) for r in rows]
             )
+        return True
 
     def results(self, run_id: str) -> dict[str, dict[str, float]]:
         con = self._connect()

@@ -331,7 +331,9 @@ def execute(
             raise
     finally:
         stop.set()
-        if kick:
+        # the next queued local run starts here; a Ray worker on another node must not start
+        # the head's local runs on its own machine
+        if kick and store.get(run_id).backend == "local":
             from mixviz.backends import LocalBackend
 
             try:
