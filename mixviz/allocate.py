@@ -113,16 +113,18 @@ class Problem:
                     f"pin {name}={opt}: {opt} is not among the profile's options "
                     f"({', '.join(options)}) or BF16"
                 )
-            if opt == "BF16" and (name, "BF16") not in bits:
-                x = by_name[name]
-                b = layer_bits(SCHEMES["BF16"], x.in_features, x.out_features)
-                bits[(name, "BF16")] = nos[(name, "BF16")] = b
-                scores[(name, "BF16")] = 0.0
         units = []
         for group in _groups(layers, shared or []):
             group_pins = {pins[n] for n in group if n in pins}
             if len(group_pins) > 1:
                 raise MixvizError(f"conflicting pins inside the shared group {', '.join(group)}")
+            if group_pins == {"BF16"}:  # a BF16 pin on one member holds its whole group
+                for name in group:
+                    if (name, "BF16") not in bits:
+                        x = by_name[name]
+                        b = layer_bits(SCHEMES["BF16"], x.in_features, x.out_features)
+                        bits[(name, "BF16")] = nos[(name, "BF16")] = b
+                        scores[(name, "BF16")] = 0.0
             candidates = list(group_pins) if group_pins else list(options)
             opts = []
             for o in candidates:
