@@ -1,4 +1,6 @@
-"""The app's one home for Streamlit caches and shared sidebar state (the library has none)."""
+"""What the app's pages share (the library has none of it): the Streamlit caches, the sidebar,
+the URL's parameters (read only through the ``url_*`` family below) and the profile a page
+needs (:func:`require_profile`)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import pandas as pd
 import streamlit as st
 
 import mixviz
-from mixviz.allocate import Problem
+from mixviz.allocation.problem import Problem
 from mixviz.errors import MixvizError
-from mixviz.inventory import inventory_report
+from mixviz.models.inventory import inventory_report
+from mixviz.models.schemes import SCHEMES
+from mixviz.models.text import BUNDLED
 from mixviz.paths import MAX_BYTES, cache_dir
-from mixviz.profile import DEFAULT_METRIC, METRIC_NAMES, profile_model
-from mixviz.schemes import SCHEMES
-from mixviz.text import BUNDLED
+from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names
+from mixviz.sensitivity.profile import Profile, profile_model
 
 DEFAULT_MODEL = "demo"
 DEFAULT_OPTIONS = ["MXFP4", "MXFP8"]
@@ -37,12 +40,41 @@ def model_report(spec: str, trust_remote_code: bool = False) -> dict:
     return doc
 
 
-def _qp_list(key: str, default: list[str]) -> list[str]:
+# --------------------------------------------------------------------------- URL parameters
+#
+# Every ``?key=`` the app reads goes through one of these ``url_*`` readers; no page reads
+# ``st.query_params`` itself. A link is user input: a value that is missing gives the default,
+# and a value that is not valid never crashes a page — a number the user could have mistyped
+# (``url_int``, ``url_bits``) is an ``st.error`` naming it, a choice that is not on offer
+# (``url_choice``, ``url_list``) is dropped, a file that was not uploaded here (``url_calib``)
+# is refused. :func:`url_write` is the one writer.
+
+
+def url_text(key: str, default: str) -> str:
+    """``?key=`` as it stands, or ``default`` when absent."""
+    return st.query_params.get(key, default)
+
+
+def url_flag(key: str) -> bool:
+    """``?key=1`` → True; absent or anything else → False."""
+    return st.query_params.get(key) == "1"
+
+
+def url_choice(key: str, choices: list[str], default: str) -> str:
+    """``?key=`` when it is one of ``choices``, else ``default``."""
     raw = st.query_params.get(key)
-    return [x for x in raw.split(",") if x] if raw else list(default)
+    return raw if raw in choices else default
 
 
-def _qp_int(key: str, default: int, lo: int, hi: int, what: str) -> int:
+def url_list(key: str, default: list[str], allowed=None) -> list[str]:
+    """``?key=a,b``: the comma-separated values (those in ``allowed``, when given), or
+    ``default`` when absent or empty."""
+    raw = st.query_params.get(key)
+    values = [x for x in raw.split(",") if x] if raw else list(default)
+    return values if allowed is None else [x for x in values if x in allowed]
+
+
+def url_int(key: str, default: int, lo: int, hi: int, what: str) -> int:
     """``?key=`` as an int in ``lo..hi``; anything else is an error and ``default``."""
     raw = st.query_params.get(key)
     if raw is None:
@@ -104,41 +136,49 @@ def url_calib() -> str:
     return BUNDLED
 
 
+def url_drop(key: str) -> None:
+    """Remove ``?key=`` from the URL (a parameter an old or crafted link must not set)."""
+    if key in st.query_params:
+        del st.query_params[key]
+
+
+def url_write(**values: str) -> None:
+    """Put the page's choices in the URL, so a reload or a shared link keeps them."""
+    for key, value in values.items():
+        st.query_params[key] = value
+
+
 def sidebar() -> dict:
     """The sidebar's choices; they live in the URL's query params so a reload keeps them.
 
     Except ``trust_remote_code``: never read from or written to the URL. It is ticked by hand,
     per session and per model (the checkbox's key holds the model), and shown while on."""
-    qp = st.query_params
-    if "trust_remote_code" in qp:  # an old or crafted link: drop it, never honour it
-        del qp["trust_remote_code"]
+    url_drop("trust_remote_code")  # an old or crafted link: never honour it
     with st.sidebar:
         st.header("mixviz")
         model = st.text_input(
             "Model",
-            value=qp.get("model", DEFAULT_MODEL),
+            value=url_text("model", DEFAULT_MODEL),
             key="sb_model",
             help="demo (SmolLM2-135M from PyPI), tiny, a local HF folder or a hub id",
         )
         options = st.multiselect(
             "Candidate formats",
             list(SCHEMES),
-            default=[o for o in _qp_list("options", DEFAULT_OPTIONS) if o in SCHEMES],
+            default=url_list("options", DEFAULT_OPTIONS, SCHEMES),
             key="sb_options",
         )
-        metrics = list(METRIC_NAMES)
+        metrics = list(metric_names())
         metric = st.selectbox(
             "Sensitivity metric",
             metrics,
-            index=metrics.index(qp.get("metric", DEFAULT_METRIC))
-            if qp.get("metric") in metrics
-            else 0,
+            index=metrics.index(url_choice("metric", metrics, DEFAULT_METRIC)),
             key="sb_metric",
         )
         accounting = st.radio(
             "Bit accounting",
             ["with scale bits", "without scale bits"],
-            index=1 if qp.get("noscale") == "1" else 0,
+            index=1 if url_flag("noscale") else 0,
             key="sb_accounting",
             help="Without: bits·numel only, as AutoScheme's "
             "ignore_scale_zp_bits (the reference study's setting)",
@@ -146,7 +186,7 @@ def sidebar() -> dict:
         shared = st.multiselect(
             "Shared groups (one format per group)",
             SHARED_CHOICES,
-            default=[s for s in _qp_list("shared", []) if s in SHARED_CHOICES],
+            default=url_list("shared", [], SHARED_CHOICES),
             key="sb_shared",
         )
         calib = url_calib()
@@ -173,14 +213,14 @@ def sidebar() -> dict:
                 "Samples",
                 1,
                 512,
-                _qp_int("nsamples", 16, 1, 512, "Samples"),
+                url_int("nsamples", 16, 1, 512, "Samples"),
                 key="sb_nsamples",
             )
             seqlen = st.number_input(
                 "Tokens per sample",
                 16,
                 4096,
-                _qp_int("seqlen", 256, 16, 4096, "Tokens per sample"),
+                url_int("seqlen", 256, 16, 4096, "Tokens per sample"),
                 key="sb_seqlen",
             )
         trust_key = f"sb_trust:{model.strip()}"  # another model starts unticked
@@ -200,13 +240,16 @@ def sidebar() -> dict:
             "in this app.",
             icon=":material/warning:",
         )
-    qp["model"] = model
-    qp["options"] = ",".join(options)
-    qp["metric"] = metric
-    qp["noscale"] = "1" if accounting.startswith("without") else "0"
-    qp["shared"] = ",".join(shared)
-    qp["calib"] = calib
-    qp["nsamples"], qp["seqlen"] = str(nsamples), str(seqlen)
+    url_write(
+        model=model,
+        options=",".join(options),
+        metric=metric,
+        noscale="1" if accounting.startswith("without") else "0",
+        shared=",".join(shared),
+        calib=calib,
+        nsamples=str(nsamples),
+        seqlen=str(seqlen),
+    )
     return {
         "model": model.strip(),
         "options": options,
@@ -248,25 +291,55 @@ def profile_kwargs(choice: dict) -> dict:
     }
 
 
-def cached_profile(choice: dict):
-    """The profile for the sidebar's choices if it is on disk, else None (never computes)."""
+PROFILE_FIRST = "Profile this model first (Profile page) with the sidebar's settings."
+
+
+class ProfileMiss(LookupError):
+    """No profile on disk for these settings (yet). Raised by the cached loader so that the
+    miss is not memoised — the next look-up, after profiling, finds the file — while the
+    profiles already cached stay cached."""
+
+
+def cached_profile(choice: dict) -> Profile | None:
+    """The profile for the sidebar's choices if it is on disk, else None (never computes).
+
+    Raises :class:`MixvizError` when it cannot be looked up (a bad model name, say)."""
     if not choice["options"]:
         return None
-    return _cached_profile(choice["model"], **profile_kwargs(choice))
+    kw = profile_kwargs(choice)
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()))
+    try:
+        return _profile_on_disk(choice["model"], key)
+    except ProfileMiss:
+        return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _cached_profile_hit(model: str, key: tuple):
-    return profile_model(model, compute=False, **dict(key))
-
-
-def _cached_profile(model: str, **kw):
-    # Only hits are memoised: a miss must be looked up again once profiling has run.
-    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()))
-    prof = _cached_profile_hit(model, key)
+def _profile_on_disk(model: str, key: tuple) -> Profile:
+    """Only hits are memoised: a miss raises (Streamlit caches no call that raises)."""
+    prof = profile_model(model, compute=False, **dict(key))
     if prof is None:
-        _cached_profile_hit.clear()
+        raise ProfileMiss(model)
     return prof
+
+
+def require_profile(choice: dict, missing: str | None = PROFILE_FIRST) -> Profile | None:
+    """The page's profile for the sidebar's choices, from disk (never computed here), or the
+    page stops.
+
+    A profile that cannot be looked up (a bad model name, an unreadable text) is shown as an
+    error and stops the page; so does one not made yet, with ``missing`` as a note. With
+    ``missing=None`` a profile not made yet is returned as None instead (for a page that can do
+    without it or offers to make it)."""
+    try:
+        profile = cached_profile(choice)
+    except MixvizError as e:
+        st.error(str(e))
+        st.stop()
+    if profile is None and missing is not None:
+        st.info(missing)
+        st.stop()
+    return profile
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -284,7 +357,7 @@ def problem_for(
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def frontier_for(_problem: Problem, key: tuple) -> dict:
-    from mixviz.allocate import frontier
+    from mixviz.allocation.strategies import frontier
 
     return frontier(_problem, 30)
 

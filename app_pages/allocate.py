@@ -2,29 +2,25 @@
 (locks) on the heatmap that the solver re-solves around."""
 
 import json
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
 
 import ui
-from mixviz import MixvizError, charts
-from mixviz.allocate import STRATEGIES, allocate
-from mixviz.edits import History, edit_cost, lock, select, unlock
-from mixviz.export import export
-from mixviz.inventory import KINDS
-from mixviz.recipe import Recipe
+from mixviz import MixvizError
+from mixviz.allocation.edits import History, edit_cost, lock, select, unlock
+from mixviz.allocation.strategies import STRATEGIES, allocate, strategy_names
+from mixviz.models.inventory import KINDS
+from mixviz.report import charts
+from mixviz.report.export import export
+from mixviz.report.recipe import Recipe
 
 choice = ui.sidebar()
 st.title("Allocate")
 
-try:
-    profile = ui.cached_profile(choice)
-except MixvizError as e:
-    st.error(str(e))
-    st.stop()
-if profile is None:
-    st.info("Profile this model first (Profile page) with the sidebar's settings.")
-    st.stop()
+profile = ui.require_profile(choice)
 
 layer_names = {x.name for x in profile.layers}
 history: History = st.session_state.get("allocate_history", History())
@@ -73,9 +69,41 @@ if held is not None and not lo_s <= held <= hi_s:  # the locks moved the range
 bits_key = "avg_bits_no_scale" if choice["ignore_scale_bits"] else "avg_bits"
 
 
+class Shown(NamedTuple):
+    """What the heatmap draws: an allocation (or the error that stopped it), its marked
+    layers, its title and what the marks mean."""
+
+    allocation: object
+    marked: set[str]
+    title: str
+    mark_label: str
+
+
 @st.fragment
 def budget_view() -> None:
     """The slider and everything that depends on it: reruns alone when it moves."""
+    avg = budget_slider()
+    try:
+        cost = edit_cost(free, problem, avg)
+    except MixvizError as e:
+        st.error(str(e))
+        edit_panel(None)
+        return
+    best = cost.after
+    st.session_state["allocation"] = best.to_dict()
+    result = solved_on_demand(best, avg)
+    cost_metrics(cost, avg)
+    picked = heatmap(cost, result)
+    if picked is not None:
+        edit_panel(*picked)
+    summary = {s: result(s) for s in strategy_names()}
+    st.dataframe(summary_frame(summary, best), hide_index=True, key="allocate_summary")
+    frontier_view(avg)
+    downloads(best, avg)
+
+
+def budget_slider() -> float:
+    """The average-bits slider (or the one value the locks leave); kept in the URL."""
     if hi_s - lo_s < 0.01:  # the locks fix every layer
         avg = hi
         st.info(f"The locks fix every layer: {hi:.3f} average bits. Unlock some to re-solve.")
@@ -89,22 +117,17 @@ def budget_view() -> None:
             key="allocate_avg_bits",
             help="Without scale bits" if choice["ignore_scale_bits"] else "With scale bits",
         )
-    st.query_params["bits"] = f"{avg:g}"
+    ui.url_write(bits=f"{avg:g}")
     st.session_state["budget"] = avg
+    return avg
 
-    try:
-        cost = edit_cost(free, problem, avg)
-    except MixvizError as e:
-        st.error(str(e))
-        edit_panel(None)
-        return
-    best = cost.after
-    st.session_state["allocation"] = best.to_dict()
+
+def solved_on_demand(best, avg: float) -> Callable[[str], object]:
+    """``result(strategy)``: a strategy's allocation at this budget (or its error), solved when
+    first asked: the default view draws the optimal heatmap before the baselines are solved."""
     results = {"optimal": best}
 
     def result(strategy: str):
-        """A baseline's allocation at this budget (or its error), solved when first asked:
-        the default view draws the optimal heatmap before the baselines are solved."""
         if strategy not in results:
             try:
                 results[strategy] = allocate(problem, avg, strategy)
@@ -112,6 +135,12 @@ def budget_view() -> None:
                 results[strategy] = e
         return results[strategy]
 
+    return result
+
+
+def cost_metrics(cost, avg: float) -> None:
+    """Predicted loss, achieved bits and the layers locked / moved, and what the locks cost."""
+    best = cost.after
     c1, c2, c3 = st.columns(3)
     c1.metric(
         "Optimal: predicted loss",
@@ -140,10 +169,16 @@ def budget_view() -> None:
             "fewer bits to pay for the locks."
         )
 
+
+def heatmap(cost, result) -> tuple[list, list, list] | None:
+    """One strategy's allocation (or where optimal disagrees with one) as a grid or a chart.
+
+    Returns what is selected on it — ``(cells, blocks, kinds)`` for :func:`edit_panel` — when
+    it is the optimal one, which is the one edited; else None."""
     c1, c2 = st.columns([4, 1])
     view = c1.radio(
         "Heatmap",
-        ["optimal", "head", "tail", "uniform", "llamacpp", "diff"],
+        [*strategy_names(), "diff"],
         horizontal=True,
         key="allocate_view",
     )
@@ -155,89 +190,103 @@ def budget_view() -> None:
         help="grid: quick to redraw; click cells, row numbers or column headers to select. "
         "chart: plotly, with layer names on hover; click or box-select cells.",
     )
+    editable = view == "optimal"
+    picked: tuple[list, list, list] = ([], [], [])
     with st.container(key="allocate_heatmap"):
-        if view == "diff":
-            other = st.selectbox(
-                "Where optimal disagrees with",
-                ["head", "tail", "uniform", "llamacpp"],
-                key="allocate_diff_with",
-            )
-            chosen = None if isinstance(result(other), MixvizError) else best
-            marked = (
-                {n for n, o in best.layers.items() if result(other).layers.get(n) != o}
-                if chosen
-                else set()
-            )
-            title = f"optimal vs {other}: {len(marked)} layers differ"
-            mark_label = f"differs from {other}"
-        else:
-            chosen = None if isinstance(result(view), MixvizError) else result(view)
-            marked = set(cost.changed) if view == "optimal" else set()
-            title = view
-            mark_label = "moved by the re-solve"
-        editable = view == "optimal"
-        picked: tuple[list, list, list] = ([], [], [])
-        if chosen is None:
-            st.error(str(results[other if view == "diff" else view]))
+        shown = heatmap_content(view, cost, result)
+        if isinstance(shown.allocation, MixvizError):
+            st.error(str(shown.allocation))
         elif draw == "grid":
-            title += f": {getattr(chosen, bits_key):.3f} average bits"
-            st.caption(f"**{title}** · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {mark_label}")
-            styler, blocks, kinds, cells = charts.allocation_grid(
-                profile.layers, chosen, list(profile.options), set(locks), marked
-            )
-            event = st.dataframe(
-                styler,
-                key=f"allocate_grid_{view}_{version}",
-                on_select="rerun" if editable else "ignore",
-                selection_mode=["multi-row", "multi-column", "multi-cell"],
-                row_height=24,
-                height=24 * len(blocks) + 40,  # every block, no inner scroll
-            )
-            if editable:
-                sel = event.selection
-                columns = set(sel.columns)
-                picked = (
-                    [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
-                    + [x.name for (_, k), x in cells.items() if k in columns],
-                    [blocks[r] for r in sel.rows],
-                    [],
-                )
+            picked = heatmap_grid(shown, view, editable)
         else:
-            title += f": {getattr(chosen, bits_key):.3f} average bits"
-            fig = charts.allocation_heatmap(
-                profile.layers,
-                chosen,
-                list(profile.options),
-                title,
-                marked,
-                set(locks),
-                selectable=editable,
-                highlight_label=mark_label,
-            )
-            if editable:
-                event = st.plotly_chart(
-                    fig,
-                    key=f"allocate_heatmap_{version}",
-                    on_select="rerun",
-                    selection_mode=("points", "box", "lasso"),
-                )
-                picked = (
-                    [
-                        p["customdata"][0]
-                        for p in event.selection.points
-                        if p.get("customdata") and p["customdata"][0] in layer_names
-                    ],
-                    [],
-                    [],
-                )
-            else:
-                st.plotly_chart(fig, key="allocate_heatmap_view")
-    if editable:
-        edit_panel(*picked)
+            picked = heatmap_chart(shown, editable)
+    return picked if editable else None
 
-    summary = {s: result(s) for s in STRATEGIES}
-    st.dataframe(summary_frame(summary, best), hide_index=True, key="allocate_summary")
 
+def heatmap_content(view: str, cost, result) -> Shown:
+    """The allocation the ``view`` radio names, with its marks: the re-solve's moves on the
+    optimal one, or (``diff``) the layers where optimal disagrees with another strategy."""
+    if view != "diff":
+        marked = set(cost.changed) if view == "optimal" else set()
+        return Shown(result(view), marked, view, "moved by the re-solve")
+    other = st.selectbox(
+        "Where optimal disagrees with",
+        [s.name for s in STRATEGIES.values() if s.baseline],
+        key="allocate_diff_with",
+    )
+    theirs = result(other)
+    if isinstance(theirs, MixvizError):
+        return Shown(theirs, set(), "", "")
+    best = cost.after
+    marked = {n for n, o in best.layers.items() if theirs.layers.get(n) != o}
+    title = f"optimal vs {other}: {len(marked)} layers differ"
+    return Shown(best, marked, title, f"differs from {other}")
+
+
+def heatmap_grid(shown: Shown, view: str, editable: bool) -> tuple[list, list, list]:
+    """The heatmap as a styled grid (block × module); cells, rows and columns selectable."""
+    chosen = shown.allocation
+    title = shown.title + f": {getattr(chosen, bits_key):.3f} average bits"
+    st.caption(f"**{title}** · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {shown.mark_label}")
+    styler, blocks, kinds, cells = charts.allocation_grid(
+        profile.layers, chosen, list(profile.options), set(locks), shown.marked
+    )
+    event = st.dataframe(
+        styler,
+        key=f"allocate_grid_{view}_{version}",
+        on_select="rerun" if editable else "ignore",
+        selection_mode=["multi-row", "multi-column", "multi-cell"],
+        row_height=24,
+        height=24 * len(blocks) + 40,  # every block, no inner scroll
+    )
+    if not editable:
+        return [], [], []
+    sel = event.selection
+    columns = set(sel.columns)
+    return (
+        [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
+        + [x.name for (_, k), x in cells.items() if k in columns],
+        [blocks[r] for r in sel.rows],
+        [],
+    )
+
+
+def heatmap_chart(shown: Shown, editable: bool) -> tuple[list, list, list]:
+    """The heatmap as a plotly chart, layer names on hover; cells selectable by click or box."""
+    chosen = shown.allocation
+    title = shown.title + f": {getattr(chosen, bits_key):.3f} average bits"
+    fig = charts.allocation_heatmap(
+        profile.layers,
+        chosen,
+        list(profile.options),
+        title,
+        shown.marked,
+        set(locks),
+        selectable=editable,
+        highlight_label=shown.mark_label,
+    )
+    if not editable:
+        st.plotly_chart(fig, key="allocate_heatmap_view")
+        return [], [], []
+    event = st.plotly_chart(
+        fig,
+        key=f"allocate_heatmap_{version}",
+        on_select="rerun",
+        selection_mode=("points", "box", "lasso"),
+    )
+    return (
+        [
+            p["customdata"][0]
+            for p in event.selection.points
+            if p.get("customdata") and p["customdata"][0] in layer_names
+        ],
+        [],
+        [],
+    )
+
+
+def frontier_view(avg: float) -> None:
+    """Predicted loss against average bits along the optimal frontier, marked at ``avg``."""
     st.subheader("Predicted loss vs average bits")
     front = ui.frontier_for(
         problem,
@@ -248,7 +297,6 @@ def budget_view() -> None:
         key="allocate_frontier",
         use_container_width=True,
     )
-    downloads(best, avg)
 
 
 def summary_frame(results: dict, best) -> pd.DataFrame:

@@ -5,8 +5,10 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from mixviz import MixvizError, charts
-from mixviz.profile import METRIC_NAMES, profile_model
+from mixviz import MixvizError
+from mixviz.report import charts
+from mixviz.sensitivity.metrics import metric_names
+from mixviz.sensitivity.profile import profile_model
 
 choice = ui.sidebar()
 st.title("Profile")
@@ -16,12 +18,7 @@ if not choice["options"]:
     st.error("Pick at least one candidate format in the sidebar.")
     st.stop()
 
-profile = None
-try:
-    profile = ui.cached_profile(choice)
-except MixvizError as e:
-    st.error(str(e))
-    st.stop()
+profile = ui.require_profile(choice, missing=None)  # the button below makes it
 
 label = "Re-profile" if profile else "Profile"
 if st.button(
@@ -72,7 +69,7 @@ c2.subheader("Least sensitive")
 c2.dataframe(worst[worst["score"] > 0].tail(10).iloc[::-1], hide_index=True, key="profile_least")
 
 others = {}
-for metric in METRIC_NAMES:
+for metric in metric_names():
     if metric == profile.metric:
         continue
     try:

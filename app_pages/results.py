@@ -4,9 +4,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from mixviz import MixvizError, charts, tables
-from mixviz.reproduce import reports_dir
-from mixviz.store import Store
+from mixviz import MixvizError
+from mixviz.report import charts, tables
+from mixviz.report.reproduce import reports_dir
+from mixviz.runs.store import Store
 
 choice = ui.sidebar()
 st.title("Results")
@@ -31,7 +32,7 @@ quant = frame[frame["strategy"] != "bf16"]
 st.subheader("Accuracy vs average bits")
 st.plotly_chart(charts.accuracy_chart(quant, ref), key="results_accuracy")
 
-tasks = tables._task_columns(frame)
+tasks = tables.task_columns(frame)
 if tasks:
     st.subheader("Per task")
     task = st.selectbox("Task", tasks, key="results_task")
@@ -52,7 +53,7 @@ c1.download_button("Markdown", tables.to_markdown(table), "results.md", key="res
 c2.download_button("CSV", tables.to_csv(table), "results.csv", key="results_csv")
 c3.download_button("LaTeX", tables.to_latex(table), "results.tex", key="results_tex")
 
-profile = ui.cached_profile(choice)
+profile = ui.require_profile(choice, missing=None)  # the chart below needs it
 if profile is not None:
     scores = {(r.layer, r.option): r.score for r in profile.rows}
     pts = []

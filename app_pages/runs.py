@@ -7,11 +7,11 @@ import streamlit as st
 
 import ui
 from mixviz import MixvizError
-from mixviz.allocate import allocate
-from mixviz.backends import get_backend, read_log
-from mixviz.runspec import RunSpec
-from mixviz.store import FINAL, Store
-from mixviz.tasks import BUNDLED_TASKS, check_tasks
+from mixviz.allocation.strategies import STRATEGIES, allocate
+from mixviz.runs.backends import get_backend, read_log
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.store import FINAL, Store
+from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
 
 choice = ui.sidebar()
 st.title("Runs")
@@ -70,7 +70,7 @@ if st.button(f"Run the comparison at {budget:g} bits", type="primary", key="runs
                 **base,
             )
         )
-        for strategy in ("optimal", "head", "tail", "uniform"):
+        for strategy in [s.name for s in STRATEGIES.values() if s.budgeted]:
             a = allocate(problem, budget, strategy)
             specs.append(RunSpec(recipe=dict(a.layers), strategy=strategy, budget=budget, **base))
         have = {r.key for r in store.list(("queued", "starting", "running", "done"))}

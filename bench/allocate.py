@@ -2,8 +2,8 @@
 
 A Qwen3-32B-shaped synthetic profile (64 blocks × 7 linears with the real shapes, options
 W2A16/W3A16/W4A16/W8A16, fixed seed, scale bits ignored as in the study) is solved at a few
-budgets by both; ratios are printed. Then a 50-budget frontier on that shape, and one solve on
-the real demo model's profile.
+budgets by both, and by HiGHS (``tests/milp.py``, the exact reference); ratios are printed.
+Then a 50-budget frontier on that shape, and one solve on the real demo model's profile.
 
     .venv/bin/python bench/allocate.py [--dp-budgets 3.0,5.0]
 """
@@ -19,9 +19,13 @@ from pathlib import Path
 # bench/profile.py shadows the stdlib's ``profile`` (imported via cProfile): drop this folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # the HiGHS reference
 
-from mixviz.allocate import Problem, allocate, frontier  # noqa: E402
-from mixviz.profile import QWEN3_32B_SHAPES, profile_model, synthetic_profile  # noqa: E402
+from milp import solve_milp  # noqa: E402
+
+from mixviz.allocation.problem import Problem, budget_bits  # noqa: E402
+from mixviz.allocation.strategies import allocate, frontier  # noqa: E402
+from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, profile_model, synthetic_profile  # noqa: E402
 
 OPTIONS = ["W2A16", "W3A16", "W4A16", "W8A16"]
 
@@ -42,6 +46,16 @@ def autoround_dp(problem: Problem, avg_bits: float) -> tuple[float, float]:
     return loss, time.perf_counter() - t0
 
 
+def highs(problem: Problem, avg_bits: float) -> tuple[float, float]:
+    """HiGHS (``tests/milp.py``) on the same units and integer budget: (loss, seconds)."""
+    units = problem.units
+    budget = budget_bits(problem, avg_bits)
+    t0 = time.perf_counter()
+    picked = solve_milp([list(u.cost) for u in units], [list(u.score) for u in units], budget)
+    seconds = time.perf_counter() - t0
+    return sum(u.score[j] for u, j in zip(units, picked, strict=True)), seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dp-budgets", default="3.0,5.0")
@@ -54,7 +68,7 @@ def main() -> None:
     )
     print(
         f"{'budget':>6} {'ours ms':>8} {'DP s':>8} {'speed-up':>9} {'ours loss':>12} "
-        f"{'DP loss':>12} {'ours/DP':>8}"
+        f"{'DP loss':>12} {'ours/DP':>8} {'HiGHS s':>8} {'ours/HiGHS':>10}"
     )
     speedups = []
     for b in (float(x) for x in args.dp_budgets.split(",")):
@@ -65,10 +79,12 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         ours_t = statistics.median(times)
         dp_loss, dp_t = autoround_dp(problem, b)
+        highs_loss, highs_t = highs(problem, b)
         speedups.append(dp_t / ours_t)
         print(
             f"{b:6.2f} {ours_t * 1000:8.1f} {dp_t:8.1f} {dp_t / ours_t:8.0f}× "
-            f"{a.predicted_loss:12.6g} {dp_loss:12.6g} {a.predicted_loss / dp_loss:8.6f}"
+            f"{a.predicted_loss:12.6g} {dp_loss:12.6g} {a.predicted_loss / dp_loss:8.6f} "
+            f"{highs_t:8.2f} {a.predicted_loss / highs_loss:10.6f}"
         )
 
     t0 = time.perf_counter()

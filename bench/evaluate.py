@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mixviz.backends import LocalBackend, wait  # noqa: E402
 from mixviz.cli import uniform_recipe  # noqa: E402
-from mixviz.models import resolve_model  # noqa: E402
-from mixviz.runspec import RunSpec  # noqa: E402
-from mixviz.tasks import BUNDLED_TASKS  # noqa: E402
+from mixviz.models.loading import resolve_model  # noqa: E402
+from mixviz.runs.backends import LocalBackend, wait  # noqa: E402
+from mixviz.runs.runspec import RunSpec  # noqa: E402
+from mixviz.runs.tasks import BUNDLED_TASKS  # noqa: E402
 
 
 def main() -> None:

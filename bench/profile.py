@@ -41,17 +41,17 @@ def worker(args) -> None:
     import torch
 
     import mixviz
-    from mixviz.inventory import block_linears
-    from mixviz.metrics import METRICS
-    from mixviz.schemes import parse_options
-    from mixviz.text import load_user_text, token_windows
+    from mixviz.models.inventory import block_linears, inventory
+    from mixviz.models.schemes import parse_options
+    from mixviz.models.text import load_user_text, token_windows
+    from mixviz.sensitivity.metrics import METRICS
 
     torch.manual_seed(0)
     ref = mixviz.resolve_model(args.model)
     model, tok = mixviz.load_model(ref)
-    layers = block_linears(mixviz.inventory(model))
+    layers = block_linears(inventory(model))
     if args.worker == "autoscheme":
-        from mixviz.autoscheme import import_autoscheme, run_autoscheme
+        from mixviz.sensitivity.autoscheme import import_autoscheme, run_autoscheme
 
         with tempfile.TemporaryDirectory() as cache:
             _, seconds = run_autoscheme(  # times AutoRound(...) through post_init()
@@ -64,16 +64,16 @@ def worker(args) -> None:
 
         nsamples = args.kl_nsamples if args.worker == "kl" else args.nsamples
         subset = [x for x in layers if re.search(KL_SUBSET, x.name)]
-        batch = {"delta_loss": 8, "fisher": 1, "hessian": 4, "kl": 4}[args.worker]
+        metric = METRICS[args.worker]
         t0 = time.perf_counter()  # the same span as AutoScheme's: text → scores
         ids = token_windows(tok, load_user_text(args.calib), nsamples, args.seqlen)
-        raw = METRICS[args.worker](
+        raw = metric.score(
             model,
             subset if args.worker == "kl" else layers,
             parse_options(OPTIONS),
             ids,
             lambda m: None,
-            batch_size=batch,
+            batch_size=metric.batch_size,
         )
         seconds = time.perf_counter() - t0
         scores = {f"{k[0]}|{k[1]}": v for k, v in raw.items()}
@@ -86,8 +86,8 @@ def worker(args) -> None:
 
 def allocation(layers, scores: dict, budget: float) -> dict[str, str]:
     """The exact optimum of the scores at ``budget`` average bits (scale bits ignored)."""
-    from mixviz.knapsack import solve_mckp
-    from mixviz.schemes import get_scheme, layer_bits
+    from mixviz.allocation.knapsack import solve_mckp
+    from mixviz.models.schemes import get_scheme, layer_bits
 
     cost = [
         [layer_bits(get_scheme(o), x.in_features, x.out_features, ignore_scale_bits=True)
@@ -107,9 +107,9 @@ def heldout_ppl(model, tok, layers, choice: dict[str, str], args) -> float:
 
     import torch
 
-    from mixviz.quantizers import LayerQuantizer
-    from mixviz.schemes import get_scheme
-    from mixviz.text import evaluation_text, token_windows
+    from mixviz.models.schemes import get_scheme
+    from mixviz.models.text import evaluation_text, token_windows
+    from mixviz.sensitivity.quantizers import LayerQuantizer
 
     mods = dict(model.named_modules())
     hooks = []
@@ -147,7 +147,7 @@ def main() -> None:
         return worker(args)
 
     import mixviz
-    from mixviz.text import calibration_text, token_windows
+    from mixviz.models.text import calibration_text, token_windows
 
     ref = mixviz.resolve_model(args.model)
     from transformers import AutoTokenizer
@@ -222,7 +222,7 @@ def main() -> None:
         cells += [f"{rho(anchor, r, o):.3f}" for o in OPTIONS]
         cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
         print(" | ".join(cells))
-    from mixviz.profile import DEFAULT_METRIC
+    from mixviz.sensitivity.profile import DEFAULT_METRIC
 
     d = results.get(DEFAULT_METRIC)
     if d:

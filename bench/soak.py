@@ -37,9 +37,9 @@ def main() -> None:
     os.environ["MIXVIZ_CACHE"] = tempfile.mkdtemp(prefix="mixviz-soak-")
     os.environ["MIXVIZ_MAX_PARALLEL"] = str(args.parallel)
 
-    from mixviz.backends import FINAL, LocalBackend, _alive
-    from mixviz.runspec import RunSpec
-    from mixviz.store import Store
+    from mixviz.runs.backends import FINAL, LocalBackend, alive
+    from mixviz.runs.runspec import RunSpec
+    from mixviz.runs.store import Store
 
     rng = random.Random(args.seed)
     store = Store()
@@ -86,8 +86,8 @@ def main() -> None:
     status = Counter(r.status for r in rows)
     missing = [r.id for r in rows if r.status == "done" and not store.results(r.id)]
     time.sleep(15)  # a worker takes a few seconds to exit after its final state
-    orphans = [p for p in pids if _alive(p)]
-    stray = subprocess.run(["pgrep", "-f", "mixviz.worker"], capture_output=True, text=True)
+    orphans = [p for p in pids if alive(p)]
+    stray = subprocess.run(["pgrep", "-f", "mixviz.runs.worker"], capture_output=True, text=True)
     print(
         f"{args.runs} runs of tiny, {args.parallel} at a time, {seconds:.0f} s; "
         f"actions: {dict(actions)}"

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import browser_page, streamlit_server, wait_idle  # noqa: E402
 
-from mixviz.allocate import Problem, allocate  # noqa: E402
-from mixviz.profile import profile_model  # noqa: E402
+from mixviz.allocation.problem import Problem  # noqa: E402
+from mixviz.allocation.strategies import allocate  # noqa: E402
+from mixviz.sensitivity.profile import profile_model  # noqa: E402
 
 QUERY = "model=demo&options=MXFP4,MXFP8&metric=hessian&nsamples=16&seqlen=256&noscale=1&bits=5"
 # True once the grid shows the allocation for budget ``b``: the metric labelled with that budget

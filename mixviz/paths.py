@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ def models_dir() -> Path:
     folder while reusing the (expensive) converted demo model.
     """
     return Path(os.environ.get("MIXVIZ_MODELS") or cache_dir() / "models")
+
+
+def safe_filename(name: str) -> str:
+    """A user-given name (a model, a hub id) as a file-name fragment that never escapes its
+    folder: ``Qwen/Qwen3-8B`` → ``Qwen_Qwen3-8B``; at most 60 characters, never empty.
+
+    >>> safe_filename("../../etc/passwd"), safe_filename("..")
+    ('etc_passwd', 'model')
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "model"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -7,9 +7,9 @@ verify step and bit counting run on a model that *says* what it carries, in mill
 
 from __future__ import annotations
 
-from mixviz.inventory import inventory
-from mixviz.schemes import get_scheme
-from mixviz.worker import layer_plan
+from mixviz.models.inventory import inventory
+from mixviz.models.schemes import get_scheme
+from mixviz.runs.worker import layer_plan
 
 
 def mark(module, option: str) -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from cli import run_cli
+from milp import solve_milp
 
 from mixviz import MixvizError
-from mixviz.allocate import Problem, allocate, frontier
-from mixviz.baselines import llamacpp_more_bits
-from mixviz.knapsack import solve_mckp, solve_milp
-from mixviz.profile import synthetic_profile
+from mixviz.allocation.baselines import llamacpp_more_bits
+from mixviz.allocation.knapsack import solve_mckp
+from mixviz.allocation.problem import Problem
+from mixviz.allocation.strategies import allocate, frontier
+from mixviz.sensitivity.profile import synthetic_profile
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_SHAPES = {

@@ -7,9 +7,9 @@ import json
 import pytest
 from apptest import open_app
 
-from mixviz.backends import LocalBackend
-from mixviz.runspec import RunSpec
-from mixviz.store import Store
+from mixviz.runs.backends import LocalBackend
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.store import Store
 
 TINY = {
     "model": "tiny",
@@ -187,11 +187,11 @@ def test_runs_page_queues_the_comparison(profiled):
 
 
 def _fake_run(store, spec, acc):
-    from mixviz.backends import _write_spec, new_run_id
-    from mixviz.worker import execute
+    from mixviz.runs.backends import new_run_id, write_spec
+    from mixviz.runs.worker import execute
 
     run_id = new_run_id()
-    _write_spec(run_id, spec)
+    write_spec(run_id, spec)
     store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict())
 
     def fake_eval(model, tok, s, on_task):

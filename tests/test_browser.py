@@ -10,7 +10,7 @@ import pytest
 from browser import CHROMIUM, browser_page, streamlit_server, wait_idle
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from mixviz.store import FINAL, Store
+from mixviz.runs.store import FINAL, Store
 
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 QUERY = "model=tiny&options=MXFP4,MXFP8&metric=hessian&nsamples=2&seqlen=32&noscale=1"

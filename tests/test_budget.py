@@ -13,9 +13,10 @@ import random
 import pytest
 
 from mixviz import MixvizError
-from mixviz.allocate import Problem, allocate, budget_bits, frontier
-from mixviz.knapsack import pareto, solve_mckp
-from mixviz.profile import synthetic_profile
+from mixviz.allocation.knapsack import pareto, solve_mckp
+from mixviz.allocation.problem import Problem, budget_bits
+from mixviz.allocation.strategies import allocate, frontier
+from mixviz.sensitivity.profile import synthetic_profile
 
 
 def _brute(cost, score, budget):

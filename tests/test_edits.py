@@ -9,12 +9,13 @@ import json
 import pytest
 from cli import run_cli
 
-import mixviz.edits
+import mixviz.allocation.edits
 from mixviz import MixvizError
-from mixviz.allocate import Problem, allocate
-from mixviz.edits import History, edit_cost, lock, parse_pins, select, unlock
-from mixviz.profile import synthetic_profile
-from mixviz.recipe import Recipe
+from mixviz.allocation.edits import History, edit_cost, lock, parse_pins, select, unlock
+from mixviz.allocation.problem import Problem
+from mixviz.allocation.strategies import allocate
+from mixviz.report.recipe import Recipe
+from mixviz.sensitivity.profile import synthetic_profile
 
 SHAPES = {
     "self_attn.q_proj": (64, 64), "self_attn.k_proj": (64, 32), "self_attn.v_proj": (64, 32),
@@ -34,7 +35,7 @@ def name(b: int, rel: str) -> str:
 
 
 def test_doctests():
-    assert doctest.testmod(mixviz.edits).failed == 0
+    assert doctest.testmod(mixviz.allocation.edits).failed == 0
 
 
 def test_select_cells_rows_columns_and_fused_groups(prof):

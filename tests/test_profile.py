@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from cli import run_cli
 
 from mixviz import MixvizError
-from mixviz.profile import Profile, profile_model, profiles_dir
+from mixviz.sensitivity.metrics import (
+    DEFAULT_METRIC,
+    METRICS,
+    Metric,
+    metric_names,
+    register_metric,
+)
+from mixviz.sensitivity.profile import Profile, profile_model, profiles_dir
 
 REPO = Path(__file__).resolve().parent.parent
 LADDER = "W2A16G32,W4A16G32,W8A16G32,BF16"
@@ -21,12 +31,21 @@ def _spearman(a, b):
     return spearmanr(a, b).statistic
 
 
+PROGRESS: dict[str, list[tuple[int, int]]] = {}  # metric → (done, total) of its ladder run
+
+
 @pytest.fixture(scope="module")
 def ladders():
     """Each metric on tiny with a ladder of int widths (plus MXFP4 for the act term)."""
     return {
         m: profile_model(
-            "tiny", options=LADDER + ",MXFP4", metric=m, nsamples=4, seqlen=64, use_cache=False
+            "tiny",
+            options=LADDER + ",MXFP4",
+            metric=m,
+            nsamples=4,
+            seqlen=64,
+            use_cache=False,
+            progress=lambda d, t, msg, m=m: PROGRESS.setdefault(m, []).append((d, t)),
         )
         for m in ("hessian", "fisher", "delta_loss", "kl")
     }
@@ -43,6 +62,86 @@ def test_metric_shapes_and_signs(ladders, metric):
         assert p.score(x.name, "W2A16G32") > 0
         assert p.row(x.name, "MXFP4").bits == x.numel * 4 + x.numel // 32 * 8
         assert p.row(x.name, "MXFP4").bits_no_scale == x.numel * 4
+
+
+@pytest.mark.parametrize("metric", ["hessian", "fisher", "delta_loss", "kl"])
+def test_work_units_count_every_step(ladders, metric):
+    """The registry's ``work_units`` is exactly the number of ``step`` calls of its metric."""
+    seen = PROGRESS[metric]
+    total = seen[0][1]
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == list(range(total + 1))
+
+
+def test_metric_registry():
+    assert metric_names() == ("fisher", "hessian", "delta_loss", "kl")
+    assert DEFAULT_METRIC == "fisher" and DEFAULT_METRIC in metric_names()
+    from mixviz.sensitivity import profile
+
+    assert profile.DEFAULT_METRIC == DEFAULT_METRIC
+    for name, m in METRICS.items():
+        assert isinstance(m, Metric) and m.name == name
+        # the batch size profiling passes is the one the function defaults to
+        assert inspect.signature(m.score).parameters["batch_size"].default == m.batch_size
+        assert m.description.endswith(".") and m.description.count(". ") == 0
+
+
+@pytest.fixture
+def toy_metric():
+    """A metric registered for one test (three steps; fewer bits, higher score), then removed."""
+
+    def toy(model, layers, schemes, ids, step, batch_size=1):
+        for _ in range(3):
+            step("toy")
+        return {(x.name, s.name): float(16 - s.bits) for x in layers for s in schemes}
+
+    yield register_metric(Metric("toy", toy, 2, lambda *_: 3, "A toy: fewer bits hurt more."))
+    METRICS.pop("toy", None)
+
+
+def test_a_metric_registered_later_is_profiled(toy_metric):
+    assert metric_names()[-1] == "toy" and METRICS["toy"] is toy_metric
+    seen = []
+    p = profile_model(
+        "tiny",
+        options="MXFP4,MXFP8",
+        metric="toy",
+        nsamples=2,
+        seqlen=32,
+        use_cache=False,
+        progress=lambda d, t, m: seen.append((d, t)),
+    )
+    assert p.metric == "toy" and p.score("model.layers.0.mlp.down_proj", "MXFP4") == 12.0
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_reading_the_registry_does_not_import_torch():
+    code = (
+        "import sys; from mixviz.sensitivity.metrics import metric_names; "
+        "assert metric_names() and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_profile_model_resolves_the_model_once(monkeypatch, tiny_ref):
+    """Resolved once at entry, then the ModelRef is passed down (no second resolve_model)."""
+    from mixviz.models import loading
+
+    calls = []
+    real = loading.resolve_model
+
+    def counting(spec, **kw):
+        calls.append(spec)
+        return real(spec, **kw)
+
+    monkeypatch.setattr(loading, "resolve_model", counting)
+    kw = dict(options="MXFP4", metric="hessian", nsamples=2, seqlen=32, use_cache=False)
+    by_name = profile_model("tiny", **kw)
+    assert calls == ["tiny"]
+    by_ref = profile_model(tiny_ref, **kw)  # a ModelRef is never resolved again
+    assert calls == ["tiny"]
+    assert by_ref.rows == by_name.rows and by_ref.model == "tiny"
 
 
 @pytest.mark.parametrize("metric", ["hessian", "kl"])
@@ -162,9 +261,9 @@ def test_kl_on_a_subset_of_layers():
 
 def test_delta_loss_agrees_with_autoscheme(tmp_path, tiny_ref):
     """AutoScheme on tiny with the same 8 samples: Spearman ≥ 0.95 per option."""
-    from mixviz.autoscheme import import_autoscheme, run_autoscheme
-    from mixviz.models import load_model
-    from mixviz.text import calibration_text, token_windows
+    from mixviz.models.loading import load_model
+    from mixviz.models.text import calibration_text, token_windows
+    from mixviz.sensitivity.autoscheme import import_autoscheme, run_autoscheme
 
     model, tok = load_model(tiny_ref)
     windows = token_windows(tok, calibration_text(), 8, 80)

@@ -19,9 +19,9 @@ import pytest
 from cli import run_cli
 
 from mixviz import MixvizError
-from mixviz.backends import LocalBackend, RayBackend, _write_spec, new_run_id, wait
-from mixviz.runspec import RunSpec
-from mixviz.store import Store, runs_dir
+from mixviz.runs.backends import LocalBackend, RayBackend, new_run_id, wait, write_spec
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.store import Store, runs_dir
 
 QUICK = RunSpec(model="tiny", recipe=None, tasks=("mixviz_lastword",), limit=2)
 
@@ -37,7 +37,7 @@ def store(tmp_path, monkeypatch):
 
 def _queue(store: Store, spec: RunSpec = QUICK, backend: str = "local") -> str:
     run_id = new_run_id()
-    _write_spec(run_id, spec)
+    write_spec(run_id, spec)
     store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), backend)
     return run_id
 
@@ -53,7 +53,7 @@ def _wait_for(store, run_id, pred, timeout=120):
 
 
 def _live_workers() -> list[int]:
-    """This process's child ``mixviz.worker`` processes that are still alive (not zombies)."""
+    """This process's child ``mixviz.runs.worker`` processes that are still alive (not zombies)."""
     me, out = os.getpid(), []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -64,7 +64,7 @@ def _live_workers() -> list[int]:
         except OSError:
             continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == me and state != "Z" and b"mixviz.worker" in cmd:
+        if int(ppid) == me and state != "Z" and b"mixviz.runs.worker" in cmd:
             out.append(int(d.name))
     return out
 
@@ -163,7 +163,7 @@ def test_cancel_sees_a_worker_that_starts_while_it_cancels(store):
 def test_spawner_kills_a_worker_whose_run_was_cancelled_before_its_pid_was_known(
     store, monkeypatch
 ):
-    import mixviz.backends as backends
+    import mixviz.runs.backends as backends
 
     run_id = _queue(store)
     started = []
@@ -315,7 +315,7 @@ def test_wait_builds_the_ray_backend_from_the_environment(store, fake_ray, monke
 
 
 def test_wait_without_ray_gives_up_on_a_silent_ray_worker(store, monkeypatch):
-    import mixviz.backends as backends
+    import mixviz.runs.backends as backends
 
     run_id = _queue(store, backend="ray")
     store.update(run_id, status="running", heartbeat=time.time() - 10 * backends.STALE_S)
@@ -328,7 +328,7 @@ def test_ray_entrypoint_quotes_every_value(store, fake_ray, monkeypatch):
     backend = RayBackend("http://head:8265", store)
     run_id = backend.submit(QUICK)
     entry = backend.client.submitted[0]["entrypoint"]
-    assert shlex.split(entry) == [sys.executable, "-m", "mixviz.worker", run_id]
+    assert shlex.split(entry) == [sys.executable, "-m", "mixviz.runs.worker", run_id]
 
 
 def test_ray_cancel_of_a_run_being_submitted_stops_the_job(store, fake_ray):
@@ -354,7 +354,7 @@ fuse-overlayfs /mnt/overlay fuse.fuse-overlayfs rw 0 0
 
 @pytest.fixture
 def mounts(tmp_path, monkeypatch):
-    import mixviz.store as store_mod
+    import mixviz.runs.store as store_mod
 
     f = tmp_path / "mounts"
     f.write_text(MOUNTS)
@@ -376,7 +376,7 @@ def mounts(tmp_path, monkeypatch):
     ],
 )
 def test_mount_detection_with_a_fake_mounts_file(mounts, path, fstype, network):
-    from mixviz.store import is_network_fs, mount_of
+    from mixviz.runs.store import is_network_fs, mount_of
 
     assert mount_of(path)[1] == fstype
     assert is_network_fs(fstype) is network

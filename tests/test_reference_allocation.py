@@ -7,7 +7,8 @@ layers. The reference knows none of it: one binary ``x[layer, option]`` per prof
 score, exactly one option per layer, every layer of a shared group (q/k/v, gate/up of one
 block) on the same option, pinned layers fixed, ``Σ bits·x ≤ ⌊avg · numel⌋``. Costs are real
 (Qwen3-32B shapes, scale and zero-point bits counted); scores are synthetic with per-row noise
-so that the MX formats are not always dominated. ``mixviz.knapsack.solve_milp`` is not used.
+so that the MX formats are not always dominated. ``tests/milp.py`` (HiGHS on the units) is not
+used.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from mixviz.allocate import Problem, allocate
+from mixviz.allocation.problem import Problem
+from mixviz.allocation.strategies import allocate
 from mixviz.errors import MixvizError
-from mixviz.profile import QWEN3_32B_SHAPES, Profile, Row, synthetic_profile
+from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, Profile, Row, synthetic_profile
 
 OPTIONS = ["W2A16", "W3A16", "W4A16", "W8A16", "MXFP4", "MXFP8"]
 SHARED = ["qkv", "gate_up"]

@@ -19,10 +19,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from mixviz.inventory import Layer
-from mixviz.recipe import Recipe
-from mixviz.schemes import SCHEMES
-from mixviz.worker import run_bits
+from mixviz.models.inventory import Layer
+from mixviz.models.schemes import SCHEMES
+from mixviz.report.recipe import Recipe
+from mixviz.runs.worker import run_bits
 
 # (block-relative name, in_features, out_features)
 QWEN_LIKE = {

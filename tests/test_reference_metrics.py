@@ -23,10 +23,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixviz.inventory import inventory
-from mixviz.metrics import fisher, hessian, kl
-from mixviz.quantizers import LayerQuantizer
-from mixviz.schemes import SCHEMES
+from mixviz.models.inventory import inventory
+from mixviz.models.schemes import SCHEMES
+from mixviz.sensitivity.metrics import fisher, hessian, kl
+from mixviz.sensitivity.quantizers import LayerQuantizer
 
 # all available for in_features 64 (and 128): two MX formats (activations quantized too),
 # two grouped int formats, and BF16 (score 0)

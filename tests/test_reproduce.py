@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixviz.reproduce import int_options, plan, reports_dir, run_protocol
+from mixviz.report.reproduce import int_options, plan, reports_dir, run_protocol
 
 
 def test_int_options_fall_back_to_a_dividing_group(tiny_layers, demo_layers):
@@ -33,7 +33,7 @@ def test_plan_has_every_row_of_the_study(tiny_layers):
             "mixviz (optimal)",
             "AutoScheme",
         ]
-    from mixviz.recipe import Recipe
+    from mixviz.report.recipe import Recipe
 
     layers = [x for x in tiny_layers if x.block is not None]
     for r in rows:
@@ -44,6 +44,24 @@ def test_plan_has_every_row_of_the_study(tiny_layers):
     assert len(auto) == 6 and all(len(r.spec.recipe) == 28 for r in auto)
     assert len({r.spec.key for r in auto}) == 4  # 4.5, 5 and 6 bits MX, 3 bits W2+W4
     assert set(auto[-1].spec.recipe.values()) <= {"W2A16G64", "W4A16G64"}
+
+
+def test_plan_resolves_the_model_once(monkeypatch):
+    import sys
+
+    import mixviz.models.loading
+
+    real, calls = mixviz.models.loading.resolve_model, []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for name, module in list(sys.modules.items()):  # and wherever it was imported by name
+        if name.startswith("mixviz") and getattr(module, "resolve_model", None) is real:
+            monkeypatch.setattr(module, "resolve_model", counting)
+    rows = plan("tiny", ("mixviz_lastword",), 2, "hessian", 2, 32, False, lambda m: None)
+    assert rows and calls == [("tiny",)]
 
 
 def test_run_protocol_on_tiny_writes_the_tables():

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import mixviz.autoscheme
-from mixviz.profile import DEFAULT_METRIC
-from mixviz.reproduce import autoscheme_key, autoscheme_recipe, reports_dir, run_protocol
+import mixviz.sensitivity.autoscheme
+from mixviz.report.reproduce import autoscheme_key, autoscheme_recipe, reports_dir, run_protocol
+from mixviz.sensitivity.profile import DEFAULT_METRIC
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def fake_autoscheme(tmp_path, monkeypatch, tiny_layers):
         return {n: {"bits": 8 if hi == "MXFP8" else 4, "data_type": "mx_fp", "group_size": 32,
                     "act_bits": 8 if hi == "MXFP8" else 4} for n in names}, 0.0  # fmt: skip
 
-    monkeypatch.setattr(mixviz.autoscheme, "run_autoscheme", run)
+    monkeypatch.setattr(mixviz.sensitivity.autoscheme, "run_autoscheme", run)
     return calls
 
 

@@ -14,10 +14,10 @@ import pytest
 from cli import run_cli
 
 from mixviz import MixvizError
-from mixviz.backends import LocalBackend, _write_spec, new_run_id, run_document, wait
-from mixviz.runspec import QuantArgs, RunResult, RunSpec
-from mixviz.store import Store, runs_dir
-from mixviz.worker import execute, result_rows
+from mixviz.runs.backends import LocalBackend, new_run_id, run_document, wait, write_spec
+from mixviz.runs.runspec import QuantArgs, RunResult, RunSpec
+from mixviz.runs.store import Store, runs_dir
+from mixviz.runs.worker import execute, result_rows
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ("mixviz_lastword", "mixviz_nextsent")
@@ -44,7 +44,7 @@ def _fake_eval(model, tok, spec, on_task):
 
 def _queue(store: Store, spec: RunSpec) -> str:
     run_id = new_run_id()
-    _write_spec(run_id, spec)
+    write_spec(run_id, spec)
     store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict())
     return run_id
 
@@ -176,9 +176,9 @@ def test_killed_worker_is_lost_and_queue_goes_on(store, tiny_layers, stage):
 
 
 def _alive_pid(pid):
-    from mixviz.backends import _alive
+    from mixviz.runs.backends import alive
 
-    return _alive(pid)
+    return alive(pid)
 
 
 def test_cancel_queued_and_running(store):
@@ -223,7 +223,7 @@ def test_demo_end_to_end_small_limit():
 
 @pytest.mark.ray
 def test_ray_backend_local_head(tmp_path, store):
-    from mixviz.backends import RayBackend
+    from mixviz.runs.backends import RayBackend
 
     ray = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -259,7 +259,7 @@ def test_ray_backend_local_head(tmp_path, store):
 
 
 def test_unreachable_ray_address_is_clear(store):
-    from mixviz.backends import get_backend
+    from mixviz.runs.backends import get_backend
 
     with pytest.raises(MixvizError, match="cannot reach Ray at http://127.0.0.1:9"):
         get_backend("ray", store, ray_address="http://127.0.0.1:9")

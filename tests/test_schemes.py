@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixviz import SCHEMES, MixvizError, get_scheme, layer_bits, parse_options
-from mixviz.schemes import average_bits, unavailable_layers
+from mixviz.models.schemes import average_bits, unavailable_layers
 
 SHAPES = [
     (64, 64),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mixviz import MixvizError, calibration_text, evaluation_text, load_user_text
-from mixviz.text import evaluation_documents, token_windows
+from mixviz.models.text import evaluation_documents, token_windows
 
 
 def test_bundled_split_is_disjoint_deterministic_and_large():

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from fakes import fake_quantize
 
-from mixviz.backends import _write_spec, new_run_id
-from mixviz.runspec import RunSpec
-from mixviz.schemes import get_scheme, layer_bits
-from mixviz.store import Store
-from mixviz.worker import carried_scheme, execute, layer_plan, quantize, run_bits, verify
+from mixviz.models.schemes import get_scheme, layer_bits
+from mixviz.runs.backends import new_run_id, write_spec
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.store import Store
+from mixviz.runs.worker import carried_scheme, execute, layer_plan, quantize, run_bits, verify
 
 TASKS = ("mixviz_lastword",)
 
@@ -31,7 +31,7 @@ def store(tmp_path, monkeypatch):
 
 def _queue(store: Store, spec: RunSpec) -> str:
     run_id = new_run_id()
-    _write_spec(run_id, spec)
+    write_spec(run_id, spec)
     store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict())
     return run_id
 
@@ -51,7 +51,7 @@ def _half_recipe(layers):
 def test_partial_recipe_is_quantized_as_it_is_counted(tiny_ref, tiny_layers):
     """Real auto-round: the layers a recipe leaves out stay BF16 (they were quantized at the
     recipe's most common option before), and the carried bits equal the counted bits."""
-    from mixviz.models import load_model
+    from mixviz.models.loading import load_model
 
     recipe = _half_recipe(tiny_layers)
     spec = RunSpec(model="tiny", recipe=recipe, tasks=TASKS)

@@ -15,11 +15,11 @@ import pytest
 from cli import run_cli
 
 from mixviz import MixvizError
-from mixviz.backends import LocalBackend, _write_spec, new_run_id
-from mixviz.profile import _safe, profiles_dir
-from mixviz.recipe import MAX_BYTES, read_json
-from mixviz.runspec import RunSpec
-from mixviz.store import Store
+from mixviz.paths import MAX_BYTES, read_json, safe_filename
+from mixviz.runs.backends import LocalBackend, new_run_id, write_spec
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.store import Store
+from mixviz.sensitivity.profile import profiles_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_oversized_upload_is_refused(tmp_path):
 
 def test_user_names_never_become_paths():
     for evil in ("../../etc/passwd", "/abs/path", "a/../../b", "..", ""):
-        name = _safe(evil)
+        name = safe_filename(evil)
         assert "/" not in name and not name.startswith(".")
         assert (profiles_dir() / f"{name}.json").resolve().parent == profiles_dir().resolve()
 
@@ -135,7 +135,7 @@ def test_app_restart_marks_dead_runs_lost_and_starts_the_queue(store, monkeypatc
     spec = RunSpec(model="tiny", recipe=None, tasks=("mixviz_lastword",), limit=2)
     running, queued = new_run_id(), new_run_id() + "b"
     for run_id in (running, queued):
-        _write_spec(run_id, spec)
+        write_spec(run_id, spec)
         store.insert(run_id, spec.key, "tiny", spec.label, spec.to_dict())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -159,7 +159,7 @@ def test_newer_store_schema_is_refused(store):
 
 
 def test_corrupt_run_spec_fails_the_run_not_the_store(store):
-    from mixviz.worker import execute
+    from mixviz.runs.worker import execute
 
     run_id = new_run_id()
     folder = Path(os.environ["MIXVIZ_CACHE"]) / "runs" / run_id

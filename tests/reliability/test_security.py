@@ -11,8 +11,8 @@ import pytest
 from apptest import open_app
 
 import mixviz
-import mixviz.models
-import mixviz.text
+import mixviz.models.loading
+import mixviz.models.text
 from mixviz import MixvizError
 from mixviz.paths import MAX_BYTES, cache_dir
 
@@ -27,7 +27,7 @@ def hub_calls(monkeypatch) -> list[tuple[str, bool]]:
     from transformers import AutoConfig
 
     calls: list[tuple[str, bool]] = []
-    real = mixviz.models.resolve_model
+    real = mixviz.models.loading.resolve_model
 
     def spy(spec, *, trust_remote_code=False, progress=None):
         calls.append((spec, trust_remote_code))
@@ -38,7 +38,7 @@ def hub_calls(monkeypatch) -> list[tuple[str, bool]]:
         raise OSError("no hub in this test")
 
     monkeypatch.setattr(mixviz, "resolve_model", spy)
-    monkeypatch.setattr(mixviz.models, "resolve_model", spy)
+    monkeypatch.setattr(mixviz.models.loading, "resolve_model", spy)
     monkeypatch.setattr(AutoConfig, "from_pretrained", fake_config)
     return calls
 
@@ -88,13 +88,13 @@ def test_trust_remote_code_is_per_model_and_shown(hub_calls):
 def reads(monkeypatch) -> list[str]:
     """Every user text file the library is asked to read."""
     calls: list[str] = []
-    real = mixviz.text.load_user_text
+    real = mixviz.models.text.load_user_text
 
     def spy(path):
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(mixviz.text, "load_user_text", spy)
+    monkeypatch.setattr(mixviz.models.text, "load_user_text", spy)
     return calls
 
 
@@ -147,17 +147,17 @@ def test_text_over_the_cap_is_a_clear_error(suffix, tmp_path):
     with open(big, "wb") as f:  # sparse: costs no disk
         f.truncate(MAX_BYTES + 1)
     with pytest.raises(MixvizError, match=r"big\S* is larger than the 20 MB limit"):
-        mixviz.text.load_user_text(big)
+        mixviz.models.text.load_user_text(big)
     with pytest.raises(MixvizError, match="20 MB"):
         mixviz.calibration_text(str(big))
 
 
 def test_text_at_the_cap_is_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(mixviz.text, "MAX_BYTES", 64)
+    monkeypatch.setattr(mixviz.models.text, "MAX_BYTES", 64)
     ok = tmp_path / "ok.jsonl"
     ok.write_text(json.dumps({"text": "x" * 40}) + "\n")
     assert os.path.getsize(ok) <= 64
-    assert mixviz.text.load_user_text(ok).records == ("x" * 40,)
+    assert mixviz.models.text.load_user_text(ok).records == ("x" * 40,)
     ok.write_text(json.dumps({"text": "x" * 80}) + "\n")
     with pytest.raises(MixvizError, match="limit"):
-        mixviz.text.load_user_text(ok)
+        mixviz.models.text.load_user_text(ok)

@@ -9,7 +9,7 @@ import pytest
 from apptest import open_app
 from cli import run_cli
 
-from mixviz.runspec import RunSpec
+from mixviz.runs.runspec import RunSpec
 
 TINY = {"model": "tiny", "options": "MXFP4,MXFP8", "metric": "hessian", "noscale": "1"}
 
@@ -55,7 +55,7 @@ def test_bad_model_names_are_one_clear_error(model, message):
 
 @pytest.mark.parametrize("bits", ["abc", "nan", "-1", "99"])
 def test_bad_budget_in_the_url_is_an_error_not_a_crash(bits, tmp_path):
-    from mixviz.profile import profile_model
+    from mixviz.sensitivity.profile import profile_model
 
     profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
     at = _page("app_pages/allocate.py", **TINY, nsamples="2", seqlen="32", bits=bits)
@@ -115,7 +115,7 @@ def test_trust_remote_code_is_off_unless_ticked_and_recorded():
 
 
 def test_locks_that_break_a_shared_group_offer_the_way_back():
-    from mixviz.profile import profile_model
+    from mixviz.sensitivity.profile import profile_model
 
     profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
     at = _page("app_pages/allocate.py", **TINY, nsamples="2", seqlen="32", bits="6")

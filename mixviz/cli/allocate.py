@@ -1,0 +1,142 @@
+"""``mixviz allocate PROFILE.json|MODEL --avg-bits B``: one option per layer under a budget."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mixviz.cli.common import (
+    WHEN_PROFILING,
+    Bar,
+    add_json,
+    add_profile_flags,
+    add_trust_remote_code,
+    emit,
+    profile_kwargs,
+    resolve,
+    strategy_names,
+)
+from mixviz.errors import MixvizError
+
+
+def add_parser(sub) -> None:
+    alloc = sub.add_parser("allocate", help="choose an option per layer under a bit budget")
+    alloc.add_argument("target", metavar="PROFILE.json|MODEL")
+    alloc.add_argument("--avg-bits", required=True, help="the average-bits budget")
+    alloc.add_argument("--strategy", default="optimal", choices=strategy_names())
+    alloc.add_argument(
+        "--ignore-scale-bits",
+        action="store_true",
+        help="count bits·numel only, as AutoScheme's ignore_scale_zp_bits",
+    )
+    alloc.add_argument(
+        "--shared",
+        action="append",
+        metavar="qkv,gate_up|REGEX",
+        help="layers that must share an option (repeatable)",
+    )
+    _add_pins(alloc)
+    add_profile_flags(
+        alloc, "include_lm_head", include_lm_head="put lm_head in the budget (profiles it too)"
+    )
+    add_profile_flags(
+        alloc,
+        "options",
+        "metric",
+        "calib",
+        "nsamples",
+        "seqlen",
+        "allow_partial",
+        when=WHEN_PROFILING,
+        metric_choices=False,
+    )
+    add_trust_remote_code(alloc)
+    add_json(alloc)
+    alloc.add_argument("--out", help="also write the allocation JSON to this file")
+    alloc.set_defaults(func=cmd_allocate)
+
+
+def _add_pins(alloc: argparse.ArgumentParser) -> None:
+    alloc.add_argument(
+        "--pin", action="append", metavar="NAME=OPTION", help="fix a layer's option (repeatable)"
+    )
+    alloc.add_argument(
+        "--pin-kind",
+        action="append",
+        metavar="KIND=OPTION",
+        help="fix a module kind in every block, e.g. down=MXFP8 (repeatable)",
+    )
+    alloc.add_argument(
+        "--pin-block",
+        action="append",
+        metavar="N=OPTION",
+        help="fix every linear of block N, e.g. 0=MXFP8 (repeatable); "
+        "--pin beats --pin-block beats --pin-kind",
+    )
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise MixvizError(f"{what} must be a number, got {text!r}") from None
+
+
+def _shared(items: list[str] | None) -> list[str]:
+    out = []
+    for item in items or []:
+        parts = [p.strip() for p in item.split(",")]
+        out += parts if all(p in ("qkv", "gate_up") for p in parts) else [item]
+    return out
+
+
+def load_or_profile(target: str, args: argparse.Namespace, include_lm_head: bool = False):
+    """A Profile from a JSON file, or by profiling a model (cached)."""
+    from mixviz.sensitivity.profile import Profile, profile_model
+
+    if target.endswith(".json") or Path(target).is_file():
+        return Profile.load(target)
+    ref = resolve(args, target, quiet=True)  # once; profile_model takes the ref as it is
+    kwargs = {**profile_kwargs(args), "include_lm_head": include_lm_head}
+    return profile_model(ref, **kwargs, progress=Bar())
+
+
+def cmd_allocate(args: argparse.Namespace) -> None:
+    from mixviz.allocation.edits import parse_pins
+    from mixviz.allocation.problem import Problem
+    from mixviz.allocation.strategies import allocate
+
+    budget = _float(args.avg_bits, "--avg-bits")
+    prof = load_or_profile(args.target, args, args.include_lm_head)
+    problem = Problem.from_profile(
+        prof,
+        ignore_scale_bits=args.ignore_scale_bits,
+        shared=_shared(args.shared),
+        pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
+        include_lm_head=args.include_lm_head,
+    )
+    result = allocate(problem, budget, args.strategy)
+    doc = result.to_dict()
+    doc["model"] = prof.model
+    doc["model_hash"] = prof.model_hash
+    emit(doc, args.json, _allocation_text, args.out)
+
+
+def _allocation_text(doc: dict) -> str:
+    from collections import Counter
+
+    lines = [
+        f"{doc['strategy']} allocation of {doc['model']} at {doc['budget_avg_bits']:g} bits "
+        f"({'without' if doc['ignore_scale_bits'] else 'with'} scale bits): "
+        f"{doc['avg_bits']:.4f} avg bits ({doc['avg_bits_no_scale']:.4f} without scales), "
+        f"predicted loss {doc['predicted_loss']:.4g}, {doc['seconds'] * 1000:.1f} ms",
+        "  "
+        + ", ".join(f"{o}: {n} layers" for o, n in sorted(Counter(doc["layers"].values()).items())),
+    ]
+    blocks: dict[str, list[str]] = {}
+    for name, option in doc["layers"].items():
+        parts = name.split(".")
+        key = next((p for p in parts if p.isdigit()), "-")
+        blocks.setdefault(key, []).append(f"{parts[-1].removesuffix('_proj')}={option}")
+    lines += [f"  block {k:>3}: {' '.join(v)}" for k, v in blocks.items()]
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""What every command shares: output (JSON or text), progress on stderr, error handling, the
+model and profiling flags (defined once here), and the registries the choices come from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from mixviz.errors import MixvizError
+
+MODEL_HELP = "demo | tiny | local HF folder | hub id"
+WHEN_PROFILING = "when profiling a MODEL"
+
+
+# ------------------------------------------------------------------ output
+
+
+def progress(msg: str) -> None:
+    """One ``mixviz: …`` line on stderr."""
+    sys.stderr.write(f"mixviz: {msg}\n")
+    sys.stderr.flush()
+
+
+def emit(doc: dict, as_json: bool, text: Callable[[dict], str], out: str | None = None) -> None:
+    """Print ``doc`` as JSON or as ``text(doc)``; with ``out``, also write the JSON there."""
+    rendered = json.dumps(doc, indent=2) if as_json else text(doc)
+    if out:
+        from mixviz.paths import atomic_write_bytes
+
+        atomic_write_bytes(out, (json.dumps(doc, indent=2) + "\n").encode())
+        progress(f"wrote {out}")
+    sys.stdout.write(rendered + "\n")
+
+
+def write_text(text: str, out: str | None) -> None:
+    """``text`` to the file ``out`` (atomically), or to stdout."""
+    if out:
+        from mixviz.paths import atomic_write_bytes
+
+        atomic_write_bytes(out, text.encode())
+        progress(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+class Bar:
+    """A tqdm progress bar on stderr, driven by the library's progress callback."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int, msg: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.bar.set_description(msg[:40])
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= total:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------ running a command
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Call the parsed command: 0, or 2 with one line on stderr for a user error
+    (:class:`MixvizError`, never a traceback), or 130 when interrupted."""
+    try:
+        args.func(args)
+    except MixvizError as e:
+        sys.stderr.write(f"mixviz: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("mixviz: interrupted\n")
+        return 130
+    return 0
+
+
+def resolve(args: argparse.Namespace, name: str | None = None, quiet: bool = False):
+    """The command's model (``args.model``, or ``name``) as a ModelRef: resolved once, here."""
+    from mixviz.models.loading import resolve_model
+
+    return resolve_model(
+        name or args.model,
+        trust_remote_code=args.trust_remote_code,
+        progress=None if quiet else progress,
+    )
+
+
+# ------------------------------------------------------------------ shared flags
+
+
+def metric_names() -> tuple[str, ...]:
+    """``--metric`` choices: the metric registry, read when the parser is built."""
+    from mixviz.sensitivity.metrics import metric_names as registered
+
+    return registered()
+
+
+def default_metric() -> str:
+    from mixviz.sensitivity.metrics import DEFAULT_METRIC
+
+    return DEFAULT_METRIC
+
+
+def strategy_names() -> tuple[str, ...]:
+    """``--strategy`` choices: the strategy registry, read when the parser is built."""
+    from mixviz.allocation.strategies import strategy_names as registered
+
+    return registered()
+
+
+def add_model(parser: argparse.ArgumentParser, **kw) -> None:
+    parser.add_argument("model", help=MODEL_HELP, **kw)
+
+
+def add_json(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def add_trust_remote_code(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true", help=help)
+
+
+def _profile_flags(metric_choices: bool) -> dict[str, tuple[str, dict]]:
+    metric: dict = {"default": default_metric()}
+    if metric_choices:
+        metric["choices"] = metric_names()
+    partial = "keep options whose group size does not divide some layers"
+    return {
+        "options": ("--options", {"default": "MXFP4,MXFP8", "help": "comma-separated options"}),
+        "metric": ("--metric", metric),
+        "nsamples": ("--nsamples", {"type": int, "default": 16}),
+        "seqlen": ("--seqlen", {"type": int, "default": 256}),
+        "calib": ("--calib", {"default": "pydoc", "help": "pydoc | a .txt or .jsonl file"}),
+        "layers": ("--layers", {"help": "regex: score only matching layers (e.g. for kl)"}),
+        "include_lm_head": (
+            "--include-lm-head",
+            {"action": "store_true", "help": "score lm_head too"},
+        ),
+        "allow_partial": ("--allow-partial", {"action": "store_true", "help": partial}),
+        "no_cache": ("--no-cache", {"action": "store_true", "help": "recompute, do not store"}),
+    }
+
+
+def add_profile_flags(
+    parser: argparse.ArgumentParser,
+    *names: str,
+    when: str | None = None,
+    metric_choices: bool = True,
+    **helps: str,
+) -> None:
+    """Add the profiling flags ``names`` (``options``, ``metric``, ``nsamples``, ``seqlen``,
+    ``calib``, ``layers``, ``include_lm_head``, ``allow_partial``, ``no_cache``), in that order.
+
+    ``when`` replaces every help text (``allocate`` profiles only when given a MODEL); ``helps``
+    replaces one flag's; ``metric_choices=False`` leaves ``--metric`` unchecked by argparse.
+    """
+    flags = _profile_flags(metric_choices)
+    for name in names:
+        flag, kw = flags[name]
+        help = helps.get(name, when or kw.get("help"))
+        parser.add_argument(flag, **{**kw, "help": help})
+
+
+def profile_kwargs(args: argparse.Namespace) -> dict:
+    """``profile_model``'s keyword arguments from the profiling flags the command has."""
+    return {
+        "options": args.options,
+        "metric": args.metric,
+        "nsamples": args.nsamples,
+        "seqlen": args.seqlen,
+        "calib": args.calib,
+        "use_cache": not getattr(args, "no_cache", False),
+        "layers": getattr(args, "layers", None),
+        "include_lm_head": getattr(args, "include_lm_head", False),
+        "allow_partial": args.allow_partial,
+        "trust_remote_code": args.trust_remote_code,
+    }

@@ -1,0 +1,47 @@
+"""``mixviz info MODEL``: the layer inventory and each scheme's average bits."""
+
+from __future__ import annotations
+
+import argparse
+
+from mixviz.cli.common import add_json, add_model, add_trust_remote_code, emit, resolve
+
+
+def add_parser(sub) -> None:
+    info = sub.add_parser("info", help="layer inventory and per-scheme average bits")
+    add_model(info)
+    add_json(info, help="print JSON")
+    add_trust_remote_code(info, help="allow the model's own Python code (off by default)")
+    info.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from mixviz.models.inventory import inventory, inventory_report
+    from mixviz.models.loading import meta_model
+
+    ref = resolve(args)
+    doc = inventory_report(ref.name, inventory(meta_model(ref)))
+    if ref.note:
+        doc["note"] = ref.note
+    emit(doc, args.json, _info_text)
+
+
+def _info_text(doc: dict) -> str:
+    lines = [f"model {doc['model']}" + (f" — {doc['note']}" if doc.get("note") else "")]
+    layers = doc["layers"]
+    lines.append(
+        f"{len(layers)} linear layers ({sum(x['block'] is not None for x in layers)} in blocks)"
+    )
+    lines.append(f"{'name':48} {'block':>5} {'kind':8} {'in':>6} {'out':>6} {'numel':>10} group")
+    for x in layers:
+        block = "-" if x["block"] is None else x["block"]
+        lines.append(
+            f"{x['name']:48} {block:>5} {x['kind']:8} {x['in_features']:>6} "
+            f"{x['out_features']:>6} {x['numel']:>10} {x['group'] or ''}"
+        )
+    lines.append("")
+    lines.append(f"{'scheme':10} {'avg bits':>9} {'no scale':>9}  unavailable for")
+    for name, s in doc["schemes"].items():
+        na = f"{len(s['unavailable'])} layers" if s["unavailable"] else ""
+        lines.append(f"{name:10} {s['avg_bits']:>9.4f} {s['avg_bits_no_scale']:>9.4f}  {na}")
+    return "\n".join(lines)

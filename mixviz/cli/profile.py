@@ -1,0 +1,79 @@
+"""``mixviz profile MODEL``: per-layer sensitivity to each option (cached), or
+``--from-autoscheme DIR --model MODEL``: AutoScheme's score cache imported as a profile."""
+
+from __future__ import annotations
+
+import argparse
+
+from mixviz.cli.common import (
+    Bar,
+    add_json,
+    add_model,
+    add_profile_flags,
+    add_trust_remote_code,
+    emit,
+    profile_kwargs,
+    resolve,
+)
+from mixviz.errors import MixvizError
+
+
+def add_parser(sub) -> None:
+    prof = sub.add_parser("profile", help="per-layer sensitivity to each option (cached)")
+    add_model(prof, nargs="?")
+    add_profile_flags(
+        prof,
+        "options",
+        "metric",
+        "nsamples",
+        "seqlen",
+        "calib",
+        "layers",
+        "include_lm_head",
+        "allow_partial",
+        "no_cache",
+    )
+    prof.add_argument(
+        "--from-autoscheme",
+        metavar="DIR",
+        help="import AutoScheme's score cache folder instead of profiling",
+    )
+    prof.add_argument("--model", dest="model_opt", help="the model (with --from-autoscheme)")
+    add_json(prof)
+    prof.add_argument("--out", help="also write the profile JSON to this file")
+    add_trust_remote_code(prof)
+    prof.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from mixviz.sensitivity.profile import profile_model
+
+    if args.from_autoscheme:
+        from mixviz.sensitivity.autoscheme import import_autoscheme
+
+        model = args.model_opt or args.model
+        if not model:
+            raise MixvizError("--from-autoscheme needs --model MODEL (the model it scored)")
+        prof = import_autoscheme(args.from_autoscheme, model)  # takes a name: resolves it
+    else:
+        if not args.model:
+            raise MixvizError("give a MODEL to profile (demo, tiny, a folder or a hub id)")
+        ref = resolve(args, quiet=True)  # once; profile_model takes the ref as it is
+        prof = profile_model(ref, **profile_kwargs(args), progress=Bar())
+    emit(prof.to_dict(), args.json, _profile_text, args.out)
+
+
+def _profile_text(doc: dict) -> str:
+    c = doc["calib"]
+    lines = [
+        f"{doc['metric']} profile of {doc['model']}: {len(doc['layers'])} layers × "
+        f"{', '.join(doc['options'])}; calib {c['source']} {c['nsamples']}×{c['seqlen']}; "
+        f"{doc['seconds']:.1f} s"
+    ]
+    for opt in doc["options"]:
+        rows = [r for r in doc["rows"] if r["option"] == opt and r["score"] is not None]
+        rows.sort(key=lambda r: -r["score"])
+        total = sum(r["score"] for r in rows)
+        lines.append(f"\n{opt}: total score {total:.4g}; most sensitive:")
+        lines += [f"  {r['layer']:48} {r['score']:.4g}" for r in rows[:5]]
+    return "\n".join(lines)

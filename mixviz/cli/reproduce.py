@@ -1,0 +1,43 @@
+"""``mixviz reproduce MODEL``: the reference study's tables for a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mixviz.cli.common import add_profile_flags, progress
+
+STUDY_TASKS = "lambada_openai,hellaswag,piqa,winogrande,mmlu"
+
+
+def add_parser(sub) -> None:
+    rep = sub.add_parser("reproduce", help="the reference study's tables for a model")
+    rep.add_argument("model")
+    rep.add_argument("--tasks", help=f"default: {STUDY_TASKS} (demo/tiny: the bundled ones)")
+    rep.add_argument("--limit", type=int, help="items per task")
+    add_profile_flags(rep, "metric", "nsamples", "seqlen")
+    rep.add_argument(
+        "--no-autoscheme", action="store_true", help="skip AutoScheme's own allocations"
+    )
+    rep.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from mixviz.report.reproduce import reports_dir, run_protocol
+    from mixviz.runs.tasks import check_tasks
+
+    default = "mixviz_lastword,mixviz_nextsent" if args.model in ("demo", "tiny") else STUDY_TASKS
+    tasks = tuple(check_tasks((args.tasks or default).split(",")))
+    run_protocol(
+        args.model,  # run_protocol and reports_dir take the name (they resolve it themselves)
+        tasks=tasks,
+        limit=args.limit,
+        metric=args.metric,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        with_autoscheme=not args.no_autoscheme,
+        log=progress,
+    )
+    folder = reports_dir(args.model)
+    progress(f"wrote {folder}/tables.md, table1-4.csv and chart.html")
+    sys.stdout.write((folder / "tables.md").read_text())

@@ -1,0 +1,236 @@
+"""``mixviz run MODEL …`` (queue a quantize-and-evaluate run, optionally wait for it),
+``mixviz runs`` (list them) and ``mixviz cancel ID``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mixviz.cli.common import add_json, add_model, add_trust_remote_code, emit, progress, resolve
+from mixviz.errors import MixvizError
+
+
+def add_parser(sub) -> None:
+    run = sub.add_parser("run", help="quantize with auto-round and evaluate with lm-eval")
+    add_model(run)
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--recipe", help="an allocation or recipe JSON file")
+    what.add_argument("--bf16", action="store_true", help="the unquantized reference")
+    what.add_argument("--uniform", metavar="OPTION", help="every block linear at OPTION")
+    run.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks")
+    run.add_argument("--limit", type=int, help="items per task")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--backend", choices=("local", "ray"))
+    run.add_argument("--ray-address", help="Ray dashboard address (or MIXVIZ_RAY_ADDRESS)")
+    run.add_argument("--wait", action="store_true", help="wait for the run and print results")
+    run.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long (an error; the run is left as it is)",
+    )
+    add_json(run)
+    add_trust_remote_code(run)
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs and their state")
+    add_json(runs)
+    runs.set_defaults(func=cmd_runs)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running run")
+    cancel.add_argument("id")
+    cancel.add_argument("--ray-address")
+    cancel.set_defaults(func=cmd_cancel)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------ run
+
+
+def uniform_recipe(ref, option: str) -> dict[str, str]:
+    """Every block linear at one option; an error names a layer the option cannot serve."""
+    from mixviz.models.inventory import block_linears, inventory
+    from mixviz.models.loading import meta_model
+    from mixviz.models.schemes import get_scheme
+
+    s = get_scheme(option)
+    layers = block_linears(inventory(meta_model(ref)))
+    bad = [x for x in layers if not s.available_for(x.in_features)]
+    if bad:
+        raise MixvizError(
+            f"{s.name} is unavailable for {len(bad)} layers of {ref.name}, e.g. "
+            f"{bad[0].name} (in_features {bad[0].in_features})"
+        )
+    return {x.name: s.name for x in layers}
+
+
+def read_recipe_layers(path: str) -> tuple[dict[str, str], dict]:
+    """The per-layer map of an allocation or recipe JSON file, plus the whole document."""
+    from mixviz.paths import read_json
+
+    doc = read_json(path, "recipe")
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        raise MixvizError(f'{path} has no "layers" map of layer → option')
+    return {str(k): str(v) for k, v in layers.items()}, doc
+
+
+def _recipe_file(ref, path: str) -> tuple[dict[str, str], str, float | None]:
+    """A recipe file checked against the model: (every block linear → option, strategy, budget).
+
+    Layers the model lacks and options a layer cannot take are refused here, not by the
+    worker; block linears the recipe leaves out are named, as BF16, in the spec.
+    """
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model
+    from mixviz.models.schemes import get_scheme
+    from mixviz.report.recipe import Recipe
+
+    recipe, doc = read_recipe_layers(path)
+    prov = doc.get("provenance") or {}
+    strategy = str(doc.get("strategy") or prov.get("strategy") or "")
+    budget = doc.get("budget_avg_bits", prov.get("budget"))
+    recipe = {k: get_scheme(v).name for k, v in recipe.items()}
+    layers = inventory(meta_model(ref))
+    Recipe(ref.name, ref.hash, recipe).validate(layers)
+    recipe = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe}
+    return recipe, strategy, budget
+
+
+def _run_spec(args: argparse.Namespace, ref):
+    """The RunSpec for ``run``'s flags, on the already resolved model ``ref``."""
+    from mixviz.runs.runspec import RunSpec
+    from mixviz.runs.tasks import check_tasks
+
+    strategy, budget = "", None
+    if args.bf16:
+        recipe = None
+    elif args.uniform:
+        recipe = uniform_recipe(ref, args.uniform)
+    else:
+        recipe, strategy, budget = _recipe_file(ref, args.recipe)
+    tasks = check_tasks(args.tasks.split(","))
+    return RunSpec(
+        model=args.model,
+        recipe=recipe,
+        tasks=tuple(tasks),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        seed=args.seed,
+        strategy=strategy,
+        budget=budget,
+        model_hash=ref.hash,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from mixviz.runs.backends import get_backend
+
+    if args.timeout is not None and not args.wait:
+        raise MixvizError("--timeout needs --wait")
+    ref = resolve(args)
+    spec = _run_spec(args, ref)
+    backend = get_backend(args.backend, ray_address=args.ray_address)
+    run_id = backend.submit(spec)
+    progress(f"queued run {run_id} ({spec.label}) on the {backend.name} backend")
+    if not args.wait:
+        sys.stdout.write(
+            (json.dumps({"id": run_id, "status": "queued"}) if args.json else run_id) + "\n"
+        )
+        return
+    _wait_and_report(backend, run_id, args)
+
+
+def _wait_and_report(backend, run_id: str, args: argparse.Namespace) -> None:
+    from mixviz.runs.backends import run_document, wait
+
+    last = [None]
+
+    def show(row) -> None:
+        now = (row.status, row.stage, round(row.progress, 2))
+        if now != last[0]:
+            progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
+            last[0] = now
+
+    wait(backend.store, run_id, timeout=args.timeout, on_update=show, backend=backend)
+    doc = run_document(backend.store, run_id)
+    emit(doc, args.json, _run_text)
+    if doc["status"] != "done":
+        raise MixvizError(f"run {run_id} {doc['status']}: {doc['error'] or ''}".strip())
+
+
+def _run_text(doc: dict) -> str:
+    lines = [
+        f"run {doc['id']} ({doc['label']}): {doc['status']}"
+        + (f", {doc['avg_bits']:.4f} avg bits" if doc.get("avg_bits") else "")
+    ]
+    for task, metrics in doc["results"].items():
+        lines.append(f"  {task}: " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ runs, cancel
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from mixviz.runs.backends import reconcile_all
+    from mixviz.runs.store import Store
+
+    store = Store()
+    reconcile_all(store)  # lost workers become lost and the queue moves on
+    rows = store.list()
+    doc = {
+        "runs": [
+            {
+                "id": r.id,
+                "model": r.model,
+                "label": r.label,
+                "status": r.status,
+                "stage": r.stage,
+                "progress": r.progress,
+                "avg_bits": r.avg_bits,
+                "elapsed": r.elapsed,
+                "backend": r.backend,
+                "error": r.error,
+                "results": store.results(r.id),
+            }
+            for r in rows
+        ]
+    }
+    emit(doc, args.json, _runs_text)
+
+
+def _runs_text(doc: dict) -> str:
+    return (
+        "\n".join(
+            f"{r['id']}  {r['model']:8} {r['label']:18} {r['status']:9} {r['stage']:22} "
+            f"{r['progress']:4.0%}"
+            for r in doc["runs"]
+        )
+        or "no runs"
+    )
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    from mixviz.runs.backends import get_backend
+    from mixviz.runs.store import Store
+
+    store = Store()
+    row = store.get(args.id)
+    backend = get_backend(row.backend, store, ray_address=args.ray_address)
+    row = backend.cancel(args.id)
+    sys.stdout.write(f"{row.id} {row.status}\n")

@@ -1,0 +1,339 @@
+"""The reference study's protocol on any model, from library calls: profile → allocate → run →
+tables. Resumable: runs already in the store (same spec) are not run again.
+
+Tables (as in ``shared/REFERENCE.md``): 1 — MXFP4/MXFP8 mixes at 4.5/5/6 bits beside BF16 and
+pure MXFP4; 2 and 3 — tail-8 / head-8 / optimal / AutoScheme at 5 and 4.5 bits; 4 — W2+W4 at
+3 bits (group 128, or 64 where 128 does not divide). Scale bits are ignored, as in the study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixviz.allocation.problem import Problem
+from mixviz.allocation.strategies import allocate
+from mixviz.errors import MixvizError
+from mixviz.models.loading import ModelRef, resolve_model
+from mixviz.paths import atomic_write_bytes, atomic_write_json, cache_dir, safe_filename
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.store import RunRow, Store
+from mixviz.sensitivity.profile import DEFAULT_METRIC
+
+MX = ("MXFP4", "MXFP8")
+
+
+@dataclass(frozen=True)
+class Row:
+    table: int
+    label: str
+    spec: RunSpec
+
+
+def int_options(layers) -> tuple[str, str]:
+    """W2/W4 at group 128, or the largest group that divides every block linear."""
+    for g, suffix in ((128, ""), (64, "G64"), (32, "G32")):
+        if all(x.in_features % g == 0 for x in layers):
+            return f"W2A16{suffix}", f"W4A16{suffix}"
+    raise MixvizError("no group size among 128/64/32 divides every layer of this model")
+
+
+def reports_dir(model: str) -> Path:
+    return cache_dir() / "reports" / safe_filename(model)
+
+
+def autoscheme_recipe(
+    ref,
+    options: tuple[str, ...],
+    budget: float,
+    nsamples: int,
+    seqlen: int,
+    log: Callable[[str], None],
+) -> dict[str, str]:
+    """AutoScheme's own allocation (through auto-round) at ``budget``, cached on disk.
+
+    Every cache here — the allocation, the calibration file, AutoScheme's score folder — is
+    keyed by everything that changes it (:func:`autoscheme_key`), not by the model's name.
+    """
+    from mixviz.models.loading import load_model
+    from mixviz.models.text import calibration_text, token_windows
+    from mixviz.sensitivity.autoscheme import run_autoscheme, scheme_from_autoround
+
+    text = calibration_text()
+    calib_key = autoscheme_key(ref.hash, (), nsamples, seqlen, text.hash)
+    scores_key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash)
+    key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash, budget)
+    out = reports_dir(ref.name) / f"autoscheme-{'-'.join(options)}-{budget:g}-{key}.json"
+    if out.is_file():
+        return json.loads(out.read_text())["layers"]
+    log(f"AutoScheme {'+'.join(options)} at {budget:g} bits (auto-round)")
+    model, tok = load_model(ref)
+    calib = reports_dir(ref.name) / f"calib-{nsamples}x{seqlen}-{calib_key}.jsonl"
+    if not calib.is_file():
+        windows = token_windows(tok, text, nsamples, seqlen + 16)
+        atomic_write_bytes(
+            calib, "".join(json.dumps({"text": tok.decode(w)}) + "\n" for w in windows).encode()
+        )
+    scores = cache_dir() / "autoscheme" / scores_key
+    config, _ = run_autoscheme(
+        model, tok, list(options), str(calib), nsamples, seqlen, scores, avg_bits=budget
+    )
+    layers = {}
+    for name, cfg in config.items():
+        if "layers." not in name:  # lm_head and friends stay as they are
+            continue
+        bits = int(cfg.get("bits", 16) or 16)
+        layers[name] = "BF16" if bits >= 16 else scheme_from_autoround(cfg).name
+    atomic_write_json(
+        out, {"options": list(options), "budget": budget, "key": key, "layers": layers}
+    )
+    return layers
+
+
+def autoscheme_key(
+    model_hash: str,
+    options: tuple[str, ...],
+    nsamples: int,
+    seqlen: int,
+    calib_sha256: str,
+    budget: float | None = None,
+) -> str:
+    """Digest of what changes an AutoScheme cache: model, options, calibration, budget, versions.
+
+    >>> a = autoscheme_key("h", ("MXFP4",), 16, 256, "c")
+    >>> a != autoscheme_key("h", ("MXFP4",), 8, 256, "c")
+    True
+    """
+    from mixviz.sensitivity.profile import library_versions
+
+    doc = {
+        "model": model_hash,
+        "options": sorted(options),
+        "nsamples": nsamples,
+        "seqlen": seqlen,
+        "calib": calib_sha256,
+        "budget": budget,
+        "ignore_scale_bits": True,
+        "versions": library_versions(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan(
+    model: str | ModelRef,
+    tasks: tuple[str, ...],
+    limit: int | None,
+    metric: str,
+    nsamples: int,
+    seqlen: int,
+    with_autoscheme: bool,
+    log: Callable[[str], None],
+    layers: list | None = None,
+) -> list[Row]:
+    """Every run of the protocol, as (table, row label, RunSpec).
+
+    ``model`` is a name (resolved here, once) or a resolved :class:`ModelRef`; ``layers`` its
+    inventory, when the caller has it already."""
+    from mixviz.models.inventory import block_linears
+    from mixviz.sensitivity.profile import profile_model
+
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    linears = block_linears(layers if layers is not None else model_layers(ref))
+    base = dict(model=ref.name, tasks=tuple(tasks), limit=limit, model_hash=ref.hash)
+
+    def spec(recipe, strategy, budget=None):
+        return RunSpec(recipe=recipe, strategy=strategy, budget=budget, **base)
+
+    rows = [
+        Row(1, "BF16", spec(None, "bf16")),
+        Row(1, "pure 4-bit", spec({x.name: "MXFP4" for x in linears}, "pure MXFP4")),
+    ]
+    w2, w4 = int_options(linears)
+    for options, table_budgets, high in (
+        (MX, {1: (4.5, 5, 6), 2: (5,), 3: (4.5,)}, "8"),
+        ((w2, w4), {4: (3,)}, "4"),
+    ):
+        log(f"profiling {ref.name} with {metric} for {'+'.join(options)}")
+        prof = profile_model(
+            ref, options=list(options), metric=metric, nsamples=nsamples, seqlen=seqlen
+        )
+        problem = Problem.from_profile(prof, ignore_scale_bits=True)
+        for table, budgets in table_budgets.items():
+            for b in budgets:
+                if table != 1:
+                    for s in ("tail", "head"):
+                        a = allocate(problem, b, s)
+                        rows.append(
+                            Row(table, f"{s} layers {high}-bit", spec(dict(a.layers), s, b))
+                        )
+                a = allocate(problem, b, "optimal")
+                label = f"mixviz {b:g}" if table == 1 else "mixviz (optimal)"
+                rows.append(Row(table, label, spec(dict(a.layers), "optimal", b)))
+                if with_autoscheme:
+                    recipe = autoscheme_recipe(ref, options, b, nsamples, seqlen, log)
+                    label = f"AutoScheme {b:g}" if table == 1 else "AutoScheme"
+                    rows.append(Row(table, label, spec(recipe, "autoscheme", b)))
+    return rows
+
+
+def model_layers(ref: ModelRef) -> list:
+    """The model's layer inventory, from its config alone (no weights loaded)."""
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model
+
+    return inventory(meta_model(ref))
+
+
+def run_protocol(
+    model: str,
+    *,
+    tasks: tuple[str, ...],
+    limit: int | None = None,
+    metric: str = DEFAULT_METRIC,
+    nsamples: int = 16,
+    seqlen: int = 256,
+    with_autoscheme: bool = True,
+    store: Store | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[int, object]:
+    """Run (or resume) the protocol; write the tables under ``cache/reports/<model>/``.
+
+    The model is resolved and its layers listed once, here, and handed down."""
+    from mixviz.runs.backends import wait
+
+    store = store or Store()
+    ref = resolve_model(model)
+    layers = model_layers(ref)
+    rows = plan(ref, tasks, limit, metric, nsamples, seqlen, with_autoscheme, log, layers)
+    runs = submit(rows, store)
+    todo = [r.id for r in runs.values() if r.status != "done"]  # one run per key
+    log(f"{len(rows)} table rows, {len(runs)} distinct runs, {len(todo)} to run")
+    final = {}
+    for n, run_id in enumerate(todo, 1):
+        r = final[run_id] = wait(store, run_id, poll=2)
+        log(f"[{n}/{len(todo)}] {r.label}: {r.status}" + (f" ({r.error})" if r.error else ""))
+    runs = {key: final.get(r.id, r) for key, r in runs.items()}
+    return write_report(ref.name, rows, runs, store, tasks, layers)
+
+
+def submit(rows: list[Row], store: Store) -> dict[str, RunRow]:
+    """Each distinct run of ``rows`` (by spec key): the latest done one in the store, else one
+    queued or running, else a new one submitted to the local backend."""
+    from mixviz.runs.backends import LocalBackend
+
+    done = {r.key: r for r in store.list(("done",))}  # the latest per key
+    pending: dict[str, RunRow] = {}
+    for r in store.list(("queued", "starting", "running")):
+        pending.setdefault(r.key, r)
+    backend = LocalBackend(store)
+    runs: dict[str, RunRow] = {}
+    for row in rows:
+        key = row.spec.key
+        if key not in runs:
+            runs[key] = done.get(key) or pending.get(key) or store.get(backend.submit(row.spec))
+    return runs
+
+
+def write_report(
+    model: str,
+    rows: list[Row],
+    runs: dict[str, RunRow],
+    store: Store,
+    tasks: tuple[str, ...],
+    layers: list,
+) -> dict[int, object]:
+    """Tables 1–4 (Markdown + CSV) and a chart (HTML) under ``cache/reports/<model>/``.
+
+    ``runs`` is each row's run (by spec key) as it ended; ``layers`` the model's inventory."""
+    import pandas as pd
+
+    from mixviz.report import charts
+
+    acc = accuracies(runs, store, tasks)
+    ref = acc.get(rows[0].spec.key)
+    folder = reports_dir(model)
+    titles = {
+        1: "Table 1 — MXFP4/MXFP8 mixed",
+        2: "Table 2 — average 5 bits, MXFP",
+        3: "Table 3 — average 4.5 bits, MXFP",
+        4: "Table 4 — average 3 bits, W2 + W4",
+    }
+    tables, md = (
+        {},
+        [
+            f"# {model}: the reference study's tables\n",
+            f"Tasks: {', '.join(tasks)} (accuracy = mean of their acc). "
+            "Avg bits ignore scale bits, as in the study; the next column counts them.\n",
+        ],
+    )
+    points = []
+    for t, title in titles.items():
+        data, pts = table_rows([r for r in rows if r.table == t], runs, acc, ref, layers)
+        if t != 4:
+            points += pts
+        frame = pd.DataFrame(data).set_index("strategy")
+        tables[t] = frame
+        atomic_write_bytes(folder / f"table{t}.csv", frame.to_csv().encode())
+        md += [f"\n## {title}\n", frame.to_markdown(), ""]
+    atomic_write_bytes(folder / "tables.md", "\n".join(md).encode())
+    if points:
+        pts = pd.DataFrame(points)
+        fig = charts.accuracy_chart(pts[pts["strategy"] != "bf16"], ref)
+        atomic_write_bytes(folder / "chart.html", fig.to_html(include_plotlyjs=True).encode())
+    return tables
+
+
+def accuracies(
+    runs: dict[str, RunRow], store: Store, tasks: tuple[str, ...]
+) -> dict[str, float | None]:
+    """Each done run's accuracy (the mean of the tasks' primary metrics), by spec key; the
+    results of each run are read once."""
+    from mixviz.report.tables import primary_metric
+
+    out = {}
+    for key, run in runs.items():
+        if run.status != "done":
+            continue
+        res = store.results(run.id)
+        vals = [res[t][m] for t in tasks if t in res and (m := primary_metric(res[t]))]
+        out[key] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def table_rows(
+    rows: list[Row],
+    runs: dict[str, RunRow],
+    acc: dict[str, float | None],
+    ref: float | None,
+    layers: list,
+) -> tuple[list[dict], list[dict]]:
+    """One table's lines (strategy, bits both ways, accuracy as a share of BF16's) and its
+    points for the chart (the runs with an accuracy)."""
+    from mixviz.report.recipe import Recipe
+    from mixviz.report.tables import format_share
+
+    data, points = [], []
+    for row in rows:
+        run = runs[row.spec.key]
+        a = acc.get(row.spec.key)
+        no_scale = (
+            Recipe(row.spec.model, "", row.spec.recipe).average_bits(layers, True)
+            if row.spec.recipe
+            else 16.0
+        )
+        data.append(
+            {
+                "strategy": row.label,
+                "avg bits": f"{no_scale:.2f}",
+                "with scale bits": f"{run.avg_bits:.2f}" if run.avg_bits else "",
+                "accuracy": format_share(a, ref) if a is not None else run.status,
+            }
+        )
+        if a is not None and run.avg_bits:
+            points.append(
+                {"strategy": row.spec.strategy or "bf16", "avg_bits": run.avg_bits, "accuracy": a}
+            )
+    return data, points

@@ -1,0 +1,124 @@
+"""The nouns of a run: ``RunSpec`` (what to quantize and evaluate) and ``RunResult``.
+
+Both are frozen, hold no runtime state, and serialise with a format name and version.
+
+>>> spec = RunSpec(model="tiny", recipe=None, tasks=("mixviz_lastword",), limit=10)
+>>> spec.label, RunSpec.from_dict(spec.to_dict()) == spec
+('bf16', True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from mixviz.errors import MixvizError
+from mixviz.models.schemes import get_scheme
+from mixviz.paths import check_header
+
+SPEC_FORMAT, SPEC_VERSION = "mixviz.runspec", 1
+RESULT_FORMAT, RESULT_VERSION = "mixviz.runresult", 1
+
+
+@dataclass(frozen=True)
+class QuantArgs:
+    """auto-round arguments. Defaults are plain RTN: ``iters=0, disable_opt_rtn=True``."""
+
+    iters: int = 0
+    nsamples: int = 128
+    seqlen: int = 512
+    disable_opt_rtn: bool = True
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Quantize ``model`` with ``recipe`` (None = the unquantized reference), then evaluate.
+
+    ``recipe`` maps full module names to options; ``strategy``/``budget`` are provenance.
+    """
+
+    model: str
+    recipe: dict[str, str] | None
+    tasks: tuple[str, ...]
+    limit: int | None = None
+    batch_size: int = 8
+    dtype: str = "float32"
+    seed: int = 0
+    quant: QuantArgs = field(default_factory=QuantArgs)
+    strategy: str = ""
+    budget: float | None = None
+    model_hash: str = ""
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise MixvizError(
+                f"dtype must be float32 or bfloat16 (float16 is ~50× slower on "
+                f"CPU), got {self.dtype!r}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise MixvizError(f"limit must be a positive number of items, got {self.limit}")
+        if not self.tasks:
+            raise MixvizError("a run needs at least one task")
+        if self.recipe is not None:
+            if not self.recipe:
+                raise MixvizError("the recipe is empty")
+            for option in set(self.recipe.values()):
+                get_scheme(option)  # raises on unknown options
+
+    @property
+    def label(self) -> str:
+        """``bf16``, ``uniform MXFP4``, ``optimal @5``… — how charts and tables name the run."""
+        if self.recipe is None:
+            return "bf16"
+        if self.strategy:
+            return self.strategy + (f" @{self.budget:g}" if self.budget is not None else "")
+        opts = sorted(set(self.recipe.values()))
+        return f"uniform {opts[0]}" if len(opts) == 1 else "custom"
+
+    @property
+    def key(self) -> str:
+        """Digest of everything that changes the result (not the label)."""
+        d = self.to_dict()
+        for k in ("strategy", "budget", "format", "version"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return {"format": SPEC_FORMAT, "version": SPEC_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        check_header(d, SPEC_FORMAT, SPEC_VERSION, "run spec")
+        d = {k: v for k, v in d.items() if k not in ("format", "version")}
+        try:
+            d["tasks"] = tuple(d["tasks"])
+            d["quant"] = QuantArgs(**d.get("quant", {}))
+            return cls(**d)
+        except TypeError as e:
+            raise MixvizError(f"malformed run spec: {e}") from None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run measured: per task, per metric, value (and stderr)."""
+
+    id: str
+    status: str
+    avg_bits: float | None
+    avg_bits_no_scale: float | None
+    results: dict[str, dict[str, float]]
+    stderrs: dict[str, dict[str, float]]
+    seconds: float
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"format": RESULT_FORMAT, "version": RESULT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunResult:
+        check_header(d, RESULT_FORMAT, RESULT_VERSION, "run result")
+        return cls(**{k: v for k, v in d.items() if k not in ("format", "version")})

@@ -1,0 +1,436 @@
+"""The run worker: one process per run — quantize with auto-round, check, evaluate with lm-eval.
+
+``python -m mixviz.runs.worker RUN_ID`` reads ``cache/runs/<id>/spec.json``, reports its stage,
+progress and a heartbeat to the store, writes ``lm_eval.json`` and ``result.json`` beside the
+spec, and finally starts the next queued run. The quantize and evaluate steps are plain
+functions passed to :func:`execute`, so tests can swap in fakes; the real ones are below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import NamedTuple
+
+from mixviz.errors import MixvizError
+from mixviz.models.schemes import SCHEMES, Scheme, get_scheme, layer_bits
+from mixviz.paths import atomic_write_bytes, atomic_write_json
+from mixviz.runs.runspec import RunResult, RunSpec
+from mixviz.runs.store import Store, runs_dir
+
+HEARTBEAT_S = 2.0
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def layer_plan(spec: RunSpec, layers) -> dict[str, str]:
+    """Every block linear's option for this run: the recipe's, BF16 for a layer it does not
+    name. What is quantized, checked and counted is this one map, so a partial recipe can
+    never be counted one way and quantized another.
+
+    >>> from mixviz.models.inventory import Layer
+    >>> ls = [Layer(f"l.{i}.q", i, "q", 64, 64, 4096, "qkv") for i in range(2)]
+    >>> layer_plan(RunSpec(model="m", recipe={"l.0.q": "MXFP4"}, tasks=("t",)), ls)
+    {'l.0.q': 'MXFP4', 'l.1.q': 'BF16'}
+    """
+    recipe = spec.recipe or {}
+    plan = {x.name: recipe.get(x.name, "BF16") for x in layers if x.block is not None}
+    plan.update(recipe)  # lm_head or other layers the recipe names on purpose
+    return plan
+
+
+def quantize(model, tokenizer, spec: RunSpec):
+    """auto-round with the run's whole ``layer_config`` (every block linear named, preset
+    names, BF16 spelled out); in memory."""
+    from collections import Counter
+
+    from auto_round import AutoRound
+
+    from mixviz.models.inventory import inventory
+
+    plan = layer_plan(spec, inventory(model))
+    quantized = [o for o in plan.values() if o != "BF16"] or ["BF16"]
+    default = Counter(quantized).most_common(1)[0][0]  # every layer is named: only a fallback
+    kwargs = dict(
+        iters=spec.quant.iters,
+        disable_opt_rtn=spec.quant.disable_opt_rtn,
+        enable_torch_compile=False,
+        device_map="cpu",
+        seed=spec.seed,
+    )
+    if spec.quant.iters > 0 or not spec.quant.disable_opt_rtn:
+        kwargs.update(
+            dataset=_calibration_texts(spec), nsamples=spec.quant.nsamples, seqlen=spec.quant.seqlen
+        )
+    ar = AutoRound(model, tokenizer, scheme=default, layer_config=plan, **kwargs)
+    try:
+        qmodel, _ = ar.quantize()
+    except SystemExit as e:  # auto-round exits the process when no calibration text is left
+        raise MixvizError(
+            f"auto-round stopped (exit code {e.code}): the calibration text is "
+            f"too short for seqlen {spec.quant.seqlen}"
+        ) from None
+    return qmodel
+
+
+def _calibration_texts(spec: RunSpec) -> list[str]:
+    from mixviz.models.text import calibration_text
+
+    text = calibration_text().text
+    step = spec.quant.seqlen * 6  # characters: comfortably more than seqlen tokens
+    return [text[i : i + step] for i in range(0, len(text) - step, step)]
+
+
+def carried(module) -> tuple:
+    """What a layer carries after auto-round: ``(bits, group_size, data_type, act_bits)``.
+
+    auto-round sets these on the layer (or on the ``orig_layer`` of its in-memory wrapper);
+    an untouched layer has none of them and reads as 16-bit.
+    """
+    layer = getattr(module, "orig_layer", module)
+    bits = getattr(layer, "bits", None)
+    return (
+        16 if bits is None else bits,
+        getattr(layer, "group_size", None),
+        str(getattr(layer, "data_type", "fp")),
+        getattr(layer, "act_bits", 16) or 16,
+    )
+
+
+def carried_scheme(module) -> Scheme | None:
+    """The catalogue scheme a quantized layer carries (BF16 when untouched), or None."""
+    bits, group, dtype, act = carried(module)
+    if bits >= 16:
+        return SCHEMES["BF16"]
+    for s in SCHEMES.values():
+        # auto-round spells the data type with its width: ``mx_fp8``, ``nv_fp4``, ``int``
+        if (s.bits, s.group_size, s.act_bits) == (bits, group, act) and dtype.startswith(
+            s.data_type
+        ):
+            return s
+    return None
+
+
+def verify(model, plan: dict[str, str]) -> dict[str, str]:
+    """Every layer carries the scheme the plan asked for; a mismatch fails the run naming it.
+
+    Returns what each layer carries (scheme names) — the source of the run's bit counts.
+    """
+    mods = dict(model.named_modules())
+    bad, got = [], {}
+    for name, option in plan.items():
+        mod = mods.get(name)
+        if mod is None:
+            bad.append(f"{name}: missing after quantization")
+            continue
+        s = carried_scheme(mod)
+        if s is None or s.name != get_scheme(option).name:
+            bits, group, dtype, act = carried(mod)
+            bad.append(
+                f"{name}: asked {option}, got bits={bits} group={group} type={dtype} act_bits={act}"
+            )
+            continue
+        got[name] = s.name
+    if bad:
+        raise MixvizError(f"{len(bad)} layers did not get their scheme, e.g. {bad[0]}")
+    return got
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[[int, int], None]) -> dict:
+    """lm-eval on the in-memory model, task by task; returns ``{task: lm-eval results}``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from mixviz.runs.tasks import task_manager
+
+    manager = task_manager(spec.tasks)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
+    out = {}
+    for i, task in enumerate(spec.tasks):
+        on_task(i, len(spec.tasks))
+        try:
+            res = simple_evaluate(
+                model=lm,
+                tasks=[task],
+                limit=spec.limit,
+                task_manager=manager,
+                random_seed=spec.seed,
+                numpy_random_seed=spec.seed,
+                torch_random_seed=spec.seed,
+                fewshot_random_seed=spec.seed,
+                bootstrap_iters=0,
+                log_samples=False,
+            )
+        except Exception as e:  # lm-eval raises many kinds; the hub being away is the usual one
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if any(w in msg.lower() for w in ("offline", "connect", "hub", "resolve", "couldn't")):
+                msg = f"task {task} needs its dataset from the Hugging Face hub: {msg}"
+            raise MixvizError(f"lm-eval failed on {task}: {msg[:300]}") from None
+        out[task] = res
+    on_task(len(spec.tasks), len(spec.tasks))
+    return out
+
+
+def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
+    """lm-eval results → (task, metric, value, stderr) rows. ``"acc,none"`` → ``acc``."""
+    rows = []
+    for res in raw.values():
+        for task, metrics in res.get("results", {}).items():
+            for key, value in metrics.items():
+                if "_stderr" in key or key == "sample_len" or not isinstance(value, (int, float)):
+                    continue  # sample_len is lm-eval's item count, not a metric
+                metric, _, filt = key.partition(",")
+                name = metric if filt in ("", "none") else f"{metric},{filt}"
+                err = metrics.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
+                rows.append(
+                    (
+                        task,
+                        name,
+                        float(value),
+                        float(err) if isinstance(err, (int, float)) else None,
+                    )
+                )
+    return rows
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_bits(plan: dict[str, str], layers) -> tuple[float, float]:
+    """Average bits over the block linears (both accountings) of a layer → option map
+    (layers it does not name count as BF16).
+
+    >>> from mixviz.models.inventory import Layer
+    >>> ls = [Layer(f"l.{i}.q", i, "q", 64, 64, 4096, "qkv") for i in range(2)]
+    >>> run_bits({"l.0.q": "MXFP4"}, ls)
+    (10.125, 10.0)
+    """
+    layers = [x for x in layers if x.block is not None]
+    total = sum(x.numel for x in layers)
+    with_s = no_s = 0
+    for x in layers:
+        s = get_scheme(plan.get(x.name, "BF16"))
+        with_s += layer_bits(s, x.in_features, x.out_features)
+        no_s += layer_bits(s, x.in_features, x.out_features, ignore_scale_bits=True)
+    return with_s / total, no_s / total
+
+
+def execute(
+    run_id: str,
+    store: Store | None = None,
+    quantize_fn=quantize,
+    evaluate_fn=evaluate,
+    kick: bool = True,
+) -> str:
+    """Run one queued run to a final state; returns that state.
+
+    The steps: :func:`claim` the run, then load the model (:func:`load_step`), quantize it and
+    verify what it carries (:func:`quantize_step`, skipped for the BF16 reference), evaluate it
+    (:func:`evaluate_step`) and record the result (:func:`record_step`); any failure leaves it
+    ``failed`` (:func:`fail`). Then the next queued local run starts."""
+    store = store or Store()
+    spec = claim(store, run_id)
+    if not isinstance(spec, RunSpec):
+        return spec  # unreadable (failed) or cancelled before it started
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store, run_id, stop), daemon=True)
+    beat.start()
+    try:
+        return run_steps(store, run_id, spec, quantize_fn, evaluate_fn)
+    except BaseException as e:  # noqa: BLE001 — every way out must leave a final state
+        return fail(store, run_id, e)
+    finally:
+        stop.set()
+        if kick:
+            kick_next(store, run_id)
+
+
+def claim(store: Store, run_id: str) -> RunSpec | str:
+    """Read the run's ``spec.json`` and mark it running (only from queued or starting).
+
+    Returns the spec, or the run's final state when it cannot run: ``failed`` for an
+    unreadable spec, or whatever it became before this worker got to it (cancelled)."""
+    now = time.time()
+    try:
+        spec = RunSpec.from_dict(json.loads((runs_dir() / run_id / "spec.json").read_text()))
+    except (OSError, ValueError, MixvizError) as e:
+        store.transition(
+            run_id,
+            ("queued", "starting"),
+            status="failed",
+            finished=now,
+            error=f"unreadable spec.json: {e}",
+        )
+        return "failed"
+    if not store.transition(
+        run_id,
+        ("queued", "starting"),
+        status="running",
+        started=now,
+        heartbeat=now,
+        pid=os.getpid(),
+        stage="loading",
+        progress=0.0,
+    ):
+        return store.get(run_id).status  # cancelled before it started
+    return spec
+
+
+def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn) -> str:
+    """Load, quantize and verify, evaluate, record: ``done``, or ``failed`` where the run was
+    no longer running at the end (cancelled meanwhile)."""
+    import torch
+
+    torch.manual_seed(spec.seed)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    t = time.perf_counter()
+    loaded = load_step(spec)
+    bits = run_bits(loaded.plan, loaded.layers)  # what is asked, shown while it runs
+    store.update(run_id, avg_bits=bits[0])
+    timings["load"] = time.perf_counter() - t
+    if spec.recipe is not None:
+        t = time.perf_counter()
+        loaded, bits = quantize_step(store, run_id, spec, loaded, quantize_fn)
+        timings["quantize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    raw = evaluate_step(store, run_id, spec, loaded, evaluate_fn)
+    timings["evaluate"] = time.perf_counter() - t
+    record_step(store, run_id, spec, raw, bits, time.perf_counter() - t_start, timings)
+    done = store.transition(
+        run_id, ("running",), status="done", stage="done", progress=1.0, finished=time.time()
+    )
+    return "done" if done else "failed"
+
+
+class Loaded(NamedTuple):
+    """A run's model in memory, its layers and its plan (:func:`layer_plan`)."""
+
+    model: object
+    tokenizer: object
+    layers: list
+    plan: dict[str, str]
+
+
+def load_step(spec: RunSpec) -> Loaded:
+    """The model the run names, checked against the hash it was queued with."""
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import load_model, resolve_model
+
+    ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    if spec.model_hash and ref.hash != spec.model_hash:
+        raise MixvizError(
+            f"model {spec.model!r} changed since the run was queued "
+            f"(hash {ref.hash} ≠ {spec.model_hash})"
+        )
+    model, tok = load_model(ref, dtype=spec.dtype)
+    layers = inventory(model)
+    return Loaded(model, tok, layers, layer_plan(spec, layers))
+
+
+def quantize_step(
+    store: Store, run_id: str, spec: RunSpec, loaded: Loaded, quantize_fn
+) -> tuple[Loaded, tuple[float, float]]:
+    """Quantize, then verify every layer carries its planned scheme: the quantized model and
+    its ``(avg bits, avg bits without scale bits)`` — the bits of what it carries."""
+    store.update(run_id, stage="quantizing", progress=0.1)
+    model = quantize_fn(loaded.model, loaded.tokenizer, spec)
+    bits = run_bits(verify(model, loaded.plan), loaded.layers)
+    store.update(run_id, avg_bits=bits[0])
+    return loaded._replace(model=model), bits
+
+
+def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, evaluate_fn) -> dict:
+    """lm-eval's results per task, the progress reported task by task."""
+    store.update(run_id, stage="evaluating", progress=0.3)
+
+    def on_task(i: int, n: int) -> None:
+        store.update(
+            run_id,
+            progress=0.3 + 0.7 * i / max(n, 1),
+            stage=f"evaluating {spec.tasks[min(i, n - 1)]}" if i < n else "evaluated",
+        )
+
+    return evaluate_fn(loaded.model, loaded.tokenizer, spec, on_task)
+
+
+def record_step(
+    store: Store,
+    run_id: str,
+    spec: RunSpec,
+    raw: dict,
+    bits: tuple[float, float],
+    seconds: float,
+    timings: dict[str, float],
+) -> None:
+    """``lm_eval.json`` and ``result.json`` beside the spec, and the results in the store."""
+    folder = runs_dir() / run_id
+    atomic_write_bytes(folder / "lm_eval.json", json.dumps(raw, indent=1, default=str).encode())
+    rows = result_rows(raw)
+    result = RunResult(
+        run_id,
+        "done",
+        *bits,
+        {t: {m: v for t2, m, v, _ in rows if t2 == t} for t in spec.tasks},
+        {t: {m: e for t2, m, _, e in rows if t2 == t and e is not None} for t in spec.tasks},
+        seconds,
+        timings,
+    )
+    atomic_write_json(folder / "result.json", result.to_dict())
+    store.put_results(run_id, rows)
+
+
+def fail(store: Store, run_id: str, e: BaseException) -> str:
+    """Mark the run ``failed`` with ``e`` as its error (unless it is final already); returns
+    its state. A KeyboardInterrupt is raised again once recorded."""
+    msg = str(e) if isinstance(e, MixvizError) else f"{type(e).__name__}: {e}"
+    traceback.print_exc()
+    store.transition(run_id, ("running",), status="failed", error=msg[:2000], finished=time.time())
+    status = store.get(run_id).status
+    if isinstance(e, KeyboardInterrupt):
+        raise e
+    return status
+
+
+def kick_next(store: Store, run_id: str) -> None:
+    """Start the next queued local run. Only after a local run: a Ray worker on another node
+    must not start the head's local runs on its own machine."""
+    if store.get(run_id).backend != "local":
+        return
+    from mixviz.runs.backends import LocalBackend
+
+    try:
+        LocalBackend(store).kick()
+    except MixvizError:
+        pass
+
+
+def _heartbeat(store: Store, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            store.update(run_id, heartbeat=time.time())
+        except MixvizError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m mixviz.runs.worker RUN_ID\n")
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    status = execute(argv[0])
+    return 0 if status == "done" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

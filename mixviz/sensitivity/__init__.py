@@ -1,0 +1,9 @@
+"""Stage 2 — sensitivity: how much each layer suffers in each format.
+
+Takes a resolved model, its layers, candidate schemes and calibration tokens; gives a
+:class:`~mixviz.sensitivity.profile.Profile` (one score per layer and option, cached). The
+metrics are a registry (:data:`~mixviz.sensitivity.metrics.METRICS`, one
+:func:`~mixviz.sensitivity.metrics.register_metric` call per metric); weights and activations are
+quantized with auto-round's own quantizers (:mod:`~mixviz.sensitivity.quantizers`); AutoScheme's
+score cache can be imported (:mod:`~mixviz.sensitivity.autoscheme`).
+"""
