@@ -1,31 +1,17 @@
-"""Every test writes its caches under a temporary folder; converted models are shared.
-
-``MIXVIZ_CACHE`` points at a per-session temporary folder (tests that need more isolation
-monkeypatch it to their own ``tmp_path``); ``MIXVIZ_MODELS`` keeps pointing at
-the repository's ``cache/models`` so the demo model is converted once per machine, not per run.
+"""Shared fixtures. The environment (a temporary ``MIXVIZ_CACHE``, shared ``MIXVIZ_MODELS``,
+no hub) is set by the repository's root ``conftest.py``; tests that need more isolation
+monkeypatch ``MIXVIZ_CACHE`` to their own ``tmp_path``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-
-def pytest_configure(config):
-    # Set before any fixture runs (module-scoped ones included), inherited by subprocesses.
-    os.environ["MIXVIZ_CACHE"] = tempfile.mkdtemp(prefix="mixviz-test-cache-")
-    os.environ.setdefault("MIXVIZ_MODELS", str(REPO / "cache" / "models"))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @pytest.fixture(scope="session")

@@ -87,22 +87,50 @@ def problem():
     return Problem.from_profile(prof, ignore_scale_bits=True)
 
 
+N_BLOCKS = 8
+NUMEL = {
+    f"model.layers.{b}.{rel}": i * o
+    for b in range(N_BLOCKS)
+    for rel, (i, o) in LLAMA_SHAPES.items()
+}
+TOTAL = N_BLOCKS * 36864  # 4096 + 2·2048 + 4096 + 3·8192 weights a block = 294912
+BITS = {"MXFP4": 4, "MXFP8": 8}  # without scale bits: bits · numel
+
+
+def _total_bits(layers: dict[str, str]) -> int:
+    """The allocation's bits, counted here from the shapes (no scale bits, as the problem)."""
+    return sum(BITS[o] * NUMEL[n] for n, o in layers.items())
+
+
+def _upgrade_cost(layers: dict[str, str]) -> int | None:
+    """The fewest bits that would move one MXFP4 layer to MXFP8 (None: all are MXFP8)."""
+    costs = [(8 - 4) * NUMEL[n] for n, o in layers.items() if o == "MXFP4"]
+    return min(costs) if costs else None
+
+
 def test_budget_never_exceeded_and_monotone(problem):
     lo, hi = problem.feasible_range()
     assert (lo, hi) == (4.0, 8.0)
+    assert problem.total_numel == TOTAL
     last = float("inf")
     for b in [4.0, 4.3, 4.5, 5.0, 5.5, 6.0, 7.2, 8.0]:
+        budget = int(b * TOTAL)  # whole bits: ⌊b · 294912⌋ (4.3 → 1268121)
         a = allocate(problem, b)
-        assert a.avg_bits_no_scale <= b + 1e-12
+        used = _total_bits(a.layers)
+        assert used <= budget
+        assert a.avg_bits_no_scale == used / TOTAL
+        # MXFP8 scores less than MXFP4 on every layer, so the optimum leaves no room for one
+        # more upgrade: what is left of the budget is less than any MXFP4 layer's step up.
+        step = _upgrade_cost(a.layers)
+        assert step is None or budget - used < step, (b, budget - used, step)
         assert a.predicted_loss <= last + 1e-12
         last = a.predicted_loss
         for s in ("head", "tail", "uniform"):
             base = allocate(problem, b, s)
-            assert base.avg_bits_no_scale <= b + 1e-12
+            assert _total_bits(base.layers) <= budget
+            assert base.avg_bits_no_scale == _total_bits(base.layers) / TOTAL
             assert base.predicted_loss >= a.predicted_loss - 1e-9
-    assert (
-        allocate(problem, 8.0).predicted_loss == 0 or last <= allocate(problem, 7.2).predicted_loss
-    )
+    assert set(allocate(problem, 8.0).layers.values()) == {"MXFP8"}
 
 
 def test_more_sensitive_layers_never_get_fewer_bits():
@@ -201,12 +229,24 @@ def test_infeasible_budget_is_clear(problem, bad, message):
 
 def test_frontier(problem):
     f = frontier(problem, 11)
-    assert len(f["optimal"]) == 11
+    # 11 budgets evenly spaced in whole bits over [4, 8]·294912: lo + ⌊(hi − lo)·i / 10⌋.
+    lo, hi = 4 * TOTAL, 8 * TOTAL
+    grid = [lo + (hi - lo) * i // 10 for i in range(11)]
+    assert [p["budget"] for p in f["optimal"]] == [g / TOTAL for g in grid]
     losses = [p["predicted_loss"] for p in f["optimal"]]
     assert losses == sorted(losses, reverse=True)
+    # Below 8 bits some layer is still at MXFP4, and the optimum leaves less room than its step
+    # up; the largest step is gate/up/down's (8 − 4)·8192 bits.
+    max_step = 4 * 8192 / TOTAL
+    for p in f["optimal"]:
+        assert p["avg_bits_no_scale"] <= p["budget"]
+        assert p["budget"] - p["avg_bits_no_scale"] < max_step
     assert len(f["llamacpp"]) == 1
-    for s in ("head", "tail", "uniform"):
-        assert f[s] and all(p["avg_bits_no_scale"] <= 8.0 for p in f[s])
+    for s in ("head", "tail", "uniform", "llamacpp"):
+        assert f[s]
+        for p in f[s]:
+            assert p["budget"] in [g / TOTAL for g in grid]
+            assert p["avg_bits_no_scale"] <= p["budget"], (s, p)
 
 
 def test_cli_allocate_on_a_profile_file(tmp_path):

@@ -154,13 +154,28 @@ def test_allocate_grid_selection_locks_a_block(profiled):
 
 def test_allocate_locks_beyond_the_budget_are_an_error(profiled):
     at = _app("app_pages/allocate.py", **{**TINY, "bits": "5"})
-    at.multiselect(key="edit_blocks").set_value([0, 1, 2, 3]).run()
+    assert not at.exception and not at.error
+    at.multiselect(key="edit_blocks").set_value([0, 1, 2]).run()
     at.selectbox(key="edit_option").set_value("BF16").run()
     at.button(key="edit_set").click().run()
     assert not at.exception
+    # 3 of tiny's 4 equal blocks at BF16 need (3·16 + 4) / 4 = 13 bits (block 3 at MXFP4) to
+    # (3·16 + 8) / 4 = 14 bits: 5 bits is beyond them, said so, and the nearest is used.
+    assert [e.value for e in at.error] == [
+        "Average bits 5 is outside the feasible range 13.00–14.00; "
+        "using the nearest feasible value."
+    ]
+    assert len(at.session_state["allocate_pins"]) == 21
+    assert at.session_state["allocation"]["avg_bits_no_scale"] == 13.0
     # every layer locked: the slider's range collapses to the locks' bits, nothing is lost
+    at.multiselect(key="edit_blocks").set_value([3]).run()
+    at.button(key="edit_set").click().run()
+    assert not at.exception and not at.error
     assert len(at.session_state["allocate_pins"]) == 28
-    assert at.session_state["allocation"]["avg_bits_no_scale"] == pytest.approx(16.0)
+    assert at.session_state["allocation"]["avg_bits_no_scale"] == 16.0
+    assert "The locks fix every layer: 16.000 average bits" in at.info[0].value
+    at.button(key="edit_undo").click().run()
+    assert len(at.session_state["allocate_pins"]) == 21
     at.button(key="edit_undo").click().run()
     assert at.session_state["allocate_pins"] == {}
 

@@ -58,11 +58,22 @@ def test_select_cells_rows_columns_and_fused_groups(prof):
         select(prof.layers, names=["model.layers.0.mlp.nope"])
 
 
+def _recipe_bytes(prof, free, h: History, budget: float) -> bytes:
+    """The recipe as the Allocate page downloads it for the history's current locks."""
+    locked = Problem.from_profile(prof, ignore_scale_bits=True, pins=h.current)
+    best = edit_cost(free, locked, budget).after
+    recipe = Recipe.from_allocation(best, "tiny", "h", sorted(h.current))
+    return json.dumps(recipe.to_dict(), indent=2).encode()
+
+
 def test_lock_resolve_cost_and_undo_restores_the_recipe_exactly(prof):
     free = Problem.from_profile(prof, ignore_scale_bits=True)
     budget = 5.0
     h = History()
-    recipe0 = Recipe.from_allocation(allocate(free, budget), "tiny", "h", h.current).to_dict()
+    # recorded before any edit: the bytes undo must give back
+    before = _recipe_bytes(prof, free, h, budget)
+    assert json.loads(before)["layers"] == allocate(free, budget).layers
+    assert "locks" not in json.loads(before)["provenance"]
 
     # lock every down_proj to MXFP8: the rest must give bits back at the same budget
     downs = select(prof.layers, kinds=["down"])
@@ -81,14 +92,18 @@ def test_lock_resolve_cost_and_undo_restores_the_recipe_exactly(prof):
     assert recipe1["provenance"]["locks"] == sorted(downs)
     assert recipe1["provenance"]["pins"] == h.current
 
-    # unlock one, then undo twice: back to the first recipe, byte for byte
+    locked_bytes = _recipe_bytes(prof, free, h, budget)
+    assert locked_bytes != before
+
+    # unlock one, then undo twice: back to the recipe recorded before the edits, byte for byte
     h = h.push(unlock(h.current, downs[:1]))
     assert len(h.current) == len(downs) - 1
-    h = h.undo().undo()
+    assert _recipe_bytes(prof, free, h, budget) not in (before, locked_bytes)
+    h = h.undo()
+    assert _recipe_bytes(prof, free, h, budget) == locked_bytes
+    h = h.undo()
+    assert _recipe_bytes(prof, free, h, budget) == before
     assert not h.can_undo and h.can_redo
-    again = Problem.from_profile(prof, ignore_scale_bits=True, pins=h.current)
-    restored = Recipe.from_allocation(allocate(again, budget), "tiny", "h", h.current)
-    assert json.dumps(restored.to_dict()) == json.dumps(recipe0)
     h = h.redo()
     assert h.current == dict.fromkeys(downs, "MXFP8")
     h = h.reset()

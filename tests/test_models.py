@@ -74,9 +74,14 @@ def test_corrupt_tiny_folder_is_rebuilt(tmp_path, monkeypatch, tiny_ref, damage)
         (folder / "config.json").unlink()
     messages = []
     ref = mixviz.resolve_model("tiny", progress=messages.append)
+    assert messages == ["building the tiny test model"]  # the damage was noticed: rebuilt
     assert ref.hash == tiny_ref.hash
     model, _ = mixviz.load_model(ref)
     assert model.config.num_hidden_layers == 4
+    # the rebuilt folder is sound: the next resolve uses it as it is, without a word
+    messages.clear()
+    assert mixviz.resolve_model("tiny", progress=messages.append).hash == tiny_ref.hash
+    assert messages == []
 
 
 def test_unknown_model_name_is_one_line():

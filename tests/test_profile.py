@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from cli import run_cli
 
 from mixviz import MixvizError
+from mixviz.models.text import calibration_text
 from mixviz.sensitivity.metrics import (
     DEFAULT_METRIC,
     METRICS,
@@ -156,12 +158,16 @@ def test_profile_json_contract_and_roundtrip(ladders, tmp_path):
     p = ladders["hessian"]
     d = p.to_dict()
     assert d["format"] == "mixviz.profile" and d["version"] == 1
+    # the calibration the profile was given: the bundled pydoc text, 4 × 64 tokens; its hash is
+    # the first 16 hex digits of the text's SHA-256
+    text = calibration_text().text
     assert d["calib"] == {
         "source": "pydoc",
-        "hash": d["calib"]["hash"],
+        "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
         "nsamples": 4,
         "seqlen": 64,
     }
+    assert sorted(d["options"]) == sorted([*LADDER.split(","), "MXFP4"])
     assert d["layers"][0]["name"] == "model.layers.0.self_attn.q_proj"
     assert set(d["rows"][0]) == {"layer", "option", "bits", "bits_no_scale", "score"}
     assert {"torch", "transformers", "auto-round"} <= set(d["versions"])
@@ -230,9 +236,16 @@ def test_progress_and_cancel():
         nsamples=2,
         seqlen=32,
         use_cache=False,
-        progress=lambda d, t, m: seen.append((d, t)),
+        progress=lambda d, t, m: seen.append((d, t, m)),
     )
-    assert seen[-1] == (4, 4) and seen[0] == (0, 4)
+    # hessian takes one step per block; tiny has 4 blocks
+    assert seen == [
+        (0, 4, "hessian on tiny: 2×32 tokens"),
+        (1, 4, "hessian block 0"),
+        (2, 4, "hessian block 1"),
+        (3, 4, "hessian block 2"),
+        (4, 4, "hessian block 3"),
+    ]
     with pytest.raises(MixvizError, match="cancelled"):
         profile_model(
             "tiny",
@@ -310,7 +323,12 @@ def test_cli_profile_json(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["metric"] == "hessian" and len(doc["rows"]) == 56
     assert json.loads(out.read_text()) == doc
-    assert "%" in r.stderr or "100" in r.stderr  # a progress bar went to stderr
+    # a progress bar on stderr: hessian's 4 steps (one per block of tiny), by block, to 100 %
+    bar = r.stderr.replace("\r", "\n")
+    assert "hessian on tiny: 2×32 tokens:   0%" in bar and "0/4" in bar
+    for step, pct in enumerate((25, 50, 75, 100), 1):
+        assert f"hessian block {step - 1}: {pct:3d}%" in bar, (step, bar)
+        assert f"| {step}/4 [" in bar
     bad = run_cli("profile", "tiny", "--options", "W4A16")
     assert bad.returncode == 2 and "unavailable" in bad.stderr and "Traceback" not in bad.stderr
 

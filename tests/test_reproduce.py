@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixviz.report.reproduce import int_options, plan, reports_dir, run_protocol
+from mixviz.report.reproduce import int_options, plan, reports_dir, run_protocol, write_report
 
 
 def test_int_options_fall_back_to_a_dividing_group(tiny_layers, demo_layers):
@@ -64,21 +64,84 @@ def test_plan_resolves_the_model_once(monkeypatch):
     assert rows and calls == [("tiny",)]
 
 
-def test_run_protocol_on_tiny_writes_the_tables():
+def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
+    from mixviz.models.schemes import get_scheme
+    from mixviz.runs.store import Store
+    from mixviz.sensitivity.profile import DEFAULT_METRIC
+
+    store = Store()
     tables = run_protocol(
-        "tiny", tasks=("mixviz_nextsent",), limit=8, nsamples=2, seqlen=32, with_autoscheme=False
+        "tiny",
+        tasks=("mixviz_nextsent",),
+        limit=8,
+        nsamples=2,
+        seqlen=32,
+        with_autoscheme=False,
+        store=store,
     )
     folder = reports_dir("tiny")
     text = (folder / "tables.md").read_text()
     for t in (1, 2, 3, 4):
         assert f"Table {t}" in text and (folder / f"table{t}.csv").is_file()
-    assert tables[1].loc["BF16", "accuracy"].endswith("(100.0%)")
-    assert "%" in tables[2].loc["mixviz (optimal)", "accuracy"]
     assert (folder / "chart.html").is_file()
+
+    # Every cell against the run in the store it came from (the same plan: its keys find them).
+    rows = plan("tiny", ("mixviz_nextsent",), 8, DEFAULT_METRIC, 2, 32, False, lambda m: None)
+    numel = {x.name: x.numel for x in tiny_layers}
+
+    def run_of(row):
+        run = store.find_done(row.spec.key)
+        assert run is not None, row.label
+        return run, store.results(run.id)["mixviz_nextsent"]["acc"]
+
+    _, ref = run_of(rows[0])
+    assert rows[0].label == "BF16" and ref > 0
+    for t in (1, 2, 3, 4):
+        table_rows = [r for r in rows if r.table == t]
+        assert list(tables[t].index) == [r.label for r in table_rows]
+        for row in table_rows:
+            run, acc = run_of(row)
+            cells = tables[t].loc[row.label]
+            assert cells["accuracy"] == f"{acc:.4f} ({100 * acc / ref:.1f}%)", (t, row.label)
+            # avg bits without scale bits: Σ bits·numel / Σ numel over the recipe's layers
+            recipe = row.spec.recipe
+            if recipe is None:
+                no_scale = 16.0
+            else:
+                bits = sum(get_scheme(o).bits * numel[n] for n, o in recipe.items())
+                no_scale = bits / sum(numel[n] for n in recipe)
+            assert cells["avg bits"] == f"{no_scale:.2f}", (t, row.label)
+            assert cells["with scale bits"] == (f"{run.avg_bits:.2f}" if run.avg_bits else "")
+    assert tables[1].loc["BF16", "accuracy"].endswith("(100.0%)")
+    assert tables[1].loc["BF16", "avg bits"] == "16.00"
+    assert tables[1].loc["pure 4-bit", "avg bits"] == "4.00"
+    assert tables[1].loc["pure 4-bit", "with scale bits"] == "4.25"  # MXFP4: 8-bit scale / 32
+
     again = run_protocol(
         "tiny", tasks=("mixviz_nextsent",), limit=8, nsamples=2, seqlen=32, with_autoscheme=False
     )  # resumable: nothing to run, same tables
     assert again[1].equals(tables[1])
+
+    # tiny scores alike on 8 items, so a mixed-up row would pass the checks above: write the
+    # report again from the same runs, each with its own accuracy, and find each in its row.
+    runs = {r.spec.key: run_of(r)[0] for r in rows}
+    ids = {k: run.id for k, run in runs.items()}
+    accs = {i: 0.25 + n / 32 for n, i in enumerate(dict.fromkeys(ids.values()))}
+    assert len(set(accs.values())) == len(accs) > 5, len(accs)
+
+    class Distinct:  # the store's runs, each with its own result
+        def get(self, run_id):
+            return store.get(run_id)
+
+        def results(self, run_id):
+            return {"mixviz_nextsent": {"acc": accs[run_id], "acc_norm": 0.0}}
+
+    distinct = write_report("tiny", rows, runs, Distinct(), ("mixviz_nextsent",), tiny_layers)
+    ref = accs[ids[rows[0].spec.key]]
+    for row in rows:
+        acc = accs[ids[row.spec.key]]
+        cell = distinct[row.table].loc[row.label, "accuracy"]
+        assert cell == f"{acc:.4f} ({100 * acc / ref:.1f}%)", (row.table, row.label)
 
 
 @pytest.mark.slow

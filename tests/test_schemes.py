@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mixviz import SCHEMES, MixvizError, get_scheme, layer_bits, parse_options
 from mixviz.models.schemes import average_bits, unavailable_layers
+from mixviz.report.recipe import Recipe
 
 SHAPES = [
     (64, 64),
@@ -91,10 +94,40 @@ def test_group_128_unavailable_where_it_does_not_divide(tiny_layers):
     assert unavailable_layers(tiny_layers, get_scheme("MXFP4")) == []
 
 
+SAVED = Path(__file__).resolve().parent / "data" / "recipe_v1_tiny.json"
+
+
 def test_average_bits_is_parameter_weighted(tiny_layers):
+    """Hand-derived totals over tiny's blocks, where an unweighted mean gives other values.
+
+    tiny's block layers (in × out): q 64×64 = 4096, k and v 64×32 = 2048, o 64×64 = 4096,
+    gate and up 64×128 = 8192, down 128×64 = 8192: 36864 weights a block, 147456 in 4 blocks.
+    """
     blocks = [x for x in tiny_layers if x.block is not None]
-    assert average_bits(blocks, get_scheme("MXFP4")) == 4.25
-    assert average_bits(blocks, get_scheme("MXFP4"), ignore_scale_bits=True) == 4.0
+    assert sum(x.numel for x in blocks) == 147456
+
+    # One scheme whose overhead differs by shape: W4A16 is group 128, one group per row
+    # (ceil), 16-bit scale + 4-bit zero point = 20 bits a group. Rows (out_features) with
+    # in 64: 64+32+32+64+128+128 = 448 a block → 1792; down_proj (in 128): 64 a block → 256.
+    # 4·147456 + (1792 + 256)·20 = 589824 + 40960 = 630784. Per-layer mean: 4.2902.
+    w4 = get_scheme("W4A16")
+    assert average_bits(blocks, w4) == 630784 / 147456
+    assert average_bits(blocks, w4, ignore_scale_bits=True) == 4.0
+
+    # The saved v1 recipe mixes MXFP4, MXFP8 and BF16 (weights per option, by block):
+    #   block 0: MXFP8 q k v down = 16384 → 131072 bits; MXFP4 o gate up = 20480 →  81920
+    #   block 1: MXFP8 v down     = 10240 →  81920 bits; MXFP4 the rest = 26624 → 106496
+    #   block 2: MXFP4 all        = 36864 → 147456 bits
+    #   block 3: MXFP8 all but down = 28672 → 229376 bits; BF16 down = 8192 → 131072
+    # Without scales: 212992 + 188416 + 147456 + 360448 = 909312 bits over 147456 weights.
+    # The unweighted mean of the 28 layers' bits is 172 / 28 = 6.1429, not 6.1667.
+    # With scales: MX formats add an 8-bit scale per 32 weights (0.25 bit a weight), BF16 none:
+    # (147456 − 8192)·0.25 = 34816 more bits → 944128.
+    recipe = Recipe.load(SAVED)
+    assert recipe.ignore_scale_bits  # its default accounting is without scales
+    assert recipe.average_bits(tiny_layers) == 909312 / 147456
+    assert recipe.average_bits(tiny_layers, ignore_scale_bits=True) == 909312 / 147456
+    assert recipe.average_bits(tiny_layers, ignore_scale_bits=False) == 944128 / 147456
 
 
 def test_aliases_and_errors():

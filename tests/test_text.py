@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,15 +16,52 @@ from mixviz.models.text import evaluation_documents, token_windows
 
 
 def test_bundled_split_is_disjoint_deterministic_and_large():
+    from pydoc_data.topics import topics
+
     cal, ev = calibration_text(), evaluation_text()
-    assert cal.hash == calibration_text().hash
     assert len(cal.text) > 250_000 and len(ev.text) > 100_000
+
+    # The split as documented, computed here from pydoc_data.topics: topics sorted by name,
+    # every fourth starting at the second (index 1, 5, 9, …) is evaluation; the others are
+    # calibration, less every paragraph that also appears in an evaluation topic.
+    names = sorted(topics)
+    expected_eval = [topics[n] for n in names[1::4]]
+    assert len(expected_eval) == (len(names) + 2) // 4  # 79 topics on 3.11 → 20
+    assert list(evaluation_documents()) == expected_eval
+    assert ev.text == "\n\n".join(expected_eval)
+    in_eval = {p.strip() for doc in expected_eval for p in doc.split("\n\n")}
+    kept = [
+        "\n\n".join(p for p in topics[n].split("\n\n") if p.strip() and p.strip() not in in_eval)
+        for i, n in enumerate(names)
+        if i % 4 != 1
+    ]
+    assert len(kept) == len(names) - len(expected_eval)
+    assert cal.text == "\n\n".join(kept)
+    assert "assert" in cal.text  # the first topic is calibration
+
+    # disjoint: no evaluation document, nor any of its paragraphs, is in calibration
     cal_paragraphs = {p.strip() for p in cal.text.split("\n\n")}
-    for doc in evaluation_documents():
+    for doc in expected_eval:
         assert doc not in cal.text
         for p in doc.split("\n\n"):
             assert p.strip() not in cal_paragraphs or not p.strip()
-    assert "assert" in cal.text  # the first topic is calibration
+
+    # deterministic across processes (another hash seed, no shared cache): same hashes
+    code = (
+        "from mixviz.models.text import calibration_text, evaluation_text;"
+        "print(calibration_text().hash, evaluation_text().hash)"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout.split()
+        assert out == [cal.hash, ev.hash]
+    assert cal.hash == hashlib.sha256(cal.text.encode()).hexdigest()[:16]
 
 
 def test_user_text_files(tmp_path):

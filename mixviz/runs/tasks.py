@@ -23,7 +23,7 @@ from mixviz.models.text import evaluation_documents
 from mixviz.paths import atomic_write_bytes, cache_dir
 
 BUNDLED_TASKS = ("mixviz_lastword", "mixviz_nextsent", "mixviz_ppl")
-_BUILDER_VERSION = 1
+_BUILDER_VERSION = 2  # 2: no doubled space before nextsent choices; no repeated paragraphs
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(])")
 
 _YAML = {
@@ -86,8 +86,9 @@ metadata:
 
 
 def prose_paragraphs() -> list[str]:
-    """Paragraphs of English prose from the evaluation documents (no code, no grammar)."""
-    out = []
+    """Paragraphs of English prose from the evaluation documents (no code, no grammar), each
+    once: pydoc repeats some paragraphs across topics, and a repeated item would count twice."""
+    out: list[str] = []
     for doc in evaluation_documents():
         for para in doc.split("\n\n"):
             if not para or para[0].isspace() or "::=" in para or ">>>" in para:
@@ -96,7 +97,8 @@ def prose_paragraphs() -> list[str]:
             words = text.split()
             letters = sum(ch.isalpha() or ch.isspace() for ch in text) / max(len(text), 1)
             if len(words) >= 15 and letters > 0.85 and not text.startswith(("*", "-", "=")):
-                out.append(text)
+                if text not in out:
+                    out.append(text)
     return out
 
 
@@ -137,11 +139,12 @@ def nextsent_items(seed: int = 1234) -> list[dict]:
             wrong = []
             while len(wrong) < 3:
                 j, s = pool[rng.randrange(len(pool))]
-                if j != i and s not in wrong:
+                if j != i and s != b and s not in wrong:
                     wrong.append(s)
             label = rng.randrange(4)
             choices = wrong[:label] + [b] + wrong[label:]
-            items.append({"context": a, "choices": [" " + c for c in choices], "label": label})
+            # lm-eval puts its target delimiter (" ") between context and choice
+            items.append({"context": a, "choices": choices, "label": label})
     return items
 
 

@@ -64,7 +64,9 @@ def quantize(model, tokenizer, spec: RunSpec):
         device_map="cpu",
         seed=spec.seed,
     )
-    if spec.quant.iters > 0 or not spec.quant.disable_opt_rtn:
+    # NVFP4 calibrates its activation scales even in RTN mode: give it the local text too
+    nvfp = any(get_scheme(o).family == "nvfp" for o in plan.values())
+    if spec.quant.iters > 0 or not spec.quant.disable_opt_rtn or nvfp:
         kwargs.update(
             dataset=_calibration_texts(spec), nsamples=spec.quant.nsamples, seqlen=spec.quant.seqlen
         )

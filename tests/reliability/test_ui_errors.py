@@ -53,16 +53,34 @@ def test_bad_model_names_are_one_clear_error(model, message):
     assert r.returncode == 2 and message in r.stderr.lower() and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("bits", ["abc", "nan", "-1", "99"])
-def test_bad_budget_in_the_url_is_an_error_not_a_crash(bits, tmp_path):
+@pytest.mark.parametrize(
+    "bits, message, used",
+    [
+        ("abc", "Average bits 'abc' (from the URL) is not a number; using 5.", 5.0),
+        ("nan", "Average bits 'nan' (from the URL) is not a number; using 5.", 5.0),
+        # tiny with MXFP4/MXFP8 and no scale bits reaches 4 to 8 bits: the nearest end is used
+        ("-1", "Average bits -1 is outside the feasible range 4.00–8.00; using the nearest", 4.0),
+        ("99", "Average bits 99 is outside the feasible range 4.00–8.00; using the nearest", 8.0),
+    ],
+)
+def test_bad_budget_in_the_url_is_an_error_not_a_crash(bits, message, used, tmp_path):
     from mixviz.sensitivity.profile import profile_model
 
     profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
     at = _page("app_pages/allocate.py", **TINY, nsamples="2", seqlen="32", bits=bits)
     assert not at.exception
-    assert any("average bits" in e.value.lower() for e in at.error), [e.value for e in at.error]
-    alloc = at.session_state["allocation"]  # the page still works at the nearest budget
-    assert 4.0 <= alloc["avg_bits_no_scale"] <= 8.0
+    assert any(e.value.startswith(message) for e in at.error), [e.value for e in at.error]
+    # the page goes on at the budget the message promises: the slider, the URL, the allocation
+    assert at.slider(key="allocate_avg_bits").value == used
+    assert at.query_params["bits"] == f"{used:g}"
+    alloc = at.session_state["allocation"]
+    assert alloc["budget_avg_bits"] == used
+    if used == 4.0:  # the lowest end: every layer at MXFP4
+        assert set(alloc["layers"].values()) == {"MXFP4"} and alloc["avg_bits_no_scale"] == 4.0
+    elif used == 8.0:  # the highest end: every layer at MXFP8
+        assert set(alloc["layers"].values()) == {"MXFP8"} and alloc["avg_bits_no_scale"] == 8.0
+    else:  # the optimum at 5 bits: less than one layer's step up (at most 4 · 8192 bits) below
+        assert used - 4 * 8192 / 147456 < alloc["avg_bits_no_scale"] <= used
 
 
 @pytest.mark.parametrize("bits", ["abc", "nan", "inf", ""])
