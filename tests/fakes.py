@@ -31,3 +31,25 @@ def fake_quantize(model, tokenizer, spec, override: dict[str, dict] | None = Non
         for k, v in attrs.items():
             setattr(mods[name], k, v)
     return model
+
+
+def tiny_llama(seed: int = 0, **config):
+    """A 2-block random Llama (hidden 64, vocab 128) built from a config; ``config`` overrides
+    ``LlamaConfig`` fields (``attention_bias=True``, ``tie_word_embeddings=False``, …)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        **{
+            "vocab_size": 128,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            **config,
+        }
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import tiny_llama
 
 from mixviz.models.inventory import inventory
 from mixviz.models.schemes import SCHEMES
@@ -18,21 +19,7 @@ from mixviz.sensitivity.metrics import fisher, hessian
 
 
 def _llama(bias: bool = False, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        attention_bias=bias,
-        mlp_bias=bias,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(seed, attention_bias=bias, mlp_bias=bias)
 
 
 def _block_layers(model):

@@ -22,6 +22,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import tiny_llama
 
 from mixviz.models.inventory import inventory
 from mixviz.models.schemes import SCHEMES
@@ -35,23 +36,13 @@ REL = 1e-4
 
 
 def _llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+    model = tiny_llama(
+        seed,
         attention_bias=True,
         mlp_bias=True,
         tie_word_embeddings=False,
         initializer_range=0.08,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # non-zero biases and norm weights: every term is exercised
         for mod in model.modules():
             if isinstance(mod, torch.nn.Linear) and mod.bias is not None:
