@@ -53,3 +53,16 @@ def tiny_llama(seed: int = 0, **config):
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
+
+
+def wait_for(store, run_id: str, pred, timeout: float):
+    """Poll the store until ``pred(row)`` holds for the run; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        row = store.get(run_id)
+        if pred(row):
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; last {row}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cli import run_cli
+from fakes import wait_for
 
 from mixviz import MixvizError
 from mixviz.runs.backends import LocalBackend, RayBackend, new_run_id, wait, write_spec
@@ -43,13 +44,7 @@ def _queue(store: Store, spec: RunSpec = QUICK, backend: str = "local") -> str:
 
 
 def _wait_for(store, run_id, pred, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        row = store.get(run_id)
-        if pred(row):
-            return row
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; last {row}")
+    return wait_for(store, run_id, pred, timeout)
 
 
 def _live_workers() -> list[int]:

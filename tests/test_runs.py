@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from cli import run_cli
-from fakes import fake_quantize
+from fakes import fake_quantize, wait_for
 from test_tasks import lastword_direct
 
 from mixviz import MixvizError
@@ -273,13 +272,7 @@ def test_unknown_and_offline_tasks():
 
 
 def _wait_for(store, run_id, pred, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        row = store.get(run_id)
-        if pred(row):
-            return row
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; last {row}")
+    return wait_for(store, run_id, pred, timeout)
 
 
 @pytest.mark.parametrize("stage", ["quantizing", "evaluating"])
