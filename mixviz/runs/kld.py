@@ -1,0 +1,241 @@
+"""KL divergence to the unquantized model over the held-out text — the ``mixviz_kld`` task.
+
+As llama.cpp's ``perplexity --kl-divergence``: the evaluation text is cut into windows of
+``SEQLEN`` tokens; at every position but the first the unquantized model's next-token
+distribution P and the quantized model's Q give ``KLD(P ‖ Q)``, whether the top-1 token is the
+same, and both models' negative log-likelihood of the true token.
+
+**What the reference keeps.** P is kept as its ``TOPK`` largest log-probabilities (and their
+token ids) plus the tail mass ``1 − Σ top-k``; Q is full at evaluation time. The divergence is
+that of the two distributions with every token outside P's top-k merged into one bin:
+
+    KLD_k = Σ_{i∈K} p_i log(p_i/q_i) + p_T log(p_T/q_T)
+
+which by the log-sum inequality is a lower bound of the exact value, short by exactly
+``p_T · KLD(P_T ‖ Q_T)`` (the divergence of the renormalised tails, weighted by P's tail mass).
+With ``TOPK = 64`` that tail mass is small where the model is confident; ``tests/test_kld.py``
+checks ``KLD_k`` against the exact value on ``tiny`` (equal when K is the whole vocabulary).
+The reference costs ``tokens × (2 × TOPK + 1) × 4`` bytes (≈ 18 MB for the demo's 34 K tokens
+instead of 6.8 GB of full fp32 distributions), is computed once per (model, its hash, dtype,
+text, seqlen, top-k, library versions) and cached under ``cache/kld/``.
+
+**Uncertainty.** Neighbouring tokens are not independent, so each standard error is that of
+the mean over windows (the windows' means, ``ddof=1``), not the per-token binomial one —
+wider, and honest about the correlation. ``tokens`` is how many positions each number rests on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixviz.errors import MixvizError
+from mixviz.paths import atomic_write_bytes, cache_dir
+
+KLD_TASK = "mixviz_kld"
+SEQLEN = 512
+TOPK = 64
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The unquantized model's top-k next-token log-probs over the evaluation windows.
+
+    ``tokens`` ``[W, SEQLEN]``; ``logp``/``ids`` ``[W, SEQLEN-1, k]`` (descending);
+    ``nll`` ``[W, SEQLEN-1]``: its negative log-likelihood of each true next token.
+    """
+
+    key: str
+    tokens: torch.Tensor
+    logp: torch.Tensor
+    ids: torch.Tensor
+    nll: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per scored position ``[W, SEQLEN-1]``: KLD to the reference, same top-1, the model's NLL."""
+
+    kld: np.ndarray
+    top1: np.ndarray
+    nll: np.ndarray
+    nll_ref: np.ndarray
+
+    def save(self, path) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, kld=self.kld, top1=self.top1, nll=self.nll, nll_ref=self.nll_ref)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path) -> TokenScores:
+        with np.load(path) as z:
+            return cls(z["kld"], z["top1"], z["nll"], z["nll_ref"])
+
+
+def windows(tokenizer, seqlen: int = SEQLEN) -> torch.Tensor:
+    """The evaluation text as ``[W, seqlen]`` token windows (the remainder is left out)."""
+    from mixviz.models.text import evaluation_text
+
+    ids = tokenizer(evaluation_text().text, add_special_tokens=False, verbose=False)["input_ids"]
+    n = len(ids) // seqlen
+    if n < 2:
+        raise MixvizError(f"the evaluation text has {len(ids)} tokens: too few for KLD")
+    return torch.tensor(ids[: n * seqlen], dtype=torch.long).view(n, seqlen)
+
+
+def reference_key(model_hash: str, dtype: str, seqlen: int = SEQLEN, topk: int = TOPK) -> str:
+    """Digest of everything the reference depends on."""
+    import transformers
+
+    from mixviz.models.text import evaluation_text
+
+    parts = [
+        _VERSION,
+        model_hash,
+        dtype,
+        seqlen,
+        topk,
+        evaluation_text().hash,
+        torch.__version__,
+        transformers.__version__,
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def _logprobs(model, window: torch.Tensor) -> torch.Tensor:
+    logits = model(window[None].to(_device(model))).logits[0, :-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def compute_reference(
+    model,
+    tokens: torch.Tensor,
+    key: str = "",
+    topk: int = TOPK,
+    progress: Callable[[int, int], None] | None = None,
+) -> Reference:
+    """Run the unquantized model over every window and keep its top-k (see module doc)."""
+    logps, idss, nlls = [], [], []
+    for w, window in enumerate(tokens):
+        logp = _logprobs(model, window)
+        top = logp.topk(min(topk, logp.shape[-1]), dim=-1)
+        logps.append(top.values.cpu())
+        idss.append(top.indices.to(torch.int32).cpu())
+        nlls.append(-logp.gather(-1, window[1:, None].to(logp.device))[:, 0].cpu())
+        if progress:
+            progress(w + 1, len(tokens))
+    return Reference(key, tokens, torch.stack(logps), torch.stack(idss), torch.stack(nlls))
+
+
+def reference(
+    model, tokenizer, model_hash: str, dtype: str, progress=None, seqlen: int = SEQLEN
+) -> Reference:
+    """The cached reference for this model, computing (and caching) it on first use."""
+    key = reference_key(model_hash, dtype, seqlen)
+    path = cache_dir() / "kld" / f"{key}.pt"
+    if path.is_file():
+        try:
+            d = torch.load(path, weights_only=True)
+            return Reference(key, d["tokens"], d["logp"], d["ids"], d["nll"])
+        except Exception:  # noqa: BLE001 — a damaged cache is recomputed, never trusted
+            pass
+    ref = compute_reference(model, windows(tokenizer, seqlen), key, progress=progress)
+    buf = io.BytesIO()
+    torch.save({"tokens": ref.tokens, "logp": ref.logp, "ids": ref.ids, "nll": ref.nll}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return ref
+
+
+def kld_topk(logp_top: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """``KLD_k(P ‖ Q)`` per position from P's top-k log-probs and Q's full log-probs.
+
+    >>> logq = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), -1)
+    >>> logp = torch.log_softmax(torch.tensor([[1.0, 2.0, 0.0, -1.0]]), -1)
+    >>> exact = (logp.exp() * (logp - logq)).sum(-1)
+    >>> top = logp.topk(4)
+    >>> torch.allclose(kld_topk(top.values, top.indices, logq), exact)
+    True
+    """
+    lq = logq.gather(-1, ids.long())
+    p = logp_top.exp()
+    head = (p * (logp_top - lq)).sum(-1)
+    if ids.shape[-1] >= logq.shape[-1]:  # the whole vocabulary: no tail
+        return head.clamp(min=0.0)
+    # tail masses 1 − Σ top-k, computed without cancellation
+    log_pt = _log_tail(logp_top)
+    log_qt = _log_tail(lq)
+    tail = torch.where(log_pt > math.log(1e-29), log_pt.exp() * (log_pt - log_qt), 0.0)
+    return (head + tail).clamp(min=0.0)
+
+
+def _log_tail(logp: torch.Tensor) -> torch.Tensor:
+    """``log(1 − Σ exp(logp))`` over the last axis, without cancellation (floored at 1e-30)."""
+    total = torch.logsumexp(logp.double(), -1).clamp(max=0.0)  # float64: Σ of k terms
+    return torch.log(torch.neg(torch.expm1(total)).clamp(min=1e-30)).to(logp.dtype)
+
+
+def score(model, ref: Reference, progress: Callable[[int, int], None] | None = None) -> TokenScores:
+    """The quantized model's per-position scores against the reference."""
+    klds, top1s, nlls = [], [], []
+    for w, window in enumerate(ref.tokens):
+        logq = _logprobs(model, window)
+        ids = ref.ids[w].to(logq.device)
+        klds.append(kld_topk(ref.logp[w].to(logq.device), ids, logq).cpu())
+        top1s.append((logq.argmax(-1) == ids[:, 0]).cpu())
+        nlls.append(-logq.gather(-1, window[1:, None].to(logq.device))[:, 0].cpu())
+        if progress:
+            progress(w + 1, len(ref.tokens))
+    return TokenScores(
+        torch.stack(klds).numpy(),
+        torch.stack(top1s).numpy(),
+        torch.stack(nlls).numpy(),
+        ref.nll.numpy(),
+    )
+
+
+def identical(ref: Reference) -> TokenScores:
+    """The reference scored against itself (the BF16 run): zero divergence, same top-1."""
+    nll = ref.nll.numpy()
+    return TokenScores(np.zeros_like(nll), np.ones(nll.shape, dtype=bool), nll, nll)
+
+
+def window_mean_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean over all positions and its standard error from the windows' means.
+
+    >>> window_mean_se(np.array([[1.0, 1.0], [3.0, 3.0]]))
+    (2.0, 1.0)
+    """
+    means = x.reshape(x.shape[0], -1).mean(axis=1, dtype=np.float64)
+    se = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
+    return float(x.mean(dtype=np.float64)), se
+
+
+def summarize(s: TokenScores) -> list[tuple[str, float, float | None]]:
+    """``(metric, value, stderr)`` rows as llama.cpp reports them: mean KLD, its median and
+    99th percentile, same-top-token share, both models' perplexity, the token count."""
+    kld, kld_se = window_mean_se(s.kld)
+    top1, top1_se = window_mean_se(s.top1.astype(np.float64))
+    nll, nll_se = window_mean_se(s.nll)
+    nll_ref, nll_ref_se = window_mean_se(s.nll_ref)
+    return [
+        ("kld", kld, kld_se),
+        ("kld_median", float(np.median(s.kld)), None),
+        ("kld_p99", float(np.percentile(s.kld, 99)), None),
+        ("top1", top1, top1_se),
+        ("ppl", math.exp(nll), math.exp(nll) * nll_se),  # delta method
+        ("ppl_ref", math.exp(nll_ref), math.exp(nll_ref) * nll_ref_se),
+        ("tokens", float(s.kld.size), None),
+    ]

@@ -1,0 +1,68 @@
+"""The fast MX activation fake-quantizer equals auto-round's ``quant_mx`` bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from auto_round.data_type.mxfp import quant_mx
+
+from mixviz.runs.fastquant import quant_mx_fast, use_fast_activation_quant
+
+
+def _hard_tensor(shape, seed: int) -> torch.Tensor:
+    """Random values over many magnitudes, with exact zeros, ties and values at the edges."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-12, 12, shape, generator=g))
+    flat = x.view(-1)
+    n = flat.numel()
+    flat[torch.randperm(n, generator=g)[: n // 20]] = 0.0
+    ties = torch.tensor([0.25, 0.75, 1.25, 2.5, 3.5, 5.0, 6.0, 7.0, 448.0, 1e-30, 1.0 - 2**-24])
+    idx = torch.randperm(n, generator=g)[: n // 10]
+    flat[idx] = ties[torch.randint(0, len(ties), (len(idx),), generator=g)] * torch.where(
+        torch.rand(len(idx), generator=g) < 0.5, -1.0, 1.0
+    )
+    flat[:32] = 0.0  # one all-zero group
+    return x
+
+
+@pytest.mark.parametrize("bits,data_type", [(4, "mx_fp4"), (8, "mx_fp8"), (8, "mx_fp8e5m2")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_mx_equals_auto_round_bit_for_bit(bits, data_type, dtype):
+    for seed in range(4):
+        x = _hard_tensor((3, 7, 256), seed).to(dtype)
+        want = quant_mx(
+            x.clone(), bits=bits, group_size=32, data_type=data_type, max_scale=torch.tensor(1.0)
+        )
+        got = quant_mx_fast(x.clone(), bits=bits, group_size=32, data_type=data_type)
+        assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
+        assert torch.equal(got[0], want[0]), (got[0] != want[0]).sum()
+        assert torch.equal(got[1].view(-1), want[1].view(-1))
+
+
+def test_shapes_it_does_not_cover_fall_back_to_auto_round():
+    x = torch.randn(2, 40)  # 40 is not a multiple of the group
+    want = quant_mx(x.clone(), bits=4, group_size=32, data_type="mx_fp4")[0]
+    assert torch.equal(quant_mx_fast(x.clone(), bits=4, group_size=32, data_type="mx_fp4")[0], want)
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, act_data_type: str, act_max=None):
+        super().__init__()
+        self.act_quant_func = quant_mx
+        self.act_data_type, self.act_bits, self.act_max = act_data_type, 4, act_max
+        self.act_max_scale = self.act_min_scale = torch.tensor(1.0)
+
+
+class _Wrapper(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.orig_layer = layer
+
+
+def test_only_plain_mx_activation_layers_are_swapped():
+    mx, nv, calibrated = _Layer("mx_fp4"), _Layer("nv_fp4"), _Layer("mx_fp4", act_max=3.0)
+    nv.act_quant_func = lambda *a, **k: None
+    model = torch.nn.ModuleList([_Wrapper(mx), _Wrapper(nv), _Wrapper(calibrated)])
+    assert use_fast_activation_quant(model) == 1
+    assert mx.act_quant_func is quant_mx_fast
+    assert calibrated.act_quant_func is quant_mx
