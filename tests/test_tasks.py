@@ -43,7 +43,7 @@ COUNTS = {
         "documents": 20,
         "paragraphs": 207,  # 224 before repeated paragraphs were dropped
         "mixviz_ppl": 207,
-        "mixviz_lastword": 189,
+        "mixviz_lastword": 244,
         "mixviz_nextsent": 240,
     }
 }

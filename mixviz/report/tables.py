@@ -4,7 +4,11 @@ the BF16 model's, from the runs in the store. Markdown, CSV and LaTeX through pa
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
+
+from mixviz.runs.tasks import KLD_TASK
 
 PRIMARY = ("acc", "acc_norm")  # the accuracy metric of a task: acc, else acc_norm
 
@@ -15,14 +19,16 @@ def primary_metric(metrics: dict[str, float]) -> str | None:
 
 
 def results_frame(store, model: str | None = None) -> pd.DataFrame:
-    """One row per finished run: label, strategy, budget, bits, each task's accuracy, average.
+    """One row per finished run: label, strategy, budget, bits, each task's accuracy and
+    every metric (``task:metric``, ``task:metric_stderr``, ``task:items``), the average
+    accuracy with its standard error, the items it rests on, and KLD / top-1 when measured.
 
     >>> results_frame(Store()).columns[:4].tolist()           # doctest: +SKIP
     ['id', 'label', 'strategy', 'budget']
     """
     rows = []
     for run in store.list(("done",), model=model):
-        res = store.results(run.id)
+        res, errs = store.results(run.id), store.stderrs(run.id)
         spec = run.spec
         recipe = spec.get("recipe")
         strategy = spec.get("strategy") or ("bf16" if recipe is None else run.label)
@@ -35,23 +41,60 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
             "model": run.model,
             "recipe": recipe,
         }
-        accs = []
+        accs, ses, items = [], [], 0.0
         for task in spec.get("tasks", []):
             metrics = res.get(task, {})
             m = primary_metric(metrics)
             if m is not None:
                 row[task] = metrics[m]
                 accs.append(metrics[m])
+                ses.append(errs.get(task, {}).get(m))
+                items += metrics.get("items") or 0.0
             for key, value in metrics.items():
                 row[f"{task}:{key}"] = value
+            for key, value in errs.get(task, {}).items():
+                row[f"{task}:{key}_stderr"] = value
         row["accuracy"] = sum(accs) / len(accs) if accs else None
+        known = accs and all(e is not None for e in ses)
+        row["accuracy_se"] = math.sqrt(sum(e**2 for e in ses)) / len(ses) if known else None
+        row["n_items"] = int(items) if items else None
+        kld = res.get(KLD_TASK, {})
+        for key in ("kld", "top1", "tokens"):
+            row[key] = kld.get(key)
+        for key in ("kld", "top1"):
+            row[f"{key}_se"] = errs.get(KLD_TASK, {}).get(key)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def study_table(frame: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
-    """Rows = runs (latest per label), columns = avg bits, each task, and the average as
-    ``0.6857 (96.9%)`` of the BF16 run's average (when there is one)."""
+SUMMARY_COLUMNS = (
+    "id",
+    "label",
+    "strategy",
+    "budget",
+    "avg_bits",
+    "model",
+    "recipe",
+    "accuracy",
+    "accuracy_se",
+    "n_items",
+    "kld",
+    "kld_se",
+    "top1",
+    "top1_se",
+    "tokens",
+    "predicted_loss",
+)
+
+
+def study_table(
+    frame: pd.DataFrame, tasks: list[str] | None = None, compare: str | None = None
+) -> pd.DataFrame:
+    """Rows = runs (latest per label), columns = avg bits, each task as ``acc ± se``, the
+    average as ``0.6857 ± 0.012 (96.9%)`` of the BF16 run's, the items it rests on, KLD and
+    top-1 agreement where measured, and the paired Δ of the average against a reference:
+    ``compare`` = a run id, or None for the best baseline at the same bits (see
+    :func:`baseline_reference`)."""
     if frame.empty:
         return pd.DataFrame()
     frame = frame.drop_duplicates("label", keep="last")
@@ -62,35 +105,104 @@ def study_table(frame: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataF
     out.index.name = "run"
     out["avg bits"] = [f"{b:.2f}" if pd.notna(b) else "" for b in frame["avg_bits"]]
     for t in tasks:
-        out[t] = [f"{v:.4f}" if pd.notna(v) else "" for v in frame[t]]
-    out["average"] = [format_share(a, ref) for a in frame["accuracy"]]
+        se_col = f"{t}:{task_metric(frame, t)}_stderr"
+        ses = frame[se_col] if se_col in frame else [None] * len(frame)
+        out[t] = [format_se(v, e) for v, e in zip(frame[t], ses, strict=True)]
+    out["average"] = [
+        format_share(a, ref, e)
+        for a, e in zip(frame["accuracy"], frame["accuracy_se"], strict=True)
+    ]
+    out["items"] = [f"{int(n)}" if pd.notna(n) else "" for n in frame["n_items"]]
+    if frame["kld"].notna().any():
+        out["KLD"] = [
+            format_se(v, e, 4) for v, e in zip(frame["kld"], frame["kld_se"], strict=True)
+        ]
+        out["top-1 %"] = [
+            format_se(100 * v, 100 * e if pd.notna(e) else None, 1) if pd.notna(v) else ""
+            for v, e in zip(frame["top1"], frame["top1_se"], strict=True)
+        ]
+    deltas = paired_column(frame, tasks, compare)
+    if deltas is not None:
+        out[deltas.name] = deltas.tolist()
     order = frame["avg_bits"].fillna(99).to_numpy().argsort(kind="stable")
     return out.iloc[order]
 
 
+BASELINES = ("head", "tail", "uniform", "llamacpp")
+
+
+def baseline_reference(frame: pd.DataFrame, row) -> pd.Series | None:
+    """The most accurate baseline run (head, tail, uniform, llama.cpp, pure …) within 0.05
+    average bits of ``row``, other than ``row`` itself; None when there is none."""
+    is_base = frame["strategy"].isin(BASELINES) | frame["strategy"].str.startswith("pure ")
+    near = (frame["avg_bits"] - row["avg_bits"]).abs() <= 0.05
+    cands = frame[is_base & near & (frame["id"] != row["id"]) & frame["accuracy"].notna()]
+    return None if cands.empty else cands.loc[cands["accuracy"].idxmax()]
+
+
+def paired_column(frame: pd.DataFrame, tasks: list[str], compare: str | None) -> pd.Series | None:
+    """Each row's paired Δ of the average accuracy (points, 95 % interval, ``*`` when
+    significant) against ``compare`` or its :func:`baseline_reference`; None when no row
+    has a reference."""
+    from mixviz.report.paired import compare_runs
+
+    primary = {t: task_metric(frame, t) for t in tasks}
+    by_id = frame.set_index("id", drop=False)
+    cells, named = [], None
+    for _, row in frame.iterrows():
+        other = (
+            by_id.loc[compare]
+            if compare in by_id.index
+            else (None if compare else baseline_reference(frame, row))
+        )
+        if other is None or other["id"] == row["id"] or row["strategy"] == "bf16":
+            cells.append("")
+            continue
+        d = compare_runs(other["id"], row["id"], tasks, primary).get("average")
+        cells.append(f"{d.format()} vs {other['label']}" if d and d.n else "")
+        named = True
+    if not named:
+        return None
+    title = "Δ average vs " + (
+        by_id.loc[compare, "label"] if compare in by_id.index else "best baseline, same bits"
+    )
+    return pd.Series(cells, name=title + " (points, 95% CI)")
+
+
+def task_metric(frame: pd.DataFrame, task: str) -> str | None:
+    """The metric a task's column of :func:`results_frame` holds (``acc``, else ``acc_norm``)."""
+    return primary_metric(
+        {c.split(":", 1)[1]: 0 for c in frame.columns if c.startswith(task + ":")}
+    )
+
+
 def task_columns(frame: pd.DataFrame) -> list[str]:
     """The columns of :func:`results_frame` that hold a task's accuracy."""
-    skip = {
-        "id",
-        "label",
-        "strategy",
-        "budget",
-        "avg_bits",
-        "model",
-        "recipe",
-        "accuracy",
-        "predicted_loss",
-    }
-    return [c for c in frame.columns if c not in skip and ":" not in c]
+    return [c for c in frame.columns if c not in SUMMARY_COLUMNS and ":" not in c]
 
 
-def format_share(value: float | None, reference: float | None) -> str:
-    """``format_share(0.6857, 0.7076)`` → ``'0.6857 (96.9%)'``."""
+def format_se(value, se=None, digits: int = 4) -> str:
+    """``format_se(0.2875, 0.036)`` → ``'0.2875 ± 0.0360'``; the value alone without se.
+
+    >>> format_se(0.2875, 0.036), format_se(0.5), format_se(None)
+    ('0.2875 ± 0.0360', '0.5000', '')
+    """
     if value is None or pd.isna(value):
         return ""
+    if se is None or pd.isna(se):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def format_share(value: float | None, reference: float | None, se: float | None = None) -> str:
+    """``format_share(0.6857, 0.7076)`` → ``'0.6857 (96.9%)'``; with ``se=0.012``:
+    ``'0.6857 ± 0.0120 (96.9%)'``."""
+    if value is None or pd.isna(value):
+        return ""
+    text = format_se(value, se)
     if reference:
-        return f"{value:.4f} ({100 * value / reference:.1f}%)"
-    return f"{value:.4f}"
+        return f"{text} ({100 * value / reference:.1f}%)"
+    return text
 
 
 def to_markdown(table: pd.DataFrame) -> str:

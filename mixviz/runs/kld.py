@@ -38,8 +38,8 @@ import torch
 
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_bytes, cache_dir
+from mixviz.runs.tasks import KLD_TASK  # noqa: F401 — the run task this module computes
 
-KLD_TASK = "mixviz_kld"
 SEQLEN = 512
 TOPK = 64
 _VERSION = 1
@@ -187,28 +187,35 @@ def _log_tail(logp: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.neg(torch.expm1(total)).clamp(min=1e-30)).to(logp.dtype)
 
 
-def score(model, ref: Reference, progress: Callable[[int, int], None] | None = None) -> TokenScores:
-    """The quantized model's per-position scores against the reference."""
+def score(
+    model,
+    ref: Reference,
+    progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
+) -> TokenScores:
+    """The quantized model's per-position scores against the reference (its first ``limit``
+    windows, or all)."""
     klds, top1s, nlls = [], [], []
-    for w, window in enumerate(ref.tokens):
+    tokens = ref.tokens[:limit]
+    for w, window in enumerate(tokens):
         logq = _logprobs(model, window)
         ids = ref.ids[w].to(logq.device)
         klds.append(kld_topk(ref.logp[w].to(logq.device), ids, logq).cpu())
         top1s.append((logq.argmax(-1) == ids[:, 0]).cpu())
         nlls.append(-logq.gather(-1, window[1:, None].to(logq.device))[:, 0].cpu())
         if progress:
-            progress(w + 1, len(ref.tokens))
+            progress(w + 1, len(tokens))
     return TokenScores(
         torch.stack(klds).numpy(),
         torch.stack(top1s).numpy(),
         torch.stack(nlls).numpy(),
-        ref.nll.numpy(),
+        ref.nll[:limit].numpy(),
     )
 
 
-def identical(ref: Reference) -> TokenScores:
+def identical(ref: Reference, limit: int | None = None) -> TokenScores:
     """The reference scored against itself (the BF16 run): zero divergence, same top-1."""
-    nll = ref.nll.numpy()
+    nll = ref.nll[:limit].numpy()
     return TokenScores(np.zeros_like(nll), np.ones(nll.shape, dtype=bool), nll, nll)
 
 

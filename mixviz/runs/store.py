@@ -330,6 +330,21 @@ class Store:
             out.setdefault(r["task"], {})[r["metric"]] = r["value"]
         return out
 
+    def stderrs(self, run_id: str) -> dict[str, dict[str, float]]:
+        """The standard error of each result that has one: ``{task: {metric: se}}``."""
+        con = self._connect()
+        try:
+            rows = con.execute(
+                "SELECT task, metric, stderr FROM results WHERE run_id = ? AND stderr IS NOT NULL",
+                (run_id,),
+            ).fetchall()
+        finally:
+            con.close()
+        out: dict[str, dict[str, float]] = {}
+        for r in rows:
+            out.setdefault(r["task"], {})[r["metric"]] = r["stderr"]
+        return out
+
 
 def _row(r: sqlite3.Row) -> RunRow:
     d = dict(r)

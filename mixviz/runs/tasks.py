@@ -22,8 +22,10 @@ from mixviz.errors import MixvizError
 from mixviz.models.text import evaluation_documents
 from mixviz.paths import atomic_write_bytes, cache_dir
 
-BUNDLED_TASKS = ("mixviz_lastword", "mixviz_nextsent", "mixviz_ppl")
-_BUILDER_VERSION = 2  # 2: no doubled space before nextsent choices; no repeated paragraphs
+KLD_TASK = "mixviz_kld"  # KL divergence to the unquantized model: mixviz.runs.kld, not lm-eval
+LM_EVAL_TASKS = ("mixviz_lastword", "mixviz_nextsent", "mixviz_ppl")
+BUNDLED_TASKS = (*LM_EVAL_TASKS, KLD_TASK)
+_BUILDER_VERSION = 3  # 2: no doubled space, no repeated paragraphs; 3: every sentence end
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(])")
 
 _YAML = {
@@ -107,22 +109,22 @@ def _sentences(paragraph: str) -> list[str]:
 
 
 def lastword_items() -> list[dict]:
-    """Passages that end a sentence; the target is the sentence's last word.
+    """Every sentence end of a paragraph with at least 20 words before it: the context is the
+    paragraph up to there, the target the sentence's last word (several items per paragraph,
+    each a different word to predict).
 
     >>> lastword_items()[0]["target"].isalpha()
     True
     """
     items = []
     for para in prose_paragraphs():
-        sents = _sentences(para)
         context: list[str] = []
-        for s in sents:
+        for s in _sentences(para):
             context.append(s)
             words = " ".join(context).split()
             last = words[-1].rstrip(".!?\"')")
             if len(words) >= 20 and last.isalpha() and len(last) >= 3:
                 items.append({"context": " ".join(words[:-1]), "target": last})
-                context = []
     return items
 
 

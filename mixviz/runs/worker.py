@@ -22,6 +22,7 @@ from mixviz.models.schemes import SCHEMES, Scheme, get_scheme, layer_bits
 from mixviz.paths import atomic_write_bytes, atomic_write_json
 from mixviz.runs.runspec import RunResult, RunSpec
 from mixviz.runs.store import Store, runs_dir
+from mixviz.runs.tasks import KLD_TASK
 
 HEARTBEAT_S = 2.0
 
@@ -147,18 +148,25 @@ def verify(model, plan: dict[str, str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- evaluate
 
 
-def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[[int, int], None]) -> dict:
-    """lm-eval on the in-memory model, task by task; returns ``{task: lm-eval results}``."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
+def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[..., None]) -> dict:
+    """lm-eval on the in-memory model, task by task; returns ``{task: lm-eval results}``.
 
+    Every item's scores are logged (``log_samples``) and kept, reduced to numbers, under
+    ``"samples"`` — the ground for standard errors and paired comparisons (:mod:`.stats`).
+    ``on_task(i, n, fraction)`` is called per request batch with the share of task ``i`` done.
+    """
+    from lm_eval import simple_evaluate
+
+    from mixviz.runs.stats import item_scores
     from mixviz.runs.tasks import task_manager
 
-    manager = task_manager(spec.tasks)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
+    tasks = [t for t in spec.tasks if t != KLD_TASK]
+    manager = task_manager(tasks)
+    lm = _progress_lm(model, tokenizer, spec.batch_size)
     out = {}
-    for i, task in enumerate(spec.tasks):
-        on_task(i, len(spec.tasks))
+    for i, task in enumerate(tasks):
+        on_task(i, len(tasks), 0.0)
+        lm.on_fraction = lambda f, i=i: on_task(i, len(tasks), f)
         try:
             res = simple_evaluate(
                 model=lm,
@@ -169,23 +177,58 @@ def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[[int, int], None
                 numpy_random_seed=spec.seed,
                 torch_random_seed=spec.seed,
                 fewshot_random_seed=spec.seed,
-                bootstrap_iters=0,
-                log_samples=False,
+                bootstrap_iters=0,  # standard errors come from the logged items (stats.py)
+                log_samples=True,
             )
         except Exception as e:  # lm-eval raises many kinds; the hub being away is the usual one
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if any(w in msg.lower() for w in ("offline", "connect", "hub", "resolve", "couldn't")):
                 msg = f"task {task} needs its dataset from the Hugging Face hub: {msg}"
             raise MixvizError(f"lm-eval failed on {task}: {msg[:300]}") from None
+        res["samples"] = item_scores(res.get("samples", {}), res.get("group_subtasks", {}))
         out[task] = res
-    on_task(len(spec.tasks), len(spec.tasks))
+    on_task(len(tasks), len(tasks), 0.0)
     return out
 
 
+def _progress_lm(model, tokenizer, batch_size: int):
+    """lm-eval's HFLM that reports the share of the current request list done, per batch."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ProgressLM(HFLM):
+        on_fraction: Callable[[float], None] = staticmethod(lambda f: None)
+        _total, _done = 1, 0
+
+        def _start(self, n: int) -> None:
+            self._total, self._done = max(n, 1), 0
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            self._start(len(requests))
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            self._start(len(requests))
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            out = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+            self._done += int(inps.shape[0])
+            self.on_fraction(min(self._done / self._total, 1.0))
+            return out
+
+    return ProgressLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
 def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
-    """lm-eval results → (task, metric, value, stderr) rows. ``"acc,none"`` → ``acc``."""
+    """lm-eval results → (task, metric, value, stderr) rows. ``"acc,none"`` → ``acc``.
+
+    Standard errors lm-eval did not compute come from the logged items
+    (:func:`mixviz.runs.stats.item_stderrs`); each task also gets an ``items`` row."""
+    from mixviz.runs.stats import item_stderrs
+
     rows = []
     for res in raw.values():
+        computed = item_stderrs(res.get("samples", {}))
         for task, metrics in res.get("results", {}).items():
             for key, value in metrics.items():
                 if "_stderr" in key or key == "sample_len" or not isinstance(value, (int, float)):
@@ -193,14 +236,12 @@ def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
                 metric, _, filt = key.partition(",")
                 name = metric if filt in ("", "none") else f"{metric},{filt}"
                 err = metrics.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
-                rows.append(
-                    (
-                        task,
-                        name,
-                        float(value),
-                        float(err) if isinstance(err, (int, float)) else None,
-                    )
-                )
+                if not isinstance(err, (int, float)):
+                    err = computed.get(task, {}).get(name)
+                rows.append((task, name, float(value), None if err is None else float(err)))
+            n = len(res.get("samples", {}).get(task, {}).get("doc_id", []))
+            if n and task != KLD_TASK:
+                rows.append((task, "items", float(n), None))
     return rows
 
 
@@ -288,8 +329,8 @@ def claim(store: Store, run_id: str) -> RunSpec | str:
 
 
 def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn) -> str:
-    """Load, quantize and verify, evaluate, record: ``done``, or ``failed`` where the run was
-    no longer running at the end (cancelled meanwhile)."""
+    """Load, (KLD reference,) quantize and verify, evaluate, record: ``done``, or ``failed``
+    where the run was no longer running at the end (cancelled meanwhile)."""
     import torch
 
     torch.manual_seed(spec.seed)
@@ -300,12 +341,17 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
     bits = run_bits(loaded.plan, loaded.layers)  # what is asked, shown while it runs
     store.update(run_id, avg_bits=bits[0])
     timings["load"] = time.perf_counter() - t
+    reference = None
+    if KLD_TASK in spec.tasks:  # from the unquantized model, before it is quantized
+        t = time.perf_counter()
+        reference = reference_step(store, run_id, spec, loaded)
+        timings["kld reference"] = time.perf_counter() - t
     if spec.recipe is not None:
         t = time.perf_counter()
         loaded, bits = quantize_step(store, run_id, spec, loaded, quantize_fn)
         timings["quantize"] = time.perf_counter() - t
     t = time.perf_counter()
-    raw = evaluate_step(store, run_id, spec, loaded, evaluate_fn)
+    raw = evaluate_step(store, run_id, spec, loaded, evaluate_fn, reference)
     timings["evaluate"] = time.perf_counter() - t
     record_step(store, run_id, spec, raw, bits, time.perf_counter() - t_start, timings)
     done = store.transition(
@@ -321,6 +367,7 @@ class Loaded(NamedTuple):
     tokenizer: object
     layers: list
     plan: dict[str, str]
+    model_hash: str = ""
 
 
 def load_step(spec: RunSpec) -> Loaded:
@@ -336,7 +383,7 @@ def load_step(spec: RunSpec) -> Loaded:
         )
     model, tok = load_model(ref, dtype=spec.dtype)
     layers = inventory(model)
-    return Loaded(model, tok, layers, layer_plan(spec, layers))
+    return Loaded(model, tok, layers, layer_plan(spec, layers), ref.hash)
 
 
 def quantize_step(
@@ -351,18 +398,71 @@ def quantize_step(
     return loaded._replace(model=model), bits
 
 
-def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, evaluate_fn) -> dict:
-    """lm-eval's results per task, the progress reported task by task."""
+def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
+    """The unquantized model's KLD reference (:mod:`mixviz.runs.kld`), cached per model."""
+    from mixviz.runs import kld
+
+    store.update(run_id, stage="kld reference", progress=0.05)
+
+    def on_window(i: int, n: int) -> None:
+        if i % 4 == 0 or i == n:
+            store.update(run_id, progress=0.05 + 0.1 * i / n)
+
+    return kld.reference(
+        loaded.model, loaded.tokenizer, loaded.model_hash, spec.dtype, progress=on_window
+    )
+
+
+def evaluate_step(
+    store: Store, run_id: str, spec: RunSpec, loaded: Loaded, evaluate_fn, reference=None
+) -> dict:
+    """lm-eval's results per task and the KLD task's, the progress reported per batch."""
+    from dataclasses import replace
+
     store.update(run_id, stage="evaluating", progress=0.3)
+    lm_tasks = tuple(t for t in spec.tasks if t != KLD_TASK)
+    slots = len(lm_tasks) + (reference is not None)
+    last = [0.0]
 
-    def on_task(i: int, n: int) -> None:
-        store.update(
-            run_id,
-            progress=0.3 + 0.7 * i / max(n, 1),
-            stage=f"evaluating {spec.tasks[min(i, n - 1)]}" if i < n else "evaluated",
-        )
+    def report(done: float, stage: str) -> None:
+        progress = 0.3 + 0.7 * done / max(slots, 1)
+        if progress - last[0] >= 0.005 or done >= slots:  # smooth, without a write per batch
+            last[0] = progress
+            store.update(run_id, progress=progress, stage=stage)
 
-    return evaluate_fn(loaded.model, loaded.tokenizer, spec, on_task)
+    def on_task(i: int, n: int, fraction: float = 0.0) -> None:
+        report(i + fraction, f"evaluating {lm_tasks[i]}" if i < n else "evaluated")
+
+    raw = {}
+    if spec.recipe is not None:
+        from mixviz.runs.fastquant import use_fast_activation_quant
+
+        use_fast_activation_quant(loaded.model)  # the same numbers, half the time
+    if lm_tasks:
+        raw = evaluate_fn(loaded.model, loaded.tokenizer, replace(spec, tasks=lm_tasks), on_task)
+    if reference is not None:
+
+        def on_window(i: int, n: int) -> None:
+            report(len(lm_tasks) + i / n, f"evaluating {KLD_TASK}")
+
+        raw[KLD_TASK] = kld_results(spec, loaded, reference, on_window)
+    return raw
+
+
+def kld_results(spec: RunSpec, loaded: Loaded, reference, progress) -> dict:
+    """The KLD task in lm-eval's result layout; per-token scores go to ``kld.npz``.
+    ``--limit`` counts its windows of ``kld.SEQLEN`` tokens."""
+    from mixviz.runs import kld
+
+    if spec.recipe is None:
+        scores = kld.identical(reference, spec.limit)  # the reference model itself
+    else:
+        scores = kld.score(loaded.model, reference, progress=progress, limit=spec.limit)
+    metrics: dict = {"alias": KLD_TASK}
+    for metric, value, se in kld.summarize(scores):
+        metrics[f"{metric},none"] = value
+        metrics[f"{metric}_stderr,none"] = "N/A" if se is None else se
+    return {"results": {KLD_TASK: metrics}, "token_scores": scores}
 
 
 def record_step(
@@ -374,10 +474,18 @@ def record_step(
     seconds: float,
     timings: dict[str, float],
 ) -> None:
-    """``lm_eval.json`` and ``result.json`` beside the spec, and the results in the store."""
+    """Beside the spec: ``lm_eval.json`` (lm-eval's results), ``samples.json`` (every item's
+    scores), ``kld.npz`` (every token's), ``result.json``; and the results in the store."""
     folder = runs_dir() / run_id
-    atomic_write_bytes(folder / "lm_eval.json", json.dumps(raw, indent=1, default=str).encode())
     rows = result_rows(raw)
+    samples = {}
+    for res in raw.values():
+        samples.update(res.pop("samples", {}))
+        scores = res.pop("token_scores", None)
+        if scores is not None:
+            scores.save(folder / "kld.npz")
+    atomic_write_bytes(folder / "lm_eval.json", json.dumps(raw, indent=1, default=str).encode())
+    atomic_write_bytes(folder / "samples.json", json.dumps(samples).encode())
     result = RunResult(
         run_id,
         "done",

@@ -1,0 +1,168 @@
+"""Paired comparisons of two runs of the same model on the same items, with 95 % intervals.
+
+Two runs scored on the same items differ item by item far less than their separate standard
+errors suggest (the hard items are hard for both), so comparing them item by item decides what
+separate intervals cannot. For an accuracy the difference ``b − a`` of the per-item scores has
+mean Δ and standard error ``sd(d) / √n`` (the normal interval; with 0/1 scores McNemar's exact
+test on the discordant items gives the p-value). The average accuracy over tasks is a mean of
+independent task means: its Δ's standard error is ``√(Σ se_t²) / T``. For KLD the per-token
+differences are averaged per window (tokens within a window are correlated) and the interval is
+that of the windows' mean. A run compared with itself gives Δ = 0 with a zero-width interval.
+
+>>> d = paired_items({"doc_id": [0, 1, 2, 3], "acc": [1, 0, 1, 1]},
+...                  {"doc_id": [0, 1, 2, 3], "acc": [1, 1, 1, 1]}, "acc")
+>>> round(d.delta, 2), d.n, d.significant
+(0.25, 4, False)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Paired:
+    """``b − a``: mean difference, its standard error, the 95 % interval, items, p-value."""
+
+    delta: float
+    se: float
+    n: int
+    p: float | None = None
+
+    @property
+    def lo(self) -> float:
+        return self.delta - Z95 * self.se
+
+    @property
+    def hi(self) -> float:
+        return self.delta + Z95 * self.se
+
+    @property
+    def significant(self) -> bool:
+        """The 95 % interval excludes zero (and McNemar agrees where it applies)."""
+        inside = self.lo <= 0.0 <= self.hi
+        return not inside and (self.p is None or self.p < 0.05)
+
+    def format(self, scale: float = 100.0, digits: int = 1) -> str:
+        """``+1.2 [−0.5, +2.9]`` (in points for ``scale=100``), ``*`` when significant.
+
+        >>> Paired(0.012, 0.008, 500).format()
+        '+1.2 [-0.4, +2.8]'
+        """
+        f = f"{{:+.{digits}f}}"
+        text = f"{f.format(scale * self.delta)} [{f.format(scale * self.lo)}, "
+        text += f"{f.format(scale * self.hi)}]"
+        return text + (" *" if self.significant else "")
+
+
+def _se_of_mean(d: np.ndarray) -> float:
+    return float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
+def paired_items(a: dict, b: dict, metric: str) -> Paired:
+    """``b − a`` for one task's per-item ``metric`` (``{"doc_id": [...], metric: [...]}``),
+    over the items both runs scored."""
+    ia = {str(i): v for i, v in zip(a["doc_id"], a[metric], strict=True)}
+    ib = {str(i): v for i, v in zip(b["doc_id"], b[metric], strict=True)}
+    common = [i for i in ia if i in ib]
+    if not common:
+        return Paired(float("nan"), float("nan"), 0)
+    x = np.array([ia[i] for i in common], dtype=float)
+    y = np.array([ib[i] for i in common], dtype=float)
+    d = y - x
+    p = None
+    if set(np.unique(x)) <= {0.0, 1.0} and set(np.unique(y)) <= {0.0, 1.0}:
+        p = mcnemar(int(((x == 0) & (y == 1)).sum()), int(((x == 1) & (y == 0)).sum()))
+    return Paired(float(d.mean()), _se_of_mean(d), len(d), p)
+
+
+def mcnemar(b_wins: int, a_wins: int) -> float:
+    """McNemar's exact two-sided p-value from the discordant counts (1.0 when there are none).
+
+    >>> round(mcnemar(10, 2), 4)
+    0.0386
+    """
+    n = b_wins + a_wins
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(b_wins, n, 0.5).pvalue)
+
+
+def paired_average(parts: list[Paired]) -> Paired:
+    """Δ of a mean over tasks from each task's paired Δ (tasks have disjoint items)."""
+    parts = [p for p in parts if p.n]
+    if not parts:
+        return Paired(float("nan"), float("nan"), 0)
+    t = len(parts)
+    se = math.sqrt(sum(p.se**2 for p in parts)) / t
+    return Paired(sum(p.delta for p in parts) / t, se, sum(p.n for p in parts))
+
+
+def paired_kld(a: np.ndarray, b: np.ndarray) -> Paired:
+    """``b − a`` of per-token KLD ``[windows, positions]``, interval from the windows' means."""
+    w = min(len(a), len(b))
+    d = (b[:w].astype(np.float64) - a[:w].astype(np.float64)).mean(axis=1)
+    return Paired(float(d.mean()), _se_of_mean(d), int(b[:w].size))
+
+
+# --------------------------------------------------------------------------- runs on disk
+
+
+def run_items(run_id: str) -> dict:
+    """A finished run's per-item scores (``samples.json``), ``{}`` when it has none."""
+    from mixviz.runs.store import runs_dir
+
+    path = runs_dir() / run_id / "samples.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_kld(run_id: str) -> np.ndarray | None:
+    """A finished run's per-token KLD ``[windows, positions]``, or None."""
+    from mixviz.runs.kld import TokenScores
+    from mixviz.runs.store import runs_dir
+
+    path = runs_dir() / run_id / "kld.npz"
+    return TokenScores.load(path).kld if path.is_file() else None
+
+
+def compare_runs(a_id: str, b_id: str, tasks: list[str], primary: dict[str, str]) -> dict:
+    """``{task: Paired, "average": Paired, "kld": Paired}`` of run ``b`` against run ``a``:
+    each task's primary metric (``primary[task]``), their average, and KLD where both have it."""
+    a, b = run_items(a_id), run_items(b_id)
+    out: dict[str, Paired] = {}
+    for task in tasks:
+        m = primary.get(task)
+        if m and m in a.get(task, {}) and m in b.get(task, {}):
+            out[task] = paired_items(a[task], b[task], m)
+    if out:
+        out["average"] = paired_average([out[t] for t in tasks if t in out])
+    ka, kb = run_kld(a_id), run_kld(b_id)
+    if ka is not None and kb is not None:
+        out["kld"] = paired_kld(ka, kb)
+    return out
+
+
+def spearman_ci(x, y) -> tuple[float, float, float]:
+    """Spearman's ρ with a 95 % interval (Fisher's z with the Bonett–Wright variance
+    ``(1 + ρ²/2) / (n − 3)``); NaN bounds below 4 points.
+
+    >>> rho, lo, hi = spearman_ci([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
+    >>> round(rho, 3), lo < rho < hi
+    (0.829, True)
+    """
+    from scipy.stats import spearmanr
+
+    n = len(x)
+    rho = float(spearmanr(x, y).statistic) if n >= 2 else float("nan")
+    if n < 4 or not math.isfinite(rho) or abs(rho) >= 1:
+        return rho, float("nan"), float("nan")
+    z, se = math.atanh(rho), math.sqrt((1 + rho**2 / 2) / (n - 3))
+    return rho, math.tanh(z - Z95 * se), math.tanh(z + Z95 * se)
