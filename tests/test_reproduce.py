@@ -94,6 +94,9 @@ def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
         assert run is not None, row.label
         return run, store.results(run.id)["mixviz_nextsent"]["acc"]
 
+    def se_of(run):
+        return store.stderrs(run.id)["mixviz_nextsent"]["acc"]
+
     _, ref = run_of(rows[0])
     assert rows[0].label == "BF16" and ref > 0
     for t in (1, 2, 3, 4):
@@ -102,7 +105,9 @@ def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
         for row in table_rows:
             run, acc = run_of(row)
             cells = tables[t].loc[row.label]
-            assert cells["accuracy"] == f"{acc:.4f} ({100 * acc / ref:.1f}%)", (t, row.label)
+            share = f"({100 * acc / ref:.1f}%)"
+            assert cells["accuracy"] == f"{acc:.4f} ± {se_of(run):.4f} {share}", (t, row.label)
+            assert cells["items"] == "8"
             # avg bits without scale bits: Σ bits·numel / Σ numel over the recipe's layers
             recipe = row.spec.recipe
             if recipe is None:
@@ -133,15 +138,22 @@ def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
         def get(self, run_id):
             return store.get(run_id)
 
+        def list(self, *args, **kwargs):
+            return store.list(*args, **kwargs)
+
         def results(self, run_id):
             return {"mixviz_nextsent": {"acc": accs[run_id], "acc_norm": 0.0}}
+
+        def stderrs(self, run_id):
+            return {"mixviz_nextsent": {"acc": accs[run_id] / 10}}
 
     distinct = write_report("tiny", rows, runs, Distinct(), ("mixviz_nextsent",), tiny_layers)
     ref = accs[ids[rows[0].spec.key]]
     for row in rows:
         acc = accs[ids[row.spec.key]]
         cell = distinct[row.table].loc[row.label, "accuracy"]
-        assert cell == f"{acc:.4f} ({100 * acc / ref:.1f}%)", (row.table, row.label)
+        want = f"{acc:.4f} ± {acc / 10:.4f} ({100 * acc / ref:.1f}%)"
+        assert cell == want, (row.table, row.label)
 
 
 @pytest.mark.slow

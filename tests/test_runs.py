@@ -250,8 +250,12 @@ def test_end_to_end_tiny_real_autoround_and_lm_eval(tiny_ref, tiny_layers):
     plan = {x.name: "MXFP4" for x in tiny_layers if x.block is not None}
     assert doc["status"] == "done"
     assert doc["avg_bits"] == _bits_by_hand(tiny_layers, plan) == 4.25
-    assert set(doc["results"]) == set(TASKS)
-    assert set(doc["results"]["mixviz_nextsent"]) == {"acc", "acc_norm"}
+    assert set(doc["results"]) == {*TASKS, "mixviz_kld"}  # KLD to BF16 comes with every run
+    assert set(doc["results"]["mixviz_nextsent"]) == {"acc", "acc_norm", "items"}
+    assert doc["results"]["mixviz_nextsent"]["items"] == limit
+    kld = doc["results"]["mixviz_kld"]
+    assert kld["tokens"] == limit * 511 and kld["kld"] > 0 and 0 < kld["top1"] < 1
+    assert doc["stderrs"]["mixviz_kld"]["kld"] > 0 and "acc" in doc["stderrs"]["mixviz_nextsent"]
     items = lastword_items()[:limit]
     model, tok = load_model(tiny_ref)
     bf16 = lastword_direct(model, tok, items)

@@ -7,14 +7,14 @@ import sys
 
 from mixviz.cli.common import add_profile_flags, progress
 
-STUDY_TASKS = "lambada_openai,hellaswag,piqa,winogrande,mmlu"
+STUDY_TASKS = "lambada_openai,hellaswag,piqa,winogrande,mmlu,mixviz_kld"
 
 
 def add_parser(sub) -> None:
     rep = sub.add_parser("reproduce", help="the reference study's tables for a model")
     rep.add_argument("model")
     rep.add_argument("--tasks", help=f"default: {STUDY_TASKS} (demo/tiny: the bundled ones)")
-    rep.add_argument("--limit", type=int, help="items per task")
+    rep.add_argument("--limit", type=int, help="items per task (default: all)")
     add_profile_flags(rep, "metric", "nsamples", "seqlen")
     rep.add_argument(
         "--no-autoscheme", action="store_true", help="skip AutoScheme's own allocations"
@@ -26,7 +26,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from mixviz.report.reproduce import reports_dir, run_protocol
     from mixviz.runs.tasks import check_tasks
 
-    default = "mixviz_lastword,mixviz_nextsent" if args.model in ("demo", "tiny") else STUDY_TASKS
+    bundled = "mixviz_lastword,mixviz_nextsent,mixviz_kld"
+    default = bundled if args.model in ("demo", "tiny") else STUDY_TASKS
     tasks = tuple(check_tasks((args.tasks or default).split(",")))
     run_protocol(
         args.model,  # run_protocol and reports_dir take the name (they resolve it themselves)

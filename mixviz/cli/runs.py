@@ -19,7 +19,12 @@ def add_parser(sub) -> None:
     what.add_argument("--bf16", action="store_true", help="the unquantized reference")
     what.add_argument("--uniform", metavar="OPTION", help="every block linear at OPTION")
     run.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks")
-    run.add_argument("--limit", type=int, help="items per task")
+    run.add_argument("--limit", type=int, help="items per task (default: all)")
+    run.add_argument(
+        "--no-kld",
+        action="store_true",
+        help="skip mixviz_kld (KL divergence to the unquantized model; added by default)",
+    )
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     run.add_argument("--seed", type=int, default=0)
@@ -112,7 +117,7 @@ def _recipe_file(ref, path: str) -> tuple[dict[str, str], str, float | None]:
 def _run_spec(args: argparse.Namespace, ref):
     """The RunSpec for ``run``'s flags, on the already resolved model ``ref``."""
     from mixviz.runs.runspec import RunSpec
-    from mixviz.runs.tasks import check_tasks
+    from mixviz.runs.tasks import KLD_TASK, check_tasks
 
     strategy, budget = "", None
     if args.bf16:
@@ -122,6 +127,8 @@ def _run_spec(args: argparse.Namespace, ref):
     else:
         recipe, strategy, budget = _recipe_file(ref, args.recipe)
     tasks = check_tasks(args.tasks.split(","))
+    if KLD_TASK not in tasks and not args.no_kld:
+        tasks.append(KLD_TASK)
     return RunSpec(
         model=args.model,
         recipe=recipe,
@@ -179,7 +186,11 @@ def _run_text(doc: dict) -> str:
         + (f", {doc['avg_bits']:.4f} avg bits" if doc.get("avg_bits") else "")
     ]
     for task, metrics in doc["results"].items():
-        lines.append(f"  {task}: " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
+        errs = doc.get("stderrs", {}).get(task, {})
+        cells = [
+            f"{m} {v:.4f}" + (f" ± {errs[m]:.4f}" if m in errs else "") for m, v in metrics.items()
+        ]
+        lines.append(f"  {task}: " + ", ".join(cells))
     return "\n".join(lines)
 
 
@@ -207,6 +218,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
                 "backend": r.backend,
                 "error": r.error,
                 "results": store.results(r.id),
+                "stderrs": store.stderrs(r.id),
             }
             for r in rows
         ]

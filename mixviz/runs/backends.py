@@ -408,7 +408,8 @@ def wait(
 
 
 def run_document(store: Store, run_id: str) -> dict:
-    """The ``run --wait --json`` document: id, status, avg_bits, results, seconds."""
+    """The ``run --wait --json`` document: id, status, avg_bits, results and their standard
+    errors, seconds."""
     row = store.get(run_id)
     result_file = runs_dir() / run_id / "result.json"
     seconds = None
@@ -420,6 +421,7 @@ def run_document(store: Store, run_id: str) -> dict:
         "label": row.label,
         "avg_bits": row.avg_bits,
         "results": store.results(run_id),
+        "stderrs": store.stderrs(run_id),
         "seconds": seconds,
         "error": row.error,
     }

@@ -91,8 +91,10 @@ def windows(tokenizer, seqlen: int = SEQLEN) -> torch.Tensor:
     return torch.tensor(ids[: n * seqlen], dtype=torch.long).view(n, seqlen)
 
 
-def reference_key(model_hash: str, dtype: str, seqlen: int = SEQLEN, topk: int = TOPK) -> str:
-    """Digest of everything the reference depends on."""
+def reference_key(
+    model_hash: str, dtype: str, seqlen: int = SEQLEN, topk: int = TOPK, limit: int | None = None
+) -> str:
+    """Digest of everything the reference depends on (``limit``: its first windows only)."""
     import transformers
 
     from mixviz.models.text import evaluation_text
@@ -103,6 +105,7 @@ def reference_key(model_hash: str, dtype: str, seqlen: int = SEQLEN, topk: int =
         dtype,
         seqlen,
         topk,
+        limit,
         evaluation_text().hash,
         torch.__version__,
         transformers.__version__,
@@ -141,10 +144,17 @@ def compute_reference(
 
 
 def reference(
-    model, tokenizer, model_hash: str, dtype: str, progress=None, seqlen: int = SEQLEN
+    model,
+    tokenizer,
+    model_hash: str,
+    dtype: str,
+    progress=None,
+    seqlen: int = SEQLEN,
+    limit: int | None = None,
 ) -> Reference:
-    """The cached reference for this model, computing (and caching) it on first use."""
-    key = reference_key(model_hash, dtype, seqlen)
+    """The cached reference for this model over the first ``limit`` windows (or all),
+    computing (and caching) it on first use."""
+    key = reference_key(model_hash, dtype, seqlen, limit=limit)
     path = cache_dir() / "kld" / f"{key}.pt"
     if path.is_file():
         try:
@@ -152,7 +162,8 @@ def reference(
             return Reference(key, d["tokens"], d["logp"], d["ids"], d["nll"])
         except Exception:  # noqa: BLE001 — a damaged cache is recomputed, never trusted
             pass
-    ref = compute_reference(model, windows(tokenizer, seqlen), key, progress=progress)
+    tokens = windows(tokenizer, seqlen)[:limit]
+    ref = compute_reference(model, tokens, key, progress=progress)
     buf = io.BytesIO()
     torch.save({"tokens": ref.tokens, "logp": ref.logp, "ids": ref.ids, "nll": ref.nll}, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -351,8 +351,12 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         loaded, bits = quantize_step(store, run_id, spec, loaded, quantize_fn)
         timings["quantize"] = time.perf_counter() - t
     t = time.perf_counter()
-    raw = evaluate_step(store, run_id, spec, loaded, evaluate_fn, reference)
+    raw = evaluate_step(store, run_id, spec, loaded, evaluate_fn)
     timings["evaluate"] = time.perf_counter() - t
+    if reference is not None:
+        t = time.perf_counter()
+        raw[KLD_TASK] = kld_step(store, run_id, spec, loaded, reference)
+        timings["kld"] = time.perf_counter() - t
     record_step(store, run_id, spec, raw, bits, time.perf_counter() - t_start, timings)
     done = store.transition(
         run_id, ("running",), status="done", stage="done", progress=1.0, finished=time.time()
@@ -409,19 +413,24 @@ def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
             store.update(run_id, progress=0.05 + 0.1 * i / n)
 
     return kld.reference(
-        loaded.model, loaded.tokenizer, loaded.model_hash, spec.dtype, progress=on_window
+        loaded.model,
+        loaded.tokenizer,
+        loaded.model_hash,
+        spec.dtype,
+        progress=on_window,
+        limit=spec.limit,  # --limit counts KLD windows too
     )
 
 
-def evaluate_step(
-    store: Store, run_id: str, spec: RunSpec, loaded: Loaded, evaluate_fn, reference=None
-) -> dict:
-    """lm-eval's results per task and the KLD task's, the progress reported per batch."""
-    from dataclasses import replace
+def _slots(spec: RunSpec) -> tuple[int, int]:
+    """(lm-eval tasks, all task slots) — the evaluation's share of progress is split by them."""
+    n = sum(t != KLD_TASK for t in spec.tasks)
+    return n, n + (KLD_TASK in spec.tasks)
 
-    store.update(run_id, stage="evaluating", progress=0.3)
-    lm_tasks = tuple(t for t in spec.tasks if t != KLD_TASK)
-    slots = len(lm_tasks) + (reference is not None)
+
+def _progress_writer(store: Store, run_id: str, spec: RunSpec):
+    """``report(done_slots, stage)``: progress over 0.3–1.0, written every 0.5 % at most."""
+    slots = _slots(spec)[1]
     last = [0.0]
 
     def report(done: float, stage: str) -> None:
@@ -430,23 +439,38 @@ def evaluate_step(
             last[0] = progress
             store.update(run_id, progress=progress, stage=stage)
 
+    return report
+
+
+def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, evaluate_fn) -> dict:
+    """lm-eval's results per task (the KLD task is :func:`kld_step`'s), progress per batch."""
+    from dataclasses import replace
+
+    store.update(run_id, stage="evaluating", progress=0.3)
+    lm_tasks = tuple(t for t in spec.tasks if t != KLD_TASK)
+    report = _progress_writer(store, run_id, spec)
+
     def on_task(i: int, n: int, fraction: float = 0.0) -> None:
         report(i + fraction, f"evaluating {lm_tasks[i]}" if i < n else "evaluated")
 
-    raw = {}
     if spec.recipe is not None:
         from mixviz.runs.fastquant import use_fast_activation_quant
 
         use_fast_activation_quant(loaded.model)  # the same numbers, half the time
-    if lm_tasks:
-        raw = evaluate_fn(loaded.model, loaded.tokenizer, replace(spec, tasks=lm_tasks), on_task)
-    if reference is not None:
+    if not lm_tasks:
+        return {}
+    return evaluate_fn(loaded.model, loaded.tokenizer, replace(spec, tasks=lm_tasks), on_task)
 
-        def on_window(i: int, n: int) -> None:
-            report(len(lm_tasks) + i / n, f"evaluating {KLD_TASK}")
 
-        raw[KLD_TASK] = kld_results(spec, loaded, reference, on_window)
-    return raw
+def kld_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, reference) -> dict:
+    """The KLD task against the reference, its progress reported per window."""
+    report = _progress_writer(store, run_id, spec)
+    first = _slots(spec)[0]
+
+    def on_window(i: int, n: int) -> None:
+        report(first + i / n, f"evaluating {KLD_TASK}")
+
+    return kld_results(spec, loaded, reference, on_window)
 
 
 def kld_results(spec: RunSpec, loaded: Loaded, reference, progress) -> dict:
