@@ -295,7 +295,7 @@ def frontier_view(avg: float) -> None:
     st.vega_lite_chart(
         spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"]),
         key="allocate_frontier",
-        use_container_width=True,
+        width="stretch",
     )
 
 
