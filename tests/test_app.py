@@ -152,32 +152,48 @@ def test_allocate_grid_selection_locks_a_block(profiled):
     assert all(str(v).startswith("✕") for v in grid.loc[1])
 
 
-def test_allocate_locks_beyond_the_budget_are_an_error(profiled):
+def test_allocate_locks_beyond_the_budget_are_refused(profiled):
     at = _app("app_pages/allocate.py", **{**TINY, "bits": "5"})
     assert not at.exception and not at.error
+    before = at.session_state["allocation"]
     at.multiselect(key="edit_blocks").set_value([0, 1, 2]).run()
     at.selectbox(key="edit_option").set_value("BF16").run()
     at.button(key="edit_set").click().run()
     assert not at.exception
     # 3 of tiny's 4 equal blocks at BF16 need (3·16 + 4) / 4 = 13 bits (block 3 at MXFP4) to
-    # (3·16 + 8) / 4 = 14 bits: 5 bits is beyond them, said so, and the nearest is used.
+    # (3·16 + 8) / 4 = 14 bits: 5 bits cannot hold them, so nothing changes and the range is said
     assert [e.value for e in at.error] == [
-        "Average bits 5 is outside the feasible range 13.00–14.00; "
-        "using the nearest feasible value."
+        "Setting 21 layers to BF16 needs an average of 13.00–14.00 bits; the budget is 5 bits. "
+        "Nothing was changed."
     ]
+    assert at.session_state["allocate_pins"] == {}
+    assert at.session_state["allocation"]["layers"] == before["layers"]
+    assert at.slider(key="allocate_avg_bits").value == 5.0
+    # ... unless the budget is raised explicitly
+    at.button(key="edit_move_budget").click().run()
+    assert not at.exception and not at.error
     assert len(at.session_state["allocate_pins"]) == 21
+    assert at.slider(key="allocate_avg_bits").value == 13.01
     assert at.session_state["allocation"]["avg_bits_no_scale"] == 13.0
-    # every layer locked: the slider's range collapses to the locks' bits, nothing is lost
+    assert at.multiselect(key="edit_blocks").value == []  # the pickers start empty again
+    # every layer locked: the range collapses to the locks' bits, nothing is lost
     at.multiselect(key="edit_blocks").set_value([3]).run()
     at.button(key="edit_set").click().run()
+    assert "needs an average of 16.00–16.00 bits" in at.error[0].value
+    at.button(key="edit_move_budget").click().run()
     assert not at.exception and not at.error
     assert len(at.session_state["allocate_pins"]) == 28
     assert at.session_state["allocation"]["avg_bits_no_scale"] == 16.0
     assert "The locks fix every layer: 16.000 average bits" in at.info[0].value
+    # undo and reset bring the budget back with the locks
     at.button(key="edit_undo").click().run()
     assert len(at.session_state["allocate_pins"]) == 21
-    at.button(key="edit_undo").click().run()
+    assert at.slider(key="allocate_avg_bits").value == 13.01
+    at.button(key="edit_reset").click().run()
+    assert not at.exception and not at.error
     assert at.session_state["allocate_pins"] == {}
+    assert at.slider(key="allocate_avg_bits").value == 5.0
+    assert at.session_state["allocation"]["layers"] == before["layers"]
 
 
 def test_allocate_budget_outside_range_is_an_error(profiled):
@@ -243,3 +259,19 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
     assert table.loc["bf16", "average"] == "0.7076 (100.0%)"
     assert len(at.get("plotly_chart")) >= 1
     assert len(at.get("download_button")) == 3
+
+
+def test_pages_log_no_warnings(profiled, caplog):
+    """No deprecation (``use_container_width``) or widget-state warning from our pages."""
+    caplog.set_level("WARNING")
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    at.slider(key="allocate_avg_bits").set_value(6.5).run()
+    at.radio(key="allocate_draw").set_value("chart").run()
+    at.multiselect(key="edit_blocks").set_value([0]).run()
+    at.button(key="edit_set").click().run()
+    at.button(key="edit_undo").click().run()
+    for page in ("app_pages/model.py", "app_pages/profile.py", "app_pages/runs.py"):
+        at.switch_page(page).run()
+    assert not at.exception
+    ours = [r.getMessage() for r in caplog.records if "ScriptRunContext" not in r.getMessage()]
+    assert ours == []

@@ -97,7 +97,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     """The table as the page shows it: cells are preformatted strings, kept as written
     (``0.1400`` stays ``0.1400``, not ``0.14``); ``bf16`` reads ``BF16``.
 
-    >>> print(to_markdown(pd.DataFrame({"avg bits": ["16.00"]}, index=pd.Index(["bf16"], name="run"))))
+    >>> run = pd.Index(["bf16"], name="run")
+    >>> print(to_markdown(pd.DataFrame({"avg bits": ["16.00"]}, index=run)))
     | run   | avg bits   |
     |:------|:-----------|
     | BF16  | 16.00      |
