@@ -377,3 +377,24 @@ def schemes_frame(report: dict) -> pd.DataFrame:
         for name, s in report["schemes"].items()
     ]
     return pd.DataFrame(rows)
+
+
+def task_metrics(frame: pd.DataFrame, tasks: list[str]) -> str:
+    """Which metric the accuracy of ``tasks`` is (``acc``, ``acc_norm``, or both)."""
+    from mixviz.report.tables import PRIMARY
+
+    found = [next((m for m in PRIMARY if f"{t}:{m}" in frame), "acc") for t in tasks]
+    return " / ".join(dict.fromkeys(found)) or "acc"
+
+
+def items_per_task(store, frame: pd.DataFrame) -> str:
+    """`` (50 items per task)`` from the runs' item counts (``n_items`` or the spec's limit)."""
+    if "n_items" in frame and frame["n_items"].notna().any():
+        counts = {int(n) for n in frame["n_items"].dropna()}
+    else:
+        counts = {store.get(i).spec.get("limit") for i in frame["id"]}
+    counts.discard(None)
+    if not counts:
+        return ""
+    shown = "–".join(str(n) for n in sorted({min(counts), max(counts)}))
+    return f" ({shown} items per task)"

@@ -284,9 +284,21 @@ def heatmap_grid(shown: Shown, view: str, editable: bool) -> tuple[list, list, l
     """The heatmap as a styled grid (block × module); cells, rows and columns selectable."""
     chosen = shown.allocation
     title = shown.title + f": {getattr(chosen, bits_key):.3f} average bits"
-    st.caption(f"**{title}** · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {shown.mark_label}")
+    marks = (
+        f" · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {shown.mark_label}"
+        if editable
+        else f" · {charts.MOVE_MARK} {shown.mark_label}"
+        if shown.marked
+        else ""
+    )
+    st.caption(f"**{title}**{marks}")
+    st.html(charts.format_legend_html([*profile.options, *chosen.layers.values()]))
     styler, blocks, kinds, cells = charts.allocation_grid(
-        profile.layers, chosen, list(profile.options), set(locks), shown.marked
+        profile.layers,
+        chosen,
+        list(profile.options),
+        set(locks) if editable else set(),
+        shown.marked,
     )
     event = st.dataframe(
         styler,
@@ -318,7 +330,7 @@ def heatmap_chart(shown: Shown, editable: bool) -> tuple[list, list, list]:
         list(profile.options),
         title,
         shown.marked,
-        set(locks),
+        set(locks) if editable else set(),
         selectable=editable,
         highlight_label=shown.mark_label,
     )
@@ -350,7 +362,7 @@ def frontier_view(avg: float) -> None:
         (profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))),
     )
     st.vega_lite_chart(
-        spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"]),
+        spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"], x_min=lo),
         key="allocate_frontier",
         width="stretch",
     )

@@ -7,6 +7,7 @@ import json
 import pytest
 from apptest import open_app
 
+from mixviz.report import charts
 from mixviz.runs.backends import LocalBackend
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
@@ -81,10 +82,23 @@ def test_allocate_slider_changes_allocation_within_budget(profiled):
     assert grid.shape == (4, 7) and list(grid.columns) == ["q", "k", "v", "o", "gate", "up", "down"]
     assert grid.loc[2, "down"] == seen[7.5]["model.layers.2.mlp.down_proj"]
     frontier = json.loads(at.get("vega_lite_chart")[0].proto.spec)
-    assert frontier["layer"][1]["mark"]["type"] == "rule"  # the marker at the slider
+    marks = [layer["mark"]["type"] for layer in frontier["layer"]]
+    assert marks == ["line", "point", "rule", "text"]  # baselines are points, never a line
+    assert frontier["layer"][1]["transform"] == [{"filter": "!datum.solver"}]
+    x_scale = frontier["layer"][0]["encoding"]["x"]["scale"]
+    assert x_scale["domainMin"] == pytest.approx(4.0)  # tiny's feasible minimum (all MXFP4)
+    assert frontier["title"]
+    legend = at.get("html")[0].proto.body  # the grid's format legend, fewest bits first
+    assert legend.index("MXFP4") < legend.index("MXFP8")
+    assert charts.format_colour("MXFP4") in legend
     assert not at.get("plotly_chart")
     at.radio(key="allocate_draw").set_value("chart").run()
     assert not at.exception and len(at.get("plotly_chart")) == 1  # the plotly heatmap
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert heat["colorscale"][0][1] == charts.format_colour(heat["colorbar"]["ticktext"][0])
+    at.radio(key="allocate_draw").set_value("grid").run()
+    at.radio(key="allocate_view").set_value("head").run()  # not editable: no lock caption
+    assert not any("locked" in c.value for c in at.caption)
     at.radio(key="allocate_view").set_value("diff").run()
     assert not at.exception and not at.error
 
@@ -238,7 +252,9 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
     store = Store()
     tasks = ("mixviz_lastword",)
-    _fake_run(store, RunSpec(model="tiny", recipe=None, tasks=tasks, strategy="bf16"), 0.7076)
+    _fake_run(
+        store, RunSpec(model="tiny", recipe=None, tasks=tasks, strategy="bf16", limit=2), 0.7076
+    )
     for budget, acc in ((4.5, 0.62), (5.0, 0.6857)):
         for strategy, delta in (("optimal", 0.0), ("head", -0.02)):
             _fake_run(
@@ -249,6 +265,7 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
                     tasks=tasks,
                     strategy=strategy,
                     budget=budget,
+                    limit=2,
                 ),
                 acc + delta,
             )
@@ -256,9 +273,42 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
     assert not at.exception and not at.error
     table = at.table[0].value
     assert table.loc["optimal @5", "average"] == "0.6857 (96.9%)"
-    assert table.loc["bf16", "average"] == "0.7076 (100.0%)"
-    assert len(at.get("plotly_chart")) >= 1
+    assert table.loc["BF16", "average"] == "0.7076 (100.0%)"  # one name for BF16 everywhere
     assert len(at.get("download_button")) == 3
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    layout = chart["layout"]
+    assert layout["title"]["text"].endswith("vs average bits")
+    assert layout["showlegend"] is True
+    assert {t["name"] for t in chart["data"]} == {"optimal", "head", "BF16"}
+    y_title = layout["yaxis"]["title"]["text"]
+    assert "acc" in y_title and "(2 items per task)" in y_title  # the metric and item count
+    bits = [r.avg_bits for r in store.list() if r.label != "bf16"]
+    lo, hi = layout["xaxis"]["range"]
+    assert lo < min(bits) <= max(bits) < hi < lo + (max(bits) - min(bits)) + 1  # fitted, padded
+    lo, hi = layout["yaxis"]["range"]
+    assert lo < 0.6 < 0.7076 < hi < 0.8
+    assert any("Spearman" in i.value for i in at.info)  # the empty state says what is missing
+
+
+def test_results_page_one_run_has_sensible_axes(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    spec = RunSpec(
+        model="tiny",
+        recipe={"model.layers.0.mlp.up_proj": "MXFP4"},
+        tasks=("mixviz_lastword",),
+        strategy="optimal",
+        budget=5.0,
+        limit=2,
+    )
+    _fake_run(Store(), spec, 0.5)
+    at = _app("app_pages/results.py", model="tiny")
+    assert not at.exception and not at.error
+    layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    (x,) = {r.avg_bits for r in Store().list()}
+    lo, hi = layout["xaxis"]["range"]
+    assert lo < x < hi and hi - lo < 1
+    lo, hi = layout["yaxis"]["range"]
+    assert lo < 0.5 < hi and hi - lo < 0.1
 
 
 def test_pages_log_no_warnings(profiled, caplog):
@@ -275,3 +325,32 @@ def test_pages_log_no_warnings(profiled, caplog):
     assert not at.exception
     ours = [r.getMessage() for r in caplog.records if "ScriptRunContext" not in r.getMessage()]
     assert ours == []
+
+
+def test_format_colours_are_one_ramp_by_bits():
+    from mixviz.models.schemes import SCHEMES, get_scheme
+
+    order = sorted(SCHEMES, key=lambda o: (get_scheme(o).bits, o))
+    colours = [charts.format_colour(o) for o in order]
+    assert len(set(colours)) == len(order)  # one colour per format
+    assert colours[0] == "rgb(68, 1, 84)" and colours[-1] == "rgb(253, 231, 37)"  # viridis
+    assert charts.format_colour("BF16") == colours[-1]
+
+
+def test_accuracy_chart_draws_error_bars_when_the_results_have_them():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"strategy": ["optimal"] * 2, "avg_bits": [4.5, 5.0], "accuracy": [0.6, 0.65]}
+    )
+    assert "error_y" not in charts.accuracy_chart(frame).to_dict()["data"][0]
+    fig = charts.accuracy_chart(frame.assign(accuracy_se=[0.03, 0.02]), 0.7)
+    assert list(fig.to_dict()["data"][0]["error_y"]["array"]) == [0.03, 0.02]
+    assert fig.layout.yaxis.range[0] < 0.57 and fig.layout.yaxis.range[1] > 0.7
+
+
+def test_frontier_draws_baselines_as_points():
+    pt = {"avg_bits": 4.0, "avg_bits_no_scale": 4.0, "predicted_loss": 1.0}
+    spec = charts.frontier_chart({"optimal": [pt], "uniform": [pt, {**pt, "avg_bits": 8.0}]})
+    solver = {r["strategy"]: r["solver"] for r in spec["datasets"]["frontier"]}
+    assert solver == {"optimal": True, "uniform": False}

@@ -103,26 +103,26 @@ def to_markdown(table: pd.DataFrame) -> str:
     |:------|:-----------|
     | BF16  | 16.00      |
     """
-    return _shown(table).to_markdown(disable_numparse=True)
+    return as_shown(table).to_markdown(disable_numparse=True)
 
 
 def to_csv(table: pd.DataFrame) -> str:
     """The table as CSV, cells as the page shows them (strings, not re-parsed numbers)."""
-    return _shown(table).to_csv()
+    return as_shown(table).to_csv()
 
 
 def to_latex(table: pd.DataFrame) -> str:
     """A ``booktabs`` table: one header row (the index's name heads the first column),
     ``%`` and ``_`` escaped, cells as the page shows them."""
-    flat = _shown(table).reset_index()
+    flat = as_shown(table).reset_index()
     return flat.to_latex(index=False, escape=True, column_format="l" + "r" * (flat.shape[1] - 1))
 
 
 DISPLAY = {"bf16": "BF16"}  # one name per strategy wherever a run label is shown
 
 
-def _shown(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with run labels as shown on the page (``bf16`` → ``BF16``)."""
+def as_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with run labels as the page shows them (``bf16`` → ``BF16``)."""
     out = table.copy()
     out.index = [DISPLAY.get(str(i), i) for i in out.index]
     out.index.name = table.index.name
