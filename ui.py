@@ -342,6 +342,24 @@ def require_profile(choice: dict, missing: str | None = PROFILE_FIRST) -> Profil
     return profile
 
 
+def forget_profiles() -> None:
+    """Drop the memoised profiles (one was just recomputed and replaced on disk)."""
+    _profile_on_disk.clear()
+
+
+def profile_time(choice: dict, profile: Profile) -> str:
+    """When the cached ``profile`` was written, as ``2026-11-28 01:53`` (local time)."""
+    import time
+
+    from mixviz.paths import safe_filename
+    from mixviz.sensitivity.profile import profiles_dir
+
+    path = profiles_dir() / f"{safe_filename(profile.model)}-{profile.metric}-{profile.key}.json"
+    if not path.is_file():
+        return "earlier"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def problem_for(
     _profile,

@@ -57,8 +57,29 @@ def test_profile_page_heatmaps_and_tables(profiled):
     assert not at.exception and not at.error
     keys = {c.key for c in at.get("plotly_chart")}
     assert {"profile_heat_MXFP4", "profile_heat_MXFP8"} <= keys  # one heatmap per option
-    most = at.dataframe[0].value  # "Most sensitive"
+    most = at.dataframe[0].value  # "Most sensitive" in MXFP4
     assert len(most) == 10 and most["score"].is_monotonic_decreasing
+    # most / least per format tab, never one ranking that mixes them
+    formats = [set(d.value["format"]) for d in at.dataframe]
+    assert formats == [{"MXFP4"}, {"MXFP4"}, {"MXFP8"}, {"MXFP8"}]
+    heat = {
+        c.key: json.loads(c.proto.spec)["data"][0]
+        for c in at.get("plotly_chart")
+        if c.key.startswith("profile_heat_")
+    }
+    ends = {(h["zmin"], h["zmax"]) for h in heat.values()}
+    assert len(ends) == 1  # one colour scale for every format by default
+    at.toggle(key="profile_shared_scale").set_value(False).run()
+    heat = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    assert all("zmin" not in h for h in heat)
+
+
+def test_profile_page_asks_before_recomputing(profiled):
+    at = _app("app_pages/profile.py", **TINY)
+    assert not at.exception and not at.error
+    assert not [b for b in at.button if b.key == "profile_start"]  # no one-click re-profile
+    (pop,) = [p for p in at.get("popover") if p.proto.popover.label.startswith("Recompute (cached")]
+    assert at.button(key="profile_recompute_confirm").label == "Yes, recompute"
 
 
 def test_allocate_slider_changes_allocation_within_budget(profiled):

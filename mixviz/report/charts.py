@@ -96,8 +96,15 @@ def _grid_layout(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
-def sensitivity_heatmap(profile, option: str) -> go.Figure:
-    """Score per (block, module) for one option, on a log colour scale."""
+def score_range(profile) -> tuple[float, float] | None:
+    """``(lo, hi)`` of log₁₀ score over every format: one colour scale for all of them."""
+    logs = [math.log10(r.score) for r in profile.rows if r.score and r.score > 0]
+    return (min(logs), max(logs)) if logs else None
+
+
+def sensitivity_heatmap(profile, option: str, zrange: tuple[float, float] | None = None):
+    """Score per (block, module) for one option, on a log colour scale: ``zrange`` (say from
+    :func:`score_range`) fixes the scale's ends so that formats compare; None fits this one."""
     blocks, kinds, cells = _grid(profile.layers)
     z, text, custom = [], [], []
     for b in blocks:
@@ -123,6 +130,8 @@ def sensitivity_heatmap(profile, option: str) -> go.Figure:
             y=blocks,
             customdata=custom,
             colorscale="Viridis",
+            zmin=zrange[0] if zrange else None,
+            zmax=zrange[1] if zrange else None,
             colorbar={"title": "log₁₀ score"},
             hovertemplate="%{customdata[0]}<br>numel %{customdata[1]:,}<br>score "
             "%{customdata[2]}<extra></extra>",
