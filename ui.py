@@ -416,3 +416,18 @@ def items_per_task(store, frame: pd.DataFrame) -> str:
         return ""
     shown = "–".join(str(n) for n in sorted({min(counts), max(counts)}))
     return f" ({shown} items per task)"
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def model_layers(spec: str) -> dict:
+    """``{name: Layer}`` of a model's linear layers (from its meta model: no weights)."""
+    ref = model_ref(spec)
+    return {x.name: x for x in mixviz.inventory(mixviz.meta_model(ref))}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def recipe_bits(model: str, recipe: tuple[tuple[str, str], ...]) -> float:
+    """A recipe's average bits (with scale bits, as runs report them) before it has run."""
+    from mixviz.report.recipe import Recipe
+
+    return Recipe(model, "", dict(recipe)).average_bits(model_layers(model).values(), False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from apptest import open_app
@@ -243,13 +244,45 @@ def test_runs_page_queues_the_comparison(profiled):
     at.number_input(key="runs_limit").set_value(2).run()
     at.button(key="runs_start").click().run()
     assert not at.exception and not at.error
-    assert "Queued 6 runs" in at.success[0].value
     store = Store()
     labels = {r.label for r in store.list()}
-    assert {"bf16", "pure MXFP4", "optimal @6", "head @6", "tail @6", "uniform @6"} <= labels
+    # "uniform @6" has the very recipe of "pure MXFP4": one run, named both ways
+    assert labels == {"bf16", "pure MXFP4 = uniform @6", "optimal @6", "head @6", "tail @6"}
+    assert at.success[0].value.startswith("Queued 5 runs (0 already done or queued; 1 identical")
+    at.button(key="runs_start").click().run()
+    assert at.success[0].value.startswith("Queued 0 runs (5 already done or queued; 1 identical")
+    assert len(store.list()) == 5
+    queue = at.dataframe[0].value
+    assert queue["bits"].notna().all()  # known from the recipe before a run quantizes
+    assert queue.set_index("run").loc["BF16", "bits"] == 16.0
     backend = LocalBackend(store)
     for r in store.list(("queued", "starting", "running")):
         backend.cancel(r.id)
+
+
+def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
+    from mixviz.runs.backends import log_path, new_run_id, write_spec
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    store = Store()
+    tasks = ("mixviz_lastword",)
+    done = _fake_run(store, RunSpec(model="tiny", recipe=None, tasks=tasks, limit=2), 0.5)
+    running = new_run_id()
+    spec = RunSpec(model="tiny", recipe={"model.layers.0.mlp.up_proj": "MXFP8"}, tasks=tasks)
+    write_spec(running, spec)
+    store.insert(running, spec.key, spec.model, spec.label, spec.to_dict())
+    store.update(running, status="running", stage="evaluating mixviz_lastword", progress=0.5)
+    store.update(running, started=time.time() - 60)
+    log_path(running).parent.mkdir(parents=True, exist_ok=True)
+    log_path(running).write_text("\x1b[1mloading\x1b[0m\n 10%|#  |\r 90%|#### |\nok\n")
+    at = _app("app_pages/runs.py", model="tiny")
+    assert not at.exception and not at.error
+    queue = at.dataframe[0].value.set_index("id")
+    assert queue.loc[done, "mixviz_lastword"] == "0.5000 acc"  # the headline, on this page
+    assert queue.loc[running, "time"].startswith("1:0") and "left" in queue.loc[running, "time"]
+    assert at.selectbox(key="runs_pick").value == running  # Details opens on the running run
+    (log,) = at.code
+    assert log.value.strip() == "loading\n 90%|#### |\nok" and log.language == "plaintext"
 
 
 def _fake_run(store, spec, acc):
