@@ -385,16 +385,37 @@ def layers_frame(report: dict) -> pd.DataFrame:
 
 
 def schemes_frame(report: dict) -> pd.DataFrame:
-    rows = [
-        {
-            "scheme": name,
-            "avg bits": s["avg_bits"],
-            "avg bits (no scale)": s["avg_bits_no_scale"],
-            "unavailable for": len(s["unavailable"]),
-        }
-        for name, s in report["schemes"].items()
-    ]
-    return pd.DataFrame(rows)
+    """One row per format: formats every block linear can use first, by bits; a format some
+    layers cannot use says why in words."""
+    from mixviz.models.schemes import get_scheme
+
+    features = {x["name"]: x["in_features"] for x in report["layers"]}
+    rows = []
+    for name, s in report["schemes"].items():
+        scheme = get_scheme(name)
+        bad = sorted({features[n] for n in s["unavailable"] if n in features})
+        rows.append(
+            {
+                "scheme": name,
+                "available": "all layers"
+                if not bad
+                else f"not for {len(s['unavailable'])} of {len(features)} layers: group "
+                f"{scheme.group_size} does not divide {_join(bad)} input features",
+                "avg bits": s["avg_bits"],
+                "avg bits (no scale)": s["avg_bits_no_scale"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    order = sorted(
+        range(len(rows)), key=lambda i: (rows[i]["available"] != "all layers", rows[i]["avg bits"])
+    )
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _join(numbers: list[int]) -> str:
+    """``[576]`` → ``'576'``; ``[576, 1536]`` → ``'576 or 1536'``."""
+    text = [str(n) for n in numbers]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " or " + text[-1]
 
 
 def task_metrics(frame: pd.DataFrame, tasks: list[str]) -> str:

@@ -14,7 +14,7 @@ from mixviz.allocation.edits import History, edit_cost, lock, select, unlock
 from mixviz.allocation.strategies import STRATEGIES, allocate, strategy_names
 from mixviz.models.inventory import KINDS
 from mixviz.report import charts
-from mixviz.report.export import export
+from mixviz.report.export import autoround_layer_config, autoround_script, export
 from mixviz.report.recipe import Recipe
 
 choice = ui.sidebar()
@@ -453,39 +453,29 @@ def refused_edit() -> None:
 
 
 def downloads(best, avg: float) -> None:
+    """The recipe and what each tool reads; a target that cannot hold it says why below."""
     st.subheader("Download")
     ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
     recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
-    cols = st.columns(5)
-    # Callables: the bytes are made on click, not shipped to the browser on every slider step.
-    cols[0].download_button(
-        "mixviz recipe",
-        lambda: json.dumps(recipe.to_dict(), indent=2),
-        f"{stem}.recipe.json",
-        "application/json",
-        key="allocate_download",
-    )
-    for col, (target, ext) in zip(
-        cols[1:],
-        [
-            ("autoround", "json"),
-            ("gptqmodel", "json"),
-            ("llmcompressor", "yaml"),
-            ("llamacpp", "txt"),
-        ],
-        strict=True,
-    ):
+    files = [
+        ("mixviz recipe", "recipe.json", lambda: json.dumps(recipe.to_dict(), indent=2)),
+        ("auto-round layer_config", "layer_config.json", lambda: autoround_layer_config(recipe)),
+        ("auto-round script", "autoround.py", lambda: autoround_script(recipe, ref.path)),
+        ("GPTQModel", "gptqmodel.json", lambda: export(recipe, "gptqmodel")),
+        ("llm-compressor", "llmcompressor.yaml", lambda: export(recipe, "llmcompressor")),
+        ("llama.cpp", "llamacpp.txt", lambda: export(recipe, "llamacpp")),
+    ]
+    for col, (label, suffix, make) in zip(st.columns(len(files)), files, strict=True):
+        key = f"allocate_download_{suffix.split('.')[0]}"
         try:
-            text = export(recipe, target)  # cheap; raises when the target can't hold the recipe
-            col.download_button(
-                target,
-                lambda text=text: text,
-                f"{stem}.{target}.{ext}",
-                key=f"allocate_download_{target}",
-            )
+            text = make()  # cheap; raises when the target can't hold the recipe
         except MixvizError as e:
-            col.button(target, disabled=True, help=str(e), key=f"allocate_download_{target}")
+            col.button(label, disabled=True, key=key)
+            col.caption(f"Not available: {e}")
+            continue
+        # a callable: the bytes are made on click, not shipped on every slider step
+        col.download_button(label, lambda text=text: text, f"{stem}.{suffix}", key=key)
 
 
 budget_view()

@@ -46,6 +46,25 @@ def test_model_page_shows_tiny_inventory():
     assert len(layers) == 29 and layers.iloc[-1]["name"] == "lm_head"
 
 
+def test_model_page_explains_unavailable_formats():
+    import ui
+
+    layers = [{"name": "a", "in_features": 576}, {"name": "b", "in_features": 1536}]
+    report = {
+        "layers": layers,
+        "schemes": {
+            "W4A16": {"avg_bits": 4.17, "avg_bits_no_scale": 4.0, "unavailable": ["a"]},
+            "MXFP8": {"avg_bits": 8.25, "avg_bits_no_scale": 8.0, "unavailable": []},
+            "MXFP4": {"avg_bits": 4.25, "avg_bits_no_scale": 4.0, "unavailable": []},
+        },
+    }
+    frame = ui.schemes_frame(report)
+    assert list(frame["scheme"]) == ["MXFP4", "MXFP8", "W4A16"]  # usable first, by bits
+    assert frame.iloc[2]["available"] == (
+        "not for 1 of 2 layers: group 128 does not divide 576 input features"
+    )
+
+
 @pytest.mark.parametrize("page", [None, "app_pages/profile.py", "app_pages/allocate.py"])
 def test_unknown_model_is_an_error_not_a_traceback(page):
     at = _app(page, model="no-such-model-xyz")
@@ -114,6 +133,10 @@ def test_allocate_slider_changes_allocation_within_budget(profiled):
     assert legend.index("MXFP4") < legend.index("MXFP8")
     assert charts.format_colour("MXFP4") in legend
     assert not at.get("plotly_chart")
+    labels = [d.proto.label for d in at.get("download_button")]
+    assert labels[:3] == ["mixviz recipe", "auto-round layer_config", "auto-round script"]
+    why = [c.value for c in at.caption if c.value.startswith("Not available")]
+    assert any("GPTQModel quantizes integer weights only" in w for w in why)  # beside it
     at.radio(key="allocate_draw").set_value("chart").run()
     assert not at.exception and len(at.get("plotly_chart")) == 1  # the plotly heatmap
     heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
