@@ -300,9 +300,10 @@ def heatmap_grid(shown: Shown, view: str, editable: bool) -> tuple[list, list, l
         set(locks) if editable else set(),
         shown.marked,
     )
+    clears = st.session_state.get("allocate_grid_clears", 0)
     event = st.dataframe(
         styler,
-        key=f"allocate_grid_{view}_{version}",
+        key=f"allocate_grid_{view}_{version}" + (f"_{clears}" if clears else ""),
         on_select="rerun" if editable else "ignore",
         selection_mode=["multi-row", "multi-column", "multi-cell"],
         row_height=24,
@@ -312,12 +313,32 @@ def heatmap_grid(shown: Shown, view: str, editable: bool) -> tuple[list, list, l
         return [], [], []
     sel = event.selection
     columns = set(sel.columns)
-    return (
-        [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
-        + [x.name for (_, k), x in cells.items() if k in columns],
-        [blocks[r] for r in sel.rows],
-        [],
-    )
+    names = [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
+    names += [x.name for (_, k), x in cells.items() if k in columns]
+    return (*gathered(names, [blocks[r] for r in sel.rows]), [])
+
+
+def gathered(names: list[str], rows: list[int]) -> tuple[list[str], list[int]]:
+    """What the grid's clicks picked since the last edit: each click adds to the selection
+    (the grid itself keeps only the last one), until *Clear selection* or an edit."""
+    key = f"allocate_picked_{version}"
+    now = (tuple(names), tuple(rows))
+    had_names, had_rows = st.session_state.get(key, ((), ()))
+    if now != st.session_state.get(f"{key}_last"):  # a new click on the grid: add it
+        st.session_state[f"{key}_last"] = now
+        had_names = tuple(dict.fromkeys([*had_names, *names]))
+        had_rows = tuple(dict.fromkeys([*had_rows, *rows]))
+        st.session_state[key] = (had_names, had_rows)
+    return list(had_names), list(had_rows)
+
+
+def clear_selection() -> None:
+    """Forget the grid's gathered clicks and start its selection afresh."""
+    st.session_state.pop(f"allocate_picked_{version}", None)
+    st.session_state.pop(f"allocate_picked_{version}_last", None)
+    st.session_state["allocate_grid_clears"] = st.session_state.get("allocate_grid_clears", 0) + 1
+    for key in ("edit_blocks", "edit_kinds"):
+        st.session_state.pop(key, None)
 
 
 def heatmap_chart(shown: Shown, editable: bool) -> tuple[list, list, list]:
@@ -406,12 +427,16 @@ def edit_panel(
         names = select(
             profile.layers, clicked or (), [*rows, *grid_rows], [*cols, *grid_cols], fused
         )
+        if names and c3.button("Clear selection", key="edit_clear"):
+            clear_selection()
+            st.rerun()
         st.caption(
             f"{len(names)} selected"
             + (
                 f": {', '.join(names[:6])}{' …' if len(names) > 6 else ''}"
                 if names
-                else " — select cells, rows or columns on the heatmap, or pick them here"
+                else " — click cells, rows or columns on the heatmap (each click adds), "
+                "or pick them here"
             )
         )
         c1, c2, c3, c4, c5, c6, c7 = st.columns([2, 1, 1, 1, 1, 1, 1.4])

@@ -211,6 +211,19 @@ def test_allocate_grid_selection_locks_a_block(profiled):
     assert all(str(v).startswith("✕") for v in grid.loc[1])
 
 
+def test_allocate_grid_clicks_add_up_until_cleared(profiled):
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    grid_key = "allocate_grid_optimal_0_1"
+    at.session_state[grid_key] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.run()
+    at.session_state[grid_key] = {"selection": {"rows": [], "columns": [], "cells": [[2, "down"]]}}
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("8 selected") for c in at.caption)  # block 1 + one cell
+    at.button(key="edit_clear").click().run()
+    assert any(c.value.startswith("0 selected") for c in at.caption)
+
+
 def test_allocate_locks_beyond_the_budget_are_refused(profiled):
     at = _app("app_pages/allocate.py", **{**TINY, "bits": "5"})
     assert not at.exception and not at.error
