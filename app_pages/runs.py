@@ -174,6 +174,11 @@ def queue() -> None:
             "bits": st.column_config.NumberColumn("bits", format="%.3f"),
         },
     )
+    for r in rows:
+        if r.status == "running":
+            st.caption(
+                f"**{DISPLAY.get(r.label, r.label)}**: {r.stage}, {r.progress:.0%} · {run_time(r)}"
+            )
     st.caption(f"updated {time.strftime('%H:%M:%S')}")
 
 

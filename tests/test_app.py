@@ -317,6 +317,8 @@ def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
     assert queue.loc[done, "mixviz_lastword"] == "0.5000 acc"  # the headline, on this page
     assert queue.loc[running, "time"].startswith("1:0") and "left" in queue.loc[running, "time"]
     assert at.selectbox(key="runs_pick").value == running  # Details opens on the running run
+    now = next(c.value for c in at.caption if "evaluating mixviz_lastword, 50%" in c.value)
+    assert "1:0" in now and "left" in now  # elapsed and ETA
     (log,) = at.code
     assert log.value.strip() == "loading\n 90%|#### |\nok" and log.language == "plaintext"
 
