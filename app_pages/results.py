@@ -98,7 +98,14 @@ def loss_view() -> None:
     from scipy.stats import spearmanr
 
     pts_df = pd.DataFrame(pts)
-    rho = spearmanr(pts_df["predicted_loss"], pts_df["accuracy"]).statistic
+    rho = None
+    if pts_df["accuracy"].nunique() > 1 and pts_df["predicted_loss"].nunique() > 1:
+        rho = spearmanr(pts_df["predicted_loss"], pts_df["accuracy"]).statistic
+    else:
+        st.info(
+            "Spearman's ρ is not defined here: every run measured the same accuracy (or has the "
+            "same predicted loss). More items per task can tell them apart."
+        )
     st.plotly_chart(charts.loss_vs_accuracy(pts_df, rho), key="results_loss_acc")
 
 

@@ -41,7 +41,7 @@ def text_colour(background: str) -> str:
 def format_legend_html(options) -> str:
     """A one-line legend of format swatches, fewest bits first (for the grid view)."""
     order = sorted(set(options), key=lambda o: (get_scheme(o).bits, o))
-    chips = "".join(
+    chips = " ".join(
         f'<span style="background:{format_colour(o)};color:{text_colour(format_colour(o))};'
         f'padding:1px 8px;margin-right:6px;border-radius:3px;font-size:0.85em">{o}</span>'
         for o in order
