@@ -162,13 +162,22 @@ def queue() -> None:
     if not rows:
         st.info("No runs yet.")
         return
+    frame = queue_frame(rows)
+    first = ["run", "status", "stage", "progress", "time", "bits"]
     st.dataframe(
-        queue_frame(rows),
+        frame,
         hide_index=True,
         key="runs_queue",
+        column_order=[
+            *first,
+            *[c for c in frame if c not in (*first, "error", "id")],
+            "error",
+            "id",
+        ],
         column_config={
             "run": st.column_config.TextColumn("run", width="medium"),
-            "stage": st.column_config.TextColumn("stage", width="large"),
+            "stage": st.column_config.TextColumn("stage", width="medium"),
+            "id": st.column_config.TextColumn("id", width="small"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
             "time": st.column_config.TextColumn("time", width="medium"),
             "bits": st.column_config.NumberColumn("bits", format="%.3f"),

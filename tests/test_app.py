@@ -313,6 +313,8 @@ def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
     log_path(running).write_text("\x1b[1mloading\x1b[0m\n 10%|#  |\r 90%|#### |\nok\n")
     at = _app("app_pages/runs.py", model="tiny")
     assert not at.exception and not at.error
+    first = ["run", "status", "stage", "progress", "time", "bits"]  # on screen; the id last
+    assert list(at.dataframe[0].proto.column_order)[:6] == first
     queue = at.dataframe[0].value.set_index("id")
     assert queue.loc[done, "mixviz_lastword"] == "0.5000 acc"  # the headline, on this page
     assert queue.loc[running, "time"].startswith("1:0") and "left" in queue.loc[running, "time"]
