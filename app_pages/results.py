@@ -64,6 +64,19 @@ def accuracy_view() -> None:
         )
 
 
+def kld_view() -> None:
+    """KL divergence from BF16 vs bits, when the runs measured it."""
+    if "kld" not in quant or not quant["kld"].notna().any():
+        return
+    st.subheader("KL divergence from BF16 vs average bits")
+    st.plotly_chart(
+        charts.accuracy_chart(
+            quant[quant["kld"].notna()], y="kld", y_title=f"KLD from BF16 (nats/token){items}"
+        ),
+        key="results_kld",
+    )
+
+
 def table_view() -> None:
     st.subheader("Table")
     table = tables.study_table(frame, tasks)
@@ -110,5 +123,6 @@ def loss_view() -> None:
 
 
 accuracy_view()
+kld_view()
 table_view()
 loss_view()

@@ -448,3 +448,19 @@ def test_frontier_draws_baselines_as_points():
     spec = charts.frontier_chart({"optimal": [pt], "uniform": [pt, {**pt, "avg_bits": 8.0}]})
     solver = {r["strategy"]: r["solver"] for r in spec["datasets"]["frontier"]}
     assert solver == {"optimal": True, "uniform": False}
+
+
+def test_kld_chart_has_error_bars_when_the_results_carry_them():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "strategy": ["optimal"] * 2,
+            "avg_bits": [4.5, 5.0],
+            "kld": [0.2, 0.1],
+            "kld_se": [0.01, 0.02],
+        }
+    )
+    fig = charts.accuracy_chart(frame, y="kld", y_title="KLD")
+    assert list(fig.to_dict()["data"][0]["error_y"]["array"]) == [0.01, 0.02]
+    assert fig.layout.title.text == "KLD vs average bits"
