@@ -414,7 +414,12 @@ def test_pages_log_no_warnings(profiled, caplog):
     at.multiselect(key="edit_blocks").set_value([0]).run()
     at.button(key="edit_set").click().run()
     at.button(key="edit_undo").click().run()
-    for page in ("app_pages/model.py", "app_pages/profile.py", "app_pages/runs.py"):
+    for page in (
+        "app_pages/model.py",
+        "app_pages/profile.py",
+        "app_pages/runs.py",
+        "app_pages/results.py",
+    ):
         at.switch_page(page).run()
     assert not at.exception
     ours = [r.getMessage() for r in caplog.records if "ScriptRunContext" not in r.getMessage()]
