@@ -163,6 +163,8 @@ def queue() -> None:
         st.info("No runs yet.")
         return
     frame = queue_frame(rows)
+    text = [c for c in frame if c not in ("progress", "bits")]
+    frame[text] = frame[text].astype(object).fillna("")  # a run not finished: blank, not None
     first = ["run", "status", "stage", "progress", "time", "bits"]
     st.dataframe(
         frame,
@@ -203,7 +205,7 @@ def details(rows) -> None:
         ids,
         index=ids.index(default),
         key="runs_pick",
-        format_func=lambda i: f"{i} — {DISPLAY.get(labels[i], labels[i])} ({status[i]})",
+        format_func=lambda i: f"{i} — {DISPLAY.get(labels[i], labels[i])}",
     )
     row = store.get(pick)
     if row.status not in FINAL and st.button("Cancel this run", key="runs_cancel"):
@@ -221,6 +223,5 @@ queue()
 
 rows = store.list()
 labels = {r.id: r.label for r in rows}
-status = {r.id: r.status for r in rows}
 if rows:
     details(rows)
