@@ -24,8 +24,9 @@ if not choice["options"]:
 profile = ui.require_profile(choice, missing=None)  # the buttons below make it
 
 
-def run_profile(use_cache: bool):
-    """Profile with the sidebar's settings, a progress bar with elapsed time and an ETA."""
+def run_profile(use_cache: bool) -> None:
+    """Profile with the sidebar's settings (a progress bar with elapsed time and an ETA), then
+    redraw the page with the new profile."""
     bar = st.progress(0.0, text="starting")
     t0 = time.time()
 
@@ -40,15 +41,17 @@ def run_profile(use_cache: bool):
     except MixvizError as e:
         st.error(str(e))
         st.stop()
-    bar.progress(1.0, text=f"done in {made.seconds:.1f} s")
     ui.forget_profiles()
-    return made
+    st.session_state["profile_done"] = f"Profiled {what} in {made.seconds:.1f} s."
+    st.rerun()  # redraw with the new profile: its heatmaps, and Recompute instead of Profile
 
 
 what = f"{choice['model']} with {choice['metric']}"
+if "profile_done" in st.session_state:
+    st.success(st.session_state.pop("profile_done"))
 if profile is None:
     if st.button(f"Profile {what}", type="primary", key="profile_start"):
-        profile = run_profile(use_cache=True)
+        run_profile(use_cache=True)
 else:
     made = ui.profile_time(choice, profile)
     with st.popover(f"Recompute (cached profile from {made})", key="profile_recompute"):
@@ -57,7 +60,7 @@ else:
             "on the demo model this takes minutes."
         )
         if st.button("Yes, recompute", type="primary", key="profile_recompute_confirm"):
-            profile = run_profile(use_cache=False)
+            run_profile(use_cache=False)
 
 if profile is None:
     st.info("No profile yet for these settings: press the button above.")

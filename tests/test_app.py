@@ -75,6 +75,8 @@ def test_unknown_model_is_an_error_not_a_traceback(page):
 def test_profile_page_heatmaps_and_tables(profiled):
     at = profiled
     assert not at.exception and not at.error
+    assert at.success[0].value.startswith("Profiled tiny with hessian in ")
+    assert not [b for b in at.button if b.key == "profile_start"]  # now: Recompute, confirmed
     keys = {c.key for c in at.get("plotly_chart")}
     assert {"profile_heat_MXFP4", "profile_heat_MXFP8"} <= keys  # one heatmap per option
     most = at.dataframe[0].value  # "Most sensitive" in MXFP4
