@@ -342,6 +342,24 @@ def require_profile(choice: dict, missing: str | None = PROFILE_FIRST) -> Profil
     return profile
 
 
+def forget_profiles() -> None:
+    """Drop the memoised profiles (one was just recomputed and replaced on disk)."""
+    _profile_on_disk.clear()
+
+
+def profile_time(choice: dict, profile: Profile) -> str:
+    """When the cached ``profile`` was written, as ``2026-11-28 01:53`` (local time)."""
+    import time
+
+    from mixviz.paths import safe_filename
+    from mixviz.sensitivity.profile import profiles_dir
+
+    path = profiles_dir() / f"{safe_filename(profile.model)}-{profile.metric}-{profile.key}.json"
+    if not path.is_file():
+        return "earlier"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def problem_for(
     _profile,
@@ -367,13 +385,70 @@ def layers_frame(report: dict) -> pd.DataFrame:
 
 
 def schemes_frame(report: dict) -> pd.DataFrame:
-    rows = [
-        {
-            "scheme": name,
-            "avg bits": s["avg_bits"],
-            "avg bits (no scale)": s["avg_bits_no_scale"],
-            "unavailable for": len(s["unavailable"]),
-        }
-        for name, s in report["schemes"].items()
-    ]
-    return pd.DataFrame(rows)
+    """One row per format: formats every block linear can use first, by bits; a format some
+    layers cannot use says why in words."""
+    from mixviz.models.schemes import get_scheme
+
+    features = {x["name"]: x["in_features"] for x in report["layers"]}
+    rows = []
+    for name, s in report["schemes"].items():
+        scheme = get_scheme(name)
+        bad = sorted({features[n] for n in s["unavailable"] if n in features})
+        rows.append(
+            {
+                "scheme": name,
+                "available": "all layers"
+                if not bad
+                else f"not for {len(s['unavailable'])} of {len(features)} layers: group "
+                f"{scheme.group_size} does not divide {_join(bad)} input features",
+                "avg bits": s["avg_bits"],
+                "avg bits (no scale)": s["avg_bits_no_scale"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    order = sorted(
+        range(len(rows)), key=lambda i: (rows[i]["available"] != "all layers", rows[i]["avg bits"])
+    )
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _join(numbers: list[int]) -> str:
+    """``[576]`` → ``'576'``; ``[576, 1536]`` → ``'576 or 1536'``."""
+    text = [str(n) for n in numbers]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " or " + text[-1]
+
+
+def task_metrics(frame: pd.DataFrame, tasks: list[str]) -> str:
+    """Which metric the accuracy of ``tasks`` is (``acc``, ``acc_norm``, or both)."""
+    from mixviz.report.tables import PRIMARY
+
+    found = [next((m for m in PRIMARY if f"{t}:{m}" in frame), "acc") for t in tasks]
+    return " / ".join(dict.fromkeys(found)) or "acc"
+
+
+def items_per_task(store, frame: pd.DataFrame) -> str:
+    """`` (50 items per task)`` from the runs' item counts (``n_items`` or the spec's limit)."""
+    if "n_items" in frame and frame["n_items"].notna().any():
+        counts = {int(n) for n in frame["n_items"].dropna()}
+    else:
+        counts = {store.get(i).spec.get("limit") for i in frame["id"]}
+    counts.discard(None)
+    if not counts:
+        return ""
+    shown = "–".join(str(n) for n in sorted({min(counts), max(counts)}))
+    return f" ({shown} items per task)"
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def model_layers(spec: str) -> dict:
+    """``{name: Layer}`` of a model's linear layers (from its meta model: no weights)."""
+    ref = model_ref(spec)
+    return {x.name: x for x in mixviz.inventory(mixviz.meta_model(ref))}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def recipe_bits(model: str, recipe: tuple[tuple[str, str], ...]) -> float:
+    """A recipe's average bits (with scale bits, as runs report them) before it has run."""
+    from mixviz.report.recipe import Recipe
+
+    return Recipe(model, "", dict(recipe)).average_bits(model_layers(model).values(), False)

@@ -14,7 +14,7 @@ from mixviz.allocation.edits import History, edit_cost, lock, select, unlock
 from mixviz.allocation.strategies import STRATEGIES, allocate, strategy_names
 from mixviz.models.inventory import KINDS
 from mixviz.report import charts
-from mixviz.report.export import export
+from mixviz.report.export import autoround_layer_config, autoround_script, export
 from mixviz.report.recipe import Recipe
 
 choice = ui.sidebar()
@@ -28,11 +28,64 @@ version = f"{history.pos}_{len(history.states)}"  # new keys reset selections af
 locks = {k: v for k, v in history.current.items() if k in layer_names}
 st.session_state["allocate_pins"] = locks  # what the Runs page allocates with
 shared = tuple(choice["shared"])
+if "allocate_budget_next" in st.session_state:  # an edit, undo or reset brings its budget
+    st.session_state["allocate_avg_bits"] = st.session_state.pop("allocate_budget_next")
 
 
 def commit(new: History) -> None:
-    """Make ``new`` the edit history and redraw the whole page with it."""
+    """Make ``new`` the edit history (its budget the slider's) and redraw the page with it;
+    the block / module pickers start empty again."""
     st.session_state["allocate_history"] = new
+    st.session_state.pop("allocate_refused", None)
+    for key in ("edit_blocks", "edit_kinds"):
+        st.session_state.pop(key, None)
+    if new.budget is not None:
+        st.session_state["allocate_budget_next"] = new.budget
+    st.rerun()
+
+
+def current_history() -> History:
+    """The edit history as it stands now (a fragment rerun may have moved its budget)."""
+    return st.session_state.get("allocate_history", history)
+
+
+def slider_range(lo: float, hi: float) -> tuple[float, float]:
+    """The slider's ends inside the feasible ``lo``–``hi``, at its 0.01 steps."""
+    return round(lo + 0.005, 2), round(hi - 0.005, 2)
+
+
+def propose(new_locks: dict[str, str], budget: float, what: str) -> None:
+    """Make ``new_locks`` the locks if ``budget`` can hold them; else change nothing and say
+    which budgets can (with a button that moves the budget there and applies them)."""
+    try:
+        p = ui.problem_for(
+            profile,
+            profile.key,
+            choice["ignore_scale_bits"],
+            shared,
+            tuple(sorted(new_locks.items())),
+        )
+        lo, hi = p.feasible_range()
+    except MixvizError as e:
+        refuse({"message": f"{what}: {e}. Nothing was changed."})
+    lo_s, hi_s = slider_range(lo, hi)
+    fixed = hi_s - lo_s < 0.01  # the locks leave one average
+    if (abs(budget - hi) < 0.005) if fixed else (lo_s <= budget <= hi_s):
+        commit(current_history().push(new_locks, budget))
+    target = hi if fixed else min(max(budget, lo_s), hi_s)
+    refuse(
+        {
+            "message": f"{what} needs an average of {lo:.2f}–{hi:.2f} bits; the budget is "
+            f"{budget:g} bits. Nothing was changed.",
+            "locks": new_locks,
+            "budget": target,
+        }
+    )
+
+
+def refuse(why: dict) -> None:
+    st.session_state["allocate_refused"] = why
+    st.session_state["allocate_editor_nonce"] = st.session_state.get("allocate_editor_nonce", 0) + 1
     st.rerun()
 
 
@@ -46,26 +99,27 @@ except MixvizError as e:
     if locks:  # an edit made the problem impossible: offer the way back
         c1, c2 = st.columns(2)
         if c1.button("Undo the last edit", key="edit_undo_broken", disabled=not history.can_undo):
-            commit(history.undo())
+            commit(current_history().undo())
         if c2.button("Reset to optimal", key="edit_reset_broken"):
-            commit(history.reset())
+            commit(current_history().reset())
     st.stop()
 
 lo, hi = problem.feasible_range()
-lo_s, hi_s = round(lo + 0.005, 2), round(hi - 0.005, 2)
+lo_s, hi_s = slider_range(lo, hi)
 default = min(max(5.0, lo_s), hi_s)
-start = ui.url_bits(default)
+held = st.session_state.get("allocate_avg_bits")  # the slider's (or an edit's) budget
+start = ui.url_bits(default) if held is None else held
 if hi_s - lo_s < 0.01:
     start = hi
 elif not lo_s <= start <= hi_s:
-    st.error(
-        f"Average bits {start:g} is outside the feasible range {lo:.2f}–{hi:.2f}; "
-        "using the nearest feasible value."
-    )
+    if held is None:  # a link's budget; edits that move the range are refused before this
+        st.error(
+            f"Average bits {start:g} is outside the feasible range {lo:.2f}–{hi:.2f}; "
+            "using the nearest feasible value."
+        )
     start = min(max(start, lo_s), hi_s)
-held = st.session_state.get("allocate_avg_bits")
-if held is not None and not lo_s <= held <= hi_s:  # the locks moved the range
-    st.session_state["allocate_avg_bits"] = min(max(held, lo_s), hi_s)
+    if held is not None:
+        st.session_state["allocate_avg_bits"] = start
 bits_key = "avg_bits_no_scale" if choice["ignore_scale_bits"] else "avg_bits"
 
 
@@ -87,7 +141,7 @@ def budget_view() -> None:
         cost = edit_cost(free, problem, avg)
     except MixvizError as e:
         st.error(str(e))
-        edit_panel(None)
+        edit_panel(avg, None)
         return
     best = cost.after
     st.session_state["allocation"] = best.to_dict()
@@ -95,7 +149,9 @@ def budget_view() -> None:
     cost_metrics(cost, avg)
     picked = heatmap(cost, result)
     if picked is not None:
-        edit_panel(*picked)
+        edit_panel(avg, *picked)
+    else:
+        refused_edit()
     summary = {s: result(s) for s in strategy_names()}
     st.dataframe(summary_frame(summary, best), hide_index=True, key="allocate_summary")
     frontier_view(avg)
@@ -112,13 +168,14 @@ def budget_slider() -> float:
             "Average bits",
             lo_s,
             hi_s,
-            start,
+            None if "allocate_avg_bits" in st.session_state else start,  # the state's wins
             0.01,
             key="allocate_avg_bits",
             help="Without scale bits" if choice["ignore_scale_bits"] else "With scale bits",
         )
     ui.url_write(bits=f"{avg:g}")
     st.session_state["budget"] = avg
+    st.session_state["allocate_history"] = current_history().at_budget(avg)
     return avg
 
 
@@ -227,13 +284,26 @@ def heatmap_grid(shown: Shown, view: str, editable: bool) -> tuple[list, list, l
     """The heatmap as a styled grid (block × module); cells, rows and columns selectable."""
     chosen = shown.allocation
     title = shown.title + f": {getattr(chosen, bits_key):.3f} average bits"
-    st.caption(f"**{title}** · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {shown.mark_label}")
-    styler, blocks, kinds, cells = charts.allocation_grid(
-        profile.layers, chosen, list(profile.options), set(locks), shown.marked
+    marks = (
+        f" · {charts.LOCK_MARK} locked · {charts.MOVE_MARK} {shown.mark_label}"
+        if editable
+        else f" · {charts.MOVE_MARK} {shown.mark_label}"
+        if shown.marked
+        else ""
     )
+    st.caption(f"**{title}**{marks}")
+    st.html(charts.format_legend_html([*profile.options, *chosen.layers.values()]))
+    styler, blocks, kinds, cells = charts.allocation_grid(
+        profile.layers,
+        chosen,
+        list(profile.options),
+        set(locks) if editable else set(),
+        shown.marked,
+    )
+    clears = st.session_state.get("allocate_grid_clears", 0)
     event = st.dataframe(
         styler,
-        key=f"allocate_grid_{view}_{version}",
+        key=f"allocate_grid_{view}_{version}" + (f"_{clears}" if clears else ""),
         on_select="rerun" if editable else "ignore",
         selection_mode=["multi-row", "multi-column", "multi-cell"],
         row_height=24,
@@ -243,12 +313,32 @@ def heatmap_grid(shown: Shown, view: str, editable: bool) -> tuple[list, list, l
         return [], [], []
     sel = event.selection
     columns = set(sel.columns)
-    return (
-        [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
-        + [x.name for (_, k), x in cells.items() if k in columns],
-        [blocks[r] for r in sel.rows],
-        [],
-    )
+    names = [cells[blocks[r], k].name for r, k in sel.cells if (blocks[r], k) in cells]
+    names += [x.name for (_, k), x in cells.items() if k in columns]
+    return (*gathered(names, [blocks[r] for r in sel.rows]), [])
+
+
+def gathered(names: list[str], rows: list[int]) -> tuple[list[str], list[int]]:
+    """What the grid's clicks picked since the last edit: each click adds to the selection
+    (the grid itself keeps only the last one), until *Clear selection* or an edit."""
+    key = f"allocate_picked_{version}"
+    now = (tuple(names), tuple(rows))
+    had_names, had_rows = st.session_state.get(key, ((), ()))
+    if now != st.session_state.get(f"{key}_last"):  # a new click on the grid: add it
+        st.session_state[f"{key}_last"] = now
+        had_names = tuple(dict.fromkeys([*had_names, *names]))
+        had_rows = tuple(dict.fromkeys([*had_rows, *rows]))
+        st.session_state[key] = (had_names, had_rows)
+    return list(had_names), list(had_rows)
+
+
+def clear_selection() -> None:
+    """Forget the grid's gathered clicks and start its selection afresh."""
+    st.session_state.pop(f"allocate_picked_{version}", None)
+    st.session_state.pop(f"allocate_picked_{version}_last", None)
+    st.session_state["allocate_grid_clears"] = st.session_state.get("allocate_grid_clears", 0) + 1
+    for key in ("edit_blocks", "edit_kinds"):
+        st.session_state.pop(key, None)
 
 
 def heatmap_chart(shown: Shown, editable: bool) -> tuple[list, list, list]:
@@ -261,7 +351,7 @@ def heatmap_chart(shown: Shown, editable: bool) -> tuple[list, list, list]:
         list(profile.options),
         title,
         shown.marked,
-        set(locks),
+        set(locks) if editable else set(),
         selectable=editable,
         highlight_label=shown.mark_label,
     )
@@ -293,9 +383,9 @@ def frontier_view(avg: float) -> None:
         (profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))),
     )
     st.vega_lite_chart(
-        spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"]),
+        spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"], x_min=lo),
         key="allocate_frontier",
-        use_container_width=True,
+        width="stretch",
     )
 
 
@@ -319,7 +409,7 @@ def summary_frame(results: dict, best) -> pd.DataFrame:
 
 
 def edit_panel(
-    clicked: list[str] | None, grid_rows: list[int] = (), grid_cols: list[str] = ()
+    avg: float, clicked: list[str] | None, grid_rows: list[int] = (), grid_cols: list[str] = ()
 ) -> None:
     """Lock the selected cells (picked on the heatmap, or whole rows / columns) and undo."""
     blocks = sorted({x.block for x in profile.layers if x.block is not None})
@@ -337,12 +427,16 @@ def edit_panel(
         names = select(
             profile.layers, clicked or (), [*rows, *grid_rows], [*cols, *grid_cols], fused
         )
+        if names and c3.button("Clear selection", key="edit_clear"):
+            clear_selection()
+            st.rerun()
         st.caption(
             f"{len(names)} selected"
             + (
                 f": {', '.join(names[:6])}{' …' if len(names) > 6 else ''}"
                 if names
-                else " — select cells, rows or columns on the heatmap, or pick them here"
+                else " — click cells, rows or columns on the heatmap (each click adds), "
+                "or pick them here"
             )
         )
         c1, c2, c3, c4, c5, c6, c7 = st.columns([2, 1, 1, 1, 1, 1, 1.4])
@@ -350,54 +444,63 @@ def edit_panel(
             "Option", [*profile.options, "BF16"], key="edit_option", label_visibility="collapsed"
         )
         if c2.button(f"Set {option}", key="edit_set", disabled=not names):
-            commit(history.push(lock(locks, names, option)))
+            propose(lock(locks, names, option), avg, f"Setting {len(names)} layers to {option}")
         if c3.button("Lock as is", key="edit_lock", disabled=not names or clicked is None):
             current = st.session_state.get("allocation", {}).get("layers", {})
-            commit(history.push({**locks, **{n: current[n] for n in names if n in current}}))
+            kept = {n: current[n] for n in names if n in current}
+            propose({**locks, **kept}, avg, f"Locking {len(kept)} layers as they are")
         if c4.button("Unlock", key="edit_unlock", disabled=not set(names) & set(locks)):
-            commit(history.push(unlock(locks, names)))
+            propose(unlock(locks, names), avg, f"Unlocking {len(names)} layers")
         if c5.button("Undo", key="edit_undo", disabled=not history.can_undo):
-            commit(history.undo())
+            commit(current_history().undo())
         if c6.button("Redo", key="edit_redo", disabled=not history.can_redo):
-            commit(history.redo())
+            commit(current_history().redo())
         if c7.button("Reset to optimal", key="edit_reset", disabled=not locks):
-            commit(history.reset())
+            commit(current_history().reset())
+        refused_edit()
+
+
+def refused_edit() -> None:
+    """The last edit the budget could not hold: why, and the budget that would hold it."""
+    why = st.session_state.get("allocate_refused")
+    if not why:
+        return
+    st.error(why["message"])
+    if "locks" in why:
+        target = why["budget"]
+        if st.button(
+            f"Raise the budget to {target:.2f} bits and apply"
+            if target > st.session_state.get("budget", target)
+            else f"Lower the budget to {target:.2f} bits and apply",
+            key="edit_move_budget",
+        ):
+            commit(current_history().push(why["locks"], target))
 
 
 def downloads(best, avg: float) -> None:
+    """The recipe and what each tool reads; a target that cannot hold it says why below."""
     st.subheader("Download")
     ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
     recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
-    cols = st.columns(5)
-    # Callables: the bytes are made on click, not shipped to the browser on every slider step.
-    cols[0].download_button(
-        "mixviz recipe",
-        lambda: json.dumps(recipe.to_dict(), indent=2),
-        f"{stem}.recipe.json",
-        "application/json",
-        key="allocate_download",
-    )
-    for col, (target, ext) in zip(
-        cols[1:],
-        [
-            ("autoround", "json"),
-            ("gptqmodel", "json"),
-            ("llmcompressor", "yaml"),
-            ("llamacpp", "txt"),
-        ],
-        strict=True,
-    ):
+    files = [
+        ("mixviz recipe", "recipe.json", lambda: json.dumps(recipe.to_dict(), indent=2)),
+        ("auto-round layer_config", "layer_config.json", lambda: autoround_layer_config(recipe)),
+        ("auto-round script", "autoround.py", lambda: autoround_script(recipe, ref.path)),
+        ("GPTQModel", "gptqmodel.json", lambda: export(recipe, "gptqmodel")),
+        ("llm-compressor", "llmcompressor.yaml", lambda: export(recipe, "llmcompressor")),
+        ("llama.cpp", "llamacpp.txt", lambda: export(recipe, "llamacpp")),
+    ]
+    for col, (label, suffix, make) in zip(st.columns(len(files)), files, strict=True):
+        key = f"allocate_download_{suffix.split('.')[0]}"
         try:
-            text = export(recipe, target)  # cheap; raises when the target can't hold the recipe
-            col.download_button(
-                target,
-                lambda text=text: text,
-                f"{stem}.{target}.{ext}",
-                key=f"allocate_download_{target}",
-            )
+            text = make()  # cheap; raises when the target can't hold the recipe
         except MixvizError as e:
-            col.button(target, disabled=True, help=str(e), key=f"allocate_download_{target}")
+            col.button(label, disabled=True, key=key)
+            col.caption(f"Not available: {e}")
+            continue
+        # a callable: the bytes are made on click, not shipped on every slider step
+        col.download_button(label, lambda text=text: text, f"{stem}.{suffix}", key=key)
 
 
 budget_view()
@@ -413,7 +516,7 @@ table = pd.DataFrame(
 edited = st.data_editor(
     table,
     hide_index=True,
-    key=f"allocate_lock_editor_{version}",
+    key=f"allocate_lock_editor_{version}_{st.session_state.get('allocate_editor_nonce', 0)}",
     disabled=["layer", "block", "kind"],
     column_config={
         "lock": st.column_config.SelectboxColumn("lock", options=["", *profile.options, "BF16"])
@@ -421,4 +524,4 @@ edited = st.data_editor(
 )
 new_locks = {r.layer: r.lock for r in edited.itertuples() if r.lock}
 if new_locks != locks:
-    commit(history.push(new_locks))
+    propose(new_locks, st.session_state.get("budget", start), "This lock table")

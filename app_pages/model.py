@@ -9,7 +9,10 @@ choice = ui.sidebar()
 st.title("Model")
 
 try:
-    with st.spinner(f"Loading {choice['model']} (the demo model is fetched and converted once)"):
+    with st.spinner(
+        f"Loading {choice['model']}. The first start downloads and converts the demo model "
+        "once (about a minute, longer on a busy machine); later starts take seconds."
+    ):
         report = ui.model_report(choice["model"], choice["trust_remote_code"])
 except MixvizError as e:
     st.error(str(e))
@@ -24,7 +27,11 @@ c2.metric("Blocks", int(blocks["block"].max()) + 1)
 c3.metric("Parameters in block linears", f"{blocks['numel'].sum() / 1e6:.1f} M")
 
 st.subheader("Bits per format")
-st.caption("Parameter-weighted average over the block linears, counted as auto-round counts them.")
+st.caption(
+    "Parameter-weighted average over the block linears, counted as auto-round counts them. "
+    "Formats every layer can use come first; a grouped format needs its group size to divide "
+    "a layer's input features."
+)
 st.dataframe(ui.schemes_frame(report), hide_index=True, key="model_schemes")
 
 st.subheader("Layer inventory")

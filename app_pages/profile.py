@@ -1,5 +1,7 @@
 """Profile page: how much each layer suffers in each format."""
 
+import time
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -7,6 +9,7 @@ import streamlit as st
 import ui
 from mixviz import MixvizError
 from mixviz.report import charts
+from mixviz.runs.progress import eta_text
 from mixviz.sensitivity.metrics import metric_names
 from mixviz.sensitivity.profile import profile_model
 
@@ -18,26 +21,46 @@ if not choice["options"]:
     st.error("Pick at least one candidate format in the sidebar.")
     st.stop()
 
-profile = ui.require_profile(choice, missing=None)  # the button below makes it
+profile = ui.require_profile(choice, missing=None)  # the buttons below make it
 
-label = "Re-profile" if profile else "Profile"
-if st.button(
-    f"{label} {choice['model']} with {choice['metric']}", type="primary", key="profile_start"
-):
+
+def run_profile(use_cache: bool) -> None:
+    """Profile with the sidebar's settings (a progress bar with elapsed time and an ETA), then
+    redraw the page with the new profile."""
     bar = st.progress(0.0, text="starting")
+    t0 = time.time()
+
+    def progress(done: int, total: int, msg: str) -> None:
+        fraction = min(done / max(total, 1), 1.0)
+        bar.progress(fraction, text=f"{msg} · {eta_text(fraction, t0)}")
+
     try:
-        profile = profile_model(
-            choice["model"],
-            use_cache=True,
-            **ui.profile_kwargs(choice),
-            progress=lambda done, total, msg: bar.progress(
-                min(done / max(total, 1), 1.0), text=msg
-            ),
+        made = profile_model(
+            choice["model"], use_cache=use_cache, **ui.profile_kwargs(choice), progress=progress
         )
-        bar.progress(1.0, text=f"done in {profile.seconds:.1f} s")
     except MixvizError as e:
         st.error(str(e))
         st.stop()
+    ui.forget_profiles()
+    st.session_state["profile_done"] = f"Profiled {what} in {made.seconds:.1f} s."
+    st.rerun()  # redraw with the new profile: its heatmaps, and Recompute instead of Profile
+
+
+what = f"{choice['model']} with {choice['metric']}"
+if "profile_done" in st.session_state:
+    st.success(st.session_state.pop("profile_done"))
+if profile is None:
+    if st.button(f"Profile {what}", type="primary", key="profile_start"):
+        run_profile(use_cache=True)
+else:
+    made = ui.profile_time(choice, profile)
+    with st.popover(f"Recompute (cached profile from {made})", key="profile_recompute"):
+        st.write(
+            f"Profile {what} again from scratch? The cached profile from {made} is replaced; "
+            "on the demo model this takes minutes."
+        )
+        if st.button("Yes, recompute", type="primary", key="profile_recompute_confirm"):
+            run_profile(use_cache=False)
 
 if profile is None:
     st.info("No profile yet for these settings: press the button above.")
@@ -49,11 +72,6 @@ st.caption(
     f"{profile.calib.nsamples}×{profile.calib.seqlen} tokens, {profile.seconds:.1f} s"
 )
 
-tabs = st.tabs(list(profile.options))
-for tab, option in zip(tabs, profile.options, strict=True):
-    with tab:
-        st.plotly_chart(charts.sensitivity_heatmap(profile, option), key=f"profile_heat_{option}")
-
 rows = pd.DataFrame(
     [
         {"layer": r.layer, "format": r.option, "score": r.score}
@@ -61,12 +79,30 @@ rows = pd.DataFrame(
         if r.score is not None
     ]
 )
-worst = rows.sort_values("score", ascending=False)
-c1, c2 = st.columns(2)
-c1.subheader("Most sensitive")
-c1.dataframe(worst.head(10), hide_index=True, key="profile_most")
-c2.subheader("Least sensitive")
-c2.dataframe(worst[worst["score"] > 0].tail(10).iloc[::-1], hide_index=True, key="profile_least")
+shared = st.toggle(
+    "One colour scale for every format",
+    value=True,
+    key="profile_shared_scale",
+    help="On: a colour means the same score in every tab, so formats can be compared. "
+    "Off: each format's tab spreads its colours over its own range.",
+)
+zrange = charts.score_range(profile) if shared else None
+tabs = st.tabs(list(profile.options))
+for tab, option in zip(tabs, profile.options, strict=True):
+    with tab:
+        st.plotly_chart(
+            charts.sensitivity_heatmap(profile, option, zrange), key=f"profile_heat_{option}"
+        )
+        worst = rows[rows["format"] == option].sort_values("score", ascending=False)
+        c1, c2 = st.columns(2)
+        c1.markdown(f"**Most sensitive in {option}**")
+        c1.dataframe(worst.head(10), hide_index=True, key=f"profile_most_{option}")
+        c2.markdown(f"**Least sensitive in {option}**")
+        c2.dataframe(
+            worst[worst["score"] > 0].tail(10).iloc[::-1],
+            hide_index=True,
+            key=f"profile_least_{option}",
+        )
 
 others = {}
 for metric in metric_names():
@@ -97,8 +133,10 @@ if others:
         x=profile.metric,
         y=metric,
         color="format",
+        color_discrete_map=charts.FORMAT_COLOURS,
         hover_name="layer",
         log_x=True,
         log_y=True,
+        title=f"{profile.metric} vs {metric} score per layer and format",
     )
     st.plotly_chart(fig, key="profile_scatter")

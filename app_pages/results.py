@@ -1,4 +1,5 @@
-"""Results page: accuracy vs bits per strategy, and the study-style table."""
+"""Results page: accuracy vs bits per strategy, the study-style table and its exports, and
+predicted loss against measured accuracy."""
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +14,8 @@ choice = ui.sidebar()
 st.title("Results")
 
 try:
-    frame = tables.results_frame(Store(), choice["model"])
+    store = Store()
+    frame = tables.results_frame(store, choice["model"])
 except MixvizError as e:
     st.error(str(e))
     st.stop()
@@ -26,46 +28,101 @@ if frame.empty:
     st.info(f"No finished runs for {choice['model']} yet (Runs page).")
     st.stop()
 
-bf16 = frame.loc[frame["strategy"] == "bf16", "accuracy"]
-ref = float(bf16.iloc[-1]) if len(bf16) else None
-quant = frame[frame["strategy"] != "bf16"]
-st.subheader("Accuracy vs average bits")
-st.plotly_chart(charts.accuracy_chart(quant, ref), key="results_accuracy")
-
 tasks = tables.task_columns(frame)
-if tasks:
-    st.subheader("Per task")
-    task = st.selectbox("Task", tasks, key="results_task")
+items = ui.items_per_task(store, frame)
+bf16 = frame.loc[frame["strategy"] == "bf16"]
+quant = frame[frame["strategy"] != "bf16"]
+
+
+def reference(column: str) -> float | None:
+    """The latest BF16 run's value of ``column`` (the dotted line), when there is one."""
+    value = bf16[column].iloc[-1] if len(bf16) else None
+    return float(value) if value is not None and pd.notna(value) else None
+
+
+def accuracy_view() -> None:
+    st.subheader("Accuracy vs average bits")
+    if quant.empty:
+        st.info("The chart needs a finished quantized run (only BF16 has finished).")
+        return
+    y_title = f"accuracy: mean of {ui.task_metrics(frame, tasks)} over {len(tasks)} tasks{items}"
+    st.plotly_chart(
+        charts.accuracy_chart(quant, reference("accuracy"), y_title=y_title),
+        key="results_accuracy",
+    )
+    if tasks:
+        st.subheader("Per task")
+        task = st.selectbox("Task", tasks, key="results_task")
+        st.plotly_chart(
+            charts.accuracy_chart(
+                quant,
+                reference(task),
+                y=task,
+                y_title=f"{task}: {ui.task_metrics(frame, [task])}{items}",
+            ),
+            key="results_task_chart",
+        )
+
+
+def kld_view() -> None:
+    """KL divergence from BF16 vs bits, when the runs measured it."""
+    if "kld" not in quant or not quant["kld"].notna().any():
+        return
+    st.subheader("KL divergence from BF16 vs average bits")
     st.plotly_chart(
         charts.accuracy_chart(
-            quant,
-            frame.loc[frame["strategy"] == "bf16", task].iloc[-1] if ref is not None else None,
-            y=task,
+            quant[quant["kld"].notna()], y="kld", y_title=f"KLD from BF16 (nats/token){items}"
         ),
-        key="results_task_chart",
+        key="results_kld",
     )
 
-st.subheader("Table")
-table = tables.study_table(frame, tasks)
-st.table(table)
-c1, c2, c3 = st.columns(3)
-c1.download_button("Markdown", tables.to_markdown(table), "results.md", key="results_md")
-c2.download_button("CSV", tables.to_csv(table), "results.csv", key="results_csv")
-c3.download_button("LaTeX", tables.to_latex(table), "results.tex", key="results_tex")
 
-profile = ui.require_profile(choice, missing=None)  # the chart below needs it
-if profile is not None:
+def table_view() -> None:
+    st.subheader("Table")
+    table = tables.study_table(frame, tasks)
+    st.table(tables.as_shown(table))
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Markdown", tables.to_markdown(table), "results.md", key="results_md")
+    c2.download_button("CSV", tables.to_csv(table), "results.csv", key="results_csv")
+    c3.download_button("LaTeX", tables.to_latex(table), "results.tex", key="results_tex")
+
+
+def loss_view() -> None:
+    """Spearman's ρ between the profile's predicted loss and the measured accuracy."""
+    st.subheader("Predicted loss vs measured accuracy")
+    profile = ui.require_profile(choice, missing=None)
+    if profile is None:
+        st.info(
+            "Spearman's ρ needs this model's profile with the sidebar's settings (Profile page)."
+        )
+        return
     scores = {(r.layer, r.option): r.score for r in profile.rows}
     pts = []
     for row in quant.itertuples():
-        recipe = row.recipe or {}
-        vals = [scores.get((n, o)) for n, o in recipe.items()]
+        vals = [scores.get((n, o)) for n, o in (row.recipe or {}).items()]
         if vals and all(v is not None for v in vals) and pd.notna(row.accuracy):
             pts.append({"label": row.label, "predicted_loss": sum(vals), "accuracy": row.accuracy})
-    if len(pts) >= 3:
-        from scipy.stats import spearmanr
+    if len(pts) < 3:
+        st.info(
+            f"Needs 3 finished quantized runs that this profile scores for Spearman's ρ "
+            f"(have {len(pts)})."
+        )
+        return
+    from scipy.stats import spearmanr
 
-        pts_df = pd.DataFrame(pts)
+    pts_df = pd.DataFrame(pts)
+    rho = None
+    if pts_df["accuracy"].nunique() > 1 and pts_df["predicted_loss"].nunique() > 1:
         rho = spearmanr(pts_df["predicted_loss"], pts_df["accuracy"]).statistic
-        st.subheader("Predicted loss vs measured accuracy")
-        st.plotly_chart(charts.loss_vs_accuracy(pts_df, rho), key="results_loss_acc")
+    else:
+        st.info(
+            "Spearman's ρ is not defined here: every run measured the same accuracy (or has the "
+            "same predicted loss). More items per task can tell them apart."
+        )
+    st.plotly_chart(charts.loss_vs_accuracy(pts_df, rho), key="results_loss_acc")
+
+
+accuracy_view()
+kld_view()
+table_view()
+loss_view()

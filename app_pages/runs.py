@@ -1,4 +1,4 @@
-"""Runs page: run the comparison at the slider's budget; watch the queue."""
+"""Runs page: run the comparison at the slider's budget; watch the queue and read a run's log."""
 
 import time
 
@@ -8,7 +8,10 @@ import streamlit as st
 import ui
 from mixviz import MixvizError
 from mixviz.allocation.strategies import STRATEGIES, allocate
-from mixviz.runs.backends import get_backend, read_log
+from mixviz.report.tables import DISPLAY, primary_metric
+from mixviz.runs.backends import get_backend, read_log, submit_once
+from mixviz.runs.logs import clean_log
+from mixviz.runs.progress import duration, eta_text
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import FINAL, Store
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
@@ -26,7 +29,8 @@ except MixvizError as e:
 budget = ui.url_bits(st.session_state.get("budget", 5.0))
 st.caption(
     f"Quantize with auto-round (RTN) and evaluate with lm-eval, in the background "
-    f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**."
+    f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**. "
+    "Runs with the same model, recipe, tasks and settings are one run."
 )
 
 c1, c2 = st.columns([3, 1])
@@ -40,46 +44,111 @@ tasks = c1.multiselect(
 )
 limit = c2.number_input("Items per task", 1, 100000, 50, key="runs_limit")
 
+
+def comparison_specs() -> list[RunSpec]:
+    """BF16, every layer in the cheapest format, and each budgeted strategy at the budget
+    (with the Allocate page's locks)."""
+    profile = ui.cached_profile(choice)
+    if profile is None:
+        raise MixvizError("profile this model first (Profile page)")
+    check_tasks(tasks)
+    ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
+    problem = ui.problem_for(
+        profile,
+        profile.key,
+        choice["ignore_scale_bits"],
+        tuple(choice["shared"]),
+        tuple(sorted(st.session_state.get("allocate_pins", {}).items())),
+    )
+    base = dict(
+        model=choice["model"],
+        tasks=tuple(tasks),
+        limit=int(limit),
+        model_hash=ref.hash,
+        trust_remote_code=choice["trust_remote_code"],
+    )
+    lowest = profile.options[0]
+    specs = [
+        RunSpec(recipe=None, strategy="bf16", **base),
+        RunSpec(
+            recipe={x.name: lowest for x in profile.layers if x.block is not None},
+            strategy=f"pure {lowest}",
+            **base,
+        ),
+    ]
+    for strategy in [s.name for s in STRATEGIES.values() if s.budgeted]:
+        a = allocate(problem, budget, strategy)
+        specs.append(RunSpec(recipe=dict(a.layers), strategy=strategy, budget=budget, **base))
+    return specs
+
+
 if st.button(f"Run the comparison at {budget:g} bits", type="primary", key="runs_start"):
     try:
-        profile = ui.cached_profile(choice)
-        if profile is None:
-            raise MixvizError("profile this model first (Profile page)")
-        check_tasks(tasks)
-        ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
-        problem = ui.problem_for(
-            profile,
-            profile.key,
-            choice["ignore_scale_bits"],
-            tuple(choice["shared"]),
-            tuple(sorted(st.session_state.get("allocate_pins", {}).items())),
-        )
-        base = dict(
-            model=choice["model"],
-            tasks=tuple(tasks),
-            limit=int(limit),
-            model_hash=ref.hash,
-            trust_remote_code=choice["trust_remote_code"],
-        )
-        specs = [RunSpec(recipe=None, strategy="bf16", **base)]
-        lowest = profile.options[0]
-        specs.append(
-            RunSpec(
-                recipe={x.name: lowest for x in profile.layers if x.block is not None},
-                strategy=f"pure {lowest}",
-                **base,
-            )
-        )
-        for strategy in [s.name for s in STRATEGIES.values() if s.budgeted]:
-            a = allocate(problem, budget, strategy)
-            specs.append(RunSpec(recipe=dict(a.layers), strategy=strategy, budget=budget, **base))
-        have = {r.key for r in store.list(("queued", "starting", "running", "done"))}
-        queued = [backend.submit(s) for s in specs if s.key not in have]
+        specs = comparison_specs()
+        submitted = submit_once(backend, specs)
+        new = {i for i, reused in submitted if not reused}
+        had = {i for i, _ in submitted} - new
+        same = len(specs) - len(new) - len(had)
         st.success(
-            f"Queued {len(queued)} runs ({len(specs) - len(queued)} already done or queued)."
+            f"Queued {len(new)} runs ({len(had)} already done or queued"
+            + (f"; {same} identical to another in this comparison, run once" if same else "")
+            + ")."
         )
     except MixvizError as e:
         st.error(str(e))
+
+
+def planned_bits(row) -> float | None:
+    """A run's average bits: measured once quantized, else from its recipe (16 for BF16)."""
+    if row.avg_bits is not None:
+        return row.avg_bits
+    recipe = row.spec.get("recipe")
+    if recipe is None:
+        return 16.0
+    try:
+        return ui.recipe_bits(row.model, tuple(sorted(recipe.items())))
+    except (MixvizError, KeyError):
+        return None
+
+
+def headline(row) -> dict[str, str]:
+    """A finished run's accuracy per task (its primary metric) and KLD, when measured."""
+    if row.status != "done":
+        return {}
+    out = {}
+    for task, metrics in store.results(row.id).items():
+        m = primary_metric(metrics)
+        if m is not None and metrics[m] is not None:
+            out[task] = f"{metrics[m]:.4f} {m}"
+        if metrics.get("kld") is not None:
+            out["kld"] = f"{metrics['kld']:.4g}"
+    return out
+
+
+def run_time(row) -> str:
+    """``'took 1:15'`` once finished; ``'0:40 elapsed, ~2:00 left'`` while it runs."""
+    if row.status in FINAL:
+        return f"took {duration(row.elapsed)}" if row.elapsed is not None else ""
+    return eta_text(row.progress, row.started)
+
+
+def queue_frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "run": DISPLAY.get(r.label, r.label),
+                "status": r.status,
+                "stage": r.stage,
+                "progress": r.progress,
+                "time": run_time(r),
+                "bits": planned_bits(r),
+                **headline(r),
+                "error": r.error or "",
+            }
+            for r in reversed(rows)
+        ]
+    )
 
 
 @st.fragment(run_every=2)
@@ -93,44 +162,50 @@ def queue() -> None:
     if not rows:
         st.info("No runs yet.")
         return
-    frame = pd.DataFrame(
-        [
-            {
-                "id": r.id,
-                "model": r.model,
-                "run": r.label,
-                "status": r.status,
-                "stage": r.stage,
-                "progress": r.progress,
-                "elapsed s": round(r.elapsed or 0, 1),
-                "bits": r.avg_bits,
-                "error": r.error or "",
-            }
-            for r in reversed(rows)
-        ]
-    )
+    frame = queue_frame(rows)
+    text = [c for c in frame if c not in ("progress", "bits")]
+    frame[text] = frame[text].astype(object).fillna("")  # a run not finished: blank, not None
+    first = ["run", "status", "stage", "progress", "time", "bits"]
     st.dataframe(
         frame,
         hide_index=True,
         key="runs_queue",
+        column_order=[
+            *first,
+            *[c for c in frame if c not in (*first, "error", "id")],
+            "error",
+            "id",
+        ],
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)
+            "run": st.column_config.TextColumn("run", width="medium"),
+            "stage": st.column_config.TextColumn("stage", width="medium"),
+            "id": st.column_config.TextColumn("id", width="small"),
+            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+            "time": st.column_config.TextColumn("time", width="medium"),
+            "bits": st.column_config.NumberColumn("bits", format="%.3f"),
         },
     )
+    for r in rows:
+        if r.status == "running":
+            st.caption(
+                f"**{DISPLAY.get(r.label, r.label)}**: {r.stage}, {r.progress:.0%} · {run_time(r)}"
+            )
     st.caption(f"updated {time.strftime('%H:%M:%S')}")
 
 
-st.subheader("Queue")
-queue()
-
-rows = store.list()
-if rows:
+def details(rows) -> None:
+    """One run (the running one unless another is picked): cancel it, read its log."""
     st.subheader("Details")
+    ids = [r.id for r in reversed(rows)]
+    running = next((r.id for r in reversed(rows) if r.status == "running"), None)
+    active = next((r.id for r in reversed(rows) if r.status not in FINAL), None)
+    default = running or active or ids[0]
     pick = st.selectbox(
         "Run",
-        [r.id for r in reversed(rows)],
+        ids,
+        index=ids.index(default),
         key="runs_pick",
-        format_func=lambda i: f"{i} — {store.get(i).label}",
+        format_func=lambda i: f"{i} — {DISPLAY.get(labels[i], labels[i])}",
     )
     row = store.get(pick)
     if row.status not in FINAL and st.button("Cancel this run", key="runs_cancel"):
@@ -139,5 +214,14 @@ if rows:
             st.rerun()
         except MixvizError as e:
             st.error(str(e))
-    with st.expander("Log"):
-        st.code(read_log(pick)[-8000:] or "(empty)")
+    with st.expander("Log", expanded=row.status not in FINAL):
+        st.code(clean_log(read_log(pick))[-8000:] or "(empty)", language=None)
+
+
+st.subheader("Queue")
+queue()
+
+rows = store.list()
+labels = {r.id: r.label for r in rows}
+if rows:
+    details(rows)

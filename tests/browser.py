@@ -31,9 +31,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(env: dict | None = None):
-    """``streamlit run app.py`` on a free loopback port; yields its base URL."""
+def streamlit_server(env: dict | None = None, log: Path | None = None):
+    """``streamlit run app.py`` on a free loopback port; yields its base URL. The server's
+    output goes to ``log`` (a file), else is discarded."""
     port = free_port()
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -52,7 +54,7 @@ def streamlit_server(env: dict | None = None):
         ],
         cwd=REPO,
         env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -74,6 +76,8 @@ def streamlit_server(env: dict | None = None):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log:
+            out.close()
 
 
 @contextmanager

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from apptest import open_app
 
+from mixviz.report import charts
 from mixviz.runs.backends import LocalBackend
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
@@ -44,6 +46,25 @@ def test_model_page_shows_tiny_inventory():
     assert len(layers) == 29 and layers.iloc[-1]["name"] == "lm_head"
 
 
+def test_model_page_explains_unavailable_formats():
+    import ui
+
+    layers = [{"name": "a", "in_features": 576}, {"name": "b", "in_features": 1536}]
+    report = {
+        "layers": layers,
+        "schemes": {
+            "W4A16": {"avg_bits": 4.17, "avg_bits_no_scale": 4.0, "unavailable": ["a"]},
+            "MXFP8": {"avg_bits": 8.25, "avg_bits_no_scale": 8.0, "unavailable": []},
+            "MXFP4": {"avg_bits": 4.25, "avg_bits_no_scale": 4.0, "unavailable": []},
+        },
+    }
+    frame = ui.schemes_frame(report)
+    assert list(frame["scheme"]) == ["MXFP4", "MXFP8", "W4A16"]  # usable first, by bits
+    assert frame.iloc[2]["available"] == (
+        "not for 1 of 2 layers: group 128 does not divide 576 input features"
+    )
+
+
 @pytest.mark.parametrize("page", [None, "app_pages/profile.py", "app_pages/allocate.py"])
 def test_unknown_model_is_an_error_not_a_traceback(page):
     at = _app(page, model="no-such-model-xyz")
@@ -54,10 +75,33 @@ def test_unknown_model_is_an_error_not_a_traceback(page):
 def test_profile_page_heatmaps_and_tables(profiled):
     at = profiled
     assert not at.exception and not at.error
+    assert at.success[0].value.startswith("Profiled tiny with hessian in ")
+    assert not [b for b in at.button if b.key == "profile_start"]  # now: Recompute, confirmed
     keys = {c.key for c in at.get("plotly_chart")}
     assert {"profile_heat_MXFP4", "profile_heat_MXFP8"} <= keys  # one heatmap per option
-    most = at.dataframe[0].value  # "Most sensitive"
+    most = at.dataframe[0].value  # "Most sensitive" in MXFP4
     assert len(most) == 10 and most["score"].is_monotonic_decreasing
+    # most / least per format tab, never one ranking that mixes them
+    formats = [set(d.value["format"]) for d in at.dataframe]
+    assert formats == [{"MXFP4"}, {"MXFP4"}, {"MXFP8"}, {"MXFP8"}]
+    heat = {
+        c.key: json.loads(c.proto.spec)["data"][0]
+        for c in at.get("plotly_chart")
+        if c.key.startswith("profile_heat_")
+    }
+    ends = {(h["zmin"], h["zmax"]) for h in heat.values()}
+    assert len(ends) == 1  # one colour scale for every format by default
+    at.toggle(key="profile_shared_scale").set_value(False).run()
+    heat = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    assert all("zmin" not in h for h in heat)
+
+
+def test_profile_page_asks_before_recomputing(profiled):
+    at = _app("app_pages/profile.py", **TINY)
+    assert not at.exception and not at.error
+    assert not [b for b in at.button if b.key == "profile_start"]  # no one-click re-profile
+    (pop,) = [p for p in at.get("popover") if p.proto.popover.label.startswith("Recompute (cached")]
+    assert at.button(key="profile_recompute_confirm").label == "Yes, recompute"
 
 
 def test_allocate_slider_changes_allocation_within_budget(profiled):
@@ -81,10 +125,27 @@ def test_allocate_slider_changes_allocation_within_budget(profiled):
     assert grid.shape == (4, 7) and list(grid.columns) == ["q", "k", "v", "o", "gate", "up", "down"]
     assert grid.loc[2, "down"] == seen[7.5]["model.layers.2.mlp.down_proj"]
     frontier = json.loads(at.get("vega_lite_chart")[0].proto.spec)
-    assert frontier["layer"][1]["mark"]["type"] == "rule"  # the marker at the slider
+    marks = [layer["mark"]["type"] for layer in frontier["layer"]]
+    assert marks == ["line", "point", "rule", "text"]  # baselines are points, never a line
+    assert frontier["layer"][1]["transform"] == [{"filter": "!datum.solver"}]
+    x_scale = frontier["layer"][0]["encoding"]["x"]["scale"]
+    assert x_scale["domainMin"] == pytest.approx(4.0)  # tiny's feasible minimum (all MXFP4)
+    assert frontier["title"]
+    legend = at.get("html")[0].proto.body  # the grid's format legend, fewest bits first
+    assert legend.index("MXFP4") < legend.index("MXFP8")
+    assert charts.format_colour("MXFP4") in legend
     assert not at.get("plotly_chart")
+    labels = [d.proto.label for d in at.get("download_button")]
+    assert labels[:3] == ["mixviz recipe", "auto-round layer_config", "auto-round script"]
+    why = [c.value for c in at.caption if c.value.startswith("Not available")]
+    assert any("GPTQModel quantizes integer weights only" in w for w in why)  # beside it
     at.radio(key="allocate_draw").set_value("chart").run()
     assert not at.exception and len(at.get("plotly_chart")) == 1  # the plotly heatmap
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert heat["colorscale"][0][1] == charts.format_colour(heat["colorbar"]["ticktext"][0])
+    at.radio(key="allocate_draw").set_value("grid").run()
+    at.radio(key="allocate_view").set_value("head").run()  # not editable: no lock caption
+    assert not any("locked" in c.value for c in at.caption)
     at.radio(key="allocate_view").set_value("diff").run()
     assert not at.exception and not at.error
 
@@ -152,32 +213,61 @@ def test_allocate_grid_selection_locks_a_block(profiled):
     assert all(str(v).startswith("✕") for v in grid.loc[1])
 
 
-def test_allocate_locks_beyond_the_budget_are_an_error(profiled):
+def test_allocate_grid_clicks_add_up_until_cleared(profiled):
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    grid_key = "allocate_grid_optimal_0_1"
+    at.session_state[grid_key] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.run()
+    at.session_state[grid_key] = {"selection": {"rows": [], "columns": [], "cells": [[2, "down"]]}}
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("8 selected") for c in at.caption)  # block 1 + one cell
+    at.button(key="edit_clear").click().run()
+    assert any(c.value.startswith("0 selected") for c in at.caption)
+
+
+def test_allocate_locks_beyond_the_budget_are_refused(profiled):
     at = _app("app_pages/allocate.py", **{**TINY, "bits": "5"})
     assert not at.exception and not at.error
+    before = at.session_state["allocation"]
     at.multiselect(key="edit_blocks").set_value([0, 1, 2]).run()
     at.selectbox(key="edit_option").set_value("BF16").run()
     at.button(key="edit_set").click().run()
     assert not at.exception
     # 3 of tiny's 4 equal blocks at BF16 need (3·16 + 4) / 4 = 13 bits (block 3 at MXFP4) to
-    # (3·16 + 8) / 4 = 14 bits: 5 bits is beyond them, said so, and the nearest is used.
+    # (3·16 + 8) / 4 = 14 bits: 5 bits cannot hold them, so nothing changes and the range is said
     assert [e.value for e in at.error] == [
-        "Average bits 5 is outside the feasible range 13.00–14.00; "
-        "using the nearest feasible value."
+        "Setting 21 layers to BF16 needs an average of 13.00–14.00 bits; the budget is 5 bits. "
+        "Nothing was changed."
     ]
+    assert at.session_state["allocate_pins"] == {}
+    assert at.session_state["allocation"]["layers"] == before["layers"]
+    assert at.slider(key="allocate_avg_bits").value == 5.0
+    # ... unless the budget is raised explicitly
+    at.button(key="edit_move_budget").click().run()
+    assert not at.exception and not at.error
     assert len(at.session_state["allocate_pins"]) == 21
+    assert at.slider(key="allocate_avg_bits").value == 13.01
     assert at.session_state["allocation"]["avg_bits_no_scale"] == 13.0
-    # every layer locked: the slider's range collapses to the locks' bits, nothing is lost
+    assert at.multiselect(key="edit_blocks").value == []  # the pickers start empty again
+    # every layer locked: the range collapses to the locks' bits, nothing is lost
     at.multiselect(key="edit_blocks").set_value([3]).run()
     at.button(key="edit_set").click().run()
+    assert "needs an average of 16.00–16.00 bits" in at.error[0].value
+    at.button(key="edit_move_budget").click().run()
     assert not at.exception and not at.error
     assert len(at.session_state["allocate_pins"]) == 28
     assert at.session_state["allocation"]["avg_bits_no_scale"] == 16.0
     assert "The locks fix every layer: 16.000 average bits" in at.info[0].value
+    # undo and reset bring the budget back with the locks
     at.button(key="edit_undo").click().run()
     assert len(at.session_state["allocate_pins"]) == 21
-    at.button(key="edit_undo").click().run()
+    assert at.slider(key="allocate_avg_bits").value == 13.01
+    at.button(key="edit_reset").click().run()
+    assert not at.exception and not at.error
     assert at.session_state["allocate_pins"] == {}
+    assert at.slider(key="allocate_avg_bits").value == 5.0
+    assert at.session_state["allocation"]["layers"] == before["layers"]
 
 
 def test_allocate_budget_outside_range_is_an_error(profiled):
@@ -192,13 +282,49 @@ def test_runs_page_queues_the_comparison(profiled):
     at.number_input(key="runs_limit").set_value(2).run()
     at.button(key="runs_start").click().run()
     assert not at.exception and not at.error
-    assert "Queued 6 runs" in at.success[0].value
     store = Store()
     labels = {r.label for r in store.list()}
-    assert {"bf16", "pure MXFP4", "optimal @6", "head @6", "tail @6", "uniform @6"} <= labels
+    # "uniform @6" has the very recipe of "pure MXFP4": one run, named both ways
+    assert labels == {"bf16", "pure MXFP4 = uniform @6", "optimal @6", "head @6", "tail @6"}
+    assert at.success[0].value.startswith("Queued 5 runs (0 already done or queued; 1 identical")
+    at.button(key="runs_start").click().run()
+    assert at.success[0].value.startswith("Queued 0 runs (5 already done or queued; 1 identical")
+    assert len(store.list()) == 5
+    queue = at.dataframe[0].value
+    assert queue["bits"].notna().all()  # known from the recipe before a run quantizes
+    assert queue.set_index("run").loc["BF16", "bits"] == 16.0
     backend = LocalBackend(store)
     for r in store.list(("queued", "starting", "running")):
         backend.cancel(r.id)
+
+
+def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
+    from mixviz.runs.backends import log_path, new_run_id, write_spec
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    store = Store()
+    tasks = ("mixviz_lastword",)
+    done = _fake_run(store, RunSpec(model="tiny", recipe=None, tasks=tasks, limit=2), 0.5)
+    running = new_run_id()
+    spec = RunSpec(model="tiny", recipe={"model.layers.0.mlp.up_proj": "MXFP8"}, tasks=tasks)
+    write_spec(running, spec)
+    store.insert(running, spec.key, spec.model, spec.label, spec.to_dict())
+    store.update(running, status="running", stage="evaluating mixviz_lastword", progress=0.5)
+    store.update(running, started=time.time() - 60)
+    log_path(running).parent.mkdir(parents=True, exist_ok=True)
+    log_path(running).write_text("\x1b[1mloading\x1b[0m\n 10%|#  |\r 90%|#### |\nok\n")
+    at = _app("app_pages/runs.py", model="tiny")
+    assert not at.exception and not at.error
+    first = ["run", "status", "stage", "progress", "time", "bits"]  # on screen; the id last
+    assert list(at.dataframe[0].proto.column_order)[:6] == first
+    queue = at.dataframe[0].value.set_index("id")
+    assert queue.loc[done, "mixviz_lastword"] == "0.5000 acc"  # the headline, on this page
+    assert queue.loc[running, "time"].startswith("1:0") and "left" in queue.loc[running, "time"]
+    assert at.selectbox(key="runs_pick").value == running  # Details opens on the running run
+    now = next(c.value for c in at.caption if "evaluating mixviz_lastword, 50%" in c.value)
+    assert "1:0" in now and "left" in now  # elapsed and ETA
+    (log,) = at.code
+    assert log.value.strip() == "loading\n 90%|#### |\nok" and log.language == "plaintext"
 
 
 def _fake_run(store, spec, acc):
@@ -222,7 +348,9 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
     store = Store()
     tasks = ("mixviz_lastword",)
-    _fake_run(store, RunSpec(model="tiny", recipe=None, tasks=tasks, strategy="bf16"), 0.7076)
+    _fake_run(
+        store, RunSpec(model="tiny", recipe=None, tasks=tasks, strategy="bf16", limit=2), 0.7076
+    )
     for budget, acc in ((4.5, 0.62), (5.0, 0.6857)):
         for strategy, delta in (("optimal", 0.0), ("head", -0.02)):
             _fake_run(
@@ -233,6 +361,7 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
                     tasks=tasks,
                     strategy=strategy,
                     budget=budget,
+                    limit=2,
                 ),
                 acc + delta,
             )
@@ -240,6 +369,105 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
     assert not at.exception and not at.error
     table = at.table[0].value
     assert table.loc["optimal @5", "average"] == "0.6857 (96.9%)"
-    assert table.loc["bf16", "average"] == "0.7076 (100.0%)"
-    assert len(at.get("plotly_chart")) >= 1
+    assert table.loc["BF16", "average"] == "0.7076 (100.0%)"  # one name for BF16 everywhere
     assert len(at.get("download_button")) == 3
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    layout = chart["layout"]
+    assert layout["title"]["text"].endswith("vs average bits")
+    assert layout["showlegend"] is True
+    assert {t["name"] for t in chart["data"]} == {"optimal", "head", "BF16"}
+    y_title = layout["yaxis"]["title"]["text"]
+    assert "acc" in y_title and "(2 items per task)" in y_title  # the metric and item count
+    bits = [r.avg_bits for r in store.list() if r.label != "bf16"]
+    lo, hi = layout["xaxis"]["range"]
+    assert lo < min(bits) <= max(bits) < hi < lo + (max(bits) - min(bits)) + 1  # fitted, padded
+    lo, hi = layout["yaxis"]["range"]
+    assert lo < 0.6 < 0.7076 < hi < 0.8
+    assert any("Spearman" in i.value for i in at.info)  # the empty state says what is missing
+
+
+def test_results_page_one_run_has_sensible_axes(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    spec = RunSpec(
+        model="tiny",
+        recipe={"model.layers.0.mlp.up_proj": "MXFP4"},
+        tasks=("mixviz_lastword",),
+        strategy="optimal",
+        budget=5.0,
+        limit=2,
+    )
+    _fake_run(Store(), spec, 0.5)
+    at = _app("app_pages/results.py", model="tiny")
+    assert not at.exception and not at.error
+    layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    (x,) = {r.avg_bits for r in Store().list()}
+    lo, hi = layout["xaxis"]["range"]
+    assert lo < x < hi and hi - lo < 1
+    lo, hi = layout["yaxis"]["range"]
+    assert lo < 0.5 < hi and hi - lo < 0.1
+
+
+def test_pages_log_no_warnings(profiled, caplog):
+    """No deprecation (``use_container_width``) or widget-state warning from our pages."""
+    caplog.set_level("WARNING")
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    at.slider(key="allocate_avg_bits").set_value(6.5).run()
+    at.radio(key="allocate_draw").set_value("chart").run()
+    at.multiselect(key="edit_blocks").set_value([0]).run()
+    at.button(key="edit_set").click().run()
+    at.button(key="edit_undo").click().run()
+    for page in (
+        "app_pages/model.py",
+        "app_pages/profile.py",
+        "app_pages/runs.py",
+        "app_pages/results.py",
+    ):
+        at.switch_page(page).run()
+    assert not at.exception
+    ours = [r.getMessage() for r in caplog.records if "ScriptRunContext" not in r.getMessage()]
+    assert ours == []
+
+
+def test_format_colours_are_one_ramp_by_bits():
+    from mixviz.models.schemes import SCHEMES, get_scheme
+
+    order = sorted(SCHEMES, key=lambda o: (get_scheme(o).bits, o))
+    colours = [charts.format_colour(o) for o in order]
+    assert len(set(colours)) == len(order)  # one colour per format
+    assert colours[0] == "rgb(68, 1, 84)" and colours[-1] == "rgb(253, 231, 37)"  # viridis
+    assert charts.format_colour("BF16") == colours[-1]
+
+
+def test_accuracy_chart_draws_error_bars_when_the_results_have_them():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"strategy": ["optimal"] * 2, "avg_bits": [4.5, 5.0], "accuracy": [0.6, 0.65]}
+    )
+    assert "error_y" not in charts.accuracy_chart(frame).to_dict()["data"][0]
+    fig = charts.accuracy_chart(frame.assign(accuracy_se=[0.03, 0.02]), 0.7)
+    assert list(fig.to_dict()["data"][0]["error_y"]["array"]) == [0.03, 0.02]
+    assert fig.layout.yaxis.range[0] < 0.57 and fig.layout.yaxis.range[1] > 0.7
+
+
+def test_frontier_draws_baselines_as_points():
+    pt = {"avg_bits": 4.0, "avg_bits_no_scale": 4.0, "predicted_loss": 1.0}
+    spec = charts.frontier_chart({"optimal": [pt], "uniform": [pt, {**pt, "avg_bits": 8.0}]})
+    solver = {r["strategy"]: r["solver"] for r in spec["datasets"]["frontier"]}
+    assert solver == {"optimal": True, "uniform": False}
+
+
+def test_kld_chart_has_error_bars_when_the_results_carry_them():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "strategy": ["optimal"] * 2,
+            "avg_bits": [4.5, 5.0],
+            "kld": [0.2, 0.1],
+            "kld_se": [0.01, 0.02],
+        }
+    )
+    fig = charts.accuracy_chart(frame, y="kld", y_title="KLD")
+    assert list(fig.to_dict()["data"][0]["error_y"]["array"]) == [0.01, 0.02]
+    assert fig.layout.title.text == "KLD vs average bits"

@@ -540,3 +540,44 @@ def test_cli_export_and_import(tmp_path):
     r = run_cli("import", str(SAVED), "--model", "tiny", "--out", str(rec))
     assert r.returncode == 0, r.stderr
     assert Recipe.load(rec).layers == Recipe.load(SAVED).layers
+
+
+def _study():
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "avg bits": ["16.00", "4.25"],
+            "mixviz_lastword": ["0.1400", "0.1200"],
+            "average": ["0.7076 (100.0%)", "0.6857 (96.9%)"],
+        },
+        index=pd.Index(["bf16", "optimal @5"], name="run"),
+    )
+
+
+def test_table_exports_keep_the_precision_the_page_shows():
+    from mixviz.report.tables import to_csv, to_latex, to_markdown
+
+    md = to_markdown(_study())
+    assert "| 0.1400 " in md and "| 16.00 " in md and "| BF16 " in md and "bf16" not in md
+    csv = to_csv(_study())
+    assert csv.splitlines()[1] == "BF16,16.00,0.1400,0.7076 (100.0%)"
+    tex = to_latex(_study()).splitlines()
+    assert tex[1:4] == [r"\toprule", r"run & avg bits & mixviz\_lastword & average \\", r"\midrule"]
+    assert r"BF16 & 16.00 & 0.1400 & 0.7076 (100.0\%) \\" in tex
+    assert not any(re.match(r"\s*run\s*&\s*&", line) for line in tex)  # no empty header row
+
+
+def test_autoround_downloads_are_what_autoround_reads(tiny_ref):
+    from mixviz.report.export import autoround_layer_config, autoround_script
+
+    layers = {"model.layers.0.mlp.up_proj": "W4A16G32", "model.layers.0.mlp.down_proj": "MXFP8"}
+    recipe = Recipe("tiny", "", layers)
+    assert json.loads(autoround_layer_config(recipe)) == layers  # bare, no wrapper
+    script = autoround_script(recipe, tiny_ref.path)
+    ns: dict = {}
+    head = script.split("model = ")[0]  # up to loading: the constants the script runs with
+    exec(compile(head.replace("from auto_round", "# from auto_round"), "s", "exec"), ns)
+    assert ns["MODEL"] == tiny_ref.path and Path(ns["MODEL"]).is_dir()  # a real folder, not "tiny"
+    assert ns["LAYER_CONFIG"] == layers
+    assert "quantize_and_save(OUTPUT_DIR, format='auto_round')" in script

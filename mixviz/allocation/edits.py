@@ -134,19 +134,28 @@ def _block_number(text: str) -> int:
 
 @dataclass(frozen=True)
 class History:
-    """Lock states with a cursor: ``push`` a new state, ``undo`` / ``redo`` move the cursor.
+    """Lock states, each with the budget it was made at, and a cursor: ``push`` a new state,
+    ``undo`` / ``redo`` move the cursor, and :attr:`budget` says which budget goes with it.
 
-    >>> h = History().push({"a": "MXFP8"}).push({})
+    >>> h = History(budgets=(5.0,)).push({"a": "BF16"}, 7.5).push({}, 7.5)
     >>> h.undo().current, h.undo().undo().current, h.undo().redo().current
-    ({'a': 'MXFP8'}, {}, {})
+    ({'a': 'BF16'}, {}, {})
+    >>> h.undo().undo().budget, h.undo().budget, h.undo().reset().budget
+    (5.0, 7.5, 5.0)
     """
 
     states: tuple[tuple[tuple[str, str], ...], ...] = ((),)
     pos: int = 0
+    budgets: tuple[float | None, ...] = (None,)
 
     @property
     def current(self) -> Locks:
         return dict(self.states[self.pos])
+
+    @property
+    def budget(self) -> float | None:
+        """The budget of the current state (None: not known, keep the slider's)."""
+        return self.budgets[self.pos] if self.pos < len(self.budgets) else None
 
     @property
     def can_undo(self) -> bool:
@@ -156,22 +165,38 @@ class History:
     def can_redo(self) -> bool:
         return self.pos < len(self.states) - 1
 
-    def push(self, locks: Mapping[str, str]) -> History:
+    def push(self, locks: Mapping[str, str], budget: float | None = None) -> History:
         """A new state after the cursor (dropping any redo states); no-op when unchanged."""
         state = tuple(sorted(locks.items()))
         if state == self.states[self.pos]:
+            return self.at_budget(budget)
+        budgets = self._budgets()[: self.pos + 1]
+        return History((*self.states[: self.pos + 1], state), self.pos + 1, (*budgets, budget))
+
+    def at_budget(self, budget: float | None) -> History:
+        """The same states, the current one now at ``budget`` (the slider moved)."""
+        if budget is None or budget == self.budget:
             return self
-        return History((*self.states[: self.pos + 1], state), self.pos + 1)
+        budgets = list(self._budgets())
+        budgets[self.pos] = budget
+        return History(self.states, self.pos, tuple(budgets))
 
     def undo(self) -> History:
-        return History(self.states, max(self.pos - 1, 0))
+        return History(self.states, max(self.pos - 1, 0), self.budgets)
 
     def redo(self) -> History:
-        return History(self.states, min(self.pos + 1, len(self.states) - 1))
+        return History(self.states, min(self.pos + 1, len(self.states) - 1), self.budgets)
 
     def reset(self) -> History:
-        """Back to the solver's optimum (no locks), as an undoable step."""
-        return self.push({})
+        """Back to the solver's optimum (no locks) at the budget the last lock-free state had,
+        as an undoable step."""
+        budgets = self._budgets()
+        free = [budgets[i] for i in range(self.pos + 1) if not self.states[i]]
+        budget = next((b for b in reversed(free) if b is not None), self.budget)
+        return self.push({}, budget)
+
+    def _budgets(self) -> tuple[float | None, ...]:
+        return (*self.budgets, *[None] * (len(self.states) - len(self.budgets)))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from mixviz.cli.common import add_json, add_model, add_trust_remote_code, emit, progress, resolve
 from mixviz.errors import MixvizError
@@ -164,14 +165,20 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _wait_and_report(backend, run_id: str, args: argparse.Namespace) -> None:
     from mixviz.runs.backends import run_document, wait
+    from mixviz.runs.progress import eta_text
 
-    last = [None]
+    last = [None, 0.0]
 
     def show(row) -> None:
+        """A line when the run moves, and every 30 s while it does not (the time goes on)."""
         now = (row.status, row.stage, round(row.progress, 2))
-        if now != last[0]:
-            progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
-            last[0] = now
+        if now != last[0] or time.time() - last[1] > 30:
+            eta = eta_text(row.progress, row.started)
+            progress(
+                f"{row.id}: {row.status} {row.stage} {row.progress:.0%}"
+                + (f" · {eta}" if eta else "")
+            )
+            last[:] = [now, time.time()]
 
     wait(backend.store, run_id, timeout=args.timeout, on_update=show, backend=backend)
     doc = run_document(backend.store, run_id)

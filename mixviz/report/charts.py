@@ -11,20 +11,44 @@ import plotly.graph_objects as go
 
 from mixviz.allocation.strategies import STRATEGIES
 from mixviz.models.inventory import KINDS, grid_columns
-from mixviz.models.schemes import get_scheme
+from mixviz.models.schemes import SCHEMES, get_scheme
 
-PALETTE = [
-    "#d62728",
-    "#ff7f0e",
-    "#bcbd22",
-    "#2ca02c",
-    "#17becf",
-    "#1f77b4",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-]
+
+def _format_colours() -> dict[str, str]:
+    """Every scheme's colour: a viridis ramp (colour-blind safe, light = more bits) over all
+    schemes ordered by bits, so a format has one colour on every page and in every chart."""
+    from plotly.colors import sample_colorscale
+
+    order = sorted(SCHEMES, key=lambda o: (get_scheme(o).bits, o))
+    ramp = sample_colorscale("Viridis", [i / max(len(order) - 1, 1) for i in range(len(order))])
+    return dict(zip(order, ramp, strict=True))
+
+
+FORMAT_COLOURS = _format_colours()
+
+
+def format_colour(option: str) -> str:
+    """``format_colour("MXFP4")`` → ``'rgb(…)'``, the same wherever MXFP4 is drawn."""
+    return FORMAT_COLOURS.get(get_scheme(option).name, "rgb(127, 127, 127)")
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads on ``background`` (an ``rgb(r, g, b)`` string)."""
+    r, g, b = (int(float(v)) for v in background[4:-1].split(","))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+
+
+def format_legend_html(options) -> str:
+    """A one-line legend of format swatches, fewest bits first (for the grid view)."""
+    order = sorted(set(options), key=lambda o: (get_scheme(o).bits, o))
+    chips = " ".join(
+        f'<span style="background:{format_colour(o)};color:{text_colour(format_colour(o))};'
+        f'padding:1px 8px;margin-right:6px;border-radius:3px;font-size:0.85em">{o}</span>'
+        for o in order
+    )
+    return f'<div class="mixviz-legend">{chips}</div>'
+
+
 SERIES_COLOURS = {"bf16": "#000000", "autoscheme": "#e377c2"}  # series that are no strategy
 
 
@@ -72,8 +96,15 @@ def _grid_layout(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
-def sensitivity_heatmap(profile, option: str) -> go.Figure:
-    """Score per (block, module) for one option, on a log colour scale."""
+def score_range(profile) -> tuple[float, float] | None:
+    """``(lo, hi)`` of log₁₀ score over every format: one colour scale for all of them."""
+    logs = [math.log10(r.score) for r in profile.rows if r.score and r.score > 0]
+    return (min(logs), max(logs)) if logs else None
+
+
+def sensitivity_heatmap(profile, option: str, zrange: tuple[float, float] | None = None):
+    """Score per (block, module) for one option, on a log colour scale: ``zrange`` (say from
+    :func:`score_range`) fixes the scale's ends so that formats compare; None fits this one."""
     blocks, kinds, cells = _grid(profile.layers)
     z, text, custom = [], [], []
     for b in blocks:
@@ -99,6 +130,8 @@ def sensitivity_heatmap(profile, option: str) -> go.Figure:
             y=blocks,
             customdata=custom,
             colorscale="Viridis",
+            zmin=zrange[0] if zrange else None,
+            zmax=zrange[1] if zrange else None,
             colorbar={"title": "log₁₀ score"},
             hovertemplate="%{customdata[0]}<br>numel %{customdata[1]:,}<br>score "
             "%{customdata[2]}<extra></extra>",
@@ -172,8 +205,8 @@ def _format_scale(order: list[str]) -> list[list]:
     """A stepped plotly colour scale: format ``i`` of ``order`` fills ``[i, i + 1) / n``."""
     n = max(len(order), 1)
     scale = []
-    for i, _ in enumerate(order):
-        c = PALETTE[i % len(PALETTE)]
+    for i, o in enumerate(order):
+        c = format_colour(o)
         scale += [[i / n, c], [(i + 1) / n, c]]
     return scale
 
@@ -281,9 +314,7 @@ def allocation_grid(
     import pandas as pd
 
     blocks, kinds, cells = _grid(layers)
-    colour = {
-        o: PALETTE[i % len(PALETTE)] for i, o in enumerate(_format_order(options, allocation))
-    }
+    colour = {o: format_colour(o) for o in _format_order(options, allocation)}
     text, css = [], []
     for b in blocks:
         tr, cr = [], []
@@ -296,7 +327,7 @@ def allocation_grid(
                 continue
             mark = LOCK_MARK if x.name in locked else MOVE_MARK if x.name in marked else ""
             tr.append(f"{mark} {o}".strip())
-            cr.append(f"background-color: {colour[o]}; color: white")
+            cr.append(f"background-color: {colour[o]}; color: {text_colour(colour[o])}")
         text.append(tr)
         css.append(cr)
     frame = pd.DataFrame(text, index=pd.Index(blocks, name="block"), columns=kinds)
@@ -305,31 +336,64 @@ def allocation_grid(
 
 
 def frontier_chart(
-    front: dict[str, list[dict]], marker: float | None = None, no_scale: bool = False
+    front: dict[str, list[dict]],
+    marker: float | None = None,
+    no_scale: bool = False,
+    x_min: float | None = None,
 ) -> dict:
-    """Predicted loss vs average bits, a line per strategy, and a dashed marker at the slider:
-    a Vega-Lite spec for ``st.vega_lite_chart``.
+    """Predicted loss vs average bits per strategy, and a dashed marker at the slider: a
+    Vega-Lite spec for ``st.vega_lite_chart``.
 
-    The lines and the marker are separate named datasets, so when the slider moves only the
-    one-row ``marker`` dataset changes and the chart is updated in place, not re-embedded
-    (a plotly figure would be redrawn whole on every step).
+    A solver's points (one per budget) are joined by a line; a baseline's are drawn as points
+    only — it reaches those allocations and nothing between them. The x axis starts at
+    ``x_min`` (the feasible minimum) when given. The lines and the marker are separate named
+    datasets, so when the slider moves only the one-row ``marker`` dataset changes and the chart
+    is updated in place, not re-embedded (a plotly figure would be redrawn whole on every step).
     """
     key = "avg_bits_no_scale" if no_scale else "avg_bits"
+    baseline = {s for s in front if s in STRATEGIES and STRATEGIES[s].baseline}
     rows = [
-        {"strategy": s, "bits": p[key], "loss": p["predicted_loss"]}
+        {"strategy": s, "bits": p[key], "loss": p["predicted_loss"], "solver": s not in baseline}
         for s, pts in front.items()
         for p in sorted(pts, key=lambda p: p[key])
         if p["predicted_loss"] > 0
     ]
     strategies = [s for s in front if front[s]]
+    scale = {"zero": False, "nice": False}
+    if x_min is not None:
+        scale["domainMin"] = x_min
     x = {
         "field": "bits",
         "type": "quantitative",
         "title": "average bits" + (" (no scale bits)" if no_scale else ""),
-        "scale": {"zero": False},
+        "scale": scale,
+    }
+    encoding = {
+        "x": x,
+        "y": {
+            "field": "loss",
+            "type": "quantitative",
+            "scale": {"type": "log"},
+            "title": "predicted loss (Σ score, log scale)",
+        },
+        "color": {
+            "field": "strategy",
+            "type": "nominal",
+            "scale": {
+                "domain": strategies,
+                "range": [strategy_colour(s) or "#7f7f7f" for s in strategies],
+            },
+        },
+        "order": {"field": "bits", "type": "quantitative"},
+        "tooltip": [
+            {"field": "strategy"},
+            {"field": "bits", "format": ".3f"},
+            {"field": "loss", "format": ".4g"},
+        ],
     }
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "Predicted loss of each strategy's allocations",
         "height": 380,
         "datasets": {
             "frontier": rows,
@@ -338,30 +402,15 @@ def frontier_chart(
         "layer": [
             {
                 "data": {"name": "frontier"},
+                "transform": [{"filter": "datum.solver"}],
                 "mark": {"type": "line", "point": True},
-                "encoding": {
-                    "x": x,
-                    "y": {
-                        "field": "loss",
-                        "type": "quantitative",
-                        "scale": {"type": "log"},
-                        "title": "predicted loss (Σ score)",
-                    },
-                    "color": {
-                        "field": "strategy",
-                        "type": "nominal",
-                        "scale": {
-                            "domain": strategies,
-                            "range": [strategy_colour(s) or "#7f7f7f" for s in strategies],
-                        },
-                    },
-                    "order": {"field": "bits", "type": "quantitative"},
-                    "tooltip": [
-                        {"field": "strategy"},
-                        {"field": "bits", "format": ".3f"},
-                        {"field": "loss", "format": ".4g"},
-                    ],
-                },
+                "encoding": encoding,
+            },
+            {
+                "data": {"name": "frontier"},
+                "transform": [{"filter": "!datum.solver"}],
+                "mark": {"type": "point", "filled": True, "size": 70},
+                "encoding": {**encoding, "shape": {"field": "strategy", "type": "nominal"}},
             },
             {
                 "data": {"name": "marker"},
@@ -377,44 +426,118 @@ def frontier_chart(
     }
 
 
-def accuracy_chart(frame, bf16: float | None = None, y: str = "accuracy") -> go.Figure:
-    """Accuracy vs average bits, a line per strategy; BF16 as a horizontal reference."""
+def error_column(frame, y: str) -> str | None:
+    """The column holding ``y``'s standard error, when the results carry one: ``accuracy_se``
+    for the average, ``<task>:<metric>_stderr`` for a task's primary metric.
+
+    >>> import pandas as pd
+    >>> error_column(pd.DataFrame(columns=["accuracy", "accuracy_se"]), "accuracy")
+    'accuracy_se'
+    >>> error_column(pd.DataFrame(columns=["t", "t:acc", "t:acc_stderr"]), "t"), error_column(
+    ...     pd.DataFrame(columns=["accuracy"]), "accuracy")
+    ('t:acc_stderr', None)
+    """
+    candidates = [f"{y}_se"] + [
+        f"{y}:{m}_stderr" for m in ("acc", "acc_norm") if f"{y}:{m}" in frame
+    ]
+    return next((c for c in candidates if c in frame), None)
+
+
+def padded_range(values, pad: float) -> list[float] | None:
+    """``[min - p, max + p]`` with ``p`` = 8 % of the span, at least ``pad``; None if empty.
+
+    >>> padded_range([4.25, 8.25], 0.25)
+    [3.93, 8.57]
+    """
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    p = max(pad, 0.08 * (hi - lo))
+    return [round(lo - p, 4), round(hi + p, 4)]
+
+
+def accuracy_chart(
+    frame,
+    bf16: float | None = None,
+    y: str = "accuracy",
+    *,
+    y_title: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """``y`` vs average bits, one series per strategy (points joined when it has several),
+    error bars where the results carry a standard error, BF16 as a dotted reference line
+    (in the legend too); axes fitted to the data with some padding."""
+    err = error_column(frame, y)
+    y_title = y_title or y
     fig = go.Figure()
+    ys: list[float] = [] if bf16 is None else [bf16]
     for strategy, part in frame.groupby("strategy", sort=False):
         part = part.sort_values("avg_bits")
+        se = part[err].astype(float).fillna(0).tolist() if err else None
+        vals = part[y].astype(float).tolist()
+        ys += [v + d * e for v, e in zip(vals, se or [0] * len(vals), strict=True) for d in (-1, 1)]
         fig.add_trace(
             go.Scatter(
                 x=part["avg_bits"],
                 y=part[y],
-                name=strategy,
-                mode="lines+markers",
+                name=DISPLAY_NAMES.get(strategy, strategy),
+                mode="lines+markers" if len(part) > 1 else "markers",
                 line={"color": strategy_colour(strategy)},
+                marker={"size": 9},
+                error_y={"type": "data", "array": se, "visible": True} if se else None,
+                hovertemplate="%{x:.3f} bits<br>%{y:.4f}<extra>" + str(strategy) + "</extra>",
             )
         )
     if bf16 is not None:
-        fig.add_hline(y=bf16, line_dash="dot", annotation_text="BF16")
+        fig.add_hline(y=bf16, line_dash="dot", line_color="black")
+        fig.add_trace(  # the reference line's legend entry
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name="BF16",
+                line={"dash": "dot", "color": "black"},
+            )
+        )
     fig.update_layout(
-        xaxis_title="average bits", yaxis_title=y, height=420, margin={"t": 30, "b": 40}
+        title=title or f"{y_title} vs average bits",
+        xaxis_title="average bits per weight",
+        yaxis_title=y_title,
+        xaxis_range=padded_range(frame["avg_bits"], 0.25),
+        yaxis_range=padded_range(ys, 0.02),
+        showlegend=True,
+        height=420,
+        margin={"t": 50, "b": 40},
     )
     return fig
 
 
-def loss_vs_accuracy(frame, rho: float | None) -> go.Figure:
+DISPLAY_NAMES = {"bf16": "BF16"}  # one name per series in every chart and table
+
+
+def loss_vs_accuracy(frame, rho: float | None, y_title: str = "accuracy") -> go.Figure:
+    """Measured accuracy against the profile's predicted loss, one point per run."""
     fig = go.Figure(
         go.Scatter(
             x=frame["predicted_loss"],
             y=frame["accuracy"],
-            mode="markers",
+            mode="markers+text",
             text=frame["label"],
-            hovertemplate="%{text}<extra></extra>",
+            textposition="top center",
+            name="quantized runs",
+            hovertemplate="%{text}<br>loss %{x:.4g}<br>%{y:.4f}<extra></extra>",
         )
     )
     fig.update_layout(
-        title=f"Spearman ρ = {rho:.3f}" if rho is not None else "",
-        xaxis_title="predicted loss",
-        yaxis_title="accuracy",
+        title="Predicted loss vs measured accuracy"
+        + (f": Spearman ρ = {rho:.3f} ({len(frame)} runs)" if rho is not None else ""),
+        xaxis_title="predicted loss (Σ score, log scale)",
+        yaxis_title=y_title,
+        yaxis_range=padded_range(frame["accuracy"], 0.02),
         xaxis_type="log",
+        showlegend=True,
         height=380,
-        margin={"t": 40, "b": 40},
+        margin={"t": 50, "b": 40},
     )
     return fig

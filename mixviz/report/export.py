@@ -1,7 +1,8 @@
 """Exporters from one Recipe to what people ship, and the importer of auto-round layer configs.
 
 - ``autoround``: ``layer_config`` (full names, preset names — no regex), a Python snippet and
-  the equivalent CLI line.
+  the equivalent CLI line; :func:`autoround_layer_config` is the bare ``layer_config`` file
+  auto-round reads and :func:`autoround_script` a runnable script for one model folder.
 - ``gptqmodel``: the ``dynamic`` dict (``+:``/``-:`` regex keys); integer options only.
 - ``llmcompressor``: a recipe YAML, one ``config_group`` per option with ``re:`` targets; the
   MX/NV groups are compressed-tensors' own presets (scale dtypes included).
@@ -56,6 +57,36 @@ def to_autoround(recipe: Recipe) -> dict:
         ]
     )
     return {"layer_config": layer_config, "python": python, "cli": cli}
+
+
+def autoround_layer_config(recipe: Recipe) -> str:
+    """The bare ``layer_config`` JSON (``{module name: preset}``) — what auto-round's
+    ``--layer_config`` and ``AutoRound(layer_config=…)`` take, nothing around it."""
+    return json.dumps(dict(recipe.layers), indent=2) + "\n"
+
+
+def autoround_script(recipe: Recipe, model_path: str, output_dir: str = "./quantized") -> str:
+    """A Python script that quantizes ``model_path`` (a local folder or a hub id, never a
+    mixviz name such as ``demo``) with the recipe and saves it in auto-round's format.
+
+    >>> r = Recipe("demo", "", {"model.layers.0.mlp.up_proj": "MXFP8"})
+    >>> "MODEL = '/models/smollm2'" in autoround_script(r, "/models/smollm2")
+    True
+    """
+    return (
+        '"""Quantize with the mixviz recipe (auto-round, RTN); run: python this_file.py"""\n\n'
+        "from auto_round import AutoRound\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f"MODEL = {model_path!r}\n"
+        f"OUTPUT_DIR = {output_dir!r}\n"
+        f"LAYER_CONFIG = {json.dumps(dict(recipe.layers), indent=4)}\n\n"
+        "model = AutoModelForCausalLM.from_pretrained(MODEL, dtype='auto')\n"
+        "tokenizer = AutoTokenizer.from_pretrained(MODEL)\n"
+        f"ar = AutoRound(model, tokenizer, scheme={_default(recipe)!r}, "
+        "layer_config=LAYER_CONFIG,\n"
+        "               iters=0, disable_opt_rtn=True, enable_torch_compile=False)\n"
+        "ar.quantize_and_save(OUTPUT_DIR, format='auto_round')\n"
+    )
 
 
 # --------------------------------------------------------------------------- GPTQModel

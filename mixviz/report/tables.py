@@ -206,12 +206,36 @@ def format_share(value: float | None, reference: float | None, se: float | None 
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown()
+    """The table as the page shows it: cells are preformatted strings, kept as written
+    (``0.1400`` stays ``0.1400``, not ``0.14``); ``bf16`` reads ``BF16``.
+
+    >>> run = pd.Index(["bf16"], name="run")
+    >>> print(to_markdown(pd.DataFrame({"avg bits": ["16.00"]}, index=run)))
+    | run   | avg bits   |
+    |:------|:-----------|
+    | BF16  | 16.00      |
+    """
+    return as_shown(table).to_markdown(disable_numparse=True)
 
 
 def to_csv(table: pd.DataFrame) -> str:
-    return table.to_csv()
+    """The table as CSV, cells as the page shows them (strings, not re-parsed numbers)."""
+    return as_shown(table).to_csv()
 
 
 def to_latex(table: pd.DataFrame) -> str:
-    return table.to_latex(escape=True)
+    """A ``booktabs`` table: one header row (the index's name heads the first column),
+    ``%`` and ``_`` escaped, cells as the page shows them."""
+    flat = as_shown(table).reset_index()
+    return flat.to_latex(index=False, escape=True, column_format="l" + "r" * (flat.shape[1] - 1))
+
+
+DISPLAY = {"bf16": "BF16"}  # one name per strategy wherever a run label is shown
+
+
+def as_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with run labels as the page shows them (``bf16`` → ``BF16``)."""
+    out = table.copy()
+    out.index = [DISPLAY.get(str(i), i) for i in out.index]
+    out.index.name = table.index.name
+    return out

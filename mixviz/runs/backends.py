@@ -326,6 +326,33 @@ def get_backend(
     raise MixvizError(f"unknown backend {name!r}; use local or ray")
 
 
+SAME = " = "  # joins the names of specs that are one run: "pure MXFP4 = uniform @5"
+
+
+def submit_once(backend, specs: list[RunSpec]) -> list[tuple[str, bool]]:
+    """Queue each spec unless an identical one (same :attr:`RunSpec.key`: model, recipe, tasks,
+    limit, quantization settings) is queued, running or done — in the store or earlier in
+    ``specs``. That run is reused, and its label gains this spec's name. Returns
+    ``(run id, reused)`` per spec.
+    """
+    store = backend.store
+    runs = {r.key: r for r in store.list((*ACTIVE, "done"))}  # the latest run per key
+    out = []
+    for spec in specs:
+        row = runs.get(spec.key)
+        if row is None:
+            run_id = backend.submit(spec)
+            out.append((run_id, False))
+        else:
+            run_id = row.id
+            names = row.label.split(SAME)
+            if spec.label not in names:
+                store.update(run_id, label=SAME.join([*names, spec.label]))
+            out.append((run_id, True))
+        runs[spec.key] = store.get(run_id)
+    return out
+
+
 def entrypoint(run_id: str) -> str:
     """The worker's shell command line for Ray, every value quoted."""
     return shlex.join([sys.executable, "-m", "mixviz.runs.worker", run_id])
