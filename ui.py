@@ -427,16 +427,19 @@ def task_metrics(frame: pd.DataFrame, tasks: list[str]) -> str:
 
 
 def items_per_task(store, frame: pd.DataFrame) -> str:
-    """`` (50 items per task)`` from the runs' item counts (``n_items`` or the spec's limit)."""
+    """`` (480 items)`` from the runs' item counts (``n_items``: all tasks together), or
+    `` (50 items per task)`` from the spec's limit for runs that stored no count."""
+    unit = "items"
     if "n_items" in frame and frame["n_items"].notna().any():
         counts = {int(n) for n in frame["n_items"].dropna()}
     else:
         counts = {store.get(i).spec.get("limit") for i in frame["id"]}
+        unit = "items per task"
     counts.discard(None)
     if not counts:
         return ""
     shown = "–".join(str(n) for n in sorted({min(counts), max(counts)}))
-    return f" ({shown} items per task)"
+    return f" ({shown} {unit})"
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -79,8 +79,22 @@ def kld_view() -> None:
 
 def table_view() -> None:
     st.subheader("Table")
-    table = tables.study_table(frame, tasks)
+    labels = dict(zip(frame["id"], frame["label"], strict=True))
+    compare = st.selectbox(
+        "Paired Δ of the average accuracy against",
+        [None, *labels],
+        format_func=lambda i: "the best baseline at the same bits" if i is None else labels[i],
+        key="results_compare",
+        help="Runs scored on the same items, compared item by item: the 95 % interval of the "
+        "difference; * = it excludes 0 (a finding). Without *, the runs are not told apart.",
+    )
+    table = tables.study_table(frame, tasks, compare=compare)
     st.table(tables.as_shown(table))
+    st.caption(
+        "acc ± standard error; items = the items the average rests on; KLD = mean KL "
+        "divergence to the unquantized model per token (± se over 512-token windows); top-1 = "
+        "tokens whose most likely next token is unchanged."
+    )
     c1, c2, c3 = st.columns(3)
     c1.download_button("Markdown", tables.to_markdown(table), "results.md", key="results_md")
     c2.download_button("CSV", tables.to_csv(table), "results.csv", key="results_csv")
@@ -88,8 +102,9 @@ def table_view() -> None:
 
 
 def loss_view() -> None:
-    """Spearman's ρ between the profile's predicted loss and the measured accuracy."""
-    st.subheader("Predicted loss vs measured accuracy")
+    """Spearman's ρ (95 % interval) between the profile's predicted loss and the measured KLD
+    (the direct yardstick) and accuracy."""
+    st.subheader("Predicted loss vs measured")
     profile = ui.require_profile(choice, missing=None)
     if profile is None:
         st.info(
@@ -100,26 +115,40 @@ def loss_view() -> None:
     pts = []
     for row in quant.itertuples():
         vals = [scores.get((n, o)) for n, o in (row.recipe or {}).items()]
-        if vals and all(v is not None for v in vals) and pd.notna(row.accuracy):
-            pts.append({"label": row.label, "predicted_loss": sum(vals), "accuracy": row.accuracy})
-    if len(pts) < 3:
-        st.info(
-            f"Needs 3 finished quantized runs that this profile scores for Spearman's ρ "
-            f"(have {len(pts)})."
-        )
-        return
-    from scipy.stats import spearmanr
+        if vals and all(v is not None for v in vals):
+            pts.append(
+                {
+                    "label": row.label,
+                    "predicted_loss": sum(vals),
+                    "accuracy": row.accuracy,
+                    "accuracy_se": row.accuracy_se,
+                    "kld": getattr(row, "kld", None),
+                    "kld_se": getattr(row, "kld_se", None),
+                }
+            )
+    from mixviz.report.paired import spearman_ci
 
     pts_df = pd.DataFrame(pts)
-    rho = None
-    if pts_df["accuracy"].nunique() > 1 and pts_df["predicted_loss"].nunique() > 1:
-        rho = spearmanr(pts_df["predicted_loss"], pts_df["accuracy"]).statistic
-    else:
-        st.info(
-            "Spearman's ρ is not defined here: every run measured the same accuracy (or has the "
-            "same predicted loss). More items per task can tell them apart."
+    for y, title in (("kld", "KLD from BF16 (nats/token)"), ("accuracy", "accuracy")):
+        have = pts_df[pts_df[y].notna()] if not pts_df.empty else pts_df
+        if len(have) < 3:
+            st.info(
+                f"Needs 3 finished quantized runs with {y} that this profile scores for "
+                f"Spearman's ρ (have {len(have)})."
+            )
+            continue
+        rho = ci = None
+        if have[y].nunique() > 1 and have["predicted_loss"].nunique() > 1:
+            rho, lo, hi = spearman_ci(have["predicted_loss"], have[y])
+            ci = (lo, hi)
+        else:
+            st.info(
+                f"Spearman's ρ is not defined for {y}: every run measured the same value (or "
+                "has the same predicted loss)."
+            )
+        st.plotly_chart(
+            charts.loss_vs_accuracy(have, rho, y_title=title, y=y, ci=ci), key=f"results_loss_{y}"
         )
-    st.plotly_chart(charts.loss_vs_accuracy(pts_df, rho), key="results_loss_acc")
 
 
 accuracy_view()

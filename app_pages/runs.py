@@ -37,12 +37,22 @@ c1, c2 = st.columns([3, 1])
 tasks = c1.multiselect(
     "Tasks",
     [*BUNDLED_TASKS, "lambada_openai", "hellaswag", "piqa", "winogrande", "mmlu"],
-    default=["mixviz_lastword", "mixviz_nextsent"],
+    default=["mixviz_lastword", "mixviz_nextsent", "mixviz_kld"],
     key="runs_tasks",
     accept_new_options=True,
-    help="Bundled tasks work offline; the real ones need the hub.",
+    help="Bundled tasks work offline; the real ones need the hub. mixviz_kld: KL divergence "
+    "to the unquantized model over the held-out text, per token.",
 )
-limit = c2.number_input("Items per task", 1, 100000, 50, key="runs_limit")
+limit = c2.number_input(
+    "Items per task",
+    1,
+    100000,
+    None,
+    key="runs_limit",
+    placeholder="all",
+    help="Empty = every item (the default: fewer items, wider intervals). For mixviz_kld it "
+    "counts 512-token windows.",
+)
 
 
 def comparison_specs() -> list[RunSpec]:
@@ -63,7 +73,7 @@ def comparison_specs() -> list[RunSpec]:
     base = dict(
         model=choice["model"],
         tasks=tuple(tasks),
-        limit=int(limit),
+        limit=int(limit) if limit else None,
         model_hash=ref.hash,
         trust_remote_code=choice["trust_remote_code"],
     )

@@ -188,7 +188,7 @@ def test_profile_slider_run_results(tmp_path):
         assert "pure MXFP4 = uniform @5.5" in text
         chart = page.locator(".stPlotlyChart").first
         assert "vs average bits" in chart.locator(".gtitle").text_content()  # a title
-        assert "items per task" in chart.locator(".ytitle").text_content()  # metric, item count
+        assert " items" in chart.locator(".ytitle").text_content()  # metric, item count
         assert chart.locator(".legend .traces").count() >= 3  # a legend: strategies and BF16
         page.screenshot(path=SHOTS / "results.png", full_page=True)
     ours = [line for line in log.read_text().splitlines() if OURS.search(line)]

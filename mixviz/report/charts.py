@@ -516,12 +516,22 @@ def accuracy_chart(
 DISPLAY_NAMES = {"bf16": "BF16"}  # one name per series in every chart and table
 
 
-def loss_vs_accuracy(frame, rho: float | None, y_title: str = "accuracy") -> go.Figure:
-    """Measured accuracy against the profile's predicted loss, one point per run."""
+def loss_vs_accuracy(
+    frame,
+    rho: float | None,
+    y_title: str = "accuracy",
+    y: str = "accuracy",
+    ci: tuple[float, float] | None = None,
+) -> go.Figure:
+    """A measured column (``accuracy``, ``kld``) against the profile's predicted loss, one
+    point per run (error bars from ``<y>_se`` when present); the title gives Spearman's ρ
+    and its 95 % interval ``ci``."""
+    err = f"{y}_se" if f"{y}_se" in frame and frame[f"{y}_se"].notna().any() else None
     fig = go.Figure(
         go.Scatter(
             x=frame["predicted_loss"],
-            y=frame["accuracy"],
+            y=frame[y],
+            error_y={"type": "data", "array": frame[err], "visible": True} if err else None,
             mode="markers+text",
             text=frame["label"],
             textposition="top center",
@@ -529,12 +539,18 @@ def loss_vs_accuracy(frame, rho: float | None, y_title: str = "accuracy") -> go.
             hovertemplate="%{text}<br>loss %{x:.4g}<br>%{y:.4f}<extra></extra>",
         )
     )
+    what = "KLD" if y == "kld" else "accuracy"
+    title = f"Predicted loss vs measured {what}"
+    if rho is not None:
+        title += f": Spearman ρ = {rho:.3f}"
+        if ci is not None and all(c == c for c in ci):
+            title += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        title += f" ({len(frame)} runs)"
     fig.update_layout(
-        title="Predicted loss vs measured accuracy"
-        + (f": Spearman ρ = {rho:.3f} ({len(frame)} runs)" if rho is not None else ""),
+        title=title,
         xaxis_title="predicted loss (Σ score, log scale)",
         yaxis_title=y_title,
-        yaxis_range=padded_range(frame["accuracy"], 0.02),
+        yaxis_range=padded_range(frame[y], 0.02 if y == "accuracy" else 0.0),
         xaxis_type="log",
         showlegend=True,
         height=380,
