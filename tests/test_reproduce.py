@@ -141,11 +141,11 @@ def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
         def list(self, *args, **kwargs):
             return store.list(*args, **kwargs)
 
-        def results(self, run_id):
-            return {"mixviz_nextsent": {"acc": accs[run_id], "acc_norm": 0.0}}
+        def results(self, run_id):  # runs outside the plan (none here) read 0
+            return {"mixviz_nextsent": {"acc": accs.get(run_id, 0.0), "acc_norm": 0.0}}
 
         def stderrs(self, run_id):
-            return {"mixviz_nextsent": {"acc": accs[run_id] / 10}}
+            return {"mixviz_nextsent": {"acc": accs.get(run_id, 0.0) / 10}}
 
     distinct = write_report("tiny", rows, runs, Distinct(), ("mixviz_nextsent",), tiny_layers)
     ref = accs[ids[rows[0].spec.key]]

@@ -238,7 +238,7 @@ def test_lm_eval_numbers_equal_a_direct_computation(tiny_ref):
     limit = 3
     model, tok = load_model(tiny_ref)
     spec = RunSpec(model="tiny", recipe=None, tasks=("mixviz_ppl", "mixviz_lastword"), limit=limit)
-    rows = result_rows(evaluate(model, tok, spec, lambda i, n: None))
+    rows = result_rows(evaluate(model, tok, spec, lambda *progress: None))
     got = {(t, m): v for t, m, v, _ in rows}
     texts = [x["text"] for x in ppl_items()[:limit]]
     ll = sum(rolling_loglikelihood(model, tok, t) for t in texts)
@@ -250,3 +250,4 @@ def test_lm_eval_numbers_equal_a_direct_computation(tiny_ref):
     direct = lastword_direct(model, tok, lastword_items()[:limit])
     assert got["mixviz_lastword", "perplexity"] == pytest.approx(direct["perplexity"], rel=1e-4)
     assert got["mixviz_lastword", "acc"] == direct["acc"]
+    assert got["mixviz_lastword", "items"] == got["mixviz_ppl", "items"] == limit
