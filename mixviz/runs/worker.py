@@ -52,6 +52,7 @@ def quantize(model, tokenizer, spec: RunSpec):
 
     from auto_round import AutoRound
 
+    from mixviz.models.device import resolve_device
     from mixviz.models.inventory import inventory
 
     plan = layer_plan(spec, inventory(model))
@@ -61,7 +62,7 @@ def quantize(model, tokenizer, spec: RunSpec):
         iters=spec.quant.iters,
         disable_opt_rtn=spec.quant.disable_opt_rtn,
         enable_torch_compile=False,
-        device_map="cpu",
+        device_map=str(resolve_device(spec.device)),
         seed=spec.seed,
     )
     # NVFP4 calibrates its activation scales even in RTN mode: give it the local text too
@@ -155,7 +156,9 @@ def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[[int, int], None
     from mixviz.runs.tasks import task_manager
 
     manager = task_manager(spec.tasks)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, device=str(model.device)
+    )
     out = {}
     for i, task in enumerate(spec.tasks):
         on_task(i, len(spec.tasks))
@@ -334,7 +337,7 @@ def load_step(spec: RunSpec) -> Loaded:
             f"model {spec.model!r} changed since the run was queued "
             f"(hash {ref.hash} ≠ {spec.model_hash})"
         )
-    model, tok = load_model(ref, dtype=spec.dtype)
+    model, tok = load_model(ref, dtype=spec.dtype, device=spec.device)
     layers = inventory(model)
     return Loaded(model, tok, layers, layer_plan(spec, layers))
 
