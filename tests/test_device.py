@@ -71,3 +71,32 @@ def test_bad_values_are_user_errors(monkeypatch):
         resolve_device("cuda")
     with pytest.raises(MixvizError, match="float16"):
         resolve_dtype("float16", "cpu")
+
+
+def test_profile_run_and_reproduce_take_device_and_dtype():
+    from mixviz.cli import build_parser
+    from mixviz.cli.common import device_kwargs
+
+    parser = build_parser()
+    for argv in (
+        ["profile", "tiny"],
+        ["run", "tiny", "--bf16", "--tasks", "t"],
+        ["reproduce", "tiny"],
+    ):
+        args = parser.parse_args([*argv, "--device", "cpu", "--dtype", "bf16"])
+        assert device_kwargs(args) == {"device": "cpu", "dtype": "bfloat16"}
+        assert device_kwargs(parser.parse_args(argv)) == {"device": "auto", "dtype": "auto"}
+
+
+def test_a_profile_records_where_it_ran_and_keys_on_it(tmp_path, monkeypatch):
+    from mixviz.sensitivity.profile import Profile, profile_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kw = dict(options="MXFP4,MXFP8", metric="hessian", nsamples=2, seqlen=32)
+    p32 = profile_model("tiny", **kw)
+    p16 = profile_model("tiny", **kw, device="cpu", dtype="bfloat16")
+    assert (p32.device, p32.dtype, p16.dtype) == ("cpu", "float32", "bfloat16")
+    assert p32.key != p16.key
+    assert Profile.from_dict(p16.to_dict()) == p16
+    old = {k: v for k, v in p32.to_dict().items() if k not in ("device", "dtype")}
+    assert Profile.from_dict(old).dtype == "float32"  # written before it was recorded

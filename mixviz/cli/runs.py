@@ -7,7 +7,16 @@ import argparse
 import json
 import sys
 
-from mixviz.cli.common import add_json, add_model, add_trust_remote_code, emit, progress, resolve
+from mixviz.cli.common import (
+    add_device_flags,
+    add_json,
+    add_model,
+    add_trust_remote_code,
+    device_kwargs,
+    emit,
+    progress,
+    resolve,
+)
 from mixviz.errors import MixvizError
 
 
@@ -21,7 +30,7 @@ def add_parser(sub) -> None:
     run.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks")
     run.add_argument("--limit", type=int, help="items per task")
     run.add_argument("--batch-size", type=int, default=8)
-    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    add_device_flags(run)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--backend", choices=("local", "ray"))
     run.add_argument("--ray-address", help="Ray dashboard address (or MIXVIZ_RAY_ADDRESS)")
@@ -128,12 +137,12 @@ def _run_spec(args: argparse.Namespace, ref):
         tasks=tuple(tasks),
         limit=args.limit,
         batch_size=args.batch_size,
-        dtype=args.dtype,
         seed=args.seed,
         strategy=strategy,
         budget=budget,
         model_hash=ref.hash,
         trust_remote_code=args.trust_remote_code,
+        **device_kwargs(args),
     )
 
 
