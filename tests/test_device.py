@@ -100,3 +100,19 @@ def test_a_profile_records_where_it_ran_and_keys_on_it(tmp_path, monkeypatch):
     assert Profile.from_dict(p16.to_dict()) == p16
     old = {k: v for k, v in p32.to_dict().items() if k not in ("device", "dtype")}
     assert Profile.from_dict(old).dtype == "float32"  # written before it was recorded
+
+
+@pytest.mark.slow
+def test_demo_profiles_in_bfloat16_and_float32_agree():
+    """The done-when of issue 15: the demo model's fisher profile in bf16 ranks layers as fp32."""
+    from scipy.stats import spearmanr
+
+    from mixviz.sensitivity.profile import profile_model
+
+    kw = dict(options="MXFP4,MXFP8", nsamples=4, seqlen=128, device="cpu", use_cache=False)
+    p32 = profile_model("demo", **kw, dtype="float32")
+    p16 = profile_model("demo", **kw, dtype="bfloat16")
+    keys = [(r.layer, r.option) for r in p32.rows]
+    rho = spearmanr([p32.score(*k) for k in keys], [p16.score(*k) for k in keys]).statistic
+    print(f"demo fisher bf16 vs fp32: Spearman ρ = {rho:.4f}")
+    assert rho >= 0.98, rho

@@ -235,6 +235,7 @@ class RayBackend:
             raise MixvizError(f"cannot reach Ray at {address}: {str(e)[:200]}") from None
 
     def submit(self, spec: RunSpec) -> str:
+        resources = ray_resources(spec)  # refuses a spec Ray cannot place before it is stored
         run_id = new_run_id()
         write_spec(run_id, spec)
         self.store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), self.name)
@@ -248,6 +249,7 @@ class RayBackend:
                 entrypoint=entrypoint(run_id),
                 submission_id=run_id,
                 runtime_env={"env_vars": env},
+                **resources,
             )
         except Exception as e:
             self.store.transition(
@@ -324,6 +326,26 @@ def get_backend(
             raise MixvizError("the ray backend needs --ray-address or MIXVIZ_RAY_ADDRESS")
         return RayBackend(address, store)
     raise MixvizError(f"unknown backend {name!r}; use local or ray")
+
+
+def ray_resources(spec: RunSpec) -> dict:
+    """What a run asks Ray for: one GPU when its device is CUDA (so a cluster with several GPUs
+    runs several runs at once, one per GPU), nothing beyond Ray's default otherwise.
+
+    ``auto`` asks for no GPU: on Ray the submitting machine cannot tell where the job will land,
+    so a run that must have one says ``--device cuda``.
+
+    >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",), device="cuda"))
+    {'entrypoint_num_gpus': 1}
+    >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",)))
+    {}
+    """
+    if not spec.device.startswith("cuda"):
+        return {}
+    if spec.device not in ("cuda", "cuda:0"):
+        # the job sees only the GPU Ray gave it, as its first device: an index means nothing
+        raise MixvizError(f"on Ray a run asks for a GPU with device cuda, not {spec.device}")
+    return {"entrypoint_num_gpus": 1}
 
 
 def entrypoint(run_id: str) -> str:
