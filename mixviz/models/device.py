@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 CPU = "cpu"
-DEVICES = ("auto", CPU, "cuda", "cuda:N")
+CUDA = "cuda"
+DEVICES = ("auto", CPU, CUDA, "cuda:N")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 _ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -42,6 +43,15 @@ def check_dtype(dtype: str) -> str:
     if d not in DTYPES:
         raise MixvizError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
     return d
+
+
+def cuda_index(device: str) -> int | None:
+    """The CUDA index ``device`` names (``cuda`` → 0), or None for ``cpu``/``auto``, from the
+    name alone (no torch): ``"cuda:2" -> 2``, ``"auto" -> None``."""
+    d = check_device(device)
+    if not d.startswith(CUDA):
+        return None
+    return int(d.split(":")[1]) if ":" in d else 0
 
 
 def resolve_device(device: str = "auto") -> torch.device:

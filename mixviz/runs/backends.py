@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from mixviz.errors import MixvizError
+from mixviz.models.device import CUDA, cuda_index
 from mixviz.paths import REPO_ROOT, atomic_write_json, cache_dir
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import FINAL, RunRow, Store, runs_dir
@@ -335,16 +336,17 @@ def ray_resources(spec: RunSpec) -> dict:
     ``auto`` asks for no GPU: on Ray the submitting machine cannot tell where the job will land,
     so a run that must have one says ``--device cuda``.
 
-    >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",), device="cuda"))
+    >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",), device=CUDA))
     {'entrypoint_num_gpus': 1}
     >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",)))
     {}
     """
-    if not spec.device.startswith("cuda"):
+    index = cuda_index(spec.device)
+    if index is None:
         return {}
-    if spec.device not in ("cuda", "cuda:0"):
+    if index != 0:
         # the job sees only the GPU Ray gave it, as its first device: an index means nothing
-        raise MixvizError(f"on Ray a run asks for a GPU with device cuda, not {spec.device}")
+        raise MixvizError(f"on Ray a run asks for a GPU with device {CUDA}, not {spec.device}")
     return {"entrypoint_num_gpus": 1}
 
 
