@@ -3,6 +3,7 @@ store on network filesystems, shell quoting."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -403,3 +404,14 @@ def test_store_on_local_disk_keeps_wal(mounts, tmp_path):
     con = sqlite3.connect(s.path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
+
+
+def test_a_cuda_run_asks_ray_for_one_gpu(store, fake_ray):
+    backend = RayBackend("http://head:8265", store)
+    backend.submit(QUICK)
+    backend.submit(dataclasses.replace(QUICK, device="cuda"))
+    cpu, gpu = backend.client.submitted
+    assert "entrypoint_num_gpus" not in cpu and gpu["entrypoint_num_gpus"] == 1
+    with pytest.raises(MixvizError, match="device cuda, not cuda:1"):
+        backend.submit(dataclasses.replace(QUICK, device="cuda:1"))
+    assert len(backend.client.submitted) == 2

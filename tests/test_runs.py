@@ -116,7 +116,12 @@ def test_spec_and_result_roundtrip():
     r = RunResult("x", "done", 4.25, 4.0, {"t": {"acc": 0.5}}, {}, 1.0, {"load": 0.1})
     assert RunResult.from_dict(r.to_dict()) == r
     with pytest.raises(MixvizError, match="float16"):
-        RunSpec(model="tiny", recipe=None, tasks=TASKS, dtype="float16")
+        RunSpec(model="tiny", recipe=None, tasks=TASKS, dtype="float16", device="cpu")
+    assert RunSpec(model="tiny", recipe=None, tasks=TASKS, dtype="float16").device == "auto"
+    old = {k: v for k, v in spec.to_dict().items() if k != "device"}  # written before it
+    assert RunSpec.from_dict(old) == spec
+    with pytest.raises(MixvizError, match="unknown device"):
+        RunSpec(model="tiny", recipe=None, tasks=TASKS, device="gpu")
     with pytest.raises(MixvizError, match="unknown option"):
         RunSpec(model="tiny", recipe={"a": "FP5"}, tasks=TASKS)
 

@@ -133,6 +133,29 @@ def add_trust_remote_code(parser: argparse.ArgumentParser, help: str | None = No
     parser.add_argument("--trust-remote-code", action="store_true", help=help)
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where the model runs (checked by
+    :mod:`mixviz.models.device`; ``auto`` = CUDA in bfloat16 where there is one, else CPU in
+    float32)."""
+    from mixviz.models.device import DTYPES
+
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)"
+    )
+    parser.add_argument("--dtype", default="auto", help=f"{' | '.join(DTYPES)} (default: auto)")
+
+
+def device_kwargs(args: argparse.Namespace) -> dict:
+    """``{"device": …, "dtype": …}`` from the device flags, checked (a bad value is a user
+    error before anything loads)."""
+    from mixviz.models.device import check_device, check_dtype
+
+    return {
+        "device": check_device(getattr(args, "device", "auto")),
+        "dtype": check_dtype(getattr(args, "dtype", "auto")),
+    }
+
+
 def _profile_flags(metric_choices: bool) -> dict[str, tuple[str, dict]]:
     metric: dict = {"default": default_metric()}
     if metric_choices:
@@ -187,4 +210,5 @@ def profile_kwargs(args: argparse.Namespace) -> dict:
         "include_lm_head": getattr(args, "include_lm_head", False),
         "allow_partial": args.allow_partial,
         "trust_remote_code": args.trust_remote_code,
+        **device_kwargs(args),
     }

@@ -7,6 +7,7 @@ import argparse
 
 from mixviz.cli.common import (
     Bar,
+    add_device_flags,
     add_json,
     add_model,
     add_profile_flags,
@@ -33,6 +34,7 @@ def add_parser(sub) -> None:
         "allow_partial",
         "no_cache",
     )
+    add_device_flags(prof)
     prof.add_argument(
         "--from-autoscheme",
         metavar="DIR",
@@ -68,7 +70,7 @@ def _profile_text(doc: dict) -> str:
     lines = [
         f"{doc['metric']} profile of {doc['model']}: {len(doc['layers'])} layers × "
         f"{', '.join(doc['options'])}; calib {c['source']} {c['nsamples']}×{c['seqlen']}; "
-        f"{doc['seconds']:.1f} s"
+        f"{doc['device']} {doc['dtype']}; {doc['seconds']:.1f} s"
     ]
     for opt in doc["options"]:
         rows = [r for r in doc["rows"] if r["option"] == opt and r["score"] is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mixviz.cli.common import add_profile_flags, progress
+from mixviz.cli.common import add_device_flags, add_profile_flags, device_kwargs, progress
 
 STUDY_TASKS = "lambada_openai,hellaswag,piqa,winogrande,mmlu,mixviz_kld"
 
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
     rep.add_argument("--tasks", help=f"default: {STUDY_TASKS} (demo/tiny: the bundled ones)")
     rep.add_argument("--limit", type=int, help="items per task (default: all)")
     add_profile_flags(rep, "metric", "nsamples", "seqlen")
+    add_device_flags(rep)
     rep.add_argument(
         "--no-autoscheme", action="store_true", help="skip AutoScheme's own allocations"
     )
@@ -38,6 +39,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         seqlen=args.seqlen,
         with_autoscheme=not args.no_autoscheme,
         log=progress,
+        **device_kwargs(args),
     )
     folder = reports_dir(args.model)
     progress(f"wrote {folder}/tables.md, table1-4.csv and chart.html")

@@ -8,7 +8,16 @@ import json
 import sys
 import time
 
-from mixviz.cli.common import add_json, add_model, add_trust_remote_code, emit, progress, resolve
+from mixviz.cli.common import (
+    add_device_flags,
+    add_json,
+    add_model,
+    add_trust_remote_code,
+    device_kwargs,
+    emit,
+    progress,
+    resolve,
+)
 from mixviz.errors import MixvizError
 
 
@@ -27,7 +36,7 @@ def add_parser(sub) -> None:
         help="skip mixviz_kld (KL divergence to the unquantized model; added by default)",
     )
     run.add_argument("--batch-size", type=int, default=8)
-    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    add_device_flags(run)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--backend", choices=("local", "ray"))
     run.add_argument("--ray-address", help="Ray dashboard address (or MIXVIZ_RAY_ADDRESS)")
@@ -136,12 +145,12 @@ def _run_spec(args: argparse.Namespace, ref):
         tasks=tuple(tasks),
         limit=args.limit,
         batch_size=args.batch_size,
-        dtype=args.dtype,
         seed=args.seed,
         strategy=strategy,
         budget=budget,
         model_hash=ref.hash,
         trust_remote_code=args.trust_remote_code,
+        **device_kwargs(args),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import allocate
 from mixviz.errors import MixvizError
+from mixviz.models.device import CPU
 from mixviz.models.loading import ModelRef, resolve_model
 from mixviz.paths import atomic_write_bytes, atomic_write_json, cache_dir, safe_filename
 from mixviz.runs.runspec import RunSpec
@@ -52,25 +53,31 @@ def autoscheme_recipe(
     nsamples: int,
     seqlen: int,
     log: Callable[[str], None],
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> dict[str, str]:
-    """AutoScheme's own allocation (through auto-round) at ``budget``, cached on disk.
+    """AutoScheme's own allocation (through auto-round) at ``budget``, cached on disk, scored
+    on ``device`` in ``dtype`` (:mod:`mixviz.models.device`).
 
     Every cache here — the allocation, the calibration file, AutoScheme's score folder — is
     keyed by everything that changes it (:func:`autoscheme_key`), not by the model's name.
     """
+    from mixviz.models.device import describe, placement
     from mixviz.models.loading import load_model
     from mixviz.models.text import calibration_text, token_windows
     from mixviz.sensitivity.autoscheme import run_autoscheme, scheme_from_autoround
 
     text = calibration_text()
+    dev, torch_dtype = placement(device, dtype)
+    where = describe(dev, torch_dtype)
     calib_key = autoscheme_key(ref.hash, (), nsamples, seqlen, text.hash)
-    scores_key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash)
-    key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash, budget)
+    scores_key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash, where=where)
+    key = autoscheme_key(ref.hash, options, nsamples, seqlen, text.hash, budget, where)
     out = reports_dir(ref.name) / f"autoscheme-{'-'.join(options)}-{budget:g}-{key}.json"
     if out.is_file():
         return json.loads(out.read_text())["layers"]
     log(f"AutoScheme {'+'.join(options)} at {budget:g} bits (auto-round)")
-    model, tok = load_model(ref)
+    model, tok = load_model(ref, dtype=where[1], device=str(dev))
     calib = reports_dir(ref.name) / f"calib-{nsamples}x{seqlen}-{calib_key}.jsonl"
     if not calib.is_file():
         windows = token_windows(tok, text, nsamples, seqlen + 16)
@@ -79,7 +86,15 @@ def autoscheme_recipe(
         )
     scores = cache_dir() / "autoscheme" / scores_key
     config, _ = run_autoscheme(
-        model, tok, list(options), str(calib), nsamples, seqlen, scores, avg_bits=budget
+        model,
+        tok,
+        list(options),
+        str(calib),
+        nsamples,
+        seqlen,
+        scores,
+        avg_bits=budget,
+        device=str(dev),
     )
     layers = {}
     for name, cfg in config.items():
@@ -100,8 +115,10 @@ def autoscheme_key(
     seqlen: int,
     calib_sha256: str,
     budget: float | None = None,
+    where: tuple[str, str] = (CPU, "float32"),
 ) -> str:
-    """Digest of what changes an AutoScheme cache: model, options, calibration, budget, versions.
+    """Digest of what changes an AutoScheme cache: model, options, calibration, budget, versions,
+    and where it is scored (``where``: device type and dtype, as ``describe`` names them).
 
     >>> a = autoscheme_key("h", ("MXFP4",), 16, 256, "c")
     >>> a != autoscheme_key("h", ("MXFP4",), 8, 256, "c")
@@ -116,6 +133,7 @@ def autoscheme_key(
         "seqlen": seqlen,
         "calib": calib_sha256,
         "budget": budget,
+        "device": list(where),
         "ignore_scale_bits": True,
         "versions": library_versions(),
     }
@@ -132,17 +150,28 @@ def plan(
     with_autoscheme: bool,
     log: Callable[[str], None],
     layers: list | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> list[Row]:
     """Every run of the protocol, as (table, row label, RunSpec).
 
     ``model`` is a name (resolved here, once) or a resolved :class:`ModelRef`; ``layers`` its
-    inventory, when the caller has it already."""
+    inventory, when the caller has it already. Profiles, runs and AutoScheme all run on
+    ``device`` in ``dtype``."""
     from mixviz.models.inventory import block_linears
     from mixviz.sensitivity.profile import profile_model
 
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     linears = block_linears(layers if layers is not None else model_layers(ref))
-    base = dict(model=ref.name, tasks=tuple(tasks), limit=limit, model_hash=ref.hash)
+    base = dict(
+        model=ref.name,
+        tasks=tuple(tasks),
+        limit=limit,
+        model_hash=ref.hash,
+        device=device,
+        dtype=dtype,
+    )
 
     def spec(recipe, strategy, budget=None):
         return RunSpec(recipe=recipe, strategy=strategy, budget=budget, **base)
@@ -158,7 +187,13 @@ def plan(
     ):
         log(f"profiling {ref.name} with {metric} for {'+'.join(options)}")
         prof = profile_model(
-            ref, options=list(options), metric=metric, nsamples=nsamples, seqlen=seqlen
+            ref,
+            options=list(options),
+            metric=metric,
+            nsamples=nsamples,
+            seqlen=seqlen,
+            device=device,
+            dtype=dtype,
         )
         problem = Problem.from_profile(prof, ignore_scale_bits=True)
         for table, budgets in table_budgets.items():
@@ -173,7 +208,9 @@ def plan(
                 label = f"mixviz {b:g}" if table == 1 else "mixviz (optimal)"
                 rows.append(Row(table, label, spec(dict(a.layers), "optimal", b)))
                 if with_autoscheme:
-                    recipe = autoscheme_recipe(ref, options, b, nsamples, seqlen, log)
+                    recipe = autoscheme_recipe(
+                        ref, options, b, nsamples, seqlen, log, device, dtype
+                    )
                     label = f"AutoScheme {b:g}" if table == 1 else "AutoScheme"
                     rows.append(Row(table, label, spec(recipe, "autoscheme", b)))
     return rows
@@ -198,16 +235,31 @@ def run_protocol(
     with_autoscheme: bool = True,
     store: Store | None = None,
     log: Callable[[str], None] = lambda m: None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> dict[int, object]:
     """Run (or resume) the protocol; write the tables under ``cache/reports/<model>/``.
 
-    The model is resolved and its layers listed once, here, and handed down."""
+    The model is resolved and its layers listed once, here, and handed down; ``device`` and
+    ``dtype`` go to every profile, run and AutoScheme call."""
     from mixviz.runs.backends import wait
 
     store = store or Store()
     ref = resolve_model(model)
     layers = model_layers(ref)
-    rows = plan(ref, tasks, limit, metric, nsamples, seqlen, with_autoscheme, log, layers)
+    rows = plan(
+        ref,
+        tasks,
+        limit,
+        metric,
+        nsamples,
+        seqlen,
+        with_autoscheme,
+        log,
+        layers,
+        device=device,
+        dtype=dtype,
+    )
     runs = submit(rows, store)
     todo = [r.id for r in runs.values() if r.status != "done"]  # one run per key
     log(f"{len(rows)} table rows, {len(runs)} distinct runs, {len(todo)} to run")

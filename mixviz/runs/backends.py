@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from mixviz.errors import MixvizError
+from mixviz.models.device import CUDA, cuda_index
 from mixviz.paths import REPO_ROOT, atomic_write_json, cache_dir
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import FINAL, RunRow, Store, runs_dir
@@ -235,6 +236,7 @@ class RayBackend:
             raise MixvizError(f"cannot reach Ray at {address}: {str(e)[:200]}") from None
 
     def submit(self, spec: RunSpec) -> str:
+        resources = ray_resources(spec)  # refuses a spec Ray cannot place before it is stored
         run_id = new_run_id()
         write_spec(run_id, spec)
         self.store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), self.name)
@@ -248,6 +250,7 @@ class RayBackend:
                 entrypoint=entrypoint(run_id),
                 submission_id=run_id,
                 runtime_env={"env_vars": env},
+                **resources,
             )
         except Exception as e:
             self.store.transition(
@@ -351,6 +354,27 @@ def submit_once(backend, specs: list[RunSpec]) -> list[tuple[str, bool]]:
             out.append((run_id, True))
         runs[spec.key] = store.get(run_id)
     return out
+
+
+def ray_resources(spec: RunSpec) -> dict:
+    """What a run asks Ray for: one GPU when its device is CUDA (so a cluster with several GPUs
+    runs several runs at once, one per GPU), nothing beyond Ray's default otherwise.
+
+    ``auto`` asks for no GPU: on Ray the submitting machine cannot tell where the job will land,
+    so a run that must have one says ``--device cuda``.
+
+    >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",), device=CUDA))
+    {'entrypoint_num_gpus': 1}
+    >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",)))
+    {}
+    """
+    index = cuda_index(spec.device)
+    if index is None:
+        return {}
+    if index != 0:
+        # the job sees only the GPU Ray gave it, as its first device: an index means nothing
+        raise MixvizError(f"on Ray a run asks for a GPU with device {CUDA}, not {spec.device}")
+    return {"entrypoint_num_gpus": 1}
 
 
 def entrypoint(run_id: str) -> str:

@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from mixviz.errors import MixvizError
+from mixviz.models.device import CPU, check_device, check_dtype
 from mixviz.models.schemes import get_scheme
 from mixviz.paths import check_header
 
@@ -36,6 +37,9 @@ class RunSpec:
     """Quantize ``model`` with ``recipe`` (None = the unquantized reference), then evaluate.
 
     ``recipe`` maps full module names to options; ``strategy``/``budget`` are provenance.
+    ``device``/``dtype`` say where it runs (:mod:`mixviz.models.device`; ``auto`` = CUDA in
+    bfloat16 where there is one, else the CPU in float32). A spec written before ``device``
+    existed reads as ``device="auto"``.
     """
 
     model: str
@@ -43,20 +47,20 @@ class RunSpec:
     tasks: tuple[str, ...]
     limit: int | None = None
     batch_size: int = 8
-    dtype: str = "float32"
+    dtype: str = "auto"
     seed: int = 0
     quant: QuantArgs = field(default_factory=QuantArgs)
     strategy: str = ""
     budget: float | None = None
     model_hash: str = ""
     trust_remote_code: bool = False
+    device: str = "auto"
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise MixvizError(
-                f"dtype must be float32 or bfloat16 (float16 is ~50× slower on "
-                f"CPU), got {self.dtype!r}"
-            )
+        object.__setattr__(self, "device", check_device(self.device))
+        object.__setattr__(self, "dtype", check_dtype(self.dtype))
+        if self.dtype == "float16" and self.device == CPU:
+            raise MixvizError("float16 is about 50× slower on the CPU: use bfloat16 or float32")
         if self.limit is not None and self.limit < 1:
             raise MixvizError(f"limit must be a positive number of items, got {self.limit}")
         if not self.tasks:

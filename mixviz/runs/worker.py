@@ -53,6 +53,7 @@ def quantize(model, tokenizer, spec: RunSpec):
 
     from auto_round import AutoRound
 
+    from mixviz.models.device import resolve_device
     from mixviz.models.inventory import inventory
 
     plan = layer_plan(spec, inventory(model))
@@ -62,7 +63,7 @@ def quantize(model, tokenizer, spec: RunSpec):
         iters=spec.quant.iters,
         disable_opt_rtn=spec.quant.disable_opt_rtn,
         enable_torch_compile=False,
-        device_map="cpu",
+        device_map=str(resolve_device(spec.device)),
         seed=spec.seed,
     )
     # NVFP4 calibrates its activation scales even in RTN mode: give it the local text too
@@ -216,7 +217,8 @@ def _progress_lm(model, tokenizer, batch_size: int):
             self.on_fraction(min(self._done / self._total, 1.0))
             return out
 
-    return ProgressLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    device = str(next(model.parameters()).device)
+    return ProgressLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
 
 def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
@@ -385,7 +387,7 @@ def load_step(spec: RunSpec) -> Loaded:
             f"model {spec.model!r} changed since the run was queued "
             f"(hash {ref.hash} ≠ {spec.model_hash})"
         )
-    model, tok = load_model(ref, dtype=spec.dtype)
+    model, tok = load_model(ref, dtype=spec.dtype, device=spec.device)
     layers = inventory(model)
     return Loaded(model, tok, layers, layer_plan(spec, layers), ref.hash)
 
@@ -416,7 +418,7 @@ def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
         loaded.model,
         loaded.tokenizer,
         loaded.model_hash,
-        spec.dtype,
+        _where(loaded.model),  # the resolved dtype and device, not "auto"
         progress=on_window,
         limit=spec.limit,  # --limit counts KLD windows too
     )
@@ -440,6 +442,12 @@ def _progress_writer(store: Store, run_id: str, spec: RunSpec):
             store.update(run_id, progress=progress, stage=stage)
 
     return report
+
+
+def _where(model) -> str:
+    """``torch.float32@cpu``: the dtype and device type a model's weights are in."""
+    p = next(model.parameters())
+    return f"{p.dtype}@{p.device.type}"
 
 
 def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, evaluate_fn) -> dict:

@@ -101,11 +101,15 @@ def run_autoscheme(
     cache: str | Path,
     avg_bits: float | None = None,
     ignore_scale_bits: bool = True,
+    device: str = "auto",
 ) -> tuple[dict, float]:
-    """Run AutoScheme's scoring (and DP) on CPU with local data; its caches land in ``cache``.
+    """Run AutoScheme's scoring (and DP) on ``device`` with local data; its caches land in
+    ``cache``.
 
     Returns (auto-round's layer_config, seconds). ``dataset`` is a ``.jsonl`` path.
     """
+    from mixviz.models.device import resolve_device
+
     os.environ["AR_AUTO_SCHEME_CACHE"] = str(cache)
     from auto_round import AutoRound, AutoScheme
 
@@ -128,7 +132,7 @@ def run_autoscheme(
         iters=0,
         disable_opt_rtn=True,
         enable_torch_compile=False,
-        device_map="cpu",
+        device_map=str(resolve_device(device)),
         dataset=str(dataset),
         nsamples=nsamples,
         seqlen=seqlen,

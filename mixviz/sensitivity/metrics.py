@@ -176,8 +176,11 @@ def fisher(
     a layer's score for an option is ``½ Σ_batches Σ (g_W ⊙ ΔW)²`` plus, for formats that
     quantize activations, ``½ Σ_batches Σ (g_x ⊙ (x − Q(x)))²`` with ``g_x`` the gradient at
     this layer's own input (not summed over the other layers fed the same tensor).
+
+    Memory stays that of the model: each batch's ``g_W`` is consumed as soon as autograd has
+    it (a hook scores every option from it and drops it), so one layer's gradient exists at a
+    time and nothing is kept per weight; ``ΔW`` is recomputed in the hook, in float32.
     """
-    import torch
 
     from mixviz.sensitivity.quantizers import LayerQuantizer
 
@@ -186,22 +189,23 @@ def fisher(
     mods = _modules(model)
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
-    grad_sq = {x.name: torch.zeros_like(mods[x.name].weight) for x in layers}
-    act = {(x.name, s.name): 0.0 for x in layers for s in act_schemes}
+    acc = {(x.name, s.name): 0.0 for x in layers for s in schemes}
     handles = [_embeddings_require_grad(model)]
     try:
         for x in layers:
             w = mods[x.name].weight
             w.requires_grad_(True)
-            handles.append(w.register_post_accumulate_grad_hook(_square_hook(grad_sq[x.name])))
+            qs = {s.name: quant[(x.name, s.name)] for s in schemes if s.bits < 16}
+            handles.append(w.register_post_accumulate_grad_hook(_score_hook(acc, x.name, qs)))
             if act_schemes:
-                qs = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
+                qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
                 handles.append(
-                    mods[x.name].register_forward_pre_hook(_act_sq_hook(act, x.name, qs))
+                    mods[x.name].register_forward_pre_hook(_act_sq_hook(acc, x.name, qa))
                 )
         for batch in ids.split(batch_size):
             out = model(input_ids=batch, labels=batch, use_cache=False)
             out.loss.backward()
+            del out
             step("fisher backward")
     finally:
         for h in handles:
@@ -209,22 +213,20 @@ def fisher(
         for x in layers:
             mods[x.name].weight.requires_grad_(False)
             mods[x.name].weight.grad = None
-    scores: Scores = {}
-    with torch.no_grad():
-        for x in layers:
-            w = mods[x.name].weight
-            for s in schemes:
-                dw = w - quant[(x.name, s.name)].weight()
-                total = (grad_sq[x.name] * dw * dw).sum().item() + act.get((x.name, s.name), 0.0)
-                scores[(x.name, s.name)] = 0.5 * total
-            del grad_sq[x.name]
-    return scores
+    return {k: 0.5 * v for k, v in acc.items()}
 
 
-def _square_hook(acc: torch.Tensor):
+def _score_hook(acc: dict, name: str, quants: dict):
+    """Add this batch's ``Σ (g ⊙ (W − Q(W)))²`` to every option's score, then drop ``g``."""
+    import torch
+
     def hook(p: torch.Tensor) -> None:
-        acc.add_(p.grad * p.grad)
-        p.grad = None
+        with torch.no_grad():
+            g = p.grad.float()
+            p.grad = None
+            w = p.detach().float()
+            for sname, q in quants.items():
+                acc[(name, sname)] += (g * (w - q.weight().float())).pow(2).sum().item()
 
     return hook
 
@@ -248,7 +250,7 @@ def _act_sq_hook(acc: dict, name: str, qdqs: dict):
             with torch.no_grad():
                 for sname, qdq in qdqs.items():
                     d = x.detach() - qdq(x.detach())
-                    acc[(name, sname)] += (g * d).pow(2).sum().item()
+                    acc[(name, sname)] += (g.float() * d.float()).pow(2).sum().item()
 
         own.register_hook(on_grad)
         return (own, *args[1:])
@@ -408,7 +410,7 @@ def _hessian_scores(mods, todo: list[Layer], schemes: list[Scheme], stats: dict)
             elif s.bits >= 16 or H is None:  # unquantized, or never ran (an unrouted expert)
                 scores[(x.name, s.name)] = 0.0
             else:
-                dw = (w - LayerQuantizer(mods[x.name], s).weight()).float()
+                dw = w.float() - LayerQuantizer(mods[x.name], s).weight().float()
                 scores[(x.name, s.name)] = ((dw @ H) * dw).sum().item()
     return scores
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixviz.errors import MixvizError
+from mixviz.models.device import CPU
 from mixviz.models.inventory import Layer, fused_group, kind_of
 from mixviz.models.loading import ModelRef
 from mixviz.models.schemes import Scheme, get_scheme, layer_bits, parse_options
@@ -79,6 +80,8 @@ class Profile:
     rows: tuple[Row, ...]
     versions: dict = field(default_factory=dict, compare=False, hash=False)
     subset: str | None = None
+    device: str = CPU  # the device type it was computed on (a profile before this: the CPU)
+    dtype: str = "float32"
 
     # ---------------------------------------------------------------- queries
 
@@ -105,6 +108,8 @@ class Profile:
             self.calib,
             self.subset,
             any(x.kind == "lm_head" for x in self.layers),
+            self.device,
+            self.dtype,
         )
 
     # ---------------------------------------------------------------- JSON
@@ -121,6 +126,8 @@ class Profile:
             "seconds": self.seconds,
             "versions": self.versions,
             "subset": self.subset,
+            "device": self.device,
+            "dtype": self.dtype,
             "layers": [
                 {
                     k: x.to_dict()[k]
@@ -167,6 +174,8 @@ class Profile:
                 rows,
                 d.get("versions", {}),
                 d.get("subset"),
+                d.get("device", CPU),
+                d.get("dtype", "float32"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MixvizError(f"malformed profile: {type(e).__name__}: {e}") from None
@@ -184,8 +193,17 @@ class Profile:
 
 
 def profile_key(
-    model_hash: str, metric: str, options, calib: Calib, subset: str | None, include_lm_head: bool
+    model_hash: str,
+    metric: str,
+    options,
+    calib: Calib,
+    subset: str | None,
+    include_lm_head: bool,
+    device: str = CPU,
+    dtype: str = "float32",
 ) -> str:
+    """A digest of everything that changes a profile's scores, where it ran included (the
+    device type and dtype, as :func:`mixviz.models.device.describe` names them)."""
     doc = {
         "model": model_hash,
         "metric": metric,
@@ -193,6 +211,8 @@ def profile_key(
         "calib": vars(calib),
         "subset": subset,
         "lm_head": include_lm_head,
+        "device": device,
+        "dtype": dtype,
         "profile_version": VERSION,
         "versions": library_versions(),
         "algo": _ALGO_VERSION,
@@ -237,6 +257,8 @@ def profile_model(
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
     compute: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> Profile | None:
     """Score every candidate layer of ``model`` under each option with ``metric``.
 
@@ -248,8 +270,10 @@ def profile_model(
     some layer is an error, unless ``allow_partial``: those rows then carry ``score: None`` and
     the allocator avoids them. Cached under ``cache/profiles/``; a second identical call
     returns at once. With ``compute=False`` only the cache is consulted (None when the profile
-    was never made).
+    was never made). ``device``/``dtype`` say where the model runs (``auto``: CUDA in bfloat16
+    where there is one, else the CPU in float32); what they resolve to is recorded and keyed.
     """
+    from mixviz.models.device import describe, placement
     from mixviz.models.loading import resolve_model
     from mixviz.models.text import calibration_text
 
@@ -260,6 +284,8 @@ def profile_model(
             f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
         )
     schemes = parse_options(options)
+    dev, torch_dtype = placement(device, dtype)
+    where = describe(dev, torch_dtype)
     ref = (
         model
         if isinstance(model, ModelRef)
@@ -275,7 +301,8 @@ def profile_model(
         nsamples,
         seqlen,
     )
-    key = profile_key(ref.hash, metric, [s.name for s in schemes], cal, layers, include_lm_head)
+    names = [s.name for s in schemes]
+    key = profile_key(ref.hash, metric, names, cal, layers, include_lm_head, *where)
     path = profiles_dir() / f"{safe_filename(ref.name)}-{metric}-{key}.json"
     if use_cache and path.is_file():
         try:
@@ -286,7 +313,9 @@ def profile_model(
         return None
 
     t0 = time.perf_counter()
-    scores = _compute(ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel)
+    scores = _compute(
+        ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, (dev, torch_dtype)
+    )
     rows = [
         Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
         for x in cands
@@ -303,6 +332,7 @@ def profile_model(
         tuple(rows),
         library_versions(),
         layers,
+        *where,
     )
     if use_cache:
         prof.save(path)
@@ -343,15 +373,16 @@ def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: 
             )
 
 
-def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, cancel):
+def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, cancel, where):
     import torch
 
     from mixviz.models.loading import load_model
     from mixviz.models.text import token_windows
     from mixviz.sensitivity.metrics import decoder_parts
 
-    model, tok = load_model(ref)
-    ids = token_windows(tok, corpus, nsamples, seqlen)
+    dev, dtype = where
+    model, tok = load_model(ref, dtype=str(dtype).removeprefix("torch."), device=str(dev))
+    ids = token_windows(tok, corpus, nsamples, seqlen).to(dev)
     blocks, _ = decoder_parts(model)
     m = METRICS[metric]
     nbatches = -(-nsamples // m.batch_size)

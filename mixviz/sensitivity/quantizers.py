@@ -66,9 +66,9 @@ class LayerQuantizer:
         """Q(W): the dequantized weight, same dtype and shape as the original."""
         if self.scheme.bits >= 16:
             return self._linear.weight.detach().clone()
-        one = torch.tensor(1.0)
+        one = torch.tensor(1.0, device=self._linear.weight.device)
         with _attrs(self._wrapper.orig_layer, self._linear_attrs):
-            w, _, _ = self._wrapper._qdq_weight(torch.tensor(0.0), one, one)
+            w, _, _ = self._wrapper._qdq_weight(torch.zeros_like(one), one, one)
         return w.detach()
 
     @property
