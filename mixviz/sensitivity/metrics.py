@@ -179,7 +179,8 @@ def fisher(
 
     Memory stays that of the model: each batch's ``g_W`` is consumed as soon as autograd has
     it (a hook scores every option from it and drops it), so one layer's gradient exists at a
-    time and nothing is kept per weight; ``ΔW`` is recomputed in the hook, in float32.
+    time and nothing is kept per weight beyond ``ΔW`` (float32), which is kept between batches
+    only while it fits in the bytes of the weights themselves, else recomputed in the hook.
     """
 
     from mixviz.sensitivity.quantizers import LayerQuantizer
@@ -190,13 +191,17 @@ def fisher(
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
     acc = {(x.name, s.name): 0.0 for x in layers for s in schemes}
+    # ΔW is kept between batches while it fits in as many bytes as the layers' weights (the
+    # size of the per-weight accumulator this replaced); beyond that it is recomputed.
+    cache = _DeltaCache(sum(mods[x.name].weight.nbytes for x in layers))
     handles = [_embeddings_require_grad(model)]
     try:
         for x in layers:
             w = mods[x.name].weight
             w.requires_grad_(True)
             qs = {s.name: quant[(x.name, s.name)] for s in schemes if s.bits < 16}
-            handles.append(w.register_post_accumulate_grad_hook(_score_hook(acc, x.name, qs)))
+            hook = _score_hook(acc, x.name, qs, cache)
+            handles.append(w.register_post_accumulate_grad_hook(hook))
             if act_schemes:
                 qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
                 handles.append(
@@ -216,7 +221,23 @@ def fisher(
     return {k: 0.5 * v for k, v in acc.items()}
 
 
-def _score_hook(acc: dict, name: str, quants: dict):
+class _DeltaCache(dict):
+    """``ΔW = W − Q(W)`` in float32 per (layer, option), kept while within ``budget`` bytes."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.left = budget
+
+    def delta(self, key, w: torch.Tensor, q) -> torch.Tensor:
+        d = self.get(key)
+        if d is None:
+            d = w - q.weight().float()
+            if d.nbytes <= self.left:
+                self[key], self.left = d, self.left - d.nbytes
+        return d
+
+
+def _score_hook(acc: dict, name: str, quants: dict, cache: _DeltaCache):
     """Add this batch's ``Σ (g ⊙ (W − Q(W)))²`` to every option's score, then drop ``g``."""
     import torch
 
@@ -226,7 +247,8 @@ def _score_hook(acc: dict, name: str, quants: dict):
             p.grad = None
             w = p.detach().float()
             for sname, q in quants.items():
-                acc[(name, sname)] += (g * (w - q.weight().float())).pow(2).sum().item()
+                d = cache.delta((name, sname), w, q)
+                acc[(name, sname)] += (g * d).pow(2).sum().item()
 
     return hook
 
