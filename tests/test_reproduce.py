@@ -117,6 +117,14 @@ def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
                 no_scale = bits / sum(numel[n] for n in recipe)
             assert cells["avg bits"] == f"{no_scale:.2f}", (t, row.label)
             assert cells["with scale bits"] == (f"{run.avg_bits:.2f}" if run.avg_bits else "")
+    # the paired Δ against the better of tail/head at the same budget: on the same items the
+    # mean of per-item differences is the difference of the accuracies
+    t2 = {r.label: run_of(r)[1] for r in rows if r.table == 2}
+    best = max(("tail layers 8-bit", "head layers 8-bit"), key=lambda k: t2[k])
+    delta = 100 * (t2["mixviz (optimal)"] - t2[best])
+    cell = tables[2].loc["mixviz (optimal)", "Δ vs best baseline"]
+    assert cell.startswith(f"{delta:+.1f} [") and f"vs {best}" in cell, cell
+    assert tables[2].loc[best, "Δ vs best baseline"] == ""  # a baseline is not compared
     assert tables[1].loc["BF16", "accuracy"].endswith("(100.0%)")
     assert tables[1].loc["BF16", "avg bits"] == "16.00"
     assert tables[1].loc["pure 4-bit", "avg bits"] == "4.00"

@@ -339,7 +339,7 @@ def write_report(
         )
         if t != 4:
             points += pts
-        table = pd.DataFrame(data).set_index("strategy")
+        table = pd.DataFrame(data).set_index("strategy").fillna("")
         tables[t] = table
         atomic_write_bytes(folder / f"table{t}.csv", table.to_csv().encode())
         md += [f"\n## {title}\n", table.to_markdown(), ""]
@@ -362,21 +362,25 @@ def _known(x) -> bool:
     return x is not None and x == x  # not None, not NaN
 
 
-def references(row: Row, rows: list[Row], runs: dict[str, RunRow], by_id) -> dict[str, object]:
-    """The runs a row is compared with: the most accurate of tail/head at its budget, and
-    AutoScheme's allocation at it (each only where finished)."""
+def references(row: Row, rows: list[Row], runs: dict[str, RunRow], by_id) -> dict[str, tuple]:
+    """The runs a row is compared with, as ``(row label, line)``: the most accurate of
+    tail/head at its budget, and AutoScheme's allocation at it (each only where finished)."""
     if row.spec.recipe is None or row.spec.budget is None:
         return {}
     same = [r for r in rows if r.spec.budget == row.spec.budget and r.spec.key != row.spec.key]
 
-    def lines(strategies: tuple[str, ...]) -> list:
-        out = [_line(by_id, runs.get(r.spec.key)) for r in same if r.spec.strategy in strategies]
-        return [x for x in out if x is not None and _known(x["accuracy"])]
+    def lines(strategies: tuple[str, ...]) -> list[tuple]:
+        out = [
+            (r.label, _line(by_id, runs.get(r.spec.key)))
+            for r in same
+            if r.spec.strategy in strategies
+        ]
+        return [(label, x) for label, x in out if x is not None and _known(x["accuracy"])]
 
     out = {}
     base = lines(("tail", "head"))
     if base and row.spec.strategy not in ("tail", "head"):
-        out["best baseline"] = max(base, key=lambda x: x["accuracy"])
+        out["best baseline"] = max(base, key=lambda lx: lx[1]["accuracy"])
     auto = lines(("autoscheme",))
     if auto and row.spec.strategy != "autoscheme":
         out["AutoScheme"] = auto[0]
@@ -414,8 +418,8 @@ def table_rows(
         }
         if line is not None:
             d.update(_measured(line, ref))
-            for name, other in references(row, all_rows, runs, by_id).items():
-                d[f"Δ vs {name}"] = _delta_cell(other, run.id, tasks, primary)
+            for name, (label, other) in references(row, all_rows, runs, by_id).items():
+                d[f"Δ vs {name}"] = _delta_cell(other, label, run.id, tasks, primary)
             if _known(line["accuracy"]) and run.avg_bits:
                 points.append(
                     {
@@ -444,13 +448,14 @@ def _measured(line, ref: float | None) -> dict[str, str]:
     }
 
 
-def _delta_cell(other, run_id: str, tasks: tuple[str, ...], primary) -> str:
-    """``+1.2 [-0.4, +2.8] vs tail @5; KLD -0.0123 [...] *`` — the run minus ``other``."""
+def _delta_cell(other, label: str, run_id: str, tasks: tuple[str, ...], primary) -> str:
+    """``+1.2 [-0.4, +2.8] vs tail layers 8-bit; KLD -0.0123 [...] *`` — the run minus
+    ``other`` (the run of the row named ``label``)."""
     from mixviz.report.paired import compare_runs
 
     cmp = compare_runs(other["id"], run_id, list(tasks), primary)
     acc, kld = cmp.get("average"), cmp.get("kld")
-    cell = f"{acc.format()} vs {other['label']}" if acc and acc.n else f"vs {other['label']}"
+    cell = f"{acc.format()} vs {label}" if acc and acc.n else f"vs {label}"
     if kld is not None:
         cell += f"; KLD {kld.format(scale=1.0, digits=4)}"
     return cell
