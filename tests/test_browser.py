@@ -154,7 +154,7 @@ def test_profile_slider_run_results(tmp_path):
         assert "bits=5.5" in page.url and metric.inner_text() == after
 
         page.goto(f"{url}/runs?{QUERY}&bits=5.5")
-        page.get_by_label("Items per task").fill("2")
+        page.get_by_label("Items per task", exact=True).fill("2")
         page.keyboard.press("Enter")
         wait_idle(page)
         page.get_by_role("button", name=re.compile("Run the comparison")).click()
