@@ -309,14 +309,15 @@ def cached_profile(choice: dict) -> Profile | None:
     kw = profile_kwargs(choice)
     key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()))
     try:
-        return _profile_on_disk(choice["model"], key)
+        return _profile_on_disk(choice["model"], key, str(cache_dir()))
     except ProfileMiss:
         return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _profile_on_disk(model: str, key: tuple) -> Profile:
-    """Only hits are memoised: a miss raises (Streamlit caches no call that raises)."""
+def _profile_on_disk(model: str, key: tuple, where: str) -> Profile:
+    """Only hits are memoised: a miss raises (Streamlit caches no call that raises). ``where``
+    (the cache folder) is part of the key: another folder is another set of profiles."""
     prof = profile_model(model, compute=False, **dict(key))
     if prof is None:
         raise ProfileMiss(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -27,11 +28,15 @@ _app = open_app
 
 
 @pytest.fixture(scope="module")
-def profiled():
-    """Profile tiny through the Profile page's button (cached for the other pages)."""
+def profiled(tmp_path_factory):
+    """Profile tiny through the Profile page's button (cached for the other pages), in this
+    module's own cache folder: a profile an earlier test made is not found there."""
+    old = os.environ["MIXVIZ_CACHE"]
+    os.environ["MIXVIZ_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
     at = _app("app_pages/profile.py", **TINY)
     at.button(key="profile_start").click().run()
-    return at
+    yield at
+    os.environ["MIXVIZ_CACHE"] = old
 
 
 def test_model_page_shows_tiny_inventory():
