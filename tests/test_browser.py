@@ -56,7 +56,9 @@ pytestmark = [
 def test_profile_slider_run_results(tmp_path):
     SHOTS.mkdir(exist_ok=True)
     log = tmp_path / "server.log"
-    with streamlit_server(log=log) as url, browser_page() as page:
+    # its own cache folder: a profile an earlier test cached would replace the Profile button
+    cache = {"MIXVIZ_CACHE": str(tmp_path / "cache")}
+    with streamlit_server(env=cache, log=log) as url, browser_page() as page:
         page.goto(f"{url}/?{QUERY}")
         page.get_by_text("Linear layers in blocks").wait_for(timeout=120_000)
         page.screenshot(path=SHOTS / "model.png", full_page=True)
@@ -167,7 +169,7 @@ def test_profile_slider_run_results(tmp_path):
         )
         page.screenshot(path=SHOTS / "runs-running.png", full_page=True)
         # The queue table is drawn on a canvas: watch the store it shows instead.
-        store = Store()
+        store = Store(tmp_path / "cache" / "mixviz.db")  # the server's
         deadline = time.time() + 900
         while time.time() < deadline:
             runs = [r for r in store.list() if r.label.endswith("@5.5")]
