@@ -363,6 +363,11 @@ def test_demo_mxfp4_is_worse_than_bf16_on_the_same_items(demo_layers):
     assert mx["avg_bits"] == _bits_by_hand(demo_layers, plan) == 4.25
     for task, metric in (("mixviz_lastword", "perplexity"), ("mixviz_ppl", "word_perplexity")):
         assert mx["results"][task][metric] > 1.5 * bf16["results"][task][metric], task
+    # KL divergence to BF16 (6 windows of 512 tokens with --limit 6): zero for BF16 itself
+    assert bf16["results"]["mixviz_kld"]["kld"] == 0 and bf16["results"]["mixviz_kld"]["top1"] == 1
+    kld = mx["results"]["mixviz_kld"]
+    assert kld["tokens"] == 6 * 511 and kld["kld"] > 0.05 and kld["top1"] < 0.95
+    assert kld["ppl"] > kld["ppl_ref"] == pytest.approx(bf16["results"]["mixviz_kld"]["ppl"])
 
 
 # The Ray backend against a real local head: tests/test_ray_backend.py.
