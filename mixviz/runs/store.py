@@ -318,31 +318,26 @@ class Store:
         return True
 
     def results(self, run_id: str) -> dict[str, dict[str, float]]:
-        con = self._connect()
-        try:
-            rows = con.execute(
-                "SELECT task, metric, value FROM results WHERE run_id = ?", (run_id,)
-            ).fetchall()
-        finally:
-            con.close()
-        out: dict[str, dict[str, float]] = {}
-        for r in rows:
-            out.setdefault(r["task"], {})[r["metric"]] = r["value"]
-        return out
+        """The run's results: ``{task: {metric: value}}``."""
+        return self._by_task(run_id, "value")
 
     def stderrs(self, run_id: str) -> dict[str, dict[str, float]]:
         """The standard error of each result that has one: ``{task: {metric: se}}``."""
+        return self._by_task(run_id, "stderr")
+
+    def _by_task(self, run_id: str, column: str) -> dict[str, dict[str, float]]:
         con = self._connect()
         try:
             rows = con.execute(
-                "SELECT task, metric, stderr FROM results WHERE run_id = ? AND stderr IS NOT NULL",
+                f"SELECT task, metric, {column} AS x FROM results "  # column: ours, not input
+                f"WHERE run_id = ? AND {column} IS NOT NULL",
                 (run_id,),
             ).fetchall()
         finally:
             con.close()
         out: dict[str, dict[str, float]] = {}
         for r in rows:
-            out.setdefault(r["task"], {})[r["metric"]] = r["stderr"]
+            out.setdefault(r["task"], {})[r["metric"]] = r["x"]
         return out
 
 
