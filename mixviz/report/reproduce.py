@@ -435,17 +435,10 @@ def table_rows(
 
 def _measured(line, ref: float | None) -> dict[str, str]:
     """A finished run's accuracy (± se, share of BF16's), items, KLD and top-1 cells."""
-    from mixviz.report.tables import format_se, format_share
+    from mixviz.report.tables import summary_cells
 
-    top1, top1_se = line["top1"], line["top1_se"]
-    return {
-        "accuracy": format_share(line["accuracy"], ref, line["accuracy_se"]),
-        "items": f"{int(line['n_items'])}" if _known(line["n_items"]) else "",
-        "KLD": format_se(line["kld"], line["kld_se"], 4),
-        "top-1 %": format_se(100 * top1, 100 * top1_se if _known(top1_se) else None, 1)
-        if _known(top1)
-        else "",
-    }
+    cells = summary_cells(line, ref)
+    return {"accuracy": cells.pop("average"), **cells}
 
 
 def _delta_cell(other, label: str, run_id: str, tasks: tuple[str, ...], primary) -> str:

@@ -108,24 +108,29 @@ def study_table(
         se_col = f"{t}:{task_metric(frame, t)}_stderr"
         ses = frame[se_col] if se_col in frame else [None] * len(frame)
         out[t] = [format_se(v, e) for v, e in zip(frame[t], ses, strict=True)]
-    out["average"] = [
-        format_share(a, ref, e)
-        for a, e in zip(frame["accuracy"], frame["accuracy_se"], strict=True)
-    ]
-    out["items"] = [f"{int(n)}" if pd.notna(n) else "" for n in frame["n_items"]]
-    if frame["kld"].notna().any():
-        out["KLD"] = [
-            format_se(v, e, 4) for v, e in zip(frame["kld"], frame["kld_se"], strict=True)
-        ]
-        out["top-1 %"] = [
-            format_se(100 * v, 100 * e if pd.notna(e) else None, 1) if pd.notna(v) else ""
-            for v, e in zip(frame["top1"], frame["top1_se"], strict=True)
-        ]
+    cells = [summary_cells(row, ref) for _, row in frame.iterrows()]
+    columns = ["average", "items"] + (["KLD", "top-1 %"] if frame["kld"].notna().any() else [])
+    for c in columns:
+        out[c] = [x[c] for x in cells]
     deltas = paired_column(frame, tasks, compare)
     if deltas is not None:
         out[deltas.name] = deltas.tolist()
     order = frame["avg_bits"].fillna(99).to_numpy().argsort(kind="stable")
     return out.iloc[order]
+
+
+def summary_cells(line, reference: float | None) -> dict[str, str]:
+    """One finished run's summary cells from its :func:`results_frame` line: the average
+    (± se, share of ``reference``), the items it rests on, KLD ± se and top-1 % ± se."""
+    top1, top1_se = line["top1"], line["top1_se"]
+    return {
+        "average": format_share(line["accuracy"], reference, line["accuracy_se"]),
+        "items": f"{int(line['n_items'])}" if pd.notna(line["n_items"]) else "",
+        "KLD": format_se(line["kld"], line["kld_se"], 4),
+        "top-1 %": format_se(100 * top1, 100 * top1_se if pd.notna(top1_se) else None, 1)
+        if pd.notna(top1)
+        else "",
+    }
 
 
 BASELINES = ("head", "tail", "uniform", "llamacpp")
