@@ -15,6 +15,7 @@ import streamlit as st
 import mixviz
 from mixviz.allocation.problem import Problem
 from mixviz.errors import MixvizError
+from mixviz.models.device import DTYPES, describe, device_choices, placement
 from mixviz.models.inventory import inventory_report
 from mixviz.models.schemes import SCHEMES
 from mixviz.models.text import BUNDLED
@@ -223,6 +224,28 @@ def sidebar() -> dict:
                 url_int("seqlen", 256, 16, 4096, "Tokens per sample"),
                 key="sb_seqlen",
             )
+        with st.expander("Where it runs"):
+            devices = device_choices()
+            device = st.selectbox(
+                "Device",
+                devices,
+                index=devices.index(url_choice("device", devices, "auto")),
+                key="sb_device",
+                help="auto: the first CUDA GPU in bfloat16 where there is one, else the CPU in "
+                "float32. Profiles and runs both use it; it is part of their cache keys.",
+            )
+            dtypes = list(DTYPES)
+            dtype = st.selectbox(
+                "Precision",
+                dtypes,
+                index=dtypes.index(url_choice("dtype", dtypes, "auto")),
+                key="sb_dtype",
+            )
+            try:
+                where = describe(*placement(device, dtype))
+                st.caption(f"Runs on {where[0]} in {where[1]}")
+            except MixvizError as e:
+                st.error(str(e))
         trust_key = f"sb_trust:{model.strip()}"  # another model starts unticked
         for k in [k for k in st.session_state if str(k).startswith("sb_trust:")]:
             if k != trust_key:  # and switching back does not restore an earlier tick
@@ -249,6 +272,8 @@ def sidebar() -> dict:
         calib=calib,
         nsamples=str(nsamples),
         seqlen=str(seqlen),
+        device=device,
+        dtype=dtype,
     )
     return {
         "model": model.strip(),
@@ -260,6 +285,8 @@ def sidebar() -> dict:
         "nsamples": int(nsamples),
         "seqlen": int(seqlen),
         "trust_remote_code": trust,
+        "device": device,
+        "dtype": dtype,
     }
 
 
@@ -288,6 +315,8 @@ def profile_kwargs(choice: dict) -> dict:
         "calib": choice["calib"],
         "trust_remote_code": choice["trust_remote_code"],
         "allow_partial": True,
+        "device": choice["device"],
+        "dtype": choice["dtype"],
     }
 
 

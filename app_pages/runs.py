@@ -76,6 +76,8 @@ def comparison_specs() -> list[RunSpec]:
         limit=int(limit) if limit else None,
         model_hash=ref.hash,
         trust_remote_code=choice["trust_remote_code"],
+        device=choice["device"],
+        dtype=choice["dtype"],
     )
     lowest = profile.options[0]
     specs = [

@@ -477,3 +477,31 @@ def test_kld_chart_has_error_bars_when_the_results_carry_them():
     fig = charts.accuracy_chart(frame, y="kld", y_title="KLD")
     assert list(fig.to_dict()["data"][0]["error_y"]["array"]) == [0.01, 0.02]
     assert fig.layout.title.text == "KLD vs average bits"
+
+
+def test_sidebar_device_and_precision_reach_profile_and_runs(profiled):
+    """The sidebar's "Where it runs": the choice is in the URL, keys the profile (a bfloat16
+    profile is another profile than the float32 one the fixture made) and goes into every
+    queued run's spec; float16 on the CPU is refused with the reason, not a traceback."""
+    at = _app("app_pages/profile.py", **TINY)
+    assert at.selectbox(key="sb_device").options[:2] == ["auto", "cpu"]
+    assert at.caption and any(c.value == "Runs on cpu in float32" for c in at.caption)
+    at.selectbox(key="sb_dtype").set_value("float16").run()
+    assert not at.exception
+    assert any("float16 is about 50× slower on the CPU" in e.value for e in at.error)
+    at = _app("app_pages/profile.py", **{**TINY, "device": "cpu", "dtype": "bfloat16"})
+    assert not at.exception and not at.error
+    assert at.query_params["dtype"] == "bfloat16"
+    # not the fixture's float32 profile: this one is still to be made
+    assert [b for b in at.button if b.key == "profile_start"]
+    at = _app("app_pages/runs.py", **{**TINY, "bits": "6", "device": "cpu"})
+    store = Store()
+    before = {r.id for r in store.list()}
+    at.number_input(key="runs_limit").set_value(2).run()
+    at.button(key="runs_start").click().run()
+    assert not at.exception and not at.error
+    new = [r for r in store.list() if r.id not in before]
+    assert new and {(r.spec["device"], r.spec["dtype"]) for r in new} == {("cpu", "auto")}
+    backend = LocalBackend(store)
+    for r in store.list(("queued", "starting", "running")):
+        backend.cancel(r.id)

@@ -109,3 +109,15 @@ def cpu_device() -> torch.device:
     import torch
 
     return torch.device(CPU)
+
+
+def device_choices() -> list[str]:
+    """What a menu offers on this machine: ``auto``, the CPU, then every CUDA device by index.
+
+    >>> device_choices()[:2]
+    ['auto', 'cpu']
+    """
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", CPU, *(f"{CUDA}:{i}" for i in range(count))]
