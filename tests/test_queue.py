@@ -412,6 +412,16 @@ def test_a_cuda_run_asks_ray_for_one_gpu(store, fake_ray):
     backend.submit(dataclasses.replace(QUICK, device="cuda"))
     cpu, gpu = backend.client.submitted
     assert "entrypoint_num_gpus" not in cpu and gpu["entrypoint_num_gpus"] == 1
+    # and the host memory the model needs: tiny's float32 weights twice, one batch of logits
+    # (and its log-softmax) over its vocabulary, the runtime; on CUDA its bf16 weights once
+    from mixviz.runs.backends import LOGITS_TOKENS, RUNTIME_BYTES
+
+    # tiny, by hand: embedding and untied head; 4 blocks of q/o (64×64), k/v (2 heads of 16),
+    # gate/up/down (64×128) and two norms; the final norm
+    params = 2 * 512 * 64 + 4 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
+    logits = 2 * QUICK.batch_size * LOGITS_TOKENS * 512 * 4
+    assert cpu["entrypoint_memory"] == RUNTIME_BYTES + 2 * 4 * params + logits
+    assert gpu["entrypoint_memory"] == RUNTIME_BYTES + 2 * params
     with pytest.raises(MixvizError, match="device cuda, not cuda:1"):
         backend.submit(dataclasses.replace(QUICK, device="cuda:1"))
     assert len(backend.client.submitted) == 2

@@ -141,7 +141,19 @@ def test_execute_with_fakes_writes_everything(store, tiny_ref):
     assert store.results(run_id) == {"mixviz_lastword": {"acc": 0.5, "perplexity": 12.0}}
     folder = runs_dir() / run_id
     assert {"spec.json", "result.json", "lm_eval.json"} <= {p.name for p in folder.iterdir()}
-    assert RunResult.from_dict(json.loads((folder / "result.json").read_text())).avg_bits == 16.0
+    result = RunResult.from_dict(json.loads((folder / "result.json").read_text()))
+    assert result.avg_bits == 16.0
+    # what the numbers rest on: this machine, and the worker's peak memory (more than the
+    # tiny model's float32 weights, less than the whole machine)
+    import os
+
+    import torch
+
+    assert result.machine["device"] == "cpu" and result.machine["dtype"] == "float32"
+    assert result.machine["cores"] == os.cpu_count()
+    assert result.machine["threads"] == torch.get_num_threads()
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 100 * 2**20 < result.machine["peak_rss_bytes"] < total
 
 
 def test_stored_bits_are_counted_from_what_the_model_carries(store, tiny_ref, tiny_layers):

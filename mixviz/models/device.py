@@ -121,3 +121,33 @@ def device_choices() -> list[str]:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return ["auto", CPU, *(f"{CUDA}:{i}" for i in range(count))]
+
+
+def machine(device: torch.device, dtype: torch.dtype) -> dict:
+    """Where a measurement was made, as a run records it beside its results: host, processor,
+    cores, torch threads, device (with the GPU's name) and precision, and the peak memory so far
+    (host RSS; GPU memory allocated by torch).
+
+    >>> import torch
+    >>> sorted(machine(torch.device("cpu"), torch.float32))[:4]
+    ['cores', 'device', 'dtype', 'host']
+    """
+    import os
+    import platform
+    import resource
+
+    import torch
+
+    out = {
+        "host": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if device.type == CUDA:
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out

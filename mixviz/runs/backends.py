@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from mixviz.errors import MixvizError
-from mixviz.models.device import CUDA, cuda_index
+from mixviz.models.device import CUDA, check_dtype, cuda_index
 from mixviz.paths import REPO_ROOT, atomic_write_json, cache_dir
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import FINAL, RunRow, Store, runs_dir
@@ -236,7 +236,8 @@ class RayBackend:
             raise MixvizError(f"cannot reach Ray at {address}: {str(e)[:200]}") from None
 
     def submit(self, spec: RunSpec) -> str:
-        resources = ray_resources(spec)  # refuses a spec Ray cannot place before it is stored
+        # refuses a spec Ray cannot place before it is stored
+        resources = ray_resources(spec, model_size(spec))
         run_id = new_run_id()
         write_spec(run_id, spec)
         self.store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), self.name)
@@ -356,9 +357,11 @@ def submit_once(backend, specs: list[RunSpec]) -> list[tuple[str, bool]]:
     return out
 
 
-def ray_resources(spec: RunSpec) -> dict:
+def ray_resources(spec: RunSpec, size: tuple[int, int] | None = None) -> dict:
     """What a run asks Ray for: one GPU when its device is CUDA (so a cluster with several GPUs
-    runs several runs at once, one per GPU), nothing beyond Ray's default otherwise.
+    runs several runs at once, one per GPU), and, given the model's ``size`` (parameters,
+    vocabulary: :func:`model_size`), the host memory it needs (:func:`run_memory_bytes`), so
+    Ray places no more runs on a node than its memory holds.
 
     ``auto`` asks for no GPU: on Ray the submitting machine cannot tell where the job will land,
     so a run that must have one says ``--device cuda``.
@@ -368,13 +371,55 @@ def ray_resources(spec: RunSpec) -> dict:
     >>> ray_resources(RunSpec(model="m", recipe=None, tasks=("t",)))
     {}
     """
+    out = {} if size is None else {"entrypoint_memory": run_memory_bytes(*size, spec)}
     index = cuda_index(spec.device)
     if index is None:
-        return {}
+        return out
     if index != 0:
         # the job sees only the GPU Ray gave it, as its first device: an index means nothing
         raise MixvizError(f"on Ray a run asks for a GPU with device {CUDA}, not {spec.device}")
-    return {"entrypoint_num_gpus": 1}
+    return {"entrypoint_num_gpus": 1, **out}
+
+
+def model_size(spec: RunSpec) -> tuple[int, int]:
+    """``(parameters, vocabulary size)`` of the run's model, from its config (no weights)."""
+    from mixviz.models.loading import meta_model, resolve_model
+
+    ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    model = meta_model(ref)
+    return sum(p.numel() for p in model.parameters()), int(model.config.vocab_size)
+
+
+RUNTIME_BYTES = 2 * 2**30
+"""Host memory of a worker before its model: Python with torch, transformers, auto-round and
+lm-eval imported, and the KLD reference."""
+
+LOGITS_TOKENS = 1024
+"""Tokens per sequence assumed for lm-eval's logits when sizing a run (a batch's logits and
+their log-softmax are each ``batch × tokens × vocabulary`` floats; the study's tasks, zero-shot,
+stay under it)."""
+
+
+def run_memory_bytes(params: int, vocab: int, spec: RunSpec) -> int:
+    """Host memory a run asks Ray for, from the model's size: on the CPU, the weights twice
+    (the model and auto-round's working copy while it quantizes) in the run's precision plus
+    one batch of float32 logits and their log-softmax; on CUDA, the weights once (they pass
+    through host memory while loading); and :data:`RUNTIME_BYTES` either way.
+
+    >>> from dataclasses import replace
+    >>> spec = RunSpec(model="m", recipe=None, tasks=("t",))
+    >>> round(run_memory_bytes(135_000_000, 49152, spec) / 2**30, 1)  # the demo, CPU float32
+    6.0
+    >>> round(run_memory_bytes(8_000_000_000, 128256, replace(spec, device=CUDA)) / 2**30, 1)
+    16.9
+    """
+    cuda = cuda_index(spec.device) is not None
+    dtype = check_dtype(spec.dtype)
+    size = 4 if dtype == "float32" or (dtype == "auto" and not cuda) else 2
+    if cuda:
+        return RUNTIME_BYTES + params * size
+    logits = 2 * spec.batch_size * LOGITS_TOKENS * vocab * 4
+    return RUNTIME_BYTES + 2 * params * size + logits
 
 
 def entrypoint(run_id: str) -> str:

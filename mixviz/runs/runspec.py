@@ -118,6 +118,9 @@ class RunResult:
     stderrs: dict[str, dict[str, float]]
     seconds: float
     timings: dict[str, float]
+    machine: dict = field(default_factory=dict)
+    """What the run's numbers rest on: host, cores, device and precision, peak memory
+    (:func:`mixviz.models.device.machine`); empty for runs recorded before it was kept."""
 
     def to_dict(self) -> dict:
         return {"format": RESULT_FORMAT, "version": RESULT_VERSION, **asdict(self)}

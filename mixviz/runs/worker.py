@@ -507,7 +507,10 @@ def record_step(
     timings: dict[str, float],
 ) -> None:
     """Beside the spec: ``lm_eval.json`` (lm-eval's results), ``samples.json`` (every item's
-    scores), ``kld.npz`` (every token's), ``result.json``; and the results in the store."""
+    scores), ``kld.npz`` (every token's), ``result.json`` (with the machine it ran on, and its
+    peak memory); and the results in the store."""
+    from mixviz.models.device import machine, placement
+
     folder = runs_dir() / run_id
     rows = result_rows(raw)
     samples = {}
@@ -526,6 +529,7 @@ def record_step(
         {t: {m: e for t2, m, _, e in rows if t2 == t and e is not None} for t in spec.tasks},
         seconds,
         timings,
+        machine(*placement(spec.device, spec.dtype)),
     )
     atomic_write_json(folder / "result.json", result.to_dict())
     store.put_results(run_id, rows)
