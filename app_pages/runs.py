@@ -8,12 +8,12 @@ import streamlit as st
 import ui
 from mixviz import MixvizError
 from mixviz.allocation.strategies import STRATEGIES, allocate
-from mixviz.report.tables import DISPLAY, primary_metric
+from mixviz.report.tables import DISPLAY, primary_metric, rests_on
 from mixviz.runs.backends import get_backend, read_log, submit_once
 from mixviz.runs.logs import clean_log
 from mixviz.runs.progress import duration, eta_text
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.store import FINAL, Store
+from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
 
 choice = ui.sidebar()
@@ -226,6 +226,9 @@ def details(rows) -> None:
             st.rerun()
         except MixvizError as e:
             st.error(str(e))
+    result = read_result(pick) if row.status == "done" else None
+    if result is not None:
+        st.caption(f"Measured on {rests_on(result.machine, result.timings)}")
     with st.expander("Log", expanded=row.status not in FINAL):
         st.code(clean_log(read_log(pick))[-8000:] or "(empty)", language=None)
 

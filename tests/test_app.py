@@ -331,6 +331,12 @@ def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
     assert "1:0" in now and "left" in now  # elapsed and ETA
     (log,) = at.code
     assert log.value.strip() == "loading\n 90%|#### |\nok" and log.language == "plaintext"
+    at.selectbox(key="runs_pick").set_value(done).run()  # a finished run: what it rests on
+    import platform
+
+    (measured,) = [c.value for c in at.caption if c.value.startswith("Measured on ")]
+    assert measured.startswith(f"Measured on {platform.node()} (") and "cpu float32" in measured
+    assert "peak memory " in measured and "evaluate " in measured
 
 
 def _fake_run(store, spec, acc):

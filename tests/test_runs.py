@@ -347,6 +347,8 @@ def test_run_document_shape(store, tiny_ref):
     execute(run_id, store, evaluate_fn=_fake_eval, kick=False)
     doc = run_document(store, run_id)
     assert {"id", "status", "avg_bits", "results", "seconds"} <= set(doc)
+    assert doc["machine"]["device"] == "cpu" and doc["machine"]["peak_rss_bytes"] > 0
+    assert set(doc["timings"]) == {"load", "evaluate"} and doc["seconds"] > 0
 
 
 @pytest.mark.slow

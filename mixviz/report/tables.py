@@ -244,3 +244,27 @@ def as_shown(table: pd.DataFrame) -> pd.DataFrame:
     out.index = [DISPLAY.get(str(i), i) for i in out.index]
     out.index.name = table.index.name
     return out
+
+
+def rests_on(machine: dict, timings: dict[str, float] | None = None) -> str:
+    """One line saying where a run's numbers were measured and what it cost.
+
+    >>> rests_on({"host": "h", "processor": "x86_64", "cores": 2, "threads": 2, "device": "cpu",
+    ...           "dtype": "float32", "peak_rss_bytes": 2.5e9}, {"load": 5.2, "evaluate": 61.0})
+    'h (x86_64, 2 cores, 2 threads) · cpu float32 · peak memory 2.50 GB · load 5 s, evaluate 61 s'
+    """
+    if not machine:
+        return "machine not recorded (a run from before mixviz kept it)"
+    cpu = f"{machine.get('processor') or '?'}, {machine.get('cores')} cores"
+    cpu += f", {machine['threads']} threads" if machine.get("threads") else ""
+    where = machine.get("device", "?")
+    if machine.get("gpu"):
+        where = f"{where} ({machine['gpu']})"
+    parts = [f"{machine.get('host', '?')} ({cpu})", f"{where} {machine.get('dtype', '')}".strip()]
+    memory = [f"peak memory {machine['peak_rss_bytes'] / 1e9:.2f} GB"]
+    if machine.get("peak_gpu_bytes") is not None:
+        memory.append(f"GPU {machine['peak_gpu_bytes'] / 1e9:.2f} GB")
+    parts.append(", ".join(memory) if machine.get("peak_rss_bytes") else "")
+    if timings:
+        parts.append(", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return " · ".join(p for p in parts if p)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -22,7 +21,7 @@ from mixviz.errors import MixvizError
 from mixviz.models.device import CUDA, check_dtype, cuda_index
 from mixviz.paths import REPO_ROOT, atomic_write_json, cache_dir
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.store import FINAL, RunRow, Store, runs_dir
+from mixviz.runs.store import FINAL, RunRow, Store, read_result, runs_dir
 
 STALE_S = 60.0  # a running worker without a heartbeat for this long is lost
 HOST = socket.gethostname()
@@ -507,10 +506,7 @@ def run_document(store: Store, run_id: str) -> dict:
     """The ``run --wait --json`` document: id, status, avg_bits, results and their standard
     errors, seconds."""
     row = store.get(run_id)
-    result_file = runs_dir() / run_id / "result.json"
-    seconds = None
-    if result_file.is_file():
-        seconds = json.loads(result_file.read_text()).get("seconds")
+    result = read_result(run_id)
     return {
         "id": row.id,
         "status": row.status,
@@ -518,6 +514,8 @@ def run_document(store: Store, run_id: str) -> dict:
         "avg_bits": row.avg_bits,
         "results": store.results(run_id),
         "stderrs": store.stderrs(run_id),
-        "seconds": seconds,
+        "seconds": result.seconds if result else None,
+        "timings": result.timings if result else {},
+        "machine": result.machine if result else {},
         "error": row.error,
     }

@@ -111,6 +111,18 @@ def runs_dir() -> Path:
     return cache_dir() / "runs"
 
 
+def read_result(run_id: str):
+    """The finished run's :class:`~mixviz.runs.runspec.RunResult` (``result.json``), or None
+    while it has none or when the file cannot be read."""
+    from mixviz.runs.runspec import RunResult
+
+    path = runs_dir() / run_id / "result.json"
+    try:
+        return RunResult.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, MixvizError):
+        return None
+
+
 @dataclass(frozen=True)
 class RunRow:
     id: str
