@@ -64,12 +64,26 @@ def test_plan_resolves_the_model_once(monkeypatch):
     assert rows and calls == [("tiny",)]
 
 
-def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
+def _record_reports(monkeypatch, reproduce) -> list[int]:
+    """Runs done at each writing of the tables (write_report still writes them)."""
+    written, real = [], reproduce.write_report
+
+    def spy(model, rows, runs, *args):
+        written.append(sum(r.status == "done" for r in runs.values()))
+        return real(model, rows, runs, *args)
+
+    monkeypatch.setattr(reproduce, "write_report", spy)
+    return written
+
+
+def test_run_protocol_on_tiny_writes_the_tables(tiny_layers, monkeypatch):
     from mixviz.models.schemes import get_scheme
+    from mixviz.report import reproduce
     from mixviz.runs.store import Store
     from mixviz.sensitivity.profile import DEFAULT_METRIC
 
     store = Store()
+    written = _record_reports(monkeypatch, reproduce)
     tables = run_protocol(
         "tiny",
         tasks=("mixviz_nextsent",),
@@ -88,6 +102,11 @@ def test_run_protocol_on_tiny_writes_the_tables(tiny_layers):
     # Every cell against the run in the store it came from (the same plan: its keys find them).
     rows = plan("tiny", ("mixviz_nextsent",), 8, DEFAULT_METRIC, 2, 32, False, lambda m: None)
     numel = {x.name: x.numel for x in tiny_layers}
+    # the tables were written after each run, one more done each time, and at the end
+    distinct = len({r.spec.key for r in rows})
+    assert written[-1] == distinct and written == list(
+        range(distinct - len(written) + 1, distinct + 1)
+    )
 
     def run_of(row):
         run = store.find_done(row.spec.key)

@@ -238,7 +238,8 @@ def run_protocol(
     device: str = "auto",
     dtype: str = "auto",
 ) -> dict[int, object]:
-    """Run (or resume) the protocol; write the tables under ``cache/reports/<model>/``.
+    """Run (or resume) the protocol; write the tables under ``cache/reports/<model>/``, after
+    every finished run (rows still to run show their state) and at the end.
 
     The model is resolved and its layers listed once, here, and handed down; ``device`` and
     ``dtype`` go to every profile, run and AutoScheme call."""
@@ -267,6 +268,9 @@ def run_protocol(
     for n, run_id in enumerate(todo, 1):
         r = final[run_id] = wait(store, run_id, poll=2)
         log(f"[{n}/{len(todo)}] {r.label}: {r.status}" + (f" ({r.error})" if r.error else ""))
+        if n < len(todo):  # the tables so far: a protocol of days can be read as it goes
+            now = {key: final.get(x.id, x) for key, x in runs.items()}
+            write_report(ref.name, rows, now, store, tasks, layers)
     runs = {key: final.get(r.id, r) for key, r in runs.items()}
     return write_report(ref.name, rows, runs, store, tasks, layers)
 
