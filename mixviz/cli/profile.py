@@ -36,6 +36,17 @@ def add_parser(sub) -> None:
     )
     add_device_flags(prof)
     prof.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where kl runs: this process, or one Ray task per block (default: local)",
+    )
+    prof.add_argument(
+        "--ray-address",
+        help="Ray cluster address for --backend ray: host:port, ray://host:port or auto "
+        "(default: $RAY_ADDRESS, else a local Ray); not the dashboard URL `run` takes",
+    )
+    prof.add_argument(
         "--from-autoscheme",
         metavar="DIR",
         help="import AutoScheme's score cache folder instead of profiling",
@@ -61,7 +72,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
         if not args.model:
             raise MixvizError("give a MODEL to profile (demo, tiny, a folder or a hub id)")
         ref = resolve(args, quiet=True)  # once; profile_model takes the ref as it is
-        prof = profile_model(ref, **profile_kwargs(args), progress=Bar())
+        ray = {"backend": args.backend, "ray_address": args.ray_address}
+        prof = profile_model(ref, **profile_kwargs(args), **ray, progress=Bar())
     emit(prof.to_dict(), args.json, _profile_text, args.out)
 
 

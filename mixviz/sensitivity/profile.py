@@ -29,6 +29,8 @@ VERSION = 1
 # DEFAULT_METRIC is defined with the registry (mixviz.sensitivity.metrics); importing it from
 # here, as the CLI and the report do, works too.
 
+BACKENDS = ("local", "ray")  # where scores are computed: this process, or Ray tasks (kl only)
+
 # progress(done, total, message); return value ignored
 ProgressFn = Callable[[int, int, str], None]
 
@@ -259,6 +261,8 @@ def profile_model(
     compute: bool = True,
     device: str = "auto",
     dtype: str = "auto",
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> Profile | None:
     """Score every candidate layer of ``model`` under each option with ``metric``.
 
@@ -272,6 +276,8 @@ def profile_model(
     returns at once. With ``compute=False`` only the cache is consulted (None when the profile
     was never made). ``device``/``dtype`` say where the model runs (``auto``: CUDA in bfloat16
     where there is one, else the CPU in float32); what they resolve to is recorded and keyed.
+    ``backend="ray"`` fans ``kl`` out over Ray tasks at ``ray_address``
+    (:mod:`mixviz.sensitivity.fanout`); the scores, and so the cache key, are the same.
     """
     from mixviz.models.device import describe, placement
     from mixviz.models.loading import resolve_model
@@ -279,6 +285,10 @@ def profile_model(
 
     if metric not in METRICS:
         raise MixvizError(f"unknown metric {metric!r}; choose from {', '.join(metric_names())}")
+    if backend not in BACKENDS:
+        raise MixvizError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    if backend == "ray" and metric != "kl":
+        raise MixvizError(f"only kl fans out over Ray; profile {metric} with --backend local")
     if not (1 <= nsamples <= 4096 and 8 <= seqlen <= 32768):
         raise MixvizError(
             f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
@@ -313,9 +323,20 @@ def profile_model(
         return None
 
     t0 = time.perf_counter()
-    scores = _compute(
-        ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, (dev, torch_dtype)
-    )
+    at = (dev, torch_dtype)
+    if backend == "ray":
+        from mixviz.sensitivity.fanout import kl_over_ray
+
+        def check() -> None:
+            if cancel and cancel():
+                raise Cancelled("profiling cancelled")
+
+        fan = {"address": ray_address, "progress": progress, "check": check}
+        scores = kl_over_ray(ref, cands, schemes, corpus, nsamples, seqlen, at, **fan)
+    else:
+        scores = _compute(
+            ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, at
+        )
     rows = [
         Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
         for x in cands
