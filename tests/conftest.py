@@ -40,3 +40,13 @@ def demo_layers(demo_ref):
     import mixviz
 
     return mixviz.inventory(mixviz.meta_model(demo_ref))
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One local Ray head (2 CPUs, no GPU) for every test that needs one (:mod:`rayhead`)."""
+    pytest.importorskip("ray.job_submission")
+    from rayhead import ray_head
+
+    with ray_head() as head:
+        yield head

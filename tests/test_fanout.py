@@ -8,17 +8,8 @@ the cluster address, not the dashboard URL the Jobs API uses.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import pytest
-from test_ray_backend import _free_port, _until
+from rayhead import free_port
 
 from mixviz import cli
 from mixviz.errors import MixvizError
@@ -29,71 +20,9 @@ SMALL = {"options": "MXFP4,MXFP8", "nsamples": 2, "seqlen": 32, "layers": r"laye
 
 
 @pytest.fixture(scope="module")
-def ray_gcs():
-    """The ``host:port`` of a local Ray head's GCS, with 2 CPUs and no GPU."""
-    pytest.importorskip("ray")
-    ray = Path(sys.executable).parent / "ray"
-    temp = tempfile.mkdtemp(prefix="mxfan", dir="/tmp")  # short: Ray's socket paths live here
-    port = _free_port()
-    ports = {
-        "--port": port,
-        "--dashboard-port": _free_port(),
-        "--ray-client-server-port": _free_port(),
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--metrics-export-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
-        "--node-manager-port": _free_port(),
-        "--object-manager-port": _free_port(),
-    }
-    log = open(Path(temp) / "head.log", "wb")  # noqa: SIM115 — closed in teardown
-    head = subprocess.Popen(
-        [
-            str(ray),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=2",
-            "--num-gpus=0",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-            *(f"{k}={v}" for k, v in ports.items()),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
-
-    def ready():
-        if head.poll() is not None:
-            raise AssertionError(
-                f"ray start exited {head.returncode}: "
-                + (Path(temp) / "head.log").read_text(errors="replace")[-2000:]
-            )
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    try:
-        _until("the Ray head", ready, timeout=180, poll=1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+def ray_gcs(ray_head):
+    """The ``host:port`` of the local Ray head's GCS (2 CPUs, no GPU)."""
+    return ray_head.gcs
 
 
 @pytest.mark.ray
@@ -152,7 +81,7 @@ def test_only_kl_fans_out(tiny_ref):
 
 def test_unreachable_or_dashboard_address_is_a_clear_error(tiny_ref):
     pytest.importorskip("ray")
-    nothing = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    nothing = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(MixvizError, match=f"Ray is not reachable at {nothing}"):
         profile_model(
             tiny_ref, metric="kl", backend="ray", ray_address=nothing, use_cache=False, **SMALL
