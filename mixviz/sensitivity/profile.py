@@ -259,6 +259,7 @@ def profile_model(
     compute: bool = True,
     device: str = "auto",
     dtype: str = "auto",
+    offload: bool = False,
 ) -> Profile | None:
     """Score every candidate layer of ``model`` under each option with ``metric``.
 
@@ -272,6 +273,9 @@ def profile_model(
     returns at once. With ``compute=False`` only the cache is consulted (None when the profile
     was never made). ``device``/``dtype`` say where the model runs (``auto``: CUDA in bfloat16
     where there is one, else the CPU in float32); what they resolve to is recorded and keyed.
+    ``offload`` keeps the weights on the CPU and moves one block at a time to ``device``
+    (:mod:`mixviz.sensitivity.offload`), for a model larger than the device: the scores are the
+    same, so it is neither keyed nor recorded.
     """
     from mixviz.models.device import describe, placement
     from mixviz.models.loading import resolve_model
@@ -279,6 +283,8 @@ def profile_model(
 
     if metric not in METRICS:
         raise MixvizError(f"unknown metric {metric!r}; choose from {', '.join(metric_names())}")
+    if offload and not METRICS[metric].offload:
+        raise MixvizError(f"{metric} does not support --offload")
     if not (1 <= nsamples <= 4096 and 8 <= seqlen <= 32768):
         raise MixvizError(
             f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
@@ -314,7 +320,16 @@ def profile_model(
 
     t0 = time.perf_counter()
     scores = _compute(
-        ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, (dev, torch_dtype)
+        ref,
+        cands,
+        schemes,
+        corpus,
+        metric,
+        nsamples,
+        seqlen,
+        progress,
+        cancel,
+        (dev, torch_dtype, offload),
     )
     rows = [
         Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
@@ -376,13 +391,18 @@ def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: 
 def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, cancel, where):
     import torch
 
+    from mixviz.models.device import cpu_device
     from mixviz.models.loading import load_model
     from mixviz.models.text import token_windows
-    from mixviz.sensitivity.metrics import decoder_parts
+    from mixviz.sensitivity.blocks import decoder_parts
+    from mixviz.sensitivity.offload import Offload
 
-    dev, dtype = where
-    model, tok = load_model(ref, dtype=str(dtype).removeprefix("torch."), device=str(dev))
-    ids = token_windows(tok, corpus, nsamples, seqlen).to(dev)
+    dev, dtype, offload = where
+    model, tok = load_model(
+        ref, dtype=str(dtype).removeprefix("torch."), device=str(dev), offload=offload
+    )
+    # offloaded, the embedding stays on the CPU, and so do the tokens it reads
+    ids = token_windows(tok, corpus, nsamples, seqlen).to(cpu_device() if offload else dev)
     blocks, _ = decoder_parts(model)
     m = METRICS[metric]
     nbatches = -(-nsamples // m.batch_size)
@@ -400,7 +420,8 @@ def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, c
     torch.manual_seed(0)
     if progress:
         progress(0, total, f"{metric} on {ref.name}: {nsamples}×{seqlen} tokens")
-    return m.score(model, layers, schemes, ids, step, batch_size=m.batch_size)
+    kw = {"offload": Offload(dev)} if offload else {}
+    return m.score(model, layers, schemes, ids, step, batch_size=m.batch_size, **kw)
 
 
 def synthetic_profile(
