@@ -145,6 +145,16 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help=f"{' | '.join(DTYPES)} (default: auto)")
 
 
+def add_offload_flag(parser: argparse.ArgumentParser) -> None:
+    """``--offload``: weights on the CPU, one block at a time on the device."""
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep the weights on the CPU and move one block at a time to --device, for a "
+        "model larger than the device (same scores, slower)",
+    )
+
+
 def device_kwargs(args: argparse.Namespace) -> dict:
     """``{"device": …, "dtype": …}`` from the device flags, checked (a bad value is a user
     error before anything loads)."""
@@ -210,5 +220,6 @@ def profile_kwargs(args: argparse.Namespace) -> dict:
         "include_lm_head": getattr(args, "include_lm_head", False),
         "allow_partial": args.allow_partial,
         "trust_remote_code": args.trust_remote_code,
+        "offload": getattr(args, "offload", False),
         **device_kwargs(args),
     }

@@ -10,6 +10,7 @@ from mixviz.cli.common import (
     add_device_flags,
     add_json,
     add_model,
+    add_offload_flag,
     add_profile_flags,
     add_trust_remote_code,
     emit,
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
         "no_cache",
     )
     add_device_flags(prof)
+    add_offload_flag(prof)
     prof.add_argument(
         "--backend",
         choices=("local", "ray"),

@@ -98,17 +98,18 @@ def resolve_model(
     return ModelRef(spec, spec, digest, f"hub revision {revision}", trust_remote_code)
 
 
-def load_model(ref: ModelRef, dtype: str = "auto", device: str = "auto"):
+def load_model(ref: ModelRef, dtype: str = "auto", device: str = "auto", offload: bool = False):
     """Load ``(model, tokenizer)`` in eval mode on ``device`` in ``dtype`` (resolved by
     :mod:`mixviz.models.device`: ``auto`` is CUDA in bfloat16 where there is one, else the CPU
-    in float32). A broken managed folder is rebuilt."""
+    in float32). With ``offload``, the model stays on the CPU in the dtype resolved for
+    ``device`` (its blocks visit the device one at a time). A broken managed folder is rebuilt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mixviz.models.device import on_cpu, placement
 
     dev, torch_dtype = placement(device, dtype)
     # straight onto an accelerator, never through a CPU copy of the whole model
-    where = {} if on_cpu(dev) else {"device_map": str(dev)}
+    where = {} if on_cpu(dev) or offload else {"device_map": str(dev)}
 
     def _load(path: str):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=ref.trust_remote_code)

@@ -5,5 +5,7 @@ Takes a resolved model, its layers, candidate schemes and calibration tokens; gi
 metrics are a registry (:data:`~mixviz.sensitivity.metrics.METRICS`, one
 :func:`~mixviz.sensitivity.metrics.register_metric` call per metric); weights and activations are
 quantized with auto-round's own quantizers (:mod:`~mixviz.sensitivity.quantizers`); AutoScheme's
-score cache can be imported (:mod:`~mixviz.sensitivity.autoscheme`).
+score cache can be imported (:mod:`~mixviz.sensitivity.autoscheme`). A model larger than the
+device is profiled offloaded (:mod:`~mixviz.sensitivity.offload`): one block at a time on the
+device, backward passes block by block (:mod:`~mixviz.sensitivity.blocks`).
 """

@@ -19,17 +19,29 @@ quantize-dequantized with auto-round's own quantizers (:mod:`mixviz.sensitivity.
   quantize activations, the exact output error ``‖(XWᵀ + b) − (Q(X)Q(W)ᵀ + b)‖²``).
 - ``kl``: ground truth; one layer at a time, the KL divergence of the next-token distribution
   from the unquantized model's, averaged over tokens.
+
+Every metric here also runs offloaded (``offload=``, :mod:`mixviz.sensitivity.offload`): weights
+on the CPU, one block at a time on the device; fisher and delta_loss then backpropagate block by
+block with recomputation (:mod:`mixviz.sensitivity.blocks`), giving the same scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mixviz.errors import MixvizError
-from mixviz.models.inventory import Layer, block_list_name
+from mixviz.models.inventory import Layer
 from mixviz.models.schemes import Scheme
+from mixviz.sensitivity.blocks import (
+    Part,
+    blockwise_backward,
+    capture_block_inputs,
+    decoder_parts,
+    head_of,
+)
+from mixviz.sensitivity.offload import NO_OFFLOAD, Offload
 
 if TYPE_CHECKING:
     import torch
@@ -40,10 +52,6 @@ if TYPE_CHECKING:
 Scores = dict[tuple[str, str], float]
 Step = Callable[[str], None]  # called once per (block or batch, option) unit of work
 WorkUnits = Callable[[list[Layer], list[Scheme], int, int], int]
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass early (input capture)."""
 
 
 def _modules(model) -> dict[str, torch.nn.Module]:
@@ -83,55 +91,118 @@ def delta_loss(
     step: Step,
     batch_size: int = 8,
     micro_batch: int = 1,
+    offload: Offload | None = None,
 ) -> Scores:
     """AutoScheme's per-layer score, option by option (all layers at that option).
 
     As in AutoScheme, the weight term is ``|Σ_batch ∂L/∂Q(W) ⊙ ΔW|`` per batch of
     ``batch_size`` sequences; the batch's gradient is accumulated over micro-batches (loss
     scaled to the batch mean), so only one micro-batch's activations are held at a time.
+    With ``offload``, each option's backward runs block by block
+    (:func:`~mixviz.sensitivity.blocks.blockwise_backward`).
     """
-    import torch
-
-    from mixviz.sensitivity.quantizers import LayerQuantizer
-
     _freeze(model)
     _untie_if_needed(model, layers)
     mods = _modules(model)
+    batches = [_micro_parts(batch, micro_batch) for batch in ids.split(batch_size)]
     scores: Scores = {}
     for scheme in schemes:
-        acc = {x.name: 0.0 for x in layers}
-        originals, handles = {}, [_embeddings_require_grad(model)]
+        at = _AllAt(mods, layers, scheme)
         try:
-            for x in layers:
-                lin = mods[x.name]
-                q = LayerQuantizer(lin, scheme)
-                originals[x.name] = lin.weight.data
-                lin.weight.data = q.weight()
-                lin.weight.requires_grad_(scheme.bits < 16)
-                if q.act is not None:
-                    handles.append(lin.register_forward_pre_hook(_act_abs_hook(acc, x.name, q.act)))
-            for batch in ids.split(batch_size):
-                for part in batch.split(micro_batch):
-                    out = model(input_ids=part, labels=part, use_cache=False)
-                    (out.loss * (len(part) / len(batch))).backward()
-                with torch.no_grad():
-                    for x in layers:
-                        w = mods[x.name].weight
-                        if w.grad is not None:
-                            acc[x.name] += (w.grad * (originals[x.name] - w)).abs().sum().item()
-                            w.grad = None
-                step(f"delta_loss {scheme.name}")
+            if offload is None:
+                _delta_loss_whole(model, at, batches, step)
+            else:
+                _delta_loss_blockwise(model, at, batches, offload, step)
         finally:
-            for h in handles:
-                h.remove()
-            for x in layers:
-                lin = mods[x.name]
-                lin.weight.requires_grad_(False)
-                lin.weight.grad = None
-                if x.name in originals:
-                    lin.weight.data = originals[x.name]
-        scores.update({(n, scheme.name): v for n, v in acc.items()})
+            at.restore()
+        scores.update({(n, scheme.name): v for n, v in at.acc.items()})
     return scores
+
+
+def _micro_parts(batch: torch.Tensor, micro_batch: int) -> list[Part]:
+    """``batch`` in micro-batches, each weighing its share of the batch's mean loss."""
+    parts = batch.split(micro_batch)
+    return [Part(p, len(p) / len(batch), i == len(parts) - 1) for i, p in enumerate(parts)]
+
+
+def _delta_loss_whole(model, at: _AllAt, batches: list[list[Part]], step: Step) -> None:
+    at.quantize(at.layers)
+    h = _embeddings_require_grad(model)
+    try:
+        for parts in batches:
+            for p in parts:
+                out = model(input_ids=p.ids, labels=p.ids, use_cache=False)
+                (out.loss * p.scale).backward()
+            at.accumulate(at.layers, NO_OFFLOAD)
+            step(f"delta_loss {at.scheme.name}")
+    finally:
+        h.remove()
+
+
+def _delta_loss_blockwise(
+    model, at: _AllAt, batches: list[list[Part]], off: Offload, step: Step
+) -> None:
+    by_block = _by_block(at.layers)
+    done: set = set()
+
+    @contextmanager
+    def on_block(b: int | None, backward: bool):
+        todo = by_block.get(b, [])
+        if b not in done:  # quantized where the block runs, on its first visit
+            at.quantize(todo)
+            done.add(b)
+        yield (lambda: at.accumulate(todo, off)) if backward else None
+
+    nblocks = len(decoder_parts(model)[0])
+    tick = _pacer(step, len(batches), 2 * nblocks + 1, f"delta_loss {at.scheme.name}")
+    blockwise_backward(model, [p for parts in batches for p in parts], off, on_block, tick)
+
+
+class _AllAt:
+    """Every layer at one option, for ``delta_loss``: weights swapped for Q(W) (with a gradient
+    where quantized), inputs quantized for formats that quantize activations, and the score
+    ``acc`` accumulated from each batch's gradients."""
+
+    def __init__(self, mods: dict, layers: list[Layer], scheme: Scheme):
+        self.mods, self.layers, self.scheme = mods, layers, scheme
+        self.acc = {x.name: 0.0 for x in layers}
+        # taken before anything moves: with offloading, the weights on the CPU
+        self.originals = {x.name: mods[x.name].weight.data for x in layers}
+        self.handles: list = []
+
+    def quantize(self, layers: list[Layer]) -> None:
+        """Quantize ``layers`` on the device they are on now (their quantizers live there)."""
+        from mixviz.sensitivity.quantizers import LayerQuantizer
+
+        for x in layers:
+            lin = self.mods[x.name]
+            q = LayerQuantizer(lin, self.scheme)
+            lin.weight.data = q.weight()
+            lin.weight.requires_grad_(self.scheme.bits < 16)
+            if q.act is not None:
+                hook = _act_abs_hook(self.acc, x.name, q.act)
+                self.handles.append(lin.register_forward_pre_hook(hook))
+
+    def accumulate(self, layers: list[Layer], off: Offload) -> None:
+        """Add the batch's ``|∂L/∂Q(W) ⊙ (W − Q(W))|`` and drop the gradients."""
+        import torch
+
+        with torch.no_grad():
+            for x in layers:
+                w = self.mods[x.name].weight
+                if w.grad is not None:
+                    d = off.to(self.originals[x.name]) - w
+                    self.acc[x.name] += (w.grad * d).abs().sum().item()
+                    w.grad = None
+
+    def restore(self) -> None:
+        for h in self.handles:
+            h.remove()
+        for x in self.layers:
+            lin = self.mods[x.name]
+            lin.weight.requires_grad_(False)
+            lin.weight.grad = None
+            lin.weight.data = self.originals[x.name]
 
 
 def _act_abs_hook(acc: dict, name: str, qdq):
@@ -169,6 +240,7 @@ def fisher(
     ids: torch.Tensor,
     step: Step,
     batch_size: int = 1,
+    offload: Offload | None = None,
 ) -> Scores:
     """Diagonal empirical Fisher at the unquantized model, one backward shared by all options.
 
@@ -181,44 +253,71 @@ def fisher(
     it (a hook scores every option from it and drops it), so one layer's gradient exists at a
     time and nothing is kept per weight beyond ``ΔW`` (float32), which is kept between batches
     only while it fits in the bytes of the weights themselves, else recomputed in the hook.
+    With ``offload``, the backward runs block by block with recomputation
+    (:func:`~mixviz.sensitivity.blocks.blockwise_backward`) and ``ΔW`` is kept per block.
     """
-
-    from mixviz.sensitivity.quantizers import LayerQuantizer
-
     _freeze(model)
     _untie_if_needed(model, layers)
     mods = _modules(model)
+    acc = {(x.name, s.name): 0.0 for x in layers for s in schemes}
+    parts = [Part(batch) for batch in ids.split(batch_size)]
+    if offload is None:
+        h = _embeddings_require_grad(model)
+        try:
+            with _fisher_hooks(mods, layers, schemes, acc):
+                for p in parts:
+                    out = model(input_ids=p.ids, labels=p.ids, use_cache=False)
+                    out.loss.backward()
+                    del out
+                    step("fisher backward")
+        finally:
+            h.remove()
+    else:
+        by_block = _by_block(layers)
+
+        def on_block(b: int | None, backward: bool):
+            todo = by_block.get(b, []) if backward else []
+            return _fisher_hooks(mods, todo, schemes, acc)
+
+        nblocks = len(decoder_parts(model)[0])
+        tick = _pacer(step, len(parts), 2 * nblocks + 1, "fisher")
+        blockwise_backward(model, parts, offload, on_block, tick)
+    return {k: 0.5 * v for k, v in acc.items()}
+
+
+@contextmanager
+def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: dict):
+    """Score ``layers`` from every gradient autograd gives their weights (and, for formats that
+    quantize activations, their inputs) inside the ``with``; quantizers are built on entry,
+    on the device the layers are on then."""
+    from mixviz.sensitivity.quantizers import LayerQuantizer
+
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
-    acc = {(x.name, s.name): 0.0 for x in layers for s in schemes}
     # ΔW is kept between batches while it fits in as many bytes as the layers' weights (the
     # size of the per-weight accumulator this replaced); beyond that it is recomputed.
     cache = _DeltaCache(sum(mods[x.name].weight.nbytes for x in layers))
-    handles = [_embeddings_require_grad(model)]
+    handles = []
     try:
         for x in layers:
             w = mods[x.name].weight
             w.requires_grad_(True)
             qs = {s.name: quant[(x.name, s.name)] for s in schemes if s.bits < 16}
-            hook = _score_hook(acc, x.name, qs, cache)
-            handles.append(w.register_post_accumulate_grad_hook(hook))
+            handles.append(
+                w.register_post_accumulate_grad_hook(_score_hook(acc, x.name, qs, cache))
+            )
             if act_schemes:
                 qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
                 handles.append(
                     mods[x.name].register_forward_pre_hook(_act_sq_hook(acc, x.name, qa))
                 )
-        for batch in ids.split(batch_size):
-            out = model(input_ids=batch, labels=batch, use_cache=False)
-            out.loss.backward()
-            del out
-            step("fisher backward")
+        yield None
     finally:
         for h in handles:
             h.remove()
         for x in layers:
             mods[x.name].weight.requires_grad_(False)
             mods[x.name].weight.grad = None
-    return {k: 0.5 * v for k, v in acc.items()}
 
 
 class _DeltaCache(dict):
@@ -280,53 +379,33 @@ def _act_sq_hook(acc: dict, name: str, qdqs: dict):
     return hook
 
 
-# --------------------------------------------------------------------------- streaming helpers
+# --------------------------------------------------------------------------- block by block
 
 
-def decoder_parts(model):
-    """``(blocks, final norm)`` of a loaded decoder-only transformers model: its transformer
-    block ``ModuleList`` and the norm before ``lm_head`` (None when it has none we know)."""
-    name = block_list_name(model)
-    if name is None:
-        raise MixvizError("cannot find the transformer blocks of this model")
-    blocks = _modules(model)[name]
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    norm = None
-    for attr in ("norm", "final_layernorm", "ln_f"):
-        norm = getattr(decoder, attr, None) if decoder is not None else None
-        if norm is not None:
-            break
-    return blocks, norm
+def _by_block(layers: list[Layer]) -> dict[int | None, list[Layer]]:
+    """Layers by block index (None: outside the blocks, i.e. lm_head)."""
+    out: dict[int | None, list[Layer]] = {}
+    for x in layers:
+        out.setdefault(x.block, []).append(x)
+    return out
 
 
-def _capture_block_inputs(model, blocks, ids: torch.Tensor, batch_size: int):
-    """Run the model up to block 0 and keep, per batch, its hidden states and keyword args."""
-    import torch
+def _pacer(step: Step, n: int, units: int, label: str) -> Callable[[str], None]:
+    """A ``tick`` for work done in ``units`` pieces by a metric counted in ``n`` steps: ``step``
+    is called ``n`` times in all, evenly over the ``units`` ticks (the last tick ends with n).
 
-    captured = []
+    ``units=4, n=2``: ticks 1..4 call ``step`` 0, 1, 0, 1 times.
+    """
+    ticks = steps = 0
 
-    def grab(mod, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        captured.append((hidden.detach(), kw))
-        raise _Stop
+    def tick(what: str) -> None:
+        nonlocal ticks, steps
+        ticks += 1
+        while steps < n * ticks // units:
+            steps += 1
+            step(f"{label} {what}")
 
-    h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for batch in ids.split(batch_size):
-                try:
-                    model(input_ids=batch, use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
-    return captured
-
-
-def _run_block(block, hidden: torch.Tensor, kw: dict) -> torch.Tensor:
-    out = block(hidden, **kw)
-    return out[0] if isinstance(out, tuple) else out
+    return tick
 
 
 # --------------------------------------------------------------------------- hessian
@@ -339,41 +418,41 @@ def hessian(
     ids: torch.Tensor,
     step: Step,
     batch_size: int = 4,
+    offload: Offload | None = None,
 ) -> Scores:
     """Layer-output error ``tr(ΔW H ΔWᵀ)``, streamed block by block with no backward."""
     import torch
 
+    off = offload or NO_OFFLOAD
     _freeze(model)
-    blocks, norm = decoder_parts(model)
+    blocks, _ = decoder_parts(model)
     mods = _modules(model)
-    by_block: dict[int | None, list[Layer]] = {}
-    for x in layers:
-        by_block.setdefault(x.block, []).append(x)
+    by_block = _by_block(layers)
     scores: Scores = {}
     with torch.no_grad():
-        states = _capture_block_inputs(model, blocks, ids, batch_size)
+        states = capture_block_inputs(model, blocks, list(ids.split(batch_size)))
         for b, block in enumerate(blocks):
             todo = by_block.get(b, [])
-            hooks, stats = _hessian_hooks(mods, todo, schemes)
-            try:
-                states = [(_run_block(block, h, kw), kw) for h, kw in states]
-            finally:
-                for hk in hooks:
-                    hk.remove()
-            scores.update(_hessian_scores(mods, todo, schemes, stats))
+            with off.resident(block):
+                hooks, stats = _hessian_hooks(mods, todo, schemes)
+                try:
+                    states = [(off.home(off.run(block, h, kw)), kw) for h, kw in states]
+                finally:
+                    for hk in hooks:
+                        hk.remove()
+                scores.update(_hessian_scores(mods, todo, schemes, stats))
             step(f"hessian block {b}")
         head = [x for x in by_block.get(None, []) if x.kind == "lm_head"]
         if head:
-            if norm is None:
-                raise MixvizError("cannot find the final norm before lm_head for this model")
-            hooks, stats = _hessian_hooks(mods, head, schemes)
-            try:
-                for h, _ in states:
-                    mods[head[0].name](norm(h))
-            finally:
-                for hk in hooks:
-                    hk.remove()
-            scores.update(_hessian_scores(mods, head, schemes, stats))
+            with off.resident(head_of(model)) as (norm, lm_head):
+                hooks, stats = _hessian_hooks(mods, head, schemes)
+                try:
+                    for h, _ in states:
+                        lm_head(norm(off.to(h)))
+                finally:
+                    for hk in hooks:
+                        hk.remove()
+                scores.update(_hessian_scores(mods, head, schemes, stats))
             step("hessian lm_head")
     return scores
 
@@ -447,65 +526,90 @@ def kl(
     ids: torch.Tensor,
     step: Step,
     batch_size: int = 4,
+    offload: Offload | None = None,
 ) -> Scores:
     """KL(unquantized ‖ one layer quantized) of next-token distributions, mean over tokens.
 
     Keeps every block's input for the calibration tokens and the reference log-probabilities,
-    so each (layer, option) costs one forward from that layer's block to the end.
+    so each (layer, option) costs one forward from that layer's block to the end, block after
+    block (with ``offload``, each block on the device once per (layer, option)).
     """
     import torch
 
-    from mixviz.sensitivity.quantizers import LayerQuantizer
-
+    off = offload or NO_OFFLOAD
     _freeze(model)
     _untie_if_needed(model, layers)
-    blocks, norm = decoder_parts(model)
-    if norm is None:
-        raise MixvizError("cannot find the final norm before lm_head for this model")
-    head = model.get_output_embeddings()
+    blocks, _ = decoder_parts(model)
+    head = head_of(model)
     mods = _modules(model)
     scores: Scores = {}
     with torch.no_grad():
-        states = _capture_block_inputs(model, blocks, ids, batch_size)
+        states = capture_block_inputs(model, blocks, list(ids.split(batch_size)))
         inputs = [[h for h, _ in states]]
         kws = [kw for _, kw in states]
         for block in blocks:
-            inputs.append([_run_block(block, h, kw) for h, kw in zip(inputs[-1], kws, strict=True)])
-        ref = [torch.log_softmax(head(norm(h)).double(), -1) for h in inputs[-1]]
+            with off.resident(block):
+                inputs.append(
+                    [off.home(off.run(block, h, kw)) for h, kw in zip(inputs[-1], kws, strict=True)]
+                )
+        with off.resident(head) as (norm, lm_head):
+            ref = [off.home(_log_probs(norm, lm_head, off.to(h))) for h in inputs[-1]]
         n_tokens = ids.numel()
         for x in layers:
             start = x.block if x.block is not None else len(blocks)
-            lin = mods[x.name]
             for s in schemes:
                 if s.bits >= 16:
                     scores[(x.name, s.name)] = 0.0
                     continue
-                q = LayerQuantizer(lin, s)
-                original = lin.weight.data
-                lin.weight.data = q.weight()
-                hk = (
-                    lin.register_forward_pre_hook(
-                        lambda mod, args, qa=q.act: (qa(args[0]), *args[1:])
-                    )
-                    if q.act
-                    else None
-                )
-                try:
-                    total = 0.0
-                    for i, kw in enumerate(kws):
-                        h = inputs[start][i]
-                        for block in blocks[start:]:
-                            h = _run_block(block, h, kw)
-                        logq = torch.log_softmax(head(norm(h)).double(), -1)
-                        p = ref[i].exp()
-                        total += (p * (ref[i] - logq)).sum().item()
-                finally:
-                    lin.weight.data = original
-                    if hk is not None:
-                        hk.remove()
+                total = _kl_one(mods[x.name], s, blocks, head, inputs[start], kws, ref, start, off)
                 scores[(x.name, s.name)] = max(total / n_tokens, 0.0)
                 step(f"kl {x.name} {s.name}")
     return scores
+
+
+def _log_probs(norm, lm_head, h: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.log_softmax(lm_head(norm(h)).double(), -1)
+
+
+def _kl_one(lin, scheme: Scheme, blocks, head, hs: list, kws: list, ref: list, start: int, off):
+    """``Σ_tokens KL(ref ‖ model with lin at scheme)``, running blocks ``start``.. then the head
+    on ``hs`` (the inputs of block ``start``); ``lin`` is quantized while its block is resident."""
+    total = 0.0
+    for b in range(start, len(blocks) + 1):
+        unit = blocks[b] if b < len(blocks) else head
+        with off.resident(unit), _quantized(lin, scheme, b == start):
+            if b < len(blocks):
+                hs = [off.home(off.run(unit, h, kw)) for h, kw in zip(hs, kws, strict=True)]
+                continue
+            for h, r in zip(hs, ref, strict=True):
+                r = off.to(r)
+                logq = _log_probs(*unit, off.to(h))
+                total += (r.exp() * (r - logq)).sum().item()
+    return total
+
+
+@contextmanager
+def _quantized(lin, scheme: Scheme, active: bool = True):
+    """``lin`` at ``scheme`` inside the ``with`` (weight and, if the format has them, inputs),
+    quantized on the device it is on now; a no-op when not ``active``."""
+    from mixviz.sensitivity.quantizers import LayerQuantizer
+
+    if not active:
+        yield
+        return
+    q = LayerQuantizer(lin, scheme)
+    original = lin.weight.data
+    lin.weight.data = q.weight()
+    qa = q.act
+    hk = lin.register_forward_pre_hook(lambda mod, args: (qa(args[0]), *args[1:])) if qa else None
+    try:
+        yield
+    finally:
+        lin.weight.data = original
+        if hk is not None:
+            hk.remove()
 
 
 # --------------------------------------------------------------------------- the registry
@@ -518,7 +622,9 @@ class Metric:
     ``score(model, layers, schemes, ids, step, batch_size=...)`` returns :data:`Scores` and calls
     ``step`` once per unit of work; ``work_units(layers, schemes, nbatches, nblocks)`` says how
     many times (for a progress bar); ``batch_size`` is the number of sequences per batch the
-    profiler passes; ``description`` is one sentence shown in the UI.
+    profiler passes; ``description`` is one sentence shown in the UI. ``offload``: ``score``
+    also takes ``offload=`` (an :class:`~mixviz.sensitivity.offload.Offload`) and then keeps
+    the weights on the CPU but for the block it runs, with the same ``step`` count.
     """
 
     name: str
@@ -526,6 +632,7 @@ class Metric:
     batch_size: int
     work_units: WorkUnits
     description: str
+    offload: bool = False
 
 
 METRICS: dict[str, Metric] = {}
@@ -564,6 +671,7 @@ register_metric(
         lambda layers, schemes, nbatches, nblocks: nbatches,
         "Diagonal Fisher: one backward pass at the unquantized model, shared by every format "
         "(the default: closest to kl for its cost).",
+        offload=True,
     )
 )
 register_metric(
@@ -576,6 +684,7 @@ register_metric(
         ),
         "Each layer's output error on calibration inputs, block by block with no backward "
         "pass (the fastest).",
+        offload=True,
     )
 )
 register_metric(
@@ -586,6 +695,7 @@ register_metric(
         lambda layers, schemes, nbatches, nblocks: len(schemes) * nbatches,
         "AutoScheme's own score: |gradient × quantization error| with every layer in the "
         "format, one backward pass per format.",
+        offload=True,
     )
 )
 register_metric(
@@ -596,5 +706,6 @@ register_metric(
         lambda layers, schemes, nbatches, nblocks: len(layers) * sum(s.bits < 16 for s in schemes),
         "Ground truth: how far the next-token distribution moves with one layer quantized at "
         "a time (exact but slow).",
+        offload=True,
     )
 )

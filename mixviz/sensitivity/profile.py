@@ -263,6 +263,7 @@ def profile_model(
     dtype: str = "auto",
     backend: str = "local",
     ray_address: str | None = None,
+    offload: bool = False,
 ) -> Profile | None:
     """Score every candidate layer of ``model`` under each option with ``metric``.
 
@@ -278,21 +279,15 @@ def profile_model(
     where there is one, else the CPU in float32); what they resolve to is recorded and keyed.
     ``backend="ray"`` fans ``kl`` out over Ray tasks at ``ray_address``
     (:mod:`mixviz.sensitivity.fanout`); the scores, and so the cache key, are the same.
+    ``offload`` keeps the weights on the CPU and moves one block at a time to ``device``
+    (:mod:`mixviz.sensitivity.offload`), for a model larger than the device: the scores are the
+    same, so it is neither keyed nor recorded.
     """
     from mixviz.models.device import describe, placement
     from mixviz.models.loading import resolve_model
     from mixviz.models.text import calibration_text
 
-    if metric not in METRICS:
-        raise MixvizError(f"unknown metric {metric!r}; choose from {', '.join(metric_names())}")
-    if backend not in BACKENDS:
-        raise MixvizError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
-    if backend == "ray" and metric != "kl":
-        raise MixvizError(f"only kl fans out over Ray; profile {metric} with --backend local")
-    if not (1 <= nsamples <= 4096 and 8 <= seqlen <= 32768):
-        raise MixvizError(
-            f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
-        )
+    _check_args(metric, nsamples, seqlen, backend, offload)
     schemes = parse_options(options)
     dev, torch_dtype = placement(device, dtype)
     where = describe(dev, torch_dtype)
@@ -335,7 +330,7 @@ def profile_model(
         scores = kl_over_ray(ref, cands, schemes, corpus, nsamples, seqlen, at, **fan)
     else:
         scores = _compute(
-            ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, at
+            ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, (*at, offload)
         )
     rows = [
         Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
@@ -358,6 +353,27 @@ def profile_model(
     if use_cache:
         prof.save(path)
     return prof
+
+
+def _check_args(metric: str, nsamples: int, seqlen: int, backend: str, offload: bool) -> None:
+    """Refuse what cannot be profiled, before anything is loaded."""
+    if metric not in METRICS:
+        raise MixvizError(f"unknown metric {metric!r}; choose from {', '.join(metric_names())}")
+    if backend not in BACKENDS:
+        raise MixvizError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    if backend == "ray" and metric != "kl":
+        raise MixvizError(f"only kl fans out over Ray; profile {metric} with --backend local")
+    if offload and not METRICS[metric].offload:
+        raise MixvizError(f"{metric} does not support --offload")
+    if offload and backend == "ray":
+        raise MixvizError(
+            "--offload is for one process: with --backend ray each task loads "
+            "the model on its own device"
+        )
+    if not (1 <= nsamples <= 4096 and 8 <= seqlen <= 32768):
+        raise MixvizError(
+            f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
+        )
 
 
 def _candidates(ref: ModelRef, layers: str | None, include_lm_head: bool) -> list[Layer]:
@@ -397,13 +413,18 @@ def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: 
 def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, cancel, where):
     import torch
 
+    from mixviz.models.device import cpu_device
     from mixviz.models.loading import load_model
     from mixviz.models.text import token_windows
-    from mixviz.sensitivity.metrics import decoder_parts
+    from mixviz.sensitivity.blocks import decoder_parts
+    from mixviz.sensitivity.offload import Offload
 
-    dev, dtype = where
-    model, tok = load_model(ref, dtype=str(dtype).removeprefix("torch."), device=str(dev))
-    ids = token_windows(tok, corpus, nsamples, seqlen).to(dev)
+    dev, dtype, offload = where
+    model, tok = load_model(
+        ref, dtype=str(dtype).removeprefix("torch."), device=str(dev), offload=offload
+    )
+    # offloaded, the embedding stays on the CPU, and so do the tokens it reads
+    ids = token_windows(tok, corpus, nsamples, seqlen).to(cpu_device() if offload else dev)
     blocks, _ = decoder_parts(model)
     m = METRICS[metric]
     nbatches = -(-nsamples // m.batch_size)
@@ -421,7 +442,8 @@ def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, c
     torch.manual_seed(0)
     if progress:
         progress(0, total, f"{metric} on {ref.name}: {nsamples}×{seqlen} tokens")
-    return m.score(model, layers, schemes, ids, step, batch_size=m.batch_size)
+    kw = {"offload": Offload(dev)} if offload else {}
+    return m.score(model, layers, schemes, ids, step, batch_size=m.batch_size, **kw)
 
 
 def synthetic_profile(
