@@ -249,7 +249,8 @@ def as_shown(table: pd.DataFrame) -> pd.DataFrame:
 def rests_on(machine: dict, timings: dict[str, float] | None = None) -> str:
     """One line saying where a run's numbers were measured and what it cost.
 
-    >>> rests_on({"host": "h", "processor": "x86_64", "cores": 2, "threads": 2, "device": "cpu",
+    >>> from mixviz.models.device import CPU
+    >>> rests_on({"host": "h", "processor": "x86_64", "cores": 2, "threads": 2, "device": CPU,
     ...           "dtype": "float32", "peak_rss_bytes": 2.5e9}, {"load": 5.2, "evaluate": 61.0})
     'h (x86_64, 2 cores, 2 threads) · cpu float32 · peak memory 2.50 GB · load 5 s, evaluate 61 s'
     """
