@@ -188,3 +188,24 @@ def test_demo_is_planned_with_group_64_for_w2_w4():
     rows = plan("demo", ("mixviz_lastword",), 2, "hessian", 2, 64, False, lambda m: None)
     table4 = [r for r in rows if r.table == 4]
     assert {o for r in table4 for o in r.spec.recipe.values()} <= {"W2A16G64", "W4A16G64"}
+
+
+def test_tables_only_queues_nothing_and_shows_what_is_missing(tmp_path, monkeypatch):
+    """``reproduce --tables-only``: the tables from the store as it is, every row not run yet
+    saying so, and not one run queued."""
+    from mixviz.runs.store import Store
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    store = Store()
+    kw = dict(tasks=("mixviz_lastword",), limit=3, nsamples=2, seqlen=32, with_autoscheme=False)
+    tables = run_protocol("tiny", **kw, store=store, tables_only=True)
+    assert store.list() == []
+    assert set(tables[1]["accuracy"]) == {"not run"} and len(tables[1]) == 5
+    assert "not run" in (reports_dir("tiny") / "tables.md").read_text()
+    from cli import run_cli
+
+    args = ["--limit", "3", "--nsamples", "2", "--seqlen", "32", "--no-autoscheme"]
+    r = run_cli("reproduce", "tiny", "--tables-only", *args, env={"MIXVIZ_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert "0 of 10 distinct runs done" in r.stderr and "| not run" in r.stdout
+    assert store.list() == []

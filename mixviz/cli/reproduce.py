@@ -20,6 +20,11 @@ def add_parser(sub) -> None:
     rep.add_argument(
         "--no-autoscheme", action="store_true", help="skip AutoScheme's own allocations"
     )
+    rep.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="write the tables from the runs the store holds now; queue and wait for nothing",
+    )
     rep.set_defaults(func=cmd_reproduce)
 
 
@@ -40,6 +45,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         with_autoscheme=not args.no_autoscheme,
         log=progress,
         **device_kwargs(args),
+        tables_only=args.tables_only,
     )
     folder = reports_dir(args.model)
     progress(f"wrote {folder}/tables.md, table1-4.csv and chart.html")

@@ -237,9 +237,12 @@ def run_protocol(
     log: Callable[[str], None] = lambda m: None,
     device: str = "auto",
     dtype: str = "auto",
+    tables_only: bool = False,
 ) -> dict[int, object]:
     """Run (or resume) the protocol; write the tables under ``cache/reports/<model>/``, after
-    every finished run (rows still to run show their state) and at the end.
+    every finished run (rows still to run show their state) and at the end. With
+    ``tables_only`` nothing is queued or waited for: the tables show what the store holds now
+    (a protocol running elsewhere, or interrupted).
 
     The model is resolved and its layers listed once, here, and handed down; ``device`` and
     ``dtype`` go to every profile, run and AutoScheme call."""
@@ -261,6 +264,10 @@ def run_protocol(
         device=device,
         dtype=dtype,
     )
+    if tables_only:
+        runs = submit(rows, store, queue=False)
+        log(f"{sum(r.status == 'done' for r in runs.values())} of {len(runs)} distinct runs done")
+        return write_report(ref.name, rows, runs, store, tasks, layers)
     runs = submit(rows, store)
     todo = [r.id for r in runs.values() if r.status != "done"]  # one run per key
     log(f"{len(rows)} table rows, {len(runs)} distinct runs, {len(todo)} to run")
@@ -275,9 +282,10 @@ def run_protocol(
     return write_report(ref.name, rows, runs, store, tasks, layers)
 
 
-def submit(rows: list[Row], store: Store) -> dict[str, RunRow]:
+def submit(rows: list[Row], store: Store, queue: bool = True) -> dict[str, RunRow]:
     """Each distinct run of ``rows`` (by spec key): the latest done one in the store, else one
-    queued or running, else a new one submitted to the local backend."""
+    queued or running, else a new one submitted to the local backend (with ``queue=False``, a
+    placeholder whose status is ``not run``)."""
     from mixviz.runs.backends import LocalBackend
 
     done = {r.key: r for r in store.list(("done",))}  # the latest per key
@@ -288,9 +296,22 @@ def submit(rows: list[Row], store: Store) -> dict[str, RunRow]:
     runs: dict[str, RunRow] = {}
     for row in rows:
         key = row.spec.key
-        if key not in runs:
-            runs[key] = done.get(key) or pending.get(key) or store.get(backend.submit(row.spec))
+        if key in runs:
+            continue
+        runs[key] = done.get(key) or pending.get(key)
+        if runs[key] is None:
+            runs[key] = store.get(backend.submit(row.spec)) if queue else _not_run(row.spec)
     return runs
+
+
+def _not_run(spec: RunSpec) -> RunRow:
+    """A row's run that was never queued, as the tables show it."""
+    nothing = dict.fromkeys(("started", "finished", "backend_id", "pid", "heartbeat", "error"))
+    return RunRow(
+        id="", key=spec.key, model=spec.model, label=spec.label, spec=spec.to_dict(),
+        status="not run", stage="", progress=0.0, created=0.0, backend="local",
+        avg_bits=None, **nothing,
+    )  # fmt: skip
 
 
 def write_report(
