@@ -28,6 +28,26 @@ def models_dir() -> Path:
     return Path(os.environ.get("MIXVIZ_MODELS") or cache_dir() / "models")
 
 
+SETTINGS_PREFIXES = ("MIXVIZ_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+"""Environment variables that decide which model, text and caches a worker finds."""
+
+
+def worker_env(settings_only: bool = False) -> dict[str, str]:
+    """The environment of a worker process (a run, a Ray task): this checkout first on
+    ``PYTHONPATH``, the same cache and models folders, no tokenizer threads of its own. With
+    ``settings_only`` (a worker started by Ray, which has its own environment) only those and
+    :data:`SETTINGS_PREFIXES` variables, else all of this process's environment besides."""
+    env = dict(os.environ)
+    if settings_only:
+        env = {k: v for k, v in env.items() if k.startswith(SETTINGS_PREFIXES)}
+    env["MIXVIZ_CACHE"] = str(cache_dir())
+    env["MIXVIZ_MODELS"] = str(models_dir())
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    path = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
+    return env
+
+
 def safe_filename(name: str) -> str:
     """A user-given name (a model, a hub id) as a file-name fragment that never escapes its
     folder: ``Qwen/Qwen3-8B`` → ``Qwen_Qwen3-8B``; at most 60 characters, never empty.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.device import CUDA, check_dtype, cuda_index
-from mixviz.paths import REPO_ROOT, atomic_write_json, cache_dir
+from mixviz.paths import REPO_ROOT, atomic_write_json, worker_env
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import FINAL, RunRow, Store, read_result, runs_dir
 
@@ -37,14 +37,6 @@ def write_spec(run_id: str, spec: RunSpec) -> None:
     folder = runs_dir() / run_id
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "spec.json", spec.to_dict())
-
-
-def _worker_env() -> dict:
-    env = dict(os.environ)
-    env["MIXVIZ_CACHE"] = str(cache_dir())
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return env
 
 
 def log_path(run_id: str) -> Path:
@@ -116,7 +108,7 @@ class LocalBackend:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env=_worker_env(),
+                env=worker_env(),
                 cwd=str(REPO_ROOT),
             )
         except OSError as e:
@@ -240,11 +232,7 @@ class RayBackend:
         run_id = new_run_id()
         write_spec(run_id, spec)
         self.store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), self.name)
-        env = {
-            k: v
-            for k, v in _worker_env().items()
-            if k.startswith(("MIXVIZ_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHONPATH"))
-        }
+        env = worker_env(settings_only=True)
         try:
             self.client.submit_job(
                 entrypoint=entrypoint(run_id),
