@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mixviz.errors import MixvizError
-from mixviz.models.inventory import block_list_name
+from mixviz.models.inventory import Layer, block_list_name
 from mixviz.sensitivity.offload import Offload
 
 if TYPE_CHECKING:
@@ -39,6 +39,14 @@ def decoder_parts(model):
         if norm is not None:
             break
     return blocks, norm
+
+
+def by_block(layers: list[Layer]) -> dict[int | None, list[Layer]]:
+    """Layers by block index, in the order given (None: outside the blocks, i.e. lm_head)."""
+    out: dict[int | None, list[Layer]] = {}
+    for x in layers:
+        out.setdefault(x.block, []).append(x)
+    return out
 
 
 def head_of(model):
@@ -112,9 +120,7 @@ def blockwise_backward(
     with torch.no_grad():
         for b, block in enumerate(blocks):
             with off.resident(block), on_block(b, False):
-                inputs.append(
-                    [off.home(off.run(block, h, kw)) for h, kw in zip(inputs[-1], kws, strict=True)]
-                )
+                inputs.append(off.run_all(block, inputs[-1], kws))
             tick(f"block {b} forward")
     grads = []
     with off.resident(head), on_block(None, True) as end_batch:

@@ -27,13 +27,13 @@ from mixviz.errors import MixvizError
 from mixviz.models.device import CPU, CUDA
 from mixviz.models.inventory import Layer
 from mixviz.models.schemes import Scheme
-from mixviz.paths import REPO_ROOT, cache_dir, models_dir
+from mixviz.paths import worker_env
+from mixviz.sensitivity.blocks import by_block
 
 if TYPE_CHECKING:
     from mixviz.models.loading import ModelRef
     from mixviz.models.text import Corpus
 
-_ENV_PREFIXES = ("MIXVIZ_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 _POLL_S = 0.5  # how often a running fan-out calls ``check()``
 
 Scores = dict[tuple[str, str], float]
@@ -48,22 +48,7 @@ def split_units(layers: list[Layer]) -> list[list[Layer]]:
     >>> [[x.name for x in u] for u in units]
     [['a', 'c'], ['b'], ['lm_head']]
     """
-    units: dict[int | None, list[Layer]] = {}
-    for x in layers:
-        units.setdefault(x.block, []).append(x)
-    return list(units.values())
-
-
-def worker_env() -> dict[str, str]:
-    """What each task's environment carries over from this process: the package on
-    ``PYTHONPATH`` and the settings that decide which model and text it finds."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
-    env["MIXVIZ_CACHE"] = str(cache_dir())
-    env["MIXVIZ_MODELS"] = str(models_dir())
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    path = os.environ.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
-    return env
+    return list(by_block(layers).values())
 
 
 def kl_over_ray(
@@ -98,7 +83,7 @@ def kl_over_ray(
         run = ray.remote(_score_unit).options(
             num_cpus=1,
             num_gpus=1 if on_gpu else 0,
-            runtime_env={"env_vars": worker_env()},
+            runtime_env={"env_vars": worker_env(settings_only=True)},
             max_retries=0,  # a task that dies (out of memory, say) is reported, not re-run
         )
         shared = ray.put((ref, schemes, corpus, nsamples, seqlen))

@@ -37,6 +37,7 @@ from mixviz.models.schemes import Scheme
 from mixviz.sensitivity.blocks import (
     Part,
     blockwise_backward,
+    by_block,
     capture_block_inputs,
     decoder_parts,
     head_of,
@@ -142,12 +143,12 @@ def _delta_loss_whole(model, at: _AllAt, batches: list[list[Part]], step: Step) 
 def _delta_loss_blockwise(
     model, at: _AllAt, batches: list[list[Part]], off: Offload, step: Step
 ) -> None:
-    by_block = _by_block(at.layers)
+    groups = by_block(at.layers)
     done: set = set()
 
     @contextmanager
     def on_block(b: int | None, backward: bool):
-        todo = by_block.get(b, [])
+        todo = groups.get(b, [])
         if b not in done:  # quantized where the block runs, on its first visit
             at.quantize(todo)
             done.add(b)
@@ -273,10 +274,10 @@ def fisher(
         finally:
             h.remove()
     else:
-        by_block = _by_block(layers)
+        groups = by_block(layers)
 
         def on_block(b: int | None, backward: bool):
-            todo = by_block.get(b, []) if backward else []
+            todo = groups.get(b, []) if backward else []
             return _fisher_hooks(mods, todo, schemes, acc)
 
         nblocks = len(decoder_parts(model)[0])
@@ -382,14 +383,6 @@ def _act_sq_hook(acc: dict, name: str, qdqs: dict):
 # --------------------------------------------------------------------------- block by block
 
 
-def _by_block(layers: list[Layer]) -> dict[int | None, list[Layer]]:
-    """Layers by block index (None: outside the blocks, i.e. lm_head)."""
-    out: dict[int | None, list[Layer]] = {}
-    for x in layers:
-        out.setdefault(x.block, []).append(x)
-    return out
-
-
 def _pacer(step: Step, n: int, units: int, label: str) -> Callable[[str], None]:
     """A ``tick`` for work done in ``units`` pieces by a metric counted in ``n`` steps: ``step``
     is called ``n`` times in all, evenly over the ``units`` ticks (the last tick ends with n).
@@ -427,27 +420,28 @@ def hessian(
     _freeze(model)
     blocks, _ = decoder_parts(model)
     mods = _modules(model)
-    by_block = _by_block(layers)
+    groups = by_block(layers)
     scores: Scores = {}
     with torch.no_grad():
         states = capture_block_inputs(model, blocks, list(ids.split(batch_size)))
+        hs, kws = [h for h, _ in states], [kw for _, kw in states]
         for b, block in enumerate(blocks):
-            todo = by_block.get(b, [])
+            todo = groups.get(b, [])
             with off.resident(block):
                 hooks, stats = _hessian_hooks(mods, todo, schemes)
                 try:
-                    states = [(off.home(off.run(block, h, kw)), kw) for h, kw in states]
+                    hs = off.run_all(block, hs, kws)
                 finally:
                     for hk in hooks:
                         hk.remove()
                 scores.update(_hessian_scores(mods, todo, schemes, stats))
             step(f"hessian block {b}")
-        head = [x for x in by_block.get(None, []) if x.kind == "lm_head"]
+        head = [x for x in groups.get(None, []) if x.kind == "lm_head"]
         if head:
             with off.resident(head_of(model)) as (norm, lm_head):
                 hooks, stats = _hessian_hooks(mods, head, schemes)
                 try:
-                    for h, _ in states:
+                    for h in hs:
                         lm_head(norm(off.to(h)))
                 finally:
                     for hk in hooks:
@@ -549,9 +543,7 @@ def kl(
         kws = [kw for _, kw in states]
         for block in blocks:
             with off.resident(block):
-                inputs.append(
-                    [off.home(off.run(block, h, kw)) for h, kw in zip(inputs[-1], kws, strict=True)]
-                )
+                inputs.append(off.run_all(block, inputs[-1], kws))
         with off.resident(head) as (norm, lm_head):
             ref = [off.home(_log_probs(norm, lm_head, off.to(h))) for h in inputs[-1]]
         n_tokens = ids.numel()
@@ -581,7 +573,7 @@ def _kl_one(lin, scheme: Scheme, blocks, head, hs: list, kws: list, ref: list, s
         unit = blocks[b] if b < len(blocks) else head
         with off.resident(unit), _quantized(lin, scheme, b == start):
             if b < len(blocks):
-                hs = [off.home(off.run(unit, h, kw)) for h, kw in zip(hs, kws, strict=True)]
+                hs = off.run_all(unit, hs, kws)
                 continue
             for h, r in zip(hs, ref, strict=True):
                 r = off.to(r)

@@ -75,5 +75,10 @@ class Offload:
         out = block(self.to(hidden), **self.to(kw))
         return out[0] if isinstance(out, tuple) else out
 
+    def run_all(self, block: torch.nn.Module, hiddens: list, kws: list) -> list:
+        """The block's outputs for every window (``hiddens`` with their ``kws``), each kept
+        where stored states are kept (:meth:`home`)."""
+        return [self.home(self.run(block, h, kw)) for h, kw in zip(hiddens, kws, strict=True)]
+
 
 NO_OFFLOAD = Offload()
