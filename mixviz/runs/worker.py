@@ -158,12 +158,13 @@ def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[..., None]) -> d
     """
     from lm_eval import simple_evaluate
 
+    from mixviz.runs.lm import scoring_lm
     from mixviz.runs.stats import item_scores
     from mixviz.runs.tasks import task_manager
 
     tasks = [t for t in spec.tasks if t != KLD_TASK]
     manager = task_manager(tasks)
-    lm = _progress_lm(model, tokenizer, spec.batch_size)
+    lm = scoring_lm(model, tokenizer, spec.batch_size)
     out = {}
     for i, task in enumerate(tasks):
         on_task(i, len(tasks), 0.0)
@@ -190,35 +191,6 @@ def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[..., None]) -> d
         out[task] = res
     on_task(len(tasks), len(tasks), 0.0)
     return out
-
-
-def _progress_lm(model, tokenizer, batch_size: int):
-    """lm-eval's HFLM that reports the share of the current request list done, per batch."""
-    from lm_eval.models.huggingface import HFLM
-
-    class ProgressLM(HFLM):
-        on_fraction: Callable[[float], None] = staticmethod(lambda f: None)
-        _total, _done = 1, 0
-
-        def _start(self, n: int) -> None:
-            self._total, self._done = max(n, 1), 0
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            self._start(len(requests))
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            self._start(len(requests))
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-
-        def _model_call(self, inps, attn_mask=None, labels=None):
-            out = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-            self._done += int(inps.shape[0])
-            self.on_fraction(min(self._done / self._total, 1.0))
-            return out
-
-    device = str(next(model.parameters()).device)
-    return ProgressLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
 
 def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
