@@ -1,9 +1,9 @@
-"""ScoringLM (logits only at the scored positions) against lm-eval's own HFLM on ``tiny``."""
+"""ScoringLM (shared contexts, covered requests, scored positions only) against lm-eval's own
+HFLM on ``tiny``: the same log-likelihoods and greedy flags, request by request."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 pytest.importorskip("lm_eval")
 
@@ -20,62 +20,58 @@ def lms(tiny_ref):
     return plain, scoring_lm(model, tok, batch_size=4)
 
 
-def _requests(tok) -> list:
-    texts = [
-        ("The quick brown fox jumps over the lazy", " dog"),
-        ("A", " very long continuation that takes many tokens to spell out in full"),
-        ("Short context.", " Two words"),
-        ("One more paragraph of context that is a fair bit longer than the others here,", " x"),
-        ("Numbers 1 2 3 and", " 4 5 6 7"),
-    ]
-    reqs = [((c, x), tok(c)["input_ids"], tok(x)["input_ids"]) for c, x in texts]
-    # lm-eval pads with token 0: a real input that ends in token 0 must still be matched
-    reqs.append((("ends in pad", " z"), [7, 9, 0], [11, 0]))
-    return reqs
+def _requests(tok, pairs) -> list:
+    return [((c, x), tok(c)["input_ids"], tok(x)["input_ids"]) for c, x in pairs]
 
 
-def test_scores_equal_lm_evals_own(lms):
-    plain, scoring = lms
-    reqs = _requests(scoring.tokenizer)
-    calls: list[tuple[int, int | None]] = []
-    inner = scoring.positions_to_keep
+def _spy(monkeypatch, lm, name: str) -> list[list[int]]:
+    """Record the request indices each call of ``lm.<name>`` answers."""
+    calls: list[list[int]] = []
+    inner = getattr(lm, name)
 
-    def spy(inps):
-        keep = inner(inps)
-        calls.append((inps.shape[1], keep))
-        return keep
+    def spy(requests, rows):
+        out = inner(requests, rows)
+        calls.append(sorted(out))
+        return out
 
-    scoring.positions_to_keep = spy
-    try:
-        got = scoring._loglikelihood_tokens(reqs, disable_tqdm=True)
-    finally:
-        del scoring.positions_to_keep
-    want = plain._loglikelihood_tokens(reqs, disable_tqdm=True)
+    monkeypatch.setattr(lm, name, spy)
+    return calls
+
+
+def _assert_same(got, want) -> None:
     assert [g for _, g in got] == [w for _, w in want]
     assert [g for g, _ in got] == pytest.approx([w for w, _ in want], rel=1e-5, abs=1e-5)
-    # it did trim: some batch returned fewer positions than it was wide
-    assert any(keep is not None and keep < width for width, keep in calls), calls
 
 
-def test_positions_to_keep_covers_every_rows_continuation(lms):
-    _, scoring = lms
-    scoring._tails = {(5, 6, 7, 8): 2, (5, 6): 1, (3, 0): 1}
-    try:
-        # widths 6: row 1 needs 6-4+2 = 4, row 2 needs 6-2+1 = 5, row 3 (ends in 0) 6-2+1 = 5
-        batch = torch.tensor([[5, 6, 7, 8, 0, 0], [5, 6, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0]])
-        assert scoring.positions_to_keep(batch) == 5
-        assert scoring.positions_to_keep(batch[:1]) == 4
-        # a row no request explains: keep everything
-        assert scoring.positions_to_keep(torch.tensor([[9, 9, 0]])) is None
-    finally:
-        scoring._tails = None
-
-
-def test_shared_contexts_score_as_lm_evals_own(lms):
-    """Multiple-choice requests (one context, several continuations of different lengths)
-    run the context once; the scores are lm-eval's."""
+def test_covered_requests_score_as_lm_evals_own(lms, monkeypatch):
+    """LAMBADA-style: every sentence end of a paragraph is a request whose input is a prefix of
+    the next one's; they are read off one pass, at their own positions."""
     plain, scoring = lms
-    tok = scoring.tokenizer
+    para = "The fox ran. The dog slept all day long. Then the cat came home at last"
+    ends = [i for i, ch in enumerate(para) if ch == "."] + [len(para)]
+    pairs = []
+    for end in ends:
+        context, word = para[:end].rsplit(" ", 1)
+        pairs.append((context, " " + word))
+    pairs += [
+        ("A", " very long continuation that takes many tokens to spell out in full"),
+        ("Numbers 1 2 3 and", " 4 5 6 7"),
+    ]
+    reqs = _requests(scoring.tokenizer, pairs)
+    # lm-eval pads with token 0: a real input ending in token 0 must read its own positions
+    reqs += [(("ends in pad", " z"), [7, 9, 0], [11, 0]), (("prefix of it", " y"), [7], [9])]
+    calls = _spy(monkeypatch, scoring, "_score_covered")
+    got = scoring._loglikelihood_tokens(reqs, disable_tqdm=True)
+    _assert_same(got, plain._loglikelihood_tokens(reqs, disable_tqdm=True))
+    answered = sorted(i for call in calls for i in call)
+    assert answered == list(range(len(reqs)))
+    assert len(calls) < len(reqs) // 4 + 1  # fewer rows than requests: covered ones shared
+
+
+def test_shared_contexts_score_as_lm_evals_own(lms, monkeypatch):
+    """Multiple-choice requests (one context, continuations of different lengths) run the
+    context once, from its KV cache; padded contexts of different lengths share a chunk."""
+    plain, scoring = lms
     items = [  # batch size 4: the first two contexts (different lengths) share a chunk
         ("The cat sat on the mat and then it", [" slept", " ran away quickly"]),
         ("Why", [" not", " is the sky blue today"]),
@@ -84,18 +80,37 @@ def test_shared_contexts_score_as_lm_evals_own(lms):
             [" yes", " perhaps we should wait and see what happens next"],
         ),
         ("Three choices here", [" one", " two more", " three"]),
-        ("A", [" b", " c"]),  # a one-token context: lm-eval's path
+        ("A", [" b", " c"]),  # a one-token context: not shared
     ]
-    reqs = [((c, x), tok(c)["input_ids"], tok(x)["input_ids"]) for c, xs in items for x in xs]
-    reqs.insert(3, (("solo", " one"), tok("solo")["input_ids"], tok(" one")["input_ids"]))
-    chunks: list[int] = []
-    inner = scoring._score_chunk
-    scoring._score_chunk = lambda r, chunk: (chunks.append(len(chunk)), inner(r, chunk))[1]
-    try:
-        got = scoring._loglikelihood_tokens(reqs, disable_tqdm=True)
-    finally:
-        del scoring._score_chunk
-    want = plain._loglikelihood_tokens(reqs, disable_tqdm=True)
-    assert [g for _, g in got] == [w for _, w in want]
-    assert [g for g, _ in got] == pytest.approx([w for w, _ in want], rel=1e-5, abs=1e-5)
-    assert sum(chunks) == 4 and max(chunks) == 2, chunks  # 4 shared contexts, 2 in a chunk
+    reqs = _requests(scoring.tokenizer, [(c, x) for c, xs in items for x in xs])
+    reqs.insert(3, _requests(scoring.tokenizer, [("solo", " one")])[0])
+    calls = _spy(monkeypatch, scoring, "_score_shared")
+    got = scoring._loglikelihood_tokens(reqs, disable_tqdm=True)
+    _assert_same(got, plain._loglikelihood_tokens(reqs, disable_tqdm=True))
+    assert sum(map(len, calls)) == 9 and max(map(len, calls)) == 4, calls
+
+
+def test_truncated_requests_take_lm_evals_path(lms, monkeypatch):
+    plain, scoring = lms
+    reqs = _requests(
+        scoring.tokenizer, [("one two three four five six seven eight nine ten", " eleven")]
+    )
+    for lm in (plain, scoring):
+        monkeypatch.setattr(lm, "_max_length", 6)
+    calls = _spy(monkeypatch, scoring, "_score_covered")
+    got = scoring._loglikelihood_tokens(reqs, disable_tqdm=True)
+    _assert_same(got, plain._loglikelihood_tokens(reqs, disable_tqdm=True))
+    assert calls == []
+
+
+def test_coverings_group_prefixes_under_the_longest():
+    from mixviz.runs.lm import ScoringLM
+
+    reqs = [(None, [1], [2, 9]), (None, [1, 2], [3, 9]), (None, [1, 2], [4, 9]), (None, [5], [6])]
+    # inputs (context + continuation[:-1]): [1,2], [1,2,3], [1,2,4], [5]
+    got = ScoringLM._coverings(reqs, [0, 1, 2, 3])
+    assert sorted((tuple(t), sorted(m)) for t, m in got) == [
+        ((1, 2, 3), [0, 1]),
+        ((1, 2, 4), [2]),
+        ((5,), [3]),
+    ]
