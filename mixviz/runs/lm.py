@@ -84,10 +84,11 @@ class ScoringLM(HFLM):
         ]
         shared, single = self._shared_contexts(requests, fits)
         results: dict[int, Answer] = {}
-        for chunk in self._chunks([len(g) for g in shared]):
+        # several contexts' caches at once: their continuations are then batched by length
+        for chunk in self._chunks([len(g) for g in shared], self._rows * 4):
             results.update(self._score_shared(requests, [shared[k] for k in chunk]))
         covering = self._coverings(requests, single)
-        for chunk in self._chunks([1] * len(covering)):
+        for chunk in self._chunks([1] * len(covering), self._rows):
             results.update(self._score_covered(requests, [covering[k] for k in chunk]))
         other = [i for i in range(len(requests)) if i not in results]
         if other:
@@ -99,9 +100,14 @@ class ScoringLM(HFLM):
 
     # ------------------------------------------------------------------ planning
 
-    def _chunks(self, sizes: list[int]) -> list[list[int]]:
-        """Consecutive indices whose sizes add up to at most the batch size (one at least)."""
-        limit = self.batch_size if isinstance(self.batch_size, int) else 8
+    @property
+    def _rows(self) -> int:
+        """Rows per model call: lm-eval's batch size (on a CPU, larger is not faster)."""
+        return self.batch_size if isinstance(self.batch_size, int) else 8
+
+    @staticmethod
+    def _chunks(sizes: list[int], limit: int) -> list[list[int]]:
+        """Consecutive indices whose sizes add up to at most ``limit`` (one at least)."""
         chunks: list[list[int]] = []
         total = 0
         for k, n in enumerate(sizes):
@@ -177,34 +183,38 @@ class ScoringLM(HFLM):
     def _score_shared(self, requests, groups: list[list[int]]) -> dict[int, Answer]:
         """Each context once, its continuations from the context's KV cache.
 
-        The contexts but their last token run as one right-padded batch that fills the cache;
-        then every continuation row gets its group's cache rows and runs ``[last context
-        token] + continuation[:-1]``, with the padding masked and positions counted from its
-        own context's length — the logits lm-eval's full pass gives at the continuation.
+        The contexts but their last token run as one right-padded batch that fills the cache.
+        Then the continuations, longest first (so little padding), run in batches: each row
+        gets its own context's cache rows and runs ``[last context token] +
+        continuation[:-1]``, with the padding masked and positions counted from its own
+        context's length — the logits lm-eval's full pass gives at the continuation.
         """
-        prefixes = [requests[g[0]][1][:-1] for g in groups]
-        prefix_ids, prefix_mask = _right_padded(prefixes)
-        members = [i for g in groups for i in g]
-        owner = torch.tensor([r for r, g in enumerate(groups) for _ in g])
-        suffixes = [[requests[i][1][-1], *requests[i][2][:-1]] for i in members]
-        suffix_ids, suffix_mask = _right_padded(suffixes)
-        positions = prefix_mask.sum(1)[owner][:, None] + torch.arange(suffix_ids.shape[1])
+        import copy
+
+        prefix_ids, prefix_mask = _right_padded([requests[g[0]][1][:-1] for g in groups])
         first = self._call(prefix_ids, attention_mask=prefix_mask, use_cache=True, logits_to_keep=1)
         cache = getattr(first, "cache", None) or first.past_key_values
-        cache.batch_select_indices(owner.to(self.device))
-        logits = self._call(
-            suffix_ids,
-            attention_mask=torch.cat([prefix_mask[owner], suffix_mask], 1).to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            **{self._cache_arg: cache},
-        ).logits
-        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        out = {
-            i: self._answer(requests[i], logp[r, : len(requests[i][2])])
-            for r, i in enumerate(members)
-        }
-        self._advance(len(members))
+        group_of = {i: r for r, g in enumerate(groups) for i in g}
+        members = sorted(group_of, key=lambda i: -len(requests[i][2]))
+        out = {}
+        for start in range(0, len(members), self._rows):
+            batch = members[start : start + self._rows]
+            owner = torch.tensor([group_of[i] for i in batch])
+            ids, mask = _right_padded([[requests[i][1][-1], *requests[i][2][:-1]] for i in batch])
+            positions = prefix_mask.sum(1)[owner][:, None] + torch.arange(ids.shape[1])
+            rows = copy.deepcopy(cache)
+            rows.batch_select_indices(owner.to(self.device))
+            logits = self._call(
+                ids,
+                attention_mask=torch.cat([prefix_mask[owner], mask], 1).to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                **{self._cache_arg: rows},
+            ).logits
+            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+            for r, i in enumerate(batch):
+                out[i] = self._answer(requests[i], logp[r, : len(requests[i][2])])
+            self._advance(len(batch))
         return out
 
     def _score_covered(
