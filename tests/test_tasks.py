@@ -227,18 +227,28 @@ def lastword_direct(model, tok, items: list[dict]) -> dict[str, float]:
     return {"perplexity": math.exp(-sum(lls) / len(lls)), "acc": sum(greedy) / len(greedy)}
 
 
-def test_lm_eval_numbers_equal_a_direct_computation(tiny_ref):
+def test_lm_eval_numbers_equal_a_direct_computation(tiny_ref, monkeypatch):
     """lm-eval's word_perplexity, byte_perplexity and bits_per_byte of ``mixviz_ppl``
     (exp(−Σ log p / Σ words) …) and the perplexity and acc of ``mixviz_lastword`` on the first
-    items equal the same numbers computed here from the model's logits."""
+    items equal the same numbers computed here from the model's logits. The machine's
+    environment is collected once for both tasks, and both results carry it."""
+    import torch.utils.collect_env as collect_env
+
     from mixviz.models.loading import load_model
     from mixviz.runs.runspec import RunSpec
     from mixviz.runs.worker import evaluate, result_rows
 
+    collected: list[int] = []
+    monkeypatch.setattr(
+        collect_env, "get_pretty_env_info", lambda: collected.append(1) or "the machine"
+    )
     limit = 3
     model, tok = load_model(tiny_ref)
     spec = RunSpec(model="tiny", recipe=None, tasks=("mixviz_ppl", "mixviz_lastword"), limit=limit)
-    rows = result_rows(evaluate(model, tok, spec, lambda *progress: None))
+    raw = evaluate(model, tok, spec, lambda *progress: None)
+    assert len(collected) == 1
+    assert [raw[t]["pretty_env_info"] for t in spec.tasks] == ["the machine"] * 2
+    rows = result_rows(raw)
     got = {(t, m): v for t, m, v, _ in rows}
     texts = [x["text"] for x in ppl_items()[:limit]]
     ll = sum(rolling_loglikelihood(model, tok, t) for t in texts)

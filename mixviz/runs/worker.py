@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from mixviz.errors import MixvizError
@@ -166,31 +167,56 @@ def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[..., None]) -> d
     manager = task_manager(tasks)
     lm = scoring_lm(model, tokenizer, spec.batch_size)
     out = {}
-    for i, task in enumerate(tasks):
-        on_task(i, len(tasks), 0.0)
-        lm.on_fraction = lambda f, i=i: on_task(i, len(tasks), f)
-        try:
-            res = simple_evaluate(
-                model=lm,
-                tasks=[task],
-                limit=spec.limit,
-                task_manager=manager,
-                random_seed=spec.seed,
-                numpy_random_seed=spec.seed,
-                torch_random_seed=spec.seed,
-                fewshot_random_seed=spec.seed,
-                bootstrap_iters=0,  # standard errors come from the logged items (stats.py)
-                log_samples=True,
-            )
-        except Exception as e:  # lm-eval raises many kinds; the hub being away is the usual one
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if any(w in msg.lower() for w in ("offline", "connect", "hub", "resolve", "couldn't")):
-                msg = f"task {task} needs its dataset from the Hugging Face hub: {msg}"
-            raise MixvizError(f"lm-eval failed on {task}: {msg[:300]}") from None
-        res["samples"] = item_scores(res.get("samples", {}), res.get("group_subtasks", {}))
-        out[task] = res
+    with _environment_once():
+        for i, task in enumerate(tasks):
+            on_task(i, len(tasks), 0.0)
+            lm.on_fraction = lambda f, i=i: on_task(i, len(tasks), f)
+            try:
+                res = simple_evaluate(
+                    model=lm,
+                    tasks=[task],
+                    limit=spec.limit,
+                    task_manager=manager,
+                    random_seed=spec.seed,
+                    numpy_random_seed=spec.seed,
+                    torch_random_seed=spec.seed,
+                    fewshot_random_seed=spec.seed,
+                    bootstrap_iters=0,  # standard errors come from the logged items (stats.py)
+                    log_samples=True,
+                )
+            except Exception as e:  # lm-eval raises many kinds; the hub being away is usual
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                words = ("offline", "connect", "hub", "resolve", "couldn't")
+                if any(w in msg.lower() for w in words):
+                    msg = f"task {task} needs its dataset from the Hugging Face hub: {msg}"
+                raise MixvizError(f"lm-eval failed on {task}: {msg[:300]}") from None
+            res["samples"] = item_scores(res.get("samples", {}), res.get("group_subtasks", {}))
+            out[task] = res
     on_task(len(tasks), len(tasks), 0.0)
     return out
+
+
+@contextmanager
+def _environment_once():
+    """lm-eval records the machine's environment in every ``simple_evaluate`` result with
+    torch's ``collect_env`` (``pip list`` and more, in subprocesses: ~1 s on the demo's
+    machine, a fifth of a 15-item task). One worker runs on one machine: collect it once."""
+    import lm_eval.evaluator as ev
+
+    original, memo = ev.add_env_info, {}
+
+    def once(storage: dict) -> None:
+        if not memo:
+            before = set(storage)
+            original(storage)
+            memo.update({k: v for k, v in storage.items() if k not in before})
+        storage.update(memo)
+
+    ev.add_env_info = once
+    try:
+        yield
+    finally:
+        ev.add_env_info = original
 
 
 def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
