@@ -6,7 +6,7 @@ import pytest
 import torch
 from auto_round.data_type.mxfp import quant_mx
 
-from mixviz.runs.fastquant import quant_mx_fast, use_fast_activation_quant
+from mixviz.runs.fastquant import SameInput, quant_mx_fast, use_fast_activation_quant
 
 
 def _hard_tensor(shape, seed: int) -> torch.Tensor:
@@ -64,5 +64,62 @@ def test_only_plain_mx_activation_layers_are_swapped():
     nv.act_quant_func = lambda *a, **k: None
     model = torch.nn.ModuleList([_Wrapper(mx), _Wrapper(nv), _Wrapper(calibrated)])
     assert use_fast_activation_quant(model) == 1
-    assert mx.act_quant_func is quant_mx_fast
+    assert isinstance(mx.act_quant_func, SameInput)
     assert calibrated.act_quant_func is quant_mx
+
+
+def test_same_input_reuses_only_an_unchanged_tensor():
+    """q/k/v's shared input is quantized once; a changed tensor, another tensor with the same
+    values or another format is quantized afresh, and every answer is auto-round's."""
+    fast = SameInput()
+    x = torch.randn(3, 64)
+
+    def want(t, bits=4, data_type="mx_fp4"):
+        return quant_mx(t.clone(), bits=bits, group_size=32, data_type=data_type)[0]
+
+    first = fast(x, bits=4, group_size=32, data_type="mx_fp4")
+    assert fast(x, bits=4, group_size=32, data_type="mx_fp4") is first
+    assert torch.equal(first[0], want(x))
+    x.mul_(3.0)  # changed in place: its version moves on
+    again = fast(x, bits=4, group_size=32, data_type="mx_fp4")
+    assert again is not first and torch.equal(again[0], want(x))
+    twin = x.clone()
+    assert fast(twin, bits=4, group_size=32, data_type="mx_fp4") is not again
+    eight = fast(twin, bits=8, group_size=32, data_type="mx_fp8")
+    assert torch.equal(eight[0], want(twin, 8, "mx_fp8"))
+    with torch.inference_mode():
+        y = torch.randn(2, 32)
+        assert torch.equal(fast(y, bits=4, group_size=32, data_type="mx_fp4")[0], want(y))
+
+
+def test_quantized_tiny_gives_auto_rounds_logits_with_fewer_quantizations(tiny_ref, monkeypatch):
+    """An MXFP4 auto-round model of ``tiny``: the same logits, bit for bit, with auto-round's
+    activation quantizer and with the swapped one, which quantizes 4 inputs per decoder layer
+    (q/k/v's and gate/up's shared) instead of 7."""
+    from mixviz.cli.runs import uniform_recipe
+    from mixviz.models.loading import load_model
+    from mixviz.runs.runspec import RunSpec
+    from mixviz.runs.worker import quantize
+
+    model, tok = load_model(tiny_ref, dtype="float32", device="cpu")
+    spec = RunSpec(model="tiny", recipe=uniform_recipe(tiny_ref, "MXFP4"), tasks=("t",))
+    qmodel = quantize(model, tok, spec)
+    ids = torch.randint(0, qmodel.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        want = qmodel(ids).logits
+    assert use_fast_activation_quant(qmodel) == 7 * qmodel.config.num_hidden_layers
+    computed: list[int] = []
+    inner = SameInput.__call__
+
+    def counting(self, tensor, **kw):
+        before = self.last
+        out = inner(self, tensor, **kw)
+        computed.append(int(self.last is not before))
+        return out
+
+    monkeypatch.setattr(SameInput, "__call__", counting)
+    with torch.no_grad():
+        got = qmodel(ids).logits
+    assert torch.equal(got, want)
+    assert sum(computed) == 4 * qmodel.config.num_hidden_layers
+    assert len(computed) == 7 * qmodel.config.num_hidden_layers
