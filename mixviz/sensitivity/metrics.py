@@ -295,9 +295,10 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
 
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
-    # ΔW is kept between batches while it fits in as many bytes as the layers' weights (the
-    # size of the per-weight accumulator this replaced); beyond that it is recomputed.
-    cache = _DeltaCache(sum(mods[x.name].weight.nbytes for x in layers))
+    # ΔW is kept between batches while it fits in half the layers' weight bytes; beyond that
+    # it is recomputed. (With the whole weight bytes, fisher's peak on a 0.5 B model was
+    # 2.9× its weights: over issue 15's 2.0× + 1.5 GB; bench/scale.py.)
+    cache = _DeltaCache(sum(mods[x.name].weight.nbytes for x in layers) // 2)
     handles = []
     try:
         for x in layers:
