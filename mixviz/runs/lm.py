@@ -17,8 +17,8 @@ is-greedy)`` per request with less work:
   ``lm_head`` projection and a 49 K-way softmax at all but a few positions.
 
 ``tests/test_lm.py`` compares every path with lm-eval's own HFLM on ``tiny``. Models whose
-``forward`` takes no ``logits_to_keep`` (or no cache and positions), and requests lm-eval
-would truncate, take lm-eval's own path.
+``forward`` takes no ``logits_to_keep`` (or no cache and positions), requests lm-eval would
+truncate and requests with an empty side take lm-eval's own path.
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ class ScoringLM(HFLM):
         fits = [
             i
             for i, (_, context, continuation) in enumerate(requests)
-            if self._fast and len(context) + len(continuation) <= self.max_length + 1
+            if self._fast
+            and context
+            and continuation
+            and len(context) + len(continuation) <= self.max_length + 1
         ]
         shared, single = self._shared_contexts(requests, fits)
         results: dict[int, Answer] = {}
