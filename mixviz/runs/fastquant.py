@@ -88,14 +88,12 @@ class SameInput:
         try:
             key = (tensor._version, bits, group_size, data_type)
         except RuntimeError:  # an inference tensor: no version counter to trust
-            return quant_mx_fast(
-                tensor, bits=bits, group_size=group_size, data_type=data_type, **kw
-            )
+            key = None
         last = self.last
-        if last is not None and last[0] is tensor and last[1] == key:
+        if key is not None and last is not None and last[0] is tensor and last[1] == key:
             return last[2]
         out = quant_mx_fast(tensor, bits=bits, group_size=group_size, data_type=data_type, **kw)
-        self.last = (tensor, key, out)
+        self.last = None if key is None else (tensor, key, out)
         return out
 
 

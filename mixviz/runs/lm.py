@@ -23,6 +23,7 @@ truncate and requests with an empty side take lm-eval's own path.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 
@@ -131,10 +132,8 @@ class ScoringLM(HFLM):
             by_context.setdefault(tuple(requests[i][1]), []).append(i)
         shared = [g for c, g in by_context.items() if len(g) > 1 and len(c) > 1]
         shared.sort(key=lambda g: -len(requests[g[0]][1]))
-        single = sorted(
-            i for c, g in by_context.items() if not (len(g) > 1 and len(c) > 1) for i in g
-        )
-        return shared, single
+        grouped = {i for g in shared for i in g}
+        return shared, [i for i in idx if i not in grouped]
 
     @staticmethod
     def _coverings(requests, idx: list[int]) -> list[tuple[list[int], list[int]]]:
@@ -192,8 +191,6 @@ class ScoringLM(HFLM):
         continuation[:-1]``, with the padding masked and positions counted from its own
         context's length — the logits lm-eval's full pass gives at the continuation.
         """
-        import copy
-
         prefix_ids, prefix_mask = _right_padded([requests[g[0]][1][:-1] for g in groups])
         first = self._call(prefix_ids, attention_mask=prefix_mask, use_cache=True, logits_to_keep=1)
         cache = getattr(first, "cache", None) or first.past_key_values
