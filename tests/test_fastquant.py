@@ -6,7 +6,9 @@ import pytest
 import torch
 from auto_round.data_type.mxfp import quant_mx
 
+from mixviz.models.schemes import SCHEMES
 from mixviz.runs.fastquant import SameInput, quant_mx_fast, use_fast_activation_quant
+from mixviz.sensitivity.quantizers import LayerQuantizer
 
 
 def _hard_tensor(shape, seed: int) -> torch.Tensor:
@@ -43,6 +45,30 @@ def test_shapes_it_does_not_cover_fall_back_to_auto_round():
     x = torch.randn(2, 40)  # 40 is not a multiple of the group
     want = quant_mx(x.clone(), bits=4, group_size=32, data_type="mx_fp4")[0]
     assert torch.equal(quant_mx_fast(x.clone(), bits=4, group_size=32, data_type="mx_fp4")[0], want)
+
+
+@pytest.mark.parametrize("name", ["MXFP4", "MXFP8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_quantizer_fast_path_equals_auto_rounds_wrapper(name, dtype):
+    """The profiles' Q(W) and Q(x) for MX formats are auto-round's ``WrapperLinear`` numbers."""
+    lin = torch.nn.Linear(256, 48).to(dtype)
+    lin.weight.data = _hard_tensor((48, 256), 1).to(dtype)
+    x = _hard_tensor((5, 256), 2).to(dtype)
+    q = LayerQuantizer(lin, SCHEMES[name])
+    assert q.fast_weight and q._fast_act
+    fast_w, fast_x = q.weight(), q.act(x)
+    q.fast_weight = q._fast_act = False  # auto-round's own path
+    want_w, want_x = q.weight(), q.act(x)
+    assert fast_w.dtype == want_w.dtype == dtype and fast_x.dtype == want_x.dtype == dtype
+    assert torch.equal(fast_w, want_w), (fast_w != want_w).sum()
+    assert torch.equal(fast_x, want_x), (fast_x != want_x).sum()
+
+
+def test_layer_quantizer_keeps_auto_rounds_path_for_other_formats():
+    lin = torch.nn.Linear(256, 48)
+    for name in ("W4A16", "W2A16G64", "NVFP4"):
+        q = LayerQuantizer(lin, SCHEMES[name])
+        assert not q.fast_weight and not q._fast_act
 
 
 class _Layer(torch.nn.Module):

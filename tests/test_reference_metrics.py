@@ -155,6 +155,24 @@ def test_fisher_matches_per_batch_autograd(model, layers, ids, batch_size):
     assert all(want[(x.name, "MXFP4")] > 0 and want[(x.name, "BF16")] == 0 for x in layers)
 
 
+def test_fisher_quantizes_an_input_shared_by_layers_once(model, layers, ids, monkeypatch):
+    """q/k/v (and gate/up) read one tensor: its Q(x) is computed once per option and batch —
+    4 inputs per block + lm_head's instead of 15 layers' — with the scores above unchanged."""
+    from mixviz.sensitivity import quantizers
+
+    real, shapes = quantizers.quant_mx_fast, []
+
+    def counting(t, *args, **kwargs):
+        shapes.append(t.dim())
+        return real(t, *args, **kwargs)
+
+    monkeypatch.setattr(quantizers, "quant_mx_fast", counting)
+    fisher(copy.deepcopy(model), layers, [SCHEMES["MXFP4"]], ids, lambda m: None, 1)
+    # each weight at least once; the ΔW² cache (half the weights' bytes) spares some later
+    assert len(layers) < shapes.count(2) < len(layers) * len(ids)
+    assert shapes.count(3) == (2 * 4 + 1) * len(ids)
+
+
 def test_fisher_activation_term_is_a_real_share(model, layers, ids):
     """The MX scores carry a sizeable activation term (in the reference), so the comparison
     above would fail if fisher dropped or doubled it."""

@@ -252,10 +252,11 @@ def fisher(
 
     Memory stays that of the model: each batch's ``g_W`` is consumed as soon as autograd has
     it (a hook scores every option from it and drops it), so one layer's gradient exists at a
-    time and nothing is kept per weight beyond ``ΔW`` (float32), which is kept between batches
-    only while it fits in the bytes of the weights themselves, else recomputed in the hook.
-    With ``offload``, the backward runs block by block with recomputation
-    (:func:`~mixviz.sensitivity.blocks.blockwise_backward`) and ``ΔW`` is kept per block.
+    time and nothing is kept per weight beyond ``ΔW²`` (float32), which is kept between batches
+    only while it fits in half the bytes of the weights, else recomputed in the hook (for MXFP
+    with :func:`~mixviz.sensitivity.quantizers.quant_mx_fast`). With ``offload``, the backward
+    runs block by block with recomputation (:func:`~mixviz.sensitivity.blocks.blockwise_backward`)
+    and ``ΔW²`` is kept per block. Layers fed one input share its ``(x − Q(x))²``.
     """
     _freeze(model)
     _untie_if_needed(model, layers)
@@ -299,6 +300,7 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
     # it is recomputed. (With the whole weight bytes, fisher's peak on a 0.5 B model was
     # 2.9× its weights: over issue 15's 2.0× + 1.5 GB; bench/scale.py.)
     cache = _DeltaCache(sum(mods[x.name].weight.nbytes for x in layers) // 2)
+    shared: dict = {}  # (x − Q(x))² of the last input, per option: q/k/v and gate/up share one
     handles = []
     try:
         for x in layers:
@@ -310,9 +312,8 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
             )
             if act_schemes:
                 qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
-                handles.append(
-                    mods[x.name].register_forward_pre_hook(_act_sq_hook(acc, x.name, qa))
-                )
+                hook = _act_sq_hook(acc, x.name, qa, shared)
+                handles.append(mods[x.name].register_forward_pre_hook(hook))
         yield None
     finally:
         for h in handles:
@@ -323,43 +324,43 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
 
 
 class _DeltaCache(dict):
-    """``ΔW = W − Q(W)`` in float32 per (layer, option), kept while within ``budget`` bytes."""
+    """``(W − Q(W))²`` in float32 per (layer, option), kept while within ``budget`` bytes."""
 
     def __init__(self, budget: int):
         super().__init__()
         self.left = budget
 
-    def delta(self, key, w: torch.Tensor, q) -> torch.Tensor:
-        d = self.get(key)
-        if d is None:
-            d = w - q.weight().float()
-            if d.nbytes <= self.left:
-                self[key], self.left = d, self.left - d.nbytes
-        return d
+    def delta_sq(self, key, w: torch.Tensor, q) -> torch.Tensor:
+        d2 = self.get(key)
+        if d2 is None:
+            d2 = (w - q.weight().float()).square_().view(-1)
+            if d2.nbytes <= self.left:
+                self[key], self.left = d2, self.left - d2.nbytes
+        return d2
 
 
 def _score_hook(acc: dict, name: str, quants: dict, cache: _DeltaCache):
-    """Add this batch's ``Σ (g ⊙ (W − Q(W)))²`` to every option's score, then drop ``g``."""
+    """Add this batch's ``Σ g² ⊙ (W − Q(W))²`` to every option's score, then drop ``g``."""
     import torch
 
     def hook(p: torch.Tensor) -> None:
         with torch.no_grad():
-            g = p.grad.float()
+            g2 = p.grad.float().square().view(-1)
             p.grad = None
             w = p.detach().float()
             for sname, q in quants.items():
-                d = cache.delta((name, sname), w, q)
-                acc[(name, sname)] += (g * d).pow(2).sum().item()
+                acc[(name, sname)] += torch.dot(g2, cache.delta_sq((name, sname), w, q)).item()
 
     return hook
 
 
-def _act_sq_hook(acc: dict, name: str, qdqs: dict):
+def _act_sq_hook(acc: dict, name: str, qdqs: dict, shared: dict):
     """Accumulate ``Σ (∂L/∂x ⊙ (x − Q(x)))²`` (diagonal Fisher of the input) for this layer.
 
     Layers fed one input tensor (q/k/v, gate/up in HF Llama) would each see ∂L/∂x summed over
     all consumers if the hook went on that tensor; a view per layer (``x.view_as(x)``) is a node
-    of its own, whose gradient is this layer's alone.
+    of its own, whose gradient is this layer's alone. Their ``(x − Q(x))²`` is computed once:
+    ``shared`` holds it per option for the last input tensor seen.
     """
     import torch
 
@@ -371,14 +372,27 @@ def _act_sq_hook(acc: dict, name: str, qdqs: dict):
 
         def on_grad(g):
             with torch.no_grad():
+                g2 = g.float().square().view(-1)
                 for sname, qdq in qdqs.items():
-                    d = x.detach() - qdq(x.detach())
-                    acc[(name, sname)] += (g.float() * d.float()).pow(2).sum().item()
+                    d2 = _input_delta_sq(shared, x, sname, qdq)
+                    acc[(name, sname)] += torch.dot(g2, d2).item()
 
         own.register_hook(on_grad)
         return (own, *args[1:])
 
     return hook
+
+
+def _input_delta_sq(shared: dict, x: torch.Tensor, option: str, qdq) -> torch.Tensor:
+    """``(x − Q(x))²`` flattened, from ``shared`` when it was last computed for this very tensor
+    (same object, unchanged since)."""
+    last = shared.get(option)
+    if last is not None and last[0] is x and last[1] == x._version:
+        return last[2]
+    xd = x.detach()
+    d2 = (xd.float() - qdq(xd).float()).square_().view(-1)
+    shared[option] = (x, x._version, d2)
+    return d2
 
 
 # --------------------------------------------------------------------------- block by block

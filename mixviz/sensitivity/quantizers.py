@@ -1,9 +1,16 @@
 """Quantize-dequantize with auto-round's own quantizers (its ``WrapperLinear``, RTN settings).
 
-Nothing here implements a number format: auto-round does. We set a scheme's attributes on a
+Nothing here defines a number format: auto-round does. We set a scheme's attributes on a
 linear layer the way auto-round does before quantizing, wrap it in auto-round's
 ``WrapperLinear`` with tuning off, and ask it for the dequantized weight and, for formats that
 quantize activations (MXFP4/8, NVFP4), for the activation quantizer.
+
+One shortcut: for MXFP, whose quantize-dequantize is most of a fisher profile's time on a CPU
+(auto-round's ``quant_mx`` computes ``2.0 ** t`` twice, a float remainder for the ties and many
+temporaries), :func:`quant_mx_fast` computes the same numbers with ``exp2`` and ``round`` (ties
+to even, as auto-round's ``"even"`` mantissa rounding) from the same ``log2``-based exponents:
+equal bit for bit, about 5× faster (``tests/test_fastquant.py`` checks it against auto-round's
+function, ties and zeros included, and :class:`LayerQuantizer` against auto-round's wrapper).
 """
 
 from __future__ import annotations
@@ -13,6 +20,50 @@ from collections.abc import Callable
 import torch
 
 from mixviz.models.schemes import Scheme
+
+
+def mx_format(data_type: str, bits: int) -> tuple[int, int, int, float] | None:
+    from auto_round.data_type.mxfp import MXFP_FORMAT_CACHE
+
+    name = data_type if data_type in MXFP_FORMAT_CACHE else f"mx_fp{bits}"
+    fmt = MXFP_FORMAT_CACHE.get(name)
+    if fmt is None or fmt[0] == 0:  # mx_int*: no private exponent; keep auto-round's path
+        return None
+    ebits, mbits, emax, max_norm, _ = fmt
+    return ebits, mbits, emax, max_norm
+
+
+@torch.no_grad()
+def quant_mx_fast(
+    tensor: torch.Tensor, bits: int = 4, group_size: int = 32, data_type: str = "mx_fp", **kwargs
+):
+    """``quant_mx(tensor, bits, group_size, data_type=...)`` with ``v=0``, unit scales and
+    even mantissa rounding — auto-round's activation settings — as ``(qdq, exponent, None)``.
+
+    >>> x = torch.tensor([[0.3, -1.25, 2.5, 7.0] * 8])
+    >>> quant_mx_fast(x, bits=4, group_size=32, data_type="mx_fp4")[0][0, :4].tolist()
+    [0.5, -1.0, 2.0, 6.0]
+    """
+    fmt = mx_format(data_type, bits)
+    if fmt is None or group_size <= 0 or tensor.shape[-1] % group_size:
+        from auto_round.data_type.mxfp import quant_mx
+
+        return quant_mx(tensor, bits=bits, group_size=group_size, data_type=data_type, **kwargs)
+    ebits, mbits, emax, max_norm = fmt
+    shape, dtype = tensor.shape, tensor.dtype
+    t = tensor.reshape(-1, group_size).to(torch.float32)
+    a = t.abs()  # magnitudes throughout: round-half-even and the clamps are symmetric
+    max_val = a.amax(dim=-1, keepdim=True)
+    shared = torch.where(max_val == 0, torch.ones_like(max_val), torch.log2(max_val)).floor_()
+    shared = shared.sub_(emax).clamp_(-127.0, 127.0)
+    scale = torch.exp2(shared)
+    a = a.div_(scale).clamp_(max=max_norm)
+    # a zero's exponent is -inf here (auto-round's is 0): clamped, and 0 stays 0 either way
+    private = torch.log2(a).floor_().clamp_(min=-(2.0 ** (ebits - 1)) + 2)
+    step = torch.exp2(private.sub_(mbits - 2))
+    a = torch.round(a.div_(step)).mul_(step).clamp_(max=max_norm).mul_(scale)
+    t = a.copysign_(t)
+    return t.reshape(shape).to(dtype), shared.to(dtype), None
 
 
 def _scheme_attrs(scheme: Scheme) -> dict:
@@ -60,12 +111,23 @@ class LayerQuantizer:
                 elif hasattr(linear, k):
                     delattr(linear, k)
         self._linear_attrs = _scheme_attrs(scheme)
+        # auto-round's own MX settings here: no tuning offset, unit scales, "even" rounding
+        self.fast_weight = type(linear) is torch.nn.Linear and _plain_mx(
+            self._wrapper.weight_quant_func
+        )
+        self._fast_act = _plain_mx(getattr(self._wrapper, "act_quant_func", None)) and all(
+            float(s) == 1.0 for s in (self._wrapper.act_min_scale, self._wrapper.act_max_scale)
+        )
 
     @torch.no_grad()
     def weight(self) -> torch.Tensor:
         """Q(W): the dequantized weight, same dtype and shape as the original."""
         if self.scheme.bits >= 16:
             return self._linear.weight.detach().clone()
+        if self.fast_weight:
+            a = self._linear_attrs
+            w = self._linear.weight.detach()
+            return quant_mx_fast(w, a["bits"], a["group_size"], self._wrapper.data_type)[0]
         one = torch.tensor(1.0, device=self._linear.weight.device)
         with _attrs(self._wrapper.orig_layer, self._linear_attrs):
             w, _, _ = self._wrapper._qdq_weight(torch.zeros_like(one), one, one)
@@ -77,6 +139,9 @@ class LayerQuantizer:
         if self.scheme.act_bits > 8:
             return None
         wrapper, attrs = self._wrapper, self._linear_attrs
+        if self._fast_act:
+            bits, group, dtype = attrs["act_bits"], attrs["act_group_size"], wrapper.act_data_type
+            return lambda x: quant_mx_fast(x, bits, group, dtype)[0]
 
         def qdq(x: torch.Tensor) -> torch.Tensor:
             with _attrs(wrapper.orig_layer, attrs):
@@ -84,6 +149,17 @@ class LayerQuantizer:
             return y.to(x.dtype)
 
         return qdq
+
+
+def _plain_mx(func) -> bool:
+    """Whether auto-round would call its ``quant_mx`` with default settings (no activation
+    scale set in its environment), which :func:`quant_mx_fast` reproduces."""
+    import math
+
+    import auto_round.envs as envs
+    from auto_round.data_type.mxfp import quant_mx
+
+    return func is quant_mx and math.isclose(envs.AR_ACT_SCALE, 1.0, rel_tol=1e-6)
 
 
 class _attrs:
