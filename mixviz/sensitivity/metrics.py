@@ -252,11 +252,12 @@ def fisher(
 
     Memory stays that of the model: each batch's ``g_W`` is consumed as soon as autograd has
     it (a hook scores every option from it and drops it), so one layer's gradient exists at a
-    time and nothing is kept per weight beyond ``ΔW²`` (float32), which is kept between batches
-    only while it fits in half the bytes of the weights, else recomputed in the hook (for MXFP
-    with :func:`~mixviz.sensitivity.quantizers.quant_mx_fast`). With ``offload``, the backward
-    runs block by block with recomputation (:func:`~mixviz.sensitivity.blocks.blockwise_backward`)
-    and ``ΔW²`` is kept per block. Layers fed one input share its ``(x − Q(x))²``.
+    time and nothing is kept per weight beyond ``Q(W)`` (for MXFP in float8, ~1 byte per
+    weight), which is kept between batches only while it fits in half the bytes of the
+    weights, else recomputed in the hook (for MXFP with
+    :func:`~mixviz.sensitivity.quantizers.quant_mx_fast`). With ``offload``, the backward runs
+    block by block with recomputation (:func:`~mixviz.sensitivity.blocks.blockwise_backward`)
+    and ``Q(W)`` is kept per block. Layers fed one input share its ``(x − Q(x))²``.
     """
     _freeze(model)
     _untie_if_needed(model, layers)
@@ -296,10 +297,10 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
 
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
-    # ΔW is kept between batches while it fits in half the layers' weight bytes; beyond that
-    # it is recomputed. (With the whole weight bytes, fisher's peak on a 0.5 B model was
-    # 2.9× its weights: over issue 15's 2.0× + 1.5 GB; bench/scale.py.)
-    cache = _DeltaCache(sum(mods[x.name].weight.nbytes for x in layers) // 2)
+    # Q(W) is kept between batches while it fits in half the layers' weight bytes; beyond that
+    # it is recomputed. (A float32 ΔW cache as large as the weights took fisher's peak on a
+    # 0.5 B model to 2.9× its weights: over issue 15's 2.0× + 1.5 GB; bench/scale.py.)
+    cache = _QCache(sum(mods[x.name].weight.nbytes for x in layers) // 2)
     shared: dict = {}  # (x − Q(x))² of the last input, per option: q/k/v and gate/up share one
     handles = []
     try:
@@ -323,23 +324,25 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
             mods[x.name].weight.grad = None
 
 
-class _DeltaCache(dict):
-    """``(W − Q(W))²`` in float32 per (layer, option), kept while within ``budget`` bytes."""
+class _QCache(dict):
+    """Q(W) per (layer, option), in :meth:`LayerQuantizer.compact_weight`'s form (MXFP: float8
+    elements and shared exponents, ~1 byte per weight), kept while within ``budget`` bytes."""
 
     def __init__(self, budget: int):
         super().__init__()
         self.left = budget
 
     def delta_sq(self, key, w: torch.Tensor, q) -> torch.Tensor:
-        d2 = self.get(key)
-        if d2 is None:
-            d2 = (w - q.weight().float()).square_().view(-1)
-            if d2.nbytes <= self.left:
-                self[key], self.left = d2, self.left - d2.nbytes
-        return d2
+        """``(W − Q(W))²`` in float32, flattened; ``w`` is W in float32."""
+        qw = self.get(key)
+        if qw is None:
+            qw = q.compact_weight()
+            if qw.nbytes <= self.left:
+                self[key], self.left = qw, self.left - qw.nbytes
+        return (w - qw.float()).square_().view(-1)
 
 
-def _score_hook(acc: dict, name: str, quants: dict, cache: _DeltaCache):
+def _score_hook(acc: dict, name: str, quants: dict, cache: _QCache):
     """Add this batch's ``Σ g² ⊙ (W − Q(W))²`` to every option's score, then drop ``g``."""
     import torch
 
