@@ -157,20 +157,32 @@ def test_fisher_matches_per_batch_autograd(model, layers, ids, batch_size):
 
 def test_fisher_quantizes_an_input_shared_by_layers_once(model, layers, ids, monkeypatch):
     """q/k/v (and gate/up) read one tensor: its Q(x) is computed once per option and batch —
-    4 inputs per block + lm_head's instead of 15 layers' — and each Q(W), held as float8
-    elements (1 byte per weight, within the cache's half of the weights' bytes), once."""
-    from mixviz.sensitivity import quantizers
+    4 inputs per block + lm_head's instead of 15 layers' — and each Q(W) once per batch (in
+    pieces of rows, here each weight in more than one piece)."""
+    from mixviz.sensitivity import metrics, quantizers
 
-    real, shapes = quantizers.mx_elements, []
+    real, shapes = quantizers.quant_mx_fast, []
 
     def counting(t, *args, **kwargs):
         shapes.append(t.dim())
         return real(t, *args, **kwargs)
 
-    monkeypatch.setattr(quantizers, "mx_elements", counting)
+    monkeypatch.setattr(quantizers, "quant_mx_fast", counting)
+    monkeypatch.setattr(metrics, "_CPU_PIECE", 64 * 24)  # 24 rows of a 64-wide weight
     fisher(copy.deepcopy(model), layers, [SCHEMES["MXFP4"]], ids, lambda m: None, 1)
-    assert shapes.count(2) == len(layers)
+    lins = _linears(model, layers).values()
+    pieces = sum(-(-n.out_features // (64 * 24 // n.in_features)) for n in lins)
+    assert pieces > len(layers)
+    assert shapes.count(2) == pieces * len(ids)
     assert shapes.count(3) == (2 * 4 + 1) * len(ids)
+
+
+def test_fisher_in_pieces_equals_fisher_whole(model, layers, ids, monkeypatch):
+    from mixviz.sensitivity import metrics
+
+    whole = fisher(copy.deepcopy(model), layers, SCHEMES_USED, ids, lambda m: None, 1)
+    monkeypatch.setattr(metrics, "_CPU_PIECE", 64 * 5)
+    _compare(fisher(copy.deepcopy(model), layers, SCHEMES_USED, ids, lambda m: None, 1), whole)
 
 
 def test_fisher_activation_term_is_a_real_share(model, layers, ids):

@@ -252,12 +252,12 @@ def fisher(
 
     Memory stays that of the model: each batch's ``g_W`` is consumed as soon as autograd has
     it (a hook scores every option from it and drops it), so one layer's gradient exists at a
-    time and nothing is kept per weight beyond ``Q(W)`` (for MXFP in float8, ~1 byte per
-    weight), which is kept between batches only while it fits in half the bytes of the
-    weights, else recomputed in the hook (for MXFP with
-    :func:`~mixviz.sensitivity.quantizers.quant_mx_fast`). With ``offload``, the backward runs
-    block by block with recomputation (:func:`~mixviz.sensitivity.blocks.blockwise_backward`)
-    and ``Q(W)`` is kept per block. Layers fed one input share its ``(x − Q(x))²``.
+    time. MX formats keep nothing per weight: their ``Q(W)`` is recomputed in the hook, a few
+    rows at a time (:func:`~mixviz.sensitivity.quantizers.quant_mx_fast`); other formats keep
+    auto-round's ``Q(W)`` between batches only while it fits in half the bytes of the weights.
+    With ``offload``, the backward runs block by block with recomputation
+    (:func:`~mixviz.sensitivity.blocks.blockwise_backward`). Layers fed one input share its
+    ``(x − Q(x))²``.
     """
     _freeze(model)
     _untie_if_needed(model, layers)
@@ -297,9 +297,10 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
 
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
     act_schemes = [s for s in schemes if s.act_bits <= 8]
-    # Q(W) is kept between batches while it fits in half the layers' weight bytes; beyond that
-    # it is recomputed. (A float32 ΔW cache as large as the weights took fisher's peak on a
-    # 0.5 B model to 2.9× its weights: over issue 15's 2.0× + 1.5 GB; bench/scale.py.)
+    # auto-round's Q(W) (integer formats, NVFP4) is kept between batches while it fits in half
+    # the layers' weight bytes, else recomputed; MX formats recompute theirs (cheaply, in
+    # pieces). (A float32 ΔW cache as large as the weights took fisher's peak on a 0.5 B model
+    # to 2.9× its weights: over issue 15's 2.0× + 1.5 GB; bench/scale.py.)
     cache = _QCache(sum(mods[x.name].weight.nbytes for x in layers) // 2)
     shared: dict = {}  # (x − Q(x))² of the last input, per option: q/k/v and gate/up share one
     handles = []
@@ -325,8 +326,8 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
 
 
 class _QCache(dict):
-    """Q(W) per (layer, option), in :meth:`LayerQuantizer.compact_weight`'s form (MXFP: float8
-    elements and shared exponents, ~1 byte per weight), kept while within ``budget`` bytes."""
+    """Q(W) per (layer, option) for formats computed whole by auto-round (integer, NVFP4),
+    kept while within ``budget`` bytes."""
 
     def __init__(self, budget: int):
         super().__init__()
@@ -336,23 +337,45 @@ class _QCache(dict):
         """``(W − Q(W))²`` in float32, flattened; ``w`` is W in float32."""
         qw = self.get(key)
         if qw is None:
-            qw = q.compact_weight()
+            qw = q.weight()
             if qw.nbytes <= self.left:
                 self[key], self.left = qw, self.left - qw.nbytes
         return (w - qw.float()).square_().view(-1)
 
 
+# Elements of a weight per piece on a CPU: the piece, its gradient and the quantizer's
+# temporaries then stay in a 1 MB L2 cache (2.6× faster than the whole at 2048×6144).
+_CPU_PIECE = 1 << 17
+
+
 def _score_hook(acc: dict, name: str, quants: dict, cache: _QCache):
-    """Add this batch's ``Σ g² ⊙ (W − Q(W))²`` to every option's score, then drop ``g``."""
+    """Add this batch's ``Σ g² ⊙ (W − Q(W))²`` to every option's score, then drop ``g``.
+
+    MX formats recompute Q(W) every batch, a few rows at a time on a CPU
+    (:meth:`~mixviz.sensitivity.quantizers.LayerQuantizer.weight_rows`), so they keep nothing;
+    other formats' Q(W) comes whole from auto-round, kept in ``cache`` while it fits.
+    """
     import torch
+
+    pieces = {s: q for s, q in quants.items() if q.fast_weight}
+    whole = {s: q for s, q in quants.items() if not q.fast_weight}
 
     def hook(p: torch.Tensor) -> None:
         with torch.no_grad():
-            g2 = p.grad.float().square().view(-1)
+            grad, w, sums = p.grad, p.detach(), {}
             p.grad = None
-            w = p.detach().float()
-            for sname, q in quants.items():
-                acc[(name, sname)] += torch.dot(g2, cache.delta_sq((name, sname), w, q)).item()
+            rows = max(1, _CPU_PIECE // w.shape[-1]) if w.is_cpu else w.shape[0]
+            for gs, ws in zip(grad.split(rows), w.split(rows), strict=True) if pieces else ():
+                g2, wf = gs.float().square().view(-1), ws.float()
+                for sname, q in pieces.items():
+                    d2 = (wf - q.weight_rows(ws).float()).square_().view(-1)
+                    sums[sname] = sums.get(sname, 0.0) + torch.dot(g2, d2)
+            if whole:
+                g2, wf = grad.float().square().view(-1), w.float()
+                for sname, q in whole.items():
+                    sums[sname] = torch.dot(g2, cache.delta_sq((name, sname), wf, q))
+            for sname, v in sums.items():
+                acc[(name, sname)] += float(v)
 
     return hook
 
