@@ -5,7 +5,7 @@ input activations with ``auto_round.data_type.mxfp.quant_mx`` (the weights are q
 at quantization time). On a CPU that function is about half of an evaluation's time: it
 computes ``2.0 ** t`` twice, a float remainder for the ties and many temporaries.
 :func:`~mixviz.sensitivity.quantizers.quant_mx_fast` (which the sensitivity metrics use for
-weights and activations too) computes the same numbers bit for bit, 5× faster. Layers whose
+weights and activations too) computes the same numbers bit for bit, 6–8× faster. Layers whose
 settings it does not cover keep auto-round's.
 
 q/k/v (and gate/up) quantize the *same* input tensor three (two) times in a row;
