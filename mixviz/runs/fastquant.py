@@ -15,11 +15,9 @@ decoder layer quantizes 4 activations instead of 7.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from mixviz.sensitivity.quantizers import mx_format, quant_mx_fast
+from mixviz.sensitivity.quantizers import mx_format, plain_mx, quant_mx_fast
 
 __all__ = ["SameInput", "quant_mx_fast", "use_fast_activation_quant"]
 
@@ -62,15 +60,10 @@ def use_fast_activation_quant(model) -> int:
     :class:`SameInput` for all); returns how many layers got it. Layers with calibrated
     activation ranges, non-unit scales or a non-MX activation type (NVFP4, INT) keep
     auto-round's function."""
-    import auto_round.envs as envs
-    from auto_round.data_type.mxfp import quant_mx
-
-    if not math.isclose(envs.AR_ACT_SCALE, 1.0, rel_tol=1e-6):
-        return 0
     swapped, fast = 0, SameInput()
     for module in model.modules():
         layer = getattr(module, "orig_layer", None)
-        if layer is None or getattr(layer, "act_quant_func", None) is not quant_mx:
+        if layer is None or not plain_mx(getattr(layer, "act_quant_func", None)):
             continue
         scales = (getattr(layer, "act_max_scale", 1.0), getattr(layer, "act_min_scale", 1.0))
         if getattr(layer, "act_max", None) is not None or any(float(s) != 1.0 for s in scales):

@@ -113,10 +113,10 @@ class LayerQuantizer:
                     delattr(linear, k)
         self._linear_attrs = _scheme_attrs(scheme)
         # auto-round's own MX settings here: no tuning offset, unit scales, "even" rounding
-        self.fast_weight = type(linear) is torch.nn.Linear and _plain_mx(
+        self.fast_weight = type(linear) is torch.nn.Linear and plain_mx(
             self._wrapper.weight_quant_func
         )
-        self._fast_act = _plain_mx(getattr(self._wrapper, "act_quant_func", None)) and all(
+        self._fast_act = plain_mx(getattr(self._wrapper, "act_quant_func", None)) and all(
             float(s) == 1.0 for s in (self._wrapper.act_min_scale, self._wrapper.act_max_scale)
         )
 
@@ -160,7 +160,7 @@ class LayerQuantizer:
         return qdq
 
 
-def _plain_mx(func) -> bool:
+def plain_mx(func) -> bool:
     """Whether auto-round would call its ``quant_mx`` with default settings (no activation
     scale set in its environment), which :func:`quant_mx_fast` reproduces."""
     import math
