@@ -42,6 +42,11 @@ def add_parser(sub) -> None:
     run.add_argument("--ray-address", help="Ray dashboard address (or MIXVIZ_RAY_ADDRESS)")
     run.add_argument("--wait", action="store_true", help="wait for the run and print results")
     run.add_argument(
+        "--force",
+        action="store_true",
+        help="queue a fresh run even when an identical one is queued, running or done",
+    )
+    run.add_argument(
         "--timeout",
         type=_positive_seconds,
         metavar="SECONDS",
@@ -155,24 +160,23 @@ def _run_spec(args: argparse.Namespace, ref):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from mixviz.runs.backends import get_backend
+    from mixviz.runs.backends import get_backend, submit
 
     if args.timeout is not None and not args.wait:
         raise MixvizError("--timeout needs --wait")
     ref = resolve(args)
     spec = _run_spec(args, ref)
     backend = get_backend(args.backend, ray_address=args.ray_address)
-    run_id = backend.submit(spec)
-    progress(f"queued run {run_id} ({spec.label}) on the {backend.name} backend")
+    sub = submit(backend, spec, force=args.force)
+    progress(sub.describe(spec.label) + ("" if sub.reused else f" on the {backend.name} backend"))
     if not args.wait:
-        sys.stdout.write(
-            (json.dumps({"id": run_id, "status": "queued"}) if args.json else run_id) + "\n"
-        )
+        doc = {"id": sub.id, "status": sub.status, "reused": sub.reused}
+        sys.stdout.write((json.dumps(doc) if args.json else sub.id) + "\n")
         return
-    _wait_and_report(backend, run_id, args)
+    _wait_and_report(backend, sub.id, args, reused=sub.reused)
 
 
-def _wait_and_report(backend, run_id: str, args: argparse.Namespace) -> None:
+def _wait_and_report(backend, run_id: str, args: argparse.Namespace, reused: bool = False) -> None:
     from mixviz.runs.backends import run_document, wait
     from mixviz.runs.progress import eta_text
 
@@ -190,7 +194,7 @@ def _wait_and_report(backend, run_id: str, args: argparse.Namespace) -> None:
             last[:] = [now, time.time()]
 
     wait(backend.store, run_id, timeout=args.timeout, on_update=show, backend=backend)
-    doc = run_document(backend.store, run_id)
+    doc = {**run_document(backend.store, run_id), "reused": reused}
     emit(doc, args.json, _run_text)
     if doc["status"] != "done":
         raise MixvizError(f"run {run_id} {doc['status']}: {doc['error'] or ''}".strip())

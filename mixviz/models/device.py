@@ -123,6 +123,18 @@ def device_choices() -> list[str]:
     return ["auto", CPU, *(f"{CUDA}:{i}" for i in range(count))]
 
 
+def autoround_amp(model) -> bool:
+    """auto-round's ``amp`` for a model, so that it quantizes in the model's own precision.
+
+    With ``amp=True`` auto-round casts the model to bfloat16 on any CPU that supports it
+    (AVX512-BF16, AMX), so a float32 run would quietly become a bfloat16 one (and its BF16
+    layers would lose precision); with ``amp=False`` it casts to float32. So: off for float32
+    models, on for the others (whose dtype it then keeps)."""
+    import torch
+
+    return next(model.parameters()).dtype != torch.float32
+
+
 def machine(device: torch.device, dtype: torch.dtype) -> dict:
     """Where a measurement was made, as a run records it beside its results: host, processor,
     cores, torch threads, device (with the GPU's name) and precision, and the peak memory so far

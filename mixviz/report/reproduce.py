@@ -283,24 +283,25 @@ def run_protocol(
 
 
 def submit(rows: list[Row], store: Store, queue: bool = True) -> dict[str, RunRow]:
-    """Each distinct run of ``rows`` (by spec key): the latest done one in the store, else one
-    queued or running, else a new one submitted to the local backend (with ``queue=False``, a
-    placeholder whose status is ``not run``)."""
-    from mixviz.runs.backends import LocalBackend
+    """Each distinct run of ``rows`` (by spec key), through the queue's one
+    :func:`~mixviz.runs.backends.submit`: an identical run queued, running or done is reused
+    (and gains the row's name), else a new one is queued on the local backend. With
+    ``queue=False`` nothing is queued: the latest done run, else a queued or running one, else
+    a placeholder whose status is ``not run``."""
+    from mixviz.runs.backends import REUSABLE, LocalBackend
+    from mixviz.runs.backends import submit as submit_spec
 
-    done = {r.key: r for r in store.list(("done",))}  # the latest per key
-    pending: dict[str, RunRow] = {}
-    for r in store.list(("queued", "starting", "running")):
-        pending.setdefault(r.key, r)
-    backend = LocalBackend(store)
     runs: dict[str, RunRow] = {}
+    if queue:
+        backend = LocalBackend(store)
+        for row in rows:
+            runs[row.spec.key] = store.get(submit_spec(backend, row.spec).id)
+        return runs
+    latest = {r.key: r for r in store.list(REUSABLE)}  # the latest per key
+    done = {r.key: r for r in store.list(("done",))}
     for row in rows:
         key = row.spec.key
-        if key in runs:
-            continue
-        runs[key] = done.get(key) or pending.get(key)
-        if runs[key] is None:
-            runs[key] = store.get(backend.submit(row.spec)) if queue else _not_run(row.spec)
+        runs[key] = done.get(key) or latest.get(key) or _not_run(row.spec)
     return runs
 
 

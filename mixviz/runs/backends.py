@@ -1,8 +1,12 @@
 """Where runs execute: ``local`` (detached worker processes, a queue in the store) or ``ray``
 (the same worker submitted through Ray's Jobs API). Both report into the same store.
 
+Every submission — the CLI's ``run``, ``reproduce``, the app, Ray — goes through
+:func:`submit`: a spec identical to a queued, running or finished run (same
+:attr:`RunSpec.key`) reuses that run, decided in one store transaction.
+
 >>> backend = get_backend()                  # local unless MIXVIZ_RAY_ADDRESS is set
->>> run_id = backend.submit(spec)            # doctest: +SKIP
+>>> submit(backend, spec).id                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,17 +19,68 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.device import CUDA, check_dtype, cuda_index
 from mixviz.paths import REPO_ROOT, atomic_write_json, worker_env
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.store import FINAL, RunRow, Store, read_result, runs_dir
+from mixviz.runs.store import FINAL, SAME, RunRow, Store, read_result, runs_dir
 
 STALE_S = 60.0  # a running worker without a heartbeat for this long is lost
 HOST = socket.gethostname()
 ACTIVE = ("queued", "starting", "running")
+REUSABLE = (*ACTIVE, "done")  # a new identical spec reuses a run in these states
+
+__all__ = ["SAME", "Submitted", "get_backend", "submit", "submit_once", "wait"]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What :func:`submit` did: the run's ``id``, whether an identical run was ``reused``, and
+    that run's ``status`` at the time (``queued`` for a new one)."""
+
+    id: str
+    reused: bool
+    status: str
+
+    def describe(self, label: str) -> str:
+        """The line the CLI prints: ``same as run ID (done): reusing its results``."""
+        if self.reused:
+            what = "results" if self.status == "done" else "run"
+            return f"same as run {self.id} ({self.status}): reusing its {what} ({label})"
+        return f"queued run {self.id} ({label})"
+
+
+def submit(backend, spec: RunSpec, force: bool = False) -> Submitted:
+    """Queue ``spec`` on ``backend`` unless an identical run (same :attr:`RunSpec.key`: model,
+    recipe, tasks, limit, quantization and evaluation settings) is queued, running or done: that
+    run is reused and its label gains this spec's name (``pure MXFP4 = uniform @5``). The check
+    and the insert are one store transaction, so two processes submitting the same spec at once
+    make one run. ``force`` queues a fresh run on purpose."""
+    return backend.enqueue(spec, force=force)
+
+
+def _store_once(store: Store, spec: RunSpec, backend_name: str, force: bool) -> Submitted:
+    """Write the spec file, then insert-or-reuse in one transaction; a reused run's unused
+    folder is removed."""
+    run_id = new_run_id()
+    write_spec(run_id, spec)
+    row, reused = store.insert_once(
+        run_id,
+        spec.key,
+        spec.model,
+        spec.label,
+        spec.to_dict(),
+        backend_name,
+        reuse=() if force else REUSABLE,
+    )
+    if reused:
+        import shutil
+
+        shutil.rmtree(runs_dir() / run_id, ignore_errors=True)
+    return Submitted(row.id, reused, row.status)
 
 
 def new_run_id() -> str:
@@ -60,12 +115,15 @@ class LocalBackend:
         self.store = store or Store()
         self.max_parallel = max_parallel or int(os.environ.get("MIXVIZ_MAX_PARALLEL", "1"))
 
-    def submit(self, spec: RunSpec) -> str:
-        run_id = new_run_id()
-        write_spec(run_id, spec)
-        self.store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), self.name)
-        self.kick()
-        return run_id
+    def submit(self, spec: RunSpec, force: bool = False) -> str:
+        """:func:`submit`'s run id."""
+        return self.enqueue(spec, force).id
+
+    def enqueue(self, spec: RunSpec, force: bool = False) -> Submitted:
+        sub = _store_once(self.store, spec, self.name, force)
+        if not sub.reused:
+            self.kick()
+        return sub
 
     def kick(self) -> list[str]:
         """Mark dead workers ``lost``, then start queued runs while fewer than ``max_parallel``
@@ -226,12 +284,17 @@ class RayBackend:
         except Exception as e:
             raise MixvizError(f"cannot reach Ray at {address}: {str(e)[:200]}") from None
 
-    def submit(self, spec: RunSpec) -> str:
+    def submit(self, spec: RunSpec, force: bool = False) -> str:
+        """:func:`submit`'s run id."""
+        return self.enqueue(spec, force).id
+
+    def enqueue(self, spec: RunSpec, force: bool = False) -> Submitted:
         # refuses a spec Ray cannot place before it is stored
         resources = ray_resources(spec, model_size(spec))
-        run_id = new_run_id()
-        write_spec(run_id, spec)
-        self.store.insert(run_id, spec.key, spec.model, spec.label, spec.to_dict(), self.name)
+        sub = _store_once(self.store, spec, self.name, force)
+        if sub.reused:
+            return sub
+        run_id = sub.id
         env = worker_env(settings_only=True)
         try:
             self.client.submit_job(
@@ -256,7 +319,7 @@ class RayBackend:
             self.store.update(run_id, backend_id=run_id)
             if self.store.get(run_id).status == "cancelled":
                 self._stop(run_id)
-        return run_id
+        return sub
 
     def _stop(self, run_id: str) -> None:
         try:
@@ -317,31 +380,10 @@ def get_backend(
     raise MixvizError(f"unknown backend {name!r}; use local or ray")
 
 
-SAME = " = "  # joins the names of specs that are one run: "pure MXFP4 = uniform @5"
-
-
-def submit_once(backend, specs: list[RunSpec]) -> list[tuple[str, bool]]:
-    """Queue each spec unless an identical one (same :attr:`RunSpec.key`: model, recipe, tasks,
-    limit, quantization settings) is queued, running or done — in the store or earlier in
-    ``specs``. That run is reused, and its label gains this spec's name. Returns
-    ``(run id, reused)`` per spec.
-    """
-    store = backend.store
-    runs = {r.key: r for r in store.list((*ACTIVE, "done"))}  # the latest run per key
-    out = []
-    for spec in specs:
-        row = runs.get(spec.key)
-        if row is None:
-            run_id = backend.submit(spec)
-            out.append((run_id, False))
-        else:
-            run_id = row.id
-            names = row.label.split(SAME)
-            if spec.label not in names:
-                store.update(run_id, label=SAME.join([*names, spec.label]))
-            out.append((run_id, True))
-        runs[spec.key] = store.get(run_id)
-    return out
+def submit_once(backend, specs: list[RunSpec], force: bool = False) -> list[tuple[str, bool]]:
+    """:func:`submit` for each spec in turn (identical ones in ``specs`` are one run too):
+    ``(run id, reused)`` per spec."""
+    return [(sub.id, sub.reused) for sub in (submit(backend, s, force) for s in specs)]
 
 
 def ray_resources(spec: RunSpec, size: tuple[int, int] | None = None) -> dict:

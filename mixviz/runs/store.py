@@ -27,6 +27,7 @@ from mixviz.paths import cache_dir
 
 SCHEMA_VERSION = 1
 FINAL = ("done", "failed", "cancelled", "lost")
+SAME = " = "  # joins the names of specs that are one run: "pure MXFP4 = uniform @5"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -246,6 +247,48 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
                 (run_id, key, model, label, json.dumps(spec), time.time(), backend),
             )
+
+    def insert_once(
+        self,
+        run_id: str,
+        key: str,
+        model: str,
+        label: str,
+        spec: dict,
+        backend: str = "local",
+        reuse: tuple[str, ...] = (),
+    ) -> tuple[RunRow, bool]:
+        """Insert the run unless one with the same ``key`` is in one of the ``reuse`` states;
+        that one (the latest done one, else the latest) is kept and gains ``label`` among its
+        names. One IMMEDIATE transaction, so two processes submitting the same spec at once
+        make one run.
+        Returns ``(the row, reused)``."""
+        with self.tx() as con:
+            row = None
+            if reuse:
+                marks = ", ".join("?" for _ in reuse)
+                row = con.execute(
+                    f"SELECT * FROM runs WHERE key = ? AND status IN ({marks}) "
+                    "ORDER BY status = 'done' DESC, created DESC, id DESC LIMIT 1",
+                    (key, *reuse),
+                ).fetchone()
+            if row is None:
+                con.execute(
+                    "INSERT INTO runs (id, key, model, label, spec, status, created, backend) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (run_id, key, model, label, json.dumps(spec), time.time(), backend),
+                )
+                reused = False
+            else:
+                names = row["label"].split(SAME)
+                if label not in names:
+                    con.execute(
+                        "UPDATE runs SET label = ? WHERE id = ?",
+                        (SAME.join([*names, label]), row["id"]),
+                    )
+                run_id, reused = row["id"], True
+            got = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return _row(got), reused
 
     def update(self, run_id: str, **fields) -> None:
         if not fields:

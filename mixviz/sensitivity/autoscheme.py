@@ -108,7 +108,7 @@ def run_autoscheme(
 
     Returns (auto-round's layer_config, seconds). ``dataset`` is a ``.jsonl`` path.
     """
-    from mixviz.models.device import resolve_device
+    from mixviz.models.device import autoround_amp, resolve_device
 
     os.environ["AR_AUTO_SCHEME_CACHE"] = str(cache)
     from auto_round import AutoRound, AutoScheme
@@ -133,6 +133,7 @@ def run_autoscheme(
         disable_opt_rtn=True,
         enable_torch_compile=False,
         device_map=str(resolve_device(device)),
+        amp=autoround_amp(model),
         dataset=str(dataset),
         nsamples=nsamples,
         seqlen=seqlen,

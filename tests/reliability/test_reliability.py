@@ -113,15 +113,15 @@ def test_two_sessions_submit_at_once_one_runs(store, monkeypatch):
     backend = LocalBackend(store)
     spawned = []
     monkeypatch.setattr(LocalBackend, "_spawn", lambda self, run_id: spawned.append(run_id))
-    spec = RunSpec(model="tiny", recipe=None, tasks=("mixviz_lastword",), limit=2)
     ids = []
     barrier = threading.Barrier(2)
 
-    def submit():
+    def submit(seed):  # two different specs: identical ones are one run (test_one_run_per_spec)
+        spec = RunSpec(model="tiny", recipe=None, tasks=("mixviz_lastword",), limit=2, seed=seed)
         barrier.wait()
         ids.append(LocalBackend(Store(store.path)).submit(spec))
 
-    threads = [threading.Thread(target=submit) for _ in range(2)]
+    threads = [threading.Thread(target=submit, args=(seed,)) for seed in range(2)]
     for t in threads:
         t.start()
     for t in threads:
