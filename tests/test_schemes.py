@@ -37,11 +37,15 @@ def _auto_round_bits(name: str, in_f: int, out_f: int, ignore: bool) -> int:
     return total
 
 
+COUNTED_BY_AUTO_ROUND = [n for n, s in SCHEMES.items() if not s.ggml]  # GGML: GGML's bytes
+
+
 @pytest.mark.parametrize("name", list(SCHEMES))
 def test_scheme_matches_auto_round_preset(name):
     from auto_round.schemes import PRESET_SCHEMES
 
-    ours, theirs = SCHEMES[name], PRESET_SCHEMES[name]
+    ours = SCHEMES[name]
+    theirs = PRESET_SCHEMES[ours.preset]
     assert (ours.bits, ours.group_size, ours.data_type) == (
         theirs.bits,
         theirs.group_size,
@@ -50,7 +54,7 @@ def test_scheme_matches_auto_round_preset(name):
     assert ours.act_bits == (theirs.act_bits or 16)
 
 
-@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("name", COUNTED_BY_AUTO_ROUND)
 @pytest.mark.parametrize("ignore", [False, True])
 def test_bits_equal_auto_round_count(name, ignore):
     for in_f, out_f in SHAPES:
@@ -60,7 +64,7 @@ def test_bits_equal_auto_round_count(name, ignore):
 
 def test_bits_on_model_shapes_equal_auto_round(tiny_layers):
     for layer in tiny_layers:
-        for name in SCHEMES:
+        for name in COUNTED_BY_AUTO_ROUND:
             for ignore in (False, True):
                 assert layer_bits(
                     SCHEMES[name], layer.in_features, layer.out_features, ignore_scale_bits=ignore
@@ -142,3 +146,28 @@ def test_aliases_and_errors():
         parse_options("MXFP4,mxfp4")
     with pytest.raises(MixvizError, match="no options"):
         parse_options(" , ")
+
+
+def test_ggml_types_count_ggml_bytes_exactly():
+    """Block sizes and bytes per block are the gguf package's (llama.cpp's) own table; bits per
+    weight include the scales, as llama.cpp states them (Q4_K 4.5, Q6_K 6.5625, Q8_0 8.5)."""
+    import gguf
+
+    from mixviz.models.schemes import GGML_BLOCKS
+
+    for name, (width, nbytes) in GGML_BLOCKS.items():
+        assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]] == (width, nbytes), name
+    bpw = {n: layer_bits(s, 2048, 8) / (2048 * 8) for n, s in SCHEMES.items() if s.ggml}
+    assert bpw == {
+        "Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5,
+        "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625,
+    }  # fmt: skip
+    assert layer_bits(SCHEMES["Q4_K"], 2048, 8, ignore_scale_bits=True) == 4 * 2048 * 8
+
+
+def test_k_types_need_a_256_wide_row_and_name_llama_cpps_fallback():
+    q4k = SCHEMES["Q4_K"]
+    assert q4k.available_for(1536) and not q4k.available_for(576)
+    assert "falls back to Q5_0" in q4k.why_unavailable(576)
+    assert SCHEMES["Q4_0"].available_for(576) and not SCHEMES["Q4_0"].available_for(48)
+    assert get_scheme("q6_k").name == "Q6_K"

@@ -51,6 +51,8 @@ class Problem:
     profile_key: str = ""
     metric: str = ""
     pins: dict[str, str] = field(default_factory=dict)
+    target: str = ""
+    """The runtime whose rules the problem carries (:mod:`mixviz.models.targets`), or ``""``."""
 
     @property
     def total_numel(self) -> int:
@@ -82,8 +84,13 @@ class Problem:
         shared: list[str] | None = None,
         pins: dict[str, str] | None = None,
         include_lm_head: bool = False,
+        target: str | None = None,
     ) -> Problem:
-        """Build the allocation problem from a :class:`~mixviz.sensitivity.profile.Profile`."""
+        """Build the allocation problem from a :class:`~mixviz.sensitivity.profile.Profile`.
+
+        ``target`` (``vllm``, ``sglang``, ``llamacpp``, ``transformers``) adds that runtime's
+        rules: its fused groups share one option, and a layer is offered only the options the
+        runtime serves at its width."""
         layers = [
             x
             for x in profile.layers
@@ -103,6 +110,14 @@ class Problem:
         by_name = {x.name: x for x in layers}
         pins = _check_pins(pins, by_name, options)
         tables = _Tables(bits, nos, scores, nos if ignore_scale_bits else bits)
+        runtime = None
+        if target:
+            from mixviz.models.targets import get_runtime
+
+            runtime = get_runtime(target)
+            shared = [*(shared or []), *(s for s in runtime.shared if s not in (shared or []))]
+            _check_pins_serve(pins, by_name, runtime)
+            tables = _served(tables, by_name, runtime)
         units = tuple(
             _unit(group, pins, by_name, options, tables) for group in _groups(layers, shared or [])
         )
@@ -113,14 +128,33 @@ class Problem:
             {x.name: x.numel for x in layers},
             bits,
             nos,
-            scores,
+            tables.scores,  # without what the target runtime cannot serve
             options,
             units,
             ignore_scale_bits,
             profile.key,
             profile.metric,
             pins,
+            runtime.name if runtime else "",
         )
+
+
+def _served(t: _Tables, by_name: dict, runtime) -> _Tables:
+    """The tables without the (layer, option) pairs ``runtime`` cannot serve: no score, so no
+    unit offers them."""
+    scores = {
+        (n, o): v
+        for (n, o), v in t.scores.items()
+        if n not in by_name or not runtime.why_not(get_scheme(o), by_name[n].in_features)
+    }
+    return _Tables(t.bits, t.nos, scores, t.cost)
+
+
+def _check_pins_serve(pins: dict[str, str], by_name: dict, runtime) -> None:
+    for name, opt in pins.items():
+        why = runtime.why_not(get_scheme(opt), by_name[name].in_features)
+        if why:
+            raise MixvizError(f"pin {name}={opt}: {runtime.label} cannot serve it ({why})")
 
 
 def _check_pins(pins: dict[str, str] | None, by_name: dict, options: tuple[str, ...]):
@@ -173,6 +207,7 @@ def _unit(group: list[str], pins: dict[str, str], by_name: dict, options, t: _Ta
         raise MixvizError(
             f"no option is available for every layer of {group[0]}"
             + (f" (+{len(group) - 1} shared)" if len(group) > 1 else "")
+            + " (the target runtime's rules and group sizes included)"
         )
     return Unit(
         tuple(group),

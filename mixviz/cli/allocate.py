@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
         metavar="qkv,gate_up|REGEX",
         help="layers that must share an option (repeatable)",
     )
+    add_target(alloc)
     _add_pins(alloc)
     add_profile_flags(
         alloc, "include_lm_head", include_lm_head="put lm_head in the budget (profiles it too)"
@@ -54,6 +55,19 @@ def add_parser(sub) -> None:
     add_json(alloc)
     alloc.add_argument("--out", help="also write the allocation JSON to this file")
     alloc.set_defaults(func=cmd_allocate)
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """``--target RUNTIME``: the runtime's rules become constraints (models/targets.py)."""
+    from mixviz.models.targets import RUNTIMES
+
+    parser.add_argument(
+        "--target",
+        dest="target_runtime",
+        choices=list(RUNTIMES),
+        help="the runtime that will serve the model: its rules join the problem (vllm/sglang: "
+        "fused q/k/v and gate/up share one format; llamacpp: GGML types only)",
+    )
 
 
 def _add_pins(alloc: argparse.ArgumentParser) -> None:
@@ -114,11 +128,14 @@ def cmd_allocate(args: argparse.Namespace) -> None:
         shared=_shared(args.shared),
         pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
         include_lm_head=args.include_lm_head,
+        target=args.target_runtime,
     )
     result = allocate(problem, budget, args.strategy)
     doc = result.to_dict()
     doc["model"] = prof.model
     doc["model_hash"] = prof.model_hash
+    if args.target_runtime:
+        doc["target"] = args.target_runtime
     emit(doc, args.json, _allocation_text, args.out)
 
 

@@ -107,7 +107,7 @@ def read_recipe_layers(path: str) -> tuple[dict[str, str], dict]:
     return {str(k): str(v) for k, v in layers.items()}, doc
 
 
-def _recipe_file(ref, path: str) -> tuple[dict[str, str], str, float | None]:
+def recipe_file(ref, path: str) -> tuple[dict[str, str], str, float | None]:
     """A recipe file checked against the model: (every block linear → option, strategy, budget).
 
     Layers the model lacks and options a layer cannot take are refused here, not by the
@@ -140,7 +140,7 @@ def _run_spec(args: argparse.Namespace, ref):
     elif args.uniform:
         recipe = uniform_recipe(ref, args.uniform)
     else:
-        recipe, strategy, budget = _recipe_file(ref, args.recipe)
+        recipe, strategy, budget = recipe_file(ref, args.recipe)
     tasks = check_tasks(args.tasks.split(","))
     if KLD_TASK not in tasks and not args.no_kld:
         tasks.append(KLD_TASK)

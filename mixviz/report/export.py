@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 
 from mixviz.errors import MixvizError
 from mixviz.models.schemes import Scheme, get_scheme
+from mixviz.models.targets import gguf_tensor_name
 from mixviz.paths import read_json
 from mixviz.report.recipe import Recipe
 
@@ -105,7 +106,8 @@ def to_gptqmodel(recipe: Recipe) -> dict:
         if s.family not in ("int", "bf16"):
             raise MixvizError(
                 f"GPTQModel quantizes integer weights only; {name} is {option} "
-                "(use the auto-round or llm-compressor export for MX/NV formats)"
+                "(use the auto-round or llm-compressor export for MX/NV formats, "
+                "llama.cpp for GGML types)"
             )
         ints[name] = s
     quantized = [s for s in ints.values() if s.bits < 16]
@@ -165,6 +167,10 @@ _SCALE_DTYPES = {
 
 def _ct_args(s: Scheme) -> dict:
     """compressed-tensors QuantizationArgs for a scheme's weights."""
+    if s.family == "ggml":
+        raise MixvizError(
+            f"compressed-tensors has no {s.name} (a GGML type): export it for llama.cpp"
+        )
     if s.family == "int":
         return {
             "num_bits": s.bits,
@@ -218,26 +224,6 @@ def to_llmcompressor(recipe: Recipe) -> str:
 
 # --------------------------------------------------------------------------- llama.cpp
 
-_GGUF_NAMES = {
-    "q_proj": "attn_q",
-    "k_proj": "attn_k",
-    "v_proj": "attn_v",
-    "o_proj": "attn_output",
-    "gate_proj": "ffn_gate",
-    "up_proj": "ffn_up",
-    "down_proj": "ffn_down",
-}
-
-
-def gguf_tensor_name(hf_name: str) -> str:
-    """``model.layers.3.mlp.down_proj`` → ``blk.3.ffn_down``; ``lm_head`` → ``output``."""
-    if hf_name == "lm_head":
-        return "output"
-    m = re.match(r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$", hf_name)
-    if not m or m[2] not in _GGUF_NAMES:
-        raise MixvizError(f"no GGUF tensor name for {hf_name} (llama-style names only)")
-    return f"blk.{m[1]}.{_GGUF_NAMES[m[2]]}"
-
 
 def gguf_tensor_pattern(hf_name: str) -> str:
     """A ``--tensor-type`` pattern that finds exactly this layer's weight tensor.
@@ -254,6 +240,8 @@ def gguf_tensor_pattern(hf_name: str) -> str:
 def ggml_type(option: str) -> str:
     """The GGML type closest to an option; an error where none exists."""
     s = get_scheme(option)
+    if s.family == "ggml":  # llama.cpp's own type: exactly itself
+        return s.ggml.lower()
     if s.family == "bf16":
         return "bf16"
     if s.family == "mxfp" and s.bits == 4:

@@ -33,6 +33,28 @@ class QuantArgs:
 
 
 @dataclass(frozen=True)
+class ShipArgs:
+    """Write the quantized model to disk as a real checkpoint and verify it on reload.
+
+    ``format``: ``auto_round``, ``auto_gptq``, ``llm_compressor`` or ``gguf``
+    (:mod:`mixviz.models.targets`); ``out``: the folder (absolute path) it is written to.
+    """
+
+    format: str
+    out: str
+
+    def __post_init__(self):
+        from mixviz.models.targets import FORMATS
+
+        if self.format not in FORMATS:
+            raise MixvizError(
+                f"unknown checkpoint format {self.format!r}; choose from {', '.join(FORMATS)}"
+            )
+        if not self.out:
+            raise MixvizError("a checkpoint needs an output folder (--out DIR)")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Quantize ``model`` with ``recipe`` (None = the unquantized reference), then evaluate.
 
@@ -55,6 +77,8 @@ class RunSpec:
     model_hash: str = ""
     trust_remote_code: bool = False
     device: str = "auto"
+    ship: ShipArgs | None = None
+    """Also write the model as a checkpoint and verify it on reload (:mod:`mixviz.runs.ship`)."""
 
     def __post_init__(self):
         object.__setattr__(self, "device", check_device(self.device))
@@ -70,12 +94,16 @@ class RunSpec:
                 raise MixvizError("the recipe is empty")
             for option in set(self.recipe.values()):
                 get_scheme(option)  # raises on unknown options
+        if self.ship is not None and self.recipe is None:
+            raise MixvizError("a checkpoint needs a recipe (nothing to quantize in BF16)")
 
     @property
     def label(self) -> str:
         """``bf16``, ``uniform MXFP4``, ``optimal @5``… — how charts and tables name the run."""
         if self.recipe is None:
             return "bf16"
+        if self.ship is not None:
+            return f"quantize {self.ship.format}" + (f" ({self.strategy})" if self.strategy else "")
         if self.strategy:
             return self.strategy + (f" @{self.budget:g}" if self.budget is not None else "")
         opts = sorted(set(self.recipe.values()))
@@ -87,6 +115,8 @@ class RunSpec:
         d = self.to_dict()
         for k in ("strategy", "budget", "format", "version"):
             d.pop(k, None)
+        if d.get("ship") is None:  # specs written before checkpoints keep their key
+            d.pop("ship", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -101,6 +131,8 @@ class RunSpec:
         try:
             d["tasks"] = tuple(d["tasks"])
             d["quant"] = QuantArgs(**d.get("quant", {}))
+            if d.get("ship") is not None:
+                d["ship"] = ShipArgs(**d["ship"])
             return cls(**d)
         except TypeError as e:
             raise MixvizError(f"malformed run spec: {e}") from None

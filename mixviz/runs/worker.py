@@ -50,14 +50,26 @@ def layer_plan(spec: RunSpec, layers) -> dict[str, str]:
 def quantize(model, tokenizer, spec: RunSpec):
     """auto-round with the run's whole ``layer_config`` (every block linear named, preset
     names, BF16 spelled out); in memory."""
+    return quantize_with(autoround(model, tokenizer, spec), spec)
+
+
+def autoround(model, tokenizer, spec: RunSpec):
+    """The ``AutoRound`` for a run: its plan as ``layer_config`` (auto-round's preset names,
+    ``GGUF:Q4_0`` for a GGML type), RTN unless the spec tunes, in the model's own precision."""
     from collections import Counter
 
     from auto_round import AutoRound
 
-    from mixviz.models.device import resolve_device
+    from mixviz.models.device import autoround_amp, resolve_device
     from mixviz.models.inventory import inventory
 
     plan = layer_plan(spec, inventory(model))
+    if spec.ship is not None and spec.ship.format == "gguf":  # W8A16G32 is written as Q8_0
+        from mixviz.models.targets import gguf_option
+
+        plan = {n: gguf_option(o) for n, o in plan.items()}
+    nvfp = any(get_scheme(o).family == "nvfp" for o in plan.values())
+    plan = {n: get_scheme(o).preset for n, o in plan.items()}
     quantized = [o for o in plan.values() if o != "BF16"] or ["BF16"]
     default = Counter(quantized).most_common(1)[0][0]  # every layer is named: only a fallback
     kwargs = dict(
@@ -66,14 +78,18 @@ def quantize(model, tokenizer, spec: RunSpec):
         enable_torch_compile=False,
         device_map=str(resolve_device(spec.device)),
         seed=spec.seed,
+        amp=autoround_amp(model),  # quantize in the run's precision, never cast behind it
     )
     # NVFP4 calibrates its activation scales even in RTN mode: give it the local text too
-    nvfp = any(get_scheme(o).family == "nvfp" for o in plan.values())
     if spec.quant.iters > 0 or not spec.quant.disable_opt_rtn or nvfp:
         kwargs.update(
             dataset=_calibration_texts(spec), nsamples=spec.quant.nsamples, seqlen=spec.quant.seqlen
         )
-    ar = AutoRound(model, tokenizer, scheme=default, layer_config=plan, **kwargs)
+    return AutoRound(model, tokenizer, scheme=default, layer_config=plan, **kwargs)
+
+
+def quantize_with(ar, spec: RunSpec):
+    """``ar.quantize()``: the quantize-dequantized model, in memory."""
     try:
         qmodel, _ = ar.quantize()
     except SystemExit as e:  # auto-round exits the process when no calibration text is left
@@ -82,6 +98,17 @@ def quantize(model, tokenizer, spec: RunSpec):
             f"too short for seqlen {spec.quant.seqlen}"
         ) from None
     return qmodel
+
+
+class KeepAutoRound:
+    """The quantize step of a run that writes a checkpoint: keeps its ``AutoRound`` for
+    ``save_quantized`` (:mod:`mixviz.runs.ship`)."""
+
+    ar = None
+
+    def __call__(self, model, tokenizer, spec: RunSpec):
+        self.ar = autoround(model, tokenizer, spec)
+        return quantize_with(self.ar, spec)
 
 
 def _calibration_texts(spec: RunSpec) -> list[str]:
@@ -108,16 +135,22 @@ def carried(module) -> tuple:
     )
 
 
+def carries(module, scheme: Scheme) -> bool:
+    """Whether a layer, after auto-round, carries ``scheme`` (a GGML type: its exact data type;
+    ``Q4_0`` and ``W4A16G32`` are the same quantizer, so either reads as the other)."""
+    bits, group, dtype, act = carried(module)
+    if scheme.bits >= 16:
+        return bits >= 16
+    if (scheme.bits, scheme.group_size, scheme.act_bits) != (bits, group, act):
+        return False
+    # auto-round spells the data type with its width: ``mx_fp8``, ``nv_fp4``, ``int``
+    return dtype.startswith(scheme.data_type)
+
+
 def carried_scheme(module) -> Scheme | None:
     """The catalogue scheme a quantized layer carries (BF16 when untouched), or None."""
-    bits, group, dtype, act = carried(module)
-    if bits >= 16:
-        return SCHEMES["BF16"]
     for s in SCHEMES.values():
-        # auto-round spells the data type with its width: ``mx_fp8``, ``nv_fp4``, ``int``
-        if (s.bits, s.group_size, s.act_bits) == (bits, group, act) and dtype.startswith(
-            s.data_type
-        ):
+        if carries(module, s):
             return s
     return None
 
@@ -134,14 +167,13 @@ def verify(model, plan: dict[str, str]) -> dict[str, str]:
         if mod is None:
             bad.append(f"{name}: missing after quantization")
             continue
-        s = carried_scheme(mod)
-        if s is None or s.name != get_scheme(option).name:
+        if not carries(mod, get_scheme(option)):
             bits, group, dtype, act = carried(mod)
             bad.append(
                 f"{name}: asked {option}, got bits={bits} group={group} type={dtype} act_bits={act}"
             )
             continue
-        got[name] = s.name
+        got[name] = get_scheme(option).name
     if bad:
         raise MixvizError(f"{len(bad)} layers did not get their scheme, e.g. {bad[0]}")
     return got
@@ -346,6 +378,12 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         t = time.perf_counter()
         reference = reference_step(store, run_id, spec, loaded)
         timings["kld reference"] = time.perf_counter() - t
+    keep = None
+    if spec.ship is not None:  # a checkpoint is written from the same AutoRound
+        from mixviz.runs.ship import check_ship, probe_layers
+
+        check_ship(spec, loaded.plan, {x.name: x.in_features for x in loaded.layers})
+        quantize_fn = keep = KeepAutoRound()
     if spec.recipe is not None:
         t = time.perf_counter()
         loaded, bits = quantize_step(store, run_id, spec, loaded, quantize_fn)
@@ -357,6 +395,13 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         t = time.perf_counter()
         raw[KLD_TASK] = kld_step(store, run_id, spec, loaded, reference)
         timings["kld"] = time.perf_counter() - t
+    if keep is not None:
+        from mixviz.runs.ship import ship_step
+
+        probes = probe_layers(loaded.model, loaded.plan)  # before saving packs it in place
+        timings.update(
+            ship_step(store, run_id, spec, loaded, keep.ar, reference, raw, probes, bits)
+        )
     record_step(store, run_id, spec, raw, bits, time.perf_counter() - t_start, timings)
     done = store.transition(
         run_id, ("running",), status="done", stage="done", progress=1.0, finished=time.time()

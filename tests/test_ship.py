@@ -1,0 +1,261 @@
+"""Ship the chosen recipe: real checkpoints written by auto-round's exporters, read back from
+the files, reloaded from disk and checked against the in-memory run; refusals before any work;
+runtime rules as allocation constraints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli import run_cli
+
+from mixviz import MixvizError
+from mixviz.allocation.problem import Problem
+from mixviz.allocation.strategies import STRATEGIES, allocate
+from mixviz.models.schemes import get_scheme
+from mixviz.models.targets import RUNTIMES, check_format, gguf_option
+from mixviz.sensitivity.profile import synthetic_profile
+
+LLAMA_SHAPES = {
+    "self_attn.q_proj": (576, 576), "self_attn.k_proj": (576, 192),
+    "self_attn.v_proj": (576, 192), "self_attn.o_proj": (576, 576),
+    "mlp.gate_proj": (576, 1536), "mlp.up_proj": (576, 1536), "mlp.down_proj": (1536, 576),
+}  # fmt: skip  (SmolLM2's widths: 576 rules out K-types, 1536 does not)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MIXVIZ_MAX_PARALLEL", raising=False)
+    return {"MIXVIZ_CACHE": str(tmp_path / "cache")}
+
+
+def _block_linears(ref):
+    from mixviz.models.inventory import block_linears, inventory
+    from mixviz.models.loading import meta_model
+
+    return block_linears(inventory(meta_model(ref)))
+
+
+def _recipe(tmp_path: Path, layers, options, name="recipe.json") -> Path:
+    path = tmp_path / name
+    plan = {x.name: options[i % len(options)] for i, x in enumerate(layers)}
+    path.write_text(json.dumps({"layers": plan}))
+    return path
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+WIDTHS = {"a": 576, "b": 1536}
+
+
+@pytest.mark.parametrize(
+    "fmt, plan, message",
+    [
+        ("auto_round", {"a": "W4A16G32", "b": "MXFP8"}, "cannot mix int and mxfp"),
+        ("llm_compressor", {"a": "NVFP4", "b": "W8A16G64"}, "cannot mix int and nvfp"),
+        ("auto_gptq", {"a": "MXFP4", "b": "BF16"}, "integer weights only"),
+        ("auto_round", {"a": "Q4_0", "b": "BF16"}, "use --format gguf"),
+        ("gguf", {"a": "MXFP8", "b": "Q8_0"}, "cannot hold a at MXFP8"),
+        ("gguf", {"a": "W4A16G64", "b": "Q8_0"}, "cannot hold a at W4A16G64"),
+        ("gguf", {"a": "Q4_K", "b": "Q8_0"}, "falls back to Q5_0"),
+        ("safetensors", {"a": "W4A16G32"}, "unknown checkpoint format"),
+    ],
+)
+def test_formats_refuse_what_they_cannot_hold(fmt, plan, message):
+    with pytest.raises(MixvizError, match=message):
+        check_format(plan, fmt, WIDTHS)
+
+
+def test_formats_take_what_they_hold():
+    check_format({"a": "W2A16G32", "b": "W8A16G64"}, "auto_gptq", WIDTHS)
+    check_format({"a": "MXFP4", "b": "MXFP8"}, "auto_round", WIDTHS)
+    check_format({"a": "Q4_0", "b": "Q6_K"}, "gguf", WIDTHS)  # 1536 takes a K-type
+    check_format({"a": "W4A16G32", "b": "W8A16G32", "c": "BF16"}, "gguf", {**WIDTHS, "c": 64})
+    assert gguf_option("W4A16G32") == "Q4_0" and gguf_option("W8A16G32") == "Q8_0"
+
+
+def test_cli_refuses_before_queuing_anything(tmp_path, cache, tiny_ref):
+    layers = _block_linears(tiny_ref)
+    mixed = _recipe(tmp_path, layers, ["MXFP4", "W4A16G32"])
+    r = run_cli("quantize", "tiny", "--recipe", mixed, "--format", "auto_round",
+                "--out", tmp_path / "out", env=cache)  # fmt: skip
+    assert r.returncode == 2 and "cannot mix int and mxfp" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    ints = _recipe(tmp_path, layers, ["W4A16G32"], "ints.json")
+    r = run_cli("quantize", "tiny", "--recipe", ints, "--format", "auto_round", "--out", full,
+                env=cache)  # fmt: skip
+    assert r.returncode == 2 and "not an empty folder" in r.stderr
+    assert (full / "keep.txt").read_text() == "mine"  # never written over
+    r = run_cli("quantize", "tiny", "--recipe", mixed, "--format", "auto_round", "--target",
+                "llamacpp", "--out", tmp_path / "o2", env=cache)  # fmt: skip
+    assert r.returncode == 2 and "llama.cpp cannot load" in r.stderr
+    from mixviz.runs.store import Store
+
+    assert Store().list() == []
+
+
+# --------------------------------------------------------------------------- runtime rules
+
+
+def _problem(target, options, **kw):
+    prof = synthetic_profile(LLAMA_SHAPES, 6, options, seed=11)
+    return prof, Problem.from_profile(prof, target=target, **kw)
+
+
+def test_vllm_and_sglang_give_fused_layers_one_format():
+    for target in ("vllm", "sglang"):
+        prof, problem = _problem(target, ["W4A16G64", "MXFP4", "MXFP8"])
+        lo, hi = problem.feasible_range()
+        for budget in (lo, (lo + hi) / 2, hi - 0.3):
+            layers = allocate(problem, budget, "optimal").layers
+            for b in range(6):
+                p = f"model.layers.{b}."
+                qkv = {layers[p + f"self_attn.{k}_proj"] for k in "qkv"}
+                gate_up = {layers[p + "mlp.gate_proj"], layers[p + "mlp.up_proj"]}
+                assert len(qkv) == 1 and len(gate_up) == 1, (target, budget, b)
+    _, free = _problem(None, ["W4A16G64", "MXFP4", "MXFP8"])  # without a target they may differ
+    assert free.target == "" and any(len(u.names) == 1 for u in free.units)
+
+
+def test_llamacpp_allocations_hold_only_what_llamacpp_loads():
+    prof, problem = _problem("llamacpp", ["Q4_0", "Q4_K", "MXFP4", "Q6_K", "MXFP8", "Q8_0"])
+    widths = {x.name: x.in_features for x in prof.layers}
+    lo, hi = problem.feasible_range()
+    strategies = [s.name for s in STRATEGIES.values() if s.budgeted]
+    for budget in (lo, (lo + hi) / 2, hi):
+        for strategy in strategies:
+            try:
+                layers = allocate(problem, budget, strategy).layers
+            except MixvizError:
+                continue  # a baseline that cannot meet this budget says so
+            for name, option in layers.items():
+                s = get_scheme(option)
+                assert s.family in ("ggml", "bf16"), (strategy, name, option)
+                assert s.available_for(widths[name]), (strategy, name, option)
+    # the K-types stay available where 256 divides the row (down_proj: 1536)
+    downs = {o for u in problem.units for o in u.options if "down_proj" in u.names[0]}
+    assert {"Q4_K", "Q6_K"} <= downs
+    q = {o for u in problem.units for o in u.options if "q_proj" in u.names[0]}
+    assert not q & {"Q4_K", "Q6_K", "MXFP4", "MXFP8"}
+
+
+def test_a_pin_the_target_cannot_serve_is_refused():
+    with pytest.raises(MixvizError, match="llama.cpp cannot serve it"):
+        _problem("llamacpp", ["Q4_0", "MXFP8", "Q8_0"], pins={"model.layers.0.mlp.up_proj": "MXFP8"})
+
+
+def test_every_runtime_rule_names_its_source():
+    for rt in RUNTIMES.values():
+        assert rt.rules and all(r.says and r.source for r in rt.rules)
+        assert rt.format in ("auto_round", "gguf")
+
+
+def test_allocate_cli_takes_a_target(tmp_path):
+    prof = synthetic_profile(LLAMA_SHAPES, 3, ["MXFP4", "MXFP8"], seed=2)
+    path = tmp_path / "p.json"
+    prof.save(path)
+    r = run_cli("allocate", path, "--avg-bits", "6", "--target", "vllm", "--json")
+    assert r.returncode == 0, r.stderr
+    layers = json.loads(r.stdout)["layers"]
+    assert json.loads(r.stdout)["target"] == "vllm"
+    for b in range(3):
+        assert len({layers[f"model.layers.{b}.self_attn.{k}_proj"] for k in "qkv"}) == 1
+
+
+# --------------------------------------------------------------------------- real checkpoints
+
+
+def _ship_doc(r, cache) -> dict:
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "done", doc
+    return doc["ship"]
+
+
+@pytest.mark.parametrize("fmt", ["auto_round", "auto_gptq"])
+def test_tiny_integer_mix_reloads_from_disk_and_matches(tmp_path, cache, tiny_ref, fmt):
+    layers = _block_linears(tiny_ref)
+    recipe = _recipe(tmp_path, layers, ["W2A16G32", "W4A16G32", "W8A16G32", "BF16"])
+    out = tmp_path / fmt
+    r = run_cli("quantize", "tiny", "--recipe", recipe, "--format", fmt, "--out", out,
+                "--limit", "4", "--json", env=cache)  # fmt: skip
+    ship = _ship_doc(r, cache)
+    plan = json.loads(recipe.read_text())["layers"]
+    assert ship["ok"] and set(ship["layers"]) == set(plan)
+    for name, f in ship["layers"].items():
+        want = get_scheme(plan[name]).bits
+        assert f["ok"] and f["found"].startswith(f"{want if want < 16 else 32}-bit"), (name, f)
+    assert 0.99 <= ship["quantized_bytes_ratio"] <= 1.1  # packed ints + their scales and zeros
+    d = ship["delta_kld"]
+    assert d["lo"] <= 0 <= d["hi"] and ship["probe_drift"] == []
+    kld = {m: v for m, v, _ in ship["kld_reloaded"]}
+    assert kld["kld"] > 0 and kld["tokens"] > 0
+    from mixviz.report.recipe import Recipe
+
+    assert Recipe.load(out / "mixviz-recipe.json").layers == plan  # mixviz reads it back
+    assert "Verified on reload" in (out / "README.md").read_text()
+    if fmt == "auto_round":  # the per-layer bits are the files' own
+        config = json.loads((out / "config.json").read_text())["quantization_config"]
+        assert config["extra_config"]  # a mixed plan: per-layer overrides
+    # the same job again is the same run, reused
+    again = run_cli("quantize", "tiny", "--recipe", recipe, "--format", fmt, "--out", out,
+                    "--limit", "4", "--json", env=cache)  # fmt: skip
+    assert again.returncode == 0 and "reusing its results" in again.stderr
+
+
+def test_read_formats_catches_a_layer_that_is_not_the_recipes(tmp_path, cache, tiny_ref):
+    """The files are the ground: a plan that says W8 where the files hold W4 is caught."""
+    from mixviz.runs.ship import read_formats
+
+    layers = _block_linears(tiny_ref)
+    recipe = _recipe(tmp_path, layers, ["W4A16G32", "W8A16G32"])
+    out = tmp_path / "ar"
+    r = run_cli("quantize", "tiny", "--recipe", recipe, "--format", "auto_round", "--out", out,
+                "--limit", "2", "--json", env=cache)  # fmt: skip
+    _ship_doc(r, cache)
+    plan = json.loads(recipe.read_text())["layers"]
+    liar = dict(plan)
+    first = layers[0].name
+    liar[first] = "W8A16G32" if plan[first] == "W4A16G32" else "W4A16G32"
+    found = read_formats(out, "auto_round", liar, layers)
+    assert [n for n, f in found.items() if not f["ok"]] == [first]
+
+
+@pytest.mark.slow
+def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_path, cache):
+    """The done-when of issue 24/25: a mixed Q4_0/Q5_0/Q8_0 GGUF of the demo, types read back
+    with GGUFReader, reloaded by transformers, and measured by llama.cpp where it is built."""
+    import mixviz
+    from mixviz.runs import llamacpp
+    from mixviz.runs.ship import read_gguf_types
+
+    ref = mixviz.resolve_model("demo")
+    layers = _block_linears(ref)
+    plan = {x.name: ["Q4_0", "Q5_0", "W8A16G32"][x.block % 3] for x in layers}
+    recipe = tmp_path / "demo.json"
+    recipe.write_text(json.dumps({"layers": plan}))
+    out = tmp_path / "gguf"
+    r = run_cli("quantize", "demo", "--recipe", recipe, "--format", "gguf", "--out", out,
+                "--limit", "4", "--json", env=cache, timeout=1800)  # fmt: skip
+    ship = _ship_doc(r, cache)
+    files = list(out.glob("*.gguf"))
+    assert len(files) == 1
+    types = read_gguf_types(files[0], list(plan))
+    assert {n: t for n, (t, _) in types.items()} == {n: gguf_option(o) for n, o in plan.items()}
+    assert ship["ok"] and ship["delta_kld"]["lo"] <= 0 <= ship["delta_kld"]["hi"]
+    assert ship["quantized_bytes_ratio"] == pytest.approx(1.0)  # GGML's exact block bytes
+    llama = ship["llama_cpp"]
+    if not llamacpp.available():
+        assert "skipped" in llama
+        pytest.skip("llama.cpp is not built here (bash .ci/llama_cpp.sh): " + llama["skipped"])
+    kld, se = llama["kld"]
+    mem = {m: v for m, v, _ in ship["kld_memory"]}
+    assert 0 < kld < 1 and se > 0
+    # llama.cpp scores the second half of each chunk, mixviz every position: same order
+    assert 0.2 < kld / mem["kld"] < 5
