@@ -18,9 +18,13 @@ from mixviz.models.targets import RUNTIMES, check_format, gguf_option
 from mixviz.sensitivity.profile import synthetic_profile
 
 LLAMA_SHAPES = {
-    "self_attn.q_proj": (576, 576), "self_attn.k_proj": (576, 192),
-    "self_attn.v_proj": (576, 192), "self_attn.o_proj": (576, 576),
-    "mlp.gate_proj": (576, 1536), "mlp.up_proj": (576, 1536), "mlp.down_proj": (1536, 576),
+    "self_attn.q_proj": (576, 576),
+    "self_attn.k_proj": (576, 192),
+    "self_attn.v_proj": (576, 192),
+    "self_attn.o_proj": (576, 576),
+    "mlp.gate_proj": (576, 1536),
+    "mlp.up_proj": (576, 1536),
+    "mlp.down_proj": (1536, 576),
 }  # fmt: skip  (SmolLM2's widths: 576 rules out K-types, 1536 does not)
 
 
@@ -147,7 +151,8 @@ def test_llamacpp_allocations_hold_only_what_llamacpp_loads():
 
 def test_a_pin_the_target_cannot_serve_is_refused():
     with pytest.raises(MixvizError, match="llama.cpp cannot serve it"):
-        _problem("llamacpp", ["Q4_0", "MXFP8", "Q8_0"], pins={"model.layers.0.mlp.up_proj": "MXFP8"})
+        pins = {"model.layers.0.mlp.up_proj": "MXFP8"}
+        _problem("llamacpp", ["Q4_0", "MXFP8", "Q8_0"], pins=pins)
 
 
 def test_every_runtime_rule_names_its_source():

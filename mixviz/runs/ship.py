@@ -298,19 +298,6 @@ def ship_step(
     store.update(run_id, stage="reading the files back", progress=0.8)
     layers = block_linears(loaded.layers)
     formats = read_formats(out, spec.ship.format, plan, layers)
-    shapes = {x.name: x for x in layers}
-    predicted = sum(
-        layer_bits(get_scheme(o), shapes[n].in_features, shapes[n].out_features) / 8
-        for n, o in plan.items()
-        if n in shapes
-    )
-    on_disk = sum(f["bytes"] for n, f in formats.items() if n in shapes)
-    quantized = [n for n, o in plan.items() if n in shapes and get_scheme(o).bits < 16]
-    q_predicted = sum(
-        layer_bits(get_scheme(plan[n]), shapes[n].in_features, shapes[n].out_features) / 8
-        for n in quantized
-    )
-    q_on_disk = sum(formats[n]["bytes"] for n in quantized)
 
     store.update(run_id, stage="reloading from disk", progress=0.83)
     t = time.perf_counter()
@@ -342,10 +329,7 @@ def ship_step(
         "out": str(out),
         "file": str(checkpoint_file(out, spec.ship.format)),
         "layers": formats,
-        "predicted_bytes": predicted,
-        "linear_bytes_on_disk": on_disk,
-        "bytes_ratio": on_disk / predicted if predicted else None,
-        "quantized_bytes_ratio": q_on_disk / q_predicted if q_predicted else None,
+        **sizes(formats, plan, layers),
         "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
         "kld_memory": kld.summarize(memory),
         "kld_reloaded": kld.summarize(disk),
@@ -370,6 +354,28 @@ def ship_step(
             f"differ: {names}"
         )
     return timings
+
+
+def sizes(formats: dict[str, dict], plan: dict[str, str], layers) -> dict:
+    """Bytes the block linears take in the files against the recipe's prediction (exact bit
+    counts ÷ 8): over all of them, and over the quantized ones (BF16 layers are stored in the
+    run's precision, float32 on a CPU)."""
+    shapes = {x.name: x for x in layers}
+
+    def predicted(n: str) -> float:
+        return layer_bits(get_scheme(plan[n]), shapes[n].in_features, shapes[n].out_features) / 8
+
+    names = [n for n in plan if n in shapes]
+    quantized = [n for n in names if get_scheme(plan[n]).bits < 16]
+    total, q_total = sum(map(predicted, names)), sum(map(predicted, quantized))
+    on_disk = sum(formats[n]["bytes"] for n in names)
+    q_on_disk = sum(formats[n]["bytes"] for n in quantized)
+    return {
+        "predicted_bytes": total,
+        "linear_bytes_on_disk": on_disk,
+        "bytes_ratio": on_disk / total if total else None,
+        "quantized_bytes_ratio": q_on_disk / q_total if q_total else None,
+    }
 
 
 def _ship_metrics(doc: dict) -> dict:
