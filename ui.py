@@ -485,3 +485,42 @@ def recipe_bits(model: str, recipe: tuple[tuple[str, str], ...]) -> float:
     from mixviz.report.recipe import Recipe
 
     return Recipe(model, "", dict(recipe)).average_bits(model_layers(model).values(), False)
+
+
+def quantize_panel(choice: dict, recipe: dict[str, str], name: str, budget, key: str) -> None:
+    """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
+    reloads the files and verifies them against the in-memory model (``mixviz quantize``)."""
+    from mixviz.models.targets import FORMATS
+    from mixviz.paths import safe_filename
+    from mixviz.runs.backends import get_backend, submit
+    from mixviz.runs.ship import quantize_spec
+
+    c1, c2, c3 = st.columns([1, 3, 1])
+    fmt = c1.selectbox("Checkpoint format", FORMATS, key=f"{key}_quantize_format")
+    stem = safe_filename(f"{choice['model']}-{name}-{fmt}")
+    out = c2.text_input(
+        "Folder", str(cache_dir() / "checkpoints" / stem), key=f"{key}_quantize_out_{fmt}"
+    )
+    if not c3.button("Quantize", key=f"{key}_quantize", help="a queued job, like a run"):
+        return
+    try:
+        ref = model_ref(choice["model"], choice["trust_remote_code"])
+        layers = model_layers(choice["model"])
+        widths = {n: x.in_features for n, x in layers.items()}
+        every = {n: "BF16" for n, x in layers.items() if x.block is not None}
+        spec = quantize_spec(
+            ref,
+            {**every, **recipe},
+            fmt,
+            out,
+            widths=widths,
+            strategy=name,
+            budget=budget,
+            trust_remote_code=choice["trust_remote_code"],
+            device=choice["device"],
+            dtype=choice["dtype"],
+        )
+        sub = submit(get_backend(), spec)
+        st.success(sub.describe(spec.label) + ": follow it on the Runs page")
+    except MixvizError as e:
+        st.error(str(e))

@@ -156,6 +156,13 @@ def budget_view() -> None:
     st.dataframe(summary_frame(summary, best), hide_index=True, key="allocate_summary")
     frontier_view(avg)
     downloads(best, avg)
+    st.subheader("Quantize")
+    st.caption(
+        "Write this allocation as a real checkpoint with auto-round's exporter; the job reloads "
+        "the files from disk and checks them against the in-memory model (formats read from "
+        "the files, bytes, KLD). A format that cannot hold the recipe says why."
+    )
+    ui.quantize_panel(choice, dict(best.layers), best.strategy, avg, "allocate")
 
 
 def budget_slider() -> float:

@@ -13,6 +13,7 @@ from mixviz.runs.backends import get_backend, read_log, submit_once
 from mixviz.runs.logs import clean_log
 from mixviz.runs.progress import duration, eta_text
 from mixviz.runs.runspec import RunSpec
+from mixviz.runs.ship import ship_document
 from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
 
@@ -229,8 +230,47 @@ def details(rows) -> None:
     result = read_result(pick) if row.status == "done" else None
     if result is not None:
         st.caption(f"Measured on {rests_on(result.machine, result.timings)}")
+    shipped = ship_document(pick)
+    if shipped:
+        checkpoint(shipped)
+    elif row.status == "done" and row.spec.get("recipe"):
+        with st.expander("Save this run's model as a checkpoint"):
+            ui.quantize_panel(choice, row.spec["recipe"], labels[pick], row.spec.get("budget"),
+                              "runs")  # fmt: skip
     with st.expander("Log", expanded=row.status not in FINAL):
         st.code(clean_log(read_log(pick))[-8000:] or "(empty)", language=None)
+
+
+def checkpoint(doc: dict) -> None:
+    """What a quantize job wrote and how it checked out on reload."""
+    mem = {m: (v, se) for m, v, se in doc["kld_memory"]}
+    dsk = {m: (v, se) for m, v, se in doc["kld_reloaded"]}
+    d = doc["delta_kld"]
+    ok = sum(f["ok"] for f in doc["layers"].values())
+    (st.success if doc["ok"] else st.error)(
+        f"{doc['format']} checkpoint in `{doc['file']}` ({doc['total_bytes'] / 2**20:.1f} MiB): "
+        f"{ok} of {len(doc['layers'])} layers carry the recipe's format in the files; "
+        f"quantized bytes ÷ predicted {doc['quantized_bytes_ratio']:.4f}"
+    )
+    llama = doc.get("llama_cpp") or {}
+    measured = [("in memory", mem), ("reloaded from disk", dsk)]
+    if "kld" in llama:
+        measured.append(("llama.cpp (llama-perplexity)", llama))
+    rows = [
+        {
+            "model": name,
+            "KLD": f"{m['kld'][0]:.5f} ± {m['kld'][1]:.5f}",
+            "top-1 %": f"{100 * m['top1'][0]:.2f} ± {100 * m['top1'][1]:.2f}",
+        }
+        for name, m in measured
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="runs_checkpoint")
+    st.caption(
+        f"KLD to the unquantized model over {int(mem['tokens'][0])} held-out tokens (± se over "
+        f"512-token windows); reloaded − in memory: {d['delta']:+.2e} [{d['lo']:+.2e}, "
+        f"{d['hi']:+.2e}] (95 %, paired by window)"
+        + (f". llama.cpp: {llama['skipped']}" if "skipped" in llama else "")
+    )
 
 
 st.subheader("Queue")

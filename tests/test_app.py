@@ -511,3 +511,53 @@ def test_sidebar_device_and_precision_reach_profile_and_runs(profiled):
     backend = LocalBackend(store)
     for r in store.list(("queued", "starting", "running")):
         backend.cancel(r.id)
+
+
+def test_allocate_quantize_button_queues_a_checkpoint_job(profiled, monkeypatch, tmp_path):
+    """The Allocate page's *Quantize* queues a quantize job (a run with ``ship``) for the
+    slider's allocation; a format that cannot hold it is refused on the page."""
+    monkeypatch.setattr(LocalBackend, "_spawn", lambda self, run_id: None)
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    assert not at.exception
+    at.text_input(key="allocate_quantize_out_auto_round").set_value(str(tmp_path / "ckpt"))
+    at.button(key="allocate_quantize").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (ok,) = [s.value for s in at.success if "quantize auto_round" in s.value]
+    jobs = [r for r in Store().list() if r.spec.get("ship")]
+    assert jobs and jobs[-1].spec["ship"] == {"format": "auto_round", "out": str(tmp_path / "ckpt")}
+    assert jobs[-1].spec["tasks"] == ["mixviz_kld"] and "Runs page" in ok
+    at.selectbox(key="allocate_quantize_format").set_value("auto_gptq").run()  # MX: no GPTQ
+    at.button(key="allocate_quantize").click().run()
+    assert any("integer weights only" in e.value for e in at.error)
+    for r in Store().list(("queued", "starting")):
+        LocalBackend(Store()).cancel(r.id)
+
+
+def test_runs_page_shows_what_a_checkpoint_job_verified(monkeypatch, tmp_path):
+    from mixviz.runs.store import runs_dir
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    store = Store()
+    run_id = _fake_run(
+        store, RunSpec(model="tiny", recipe=None, tasks=("mixviz_lastword",), limit=2), 0.5
+    )
+    summary = [("kld", 0.0123, 0.0004), ("top1", 0.91, 0.01), ("tokens", 2044.0, None)]
+    doc = {
+        "format": "gguf", "file": "/x/m.gguf", "total_bytes": 3 * 2**20, "ok": True,
+        "layers": {"a": {"ok": True}, "b": {"ok": True}}, "quantized_bytes_ratio": 1.0,
+        "kld_memory": summary, "kld_reloaded": summary,
+        "delta_kld": {"delta": 1e-6, "lo": -2e-6, "hi": 4e-6},
+        "llama_cpp": {"kld": [0.0119, 0.0003], "top1": [0.92, 0.004]},
+    }  # fmt: skip
+    (runs_dir() / run_id / "ship.json").write_text(json.dumps(doc))
+    at = _app("app_pages/runs.py", model="tiny")
+    at.selectbox(key="runs_pick").set_value(run_id).run()
+    assert not at.exception
+    assert any("2 of 2 layers carry the recipe's format" in s.value for s in at.success)
+    table = at.dataframe[1].value  # after the queue
+    assert list(table["model"]) == [
+        "in memory",
+        "reloaded from disk",
+        "llama.cpp (llama-perplexity)",
+    ]
+    assert table["KLD"].iloc[2] == "0.01190 ± 0.00030"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from mixviz.cli.common import (
@@ -49,41 +48,26 @@ def ship_spec(args: argparse.Namespace, ref):
     from mixviz.cli.runs import recipe_file
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model
-    from mixviz.models.schemes import get_scheme
-    from mixviz.models.targets import get_runtime
-    from mixviz.runs.runspec import QuantArgs, RunSpec, ShipArgs
-    from mixviz.runs.ship import check_ship
-    from mixviz.runs.tasks import KLD_TASK
+    from mixviz.runs.runspec import QuantArgs
+    from mixviz.runs.ship import quantize_spec
 
     if args.iters < 0:
         raise MixvizError(f"--iters must be 0 (RTN) or more, got {args.iters}")
     recipe, strategy, budget = recipe_file(ref, args.recipe)
-    widths = {x.name: x.in_features for x in inventory(meta_model(ref))}
-    if args.target_runtime:
-        rt = get_runtime(args.target_runtime)
-        for name, option in recipe.items():
-            why = rt.why_not(get_scheme(option), widths[name])
-            if why:
-                raise MixvizError(f"{rt.label} cannot load {name} at {option}: {why}")
-    spec = RunSpec(
-        model=args.model,
-        recipe=recipe,
-        tasks=(KLD_TASK,),
+    return quantize_spec(
+        ref,
+        recipe,
+        args.format,
+        args.out,
+        widths={x.name: x.in_features for x in inventory(meta_model(ref))},
+        target=args.target_runtime,
         limit=args.limit,
         quant=QuantArgs(iters=args.iters, disable_opt_rtn=args.iters == 0),
         strategy=strategy,
         budget=budget,
-        model_hash=ref.hash,
         trust_remote_code=args.trust_remote_code,
-        ship=ShipArgs(args.format, os.path.abspath(args.out)),
         **device_kwargs(args),
     )
-    from mixviz.runs.backends import REUSABLE
-    from mixviz.runs.store import Store
-
-    if not any(r.key == spec.key for r in Store().list(REUSABLE)):  # else that job is reused
-        check_ship(spec, recipe, widths)
-    return spec
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

@@ -52,6 +52,45 @@ def check_ship(spec: RunSpec, plan: dict[str, str], widths: dict[str, int]) -> N
         raise MixvizError(f"{out} exists and is not an empty folder: choose a new --out")
 
 
+def quantize_spec(
+    ref,
+    recipe: dict[str, str],
+    fmt: str,
+    out: str | Path,
+    *,
+    widths: dict[str, int],
+    target: str | None = None,
+    **fields,
+) -> RunSpec:
+    """The run spec of a quantize job — ``recipe`` (every block linear → option) written as a
+    ``fmt`` checkpoint into ``out`` — with every refusal checked before anything is queued:
+    what the format cannot hold, what the ``target`` runtime cannot load, a folder with files
+    in it (unless the identical job already exists: then it is reused). ``fields`` go to the
+    :class:`RunSpec` (``limit``, ``quant``, ``strategy``, ``device``, ...)."""
+    from mixviz.models.targets import get_runtime
+    from mixviz.runs.backends import REUSABLE
+    from mixviz.runs.runspec import ShipArgs
+    from mixviz.runs.tasks import KLD_TASK
+
+    if target:
+        rt = get_runtime(target)
+        for name, option in recipe.items():
+            why = rt.why_not(get_scheme(option), widths[name])
+            if why:
+                raise MixvizError(f"{rt.label} cannot load {name} at {option}: {why}")
+    spec = RunSpec(
+        model=ref.name,
+        recipe=dict(recipe),
+        tasks=(KLD_TASK,),
+        model_hash=ref.hash,
+        ship=ShipArgs(fmt, str(Path(out).expanduser().resolve())),
+        **fields,
+    )
+    if not any(r.key == spec.key for r in Store().list(REUSABLE)):  # else that job is reused
+        check_ship(spec, recipe, widths)
+    return spec
+
+
 # --------------------------------------------------------------------------- probes
 
 
