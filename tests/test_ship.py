@@ -198,7 +198,7 @@ def test_tiny_integer_mix_reloads_from_disk_and_matches(tmp_path, cache, tiny_re
         assert f["ok"] and f["found"].startswith(f"{want if want < 16 else 32}-bit"), (name, f)
     assert 0.99 <= ship["quantized_bytes_ratio"] <= 1.1  # packed ints + their scales and zeros
     d = ship["delta_kld"]
-    assert d["lo"] <= 0 <= d["hi"] and ship["probe_drift"] == []
+    assert abs(d["delta"]) <= d["tolerance"] and ship["probe_drift"] == []
     kld = {m: v for m, v, _ in ship["kld_reloaded"]}
     assert kld["kld"] > 0 and kld["tokens"] > 0
     from mixviz.report.recipe import Recipe
@@ -212,6 +212,27 @@ def test_tiny_integer_mix_reloads_from_disk_and_matches(tmp_path, cache, tiny_re
     again = run_cli("quantize", "tiny", "--recipe", recipe, "--format", fmt, "--out", out,
                     "--limit", "4", "--json", env=cache)  # fmt: skip
     assert again.returncode == 0 and "reusing its results" in again.stderr
+
+
+def test_a_checkpoint_that_reloads_wrong_fails_the_job_naming_its_layers(tmp_path, cache, tiny_ref):
+    """Found by this check on this stack (auto-round 0.16.1, compressed-tensors 0.20.0): an
+    llm_compressor checkpoint of a W2+W4+W8 mix reloads with its W4 and W8 layers wrong (the
+    same layers alone reload to 1e-7). The job fails and names them; uniform W4 passes."""
+    layers = _block_linears(tiny_ref)
+    recipe = _recipe(tmp_path, layers, ["W2A16G32", "W4A16G32", "W8A16G32", "BF16"])
+    r = run_cli("quantize", "tiny", "--recipe", recipe, "--format", "llm_compressor", "--out",
+                tmp_path / "lc", "--limit", "2", "--json", env=cache)  # fmt: skip
+    assert r.returncode == 2 and "differs from the in-memory run" in r.stderr, r.stderr[-800:]
+    doc = json.loads(r.stdout)
+    plan = json.loads(recipe.read_text())["layers"]
+    drifted = {plan[x["layer"]] for x in doc["ship"]["probe_drift"]}
+    assert drifted == {"W4A16G32", "W8A16G32"}
+    named = r.stderr.split("layers that differ: ")[1]
+    assert all(plan[n.strip()] in drifted for n in named.split(","))
+    uniform = _recipe(tmp_path, layers, ["W4A16G32"], "w4.json")
+    r = run_cli("quantize", "tiny", "--recipe", uniform, "--format", "llm_compressor", "--out",
+                tmp_path / "lc4", "--limit", "2", "--json", env=cache)  # fmt: skip
+    assert _ship_doc(r, cache)["ok"]
 
 
 def test_read_formats_catches_a_layer_that_is_not_the_recipes(tmp_path, cache, tiny_ref):
@@ -253,7 +274,7 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
     assert len(files) == 1
     types = read_gguf_types(files[0], list(plan))
     assert {n: t for n, (t, _) in types.items()} == {n: gguf_option(o) for n, o in plan.items()}
-    assert ship["ok"] and ship["delta_kld"]["lo"] <= 0 <= ship["delta_kld"]["hi"]
+    assert ship["ok"] and abs(ship["delta_kld"]["delta"]) <= ship["delta_kld"]["tolerance"]
     assert ship["quantized_bytes_ratio"] == pytest.approx(1.0)  # GGML's exact block bytes
     llama = ship["llama_cpp"]
     if not llamacpp.available():
