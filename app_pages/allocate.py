@@ -497,6 +497,7 @@ def downloads(best, avg: float) -> None:
         ("GPTQModel", "gptqmodel.json", lambda: export(recipe, "gptqmodel")),
         ("llm-compressor", "llmcompressor.yaml", lambda: export(recipe, "llmcompressor")),
         ("llama.cpp", "llamacpp.txt", lambda: export(recipe, "llamacpp")),
+        ("llama.cpp file", "tensor-types.txt", lambda: export(recipe, "llamacpp-file")),
     ]
     for col, (label, suffix, make) in zip(st.columns(len(files)), files, strict=True):
         key = f"allocate_download_{suffix.split('.')[0]}"

@@ -1,6 +1,9 @@
 """The reference study's naive baselines at a budget, never above it: ``uniform`` (the largest
 single option that fits), ``head``/``tail`` (whole blocks nearest lm_head / the embedding at the
 highest option), and llama.cpp's Q4_K_M rule. Pins and per-layer availability are respected.
+
+llama.cpp's own mixes (``Q3_K_M``, ``Q4_K_M``, ``Q5_K_M``) as ``llama-quantize`` writes them, in
+GGML types, are :func:`llamacpp_ftype` (:func:`llamacpp_type` per tensor).
 """
 
 from __future__ import annotations
@@ -96,5 +99,67 @@ def llamacpp(problem: Problem, budget: int) -> dict[str, str]:
         need = sum(problem.cost(n, o) for n, o in choice.items()) / problem.total_numel
         raise MixvizError(
             f"the llama.cpp Q4_K_M rule needs {need:.4f} average bits, above this budget"
+        )
+    return choice
+
+
+LLAMACPP_FTYPES = {"Q3_K_M": "Q3_K", "Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K"}  # ftype → base type
+
+
+def llamacpp_type(ftype: str, kind: str, block: int, n_blocks: int, k_ok: bool = True) -> str:
+    """The GGML type ``llama-quantize`` gives a llama block linear under ``ftype``
+    (``llama_tensor_get_type_impl`` in src/llama-quant.cpp, for a dense model that is not
+    70B-sized or Falcon), then its fallback where a K-type's 256 does not divide the row
+    (``k_ok=False``).
+
+    >>> [llamacpp_type("Q4_K_M", k, 0, 30) for k in ("q", "v", "down", "o")]
+    ['Q4_K', 'Q6_K', 'Q6_K', 'Q4_K']
+    >>> llamacpp_type("Q4_K_M", "q", 3, 30, k_ok=False), llamacpp_type("Q3_K_M", "o", 9, 30)
+    ('Q5_0', 'Q4_K')
+    """
+    from mixviz.models.schemes import GGML_FALLBACK
+
+    base = LLAMACPP_FTYPES[ftype]
+    more = llamacpp_more_bits(block, n_blocks)
+    t = base
+    if kind == "v":
+        if ftype == "Q3_K_M":
+            t = "Q5_K" if block < 2 else "Q4_K"
+        elif more:
+            t = "Q6_K"
+    elif kind == "down":
+        if ftype == "Q3_K_M":
+            t = "Q5_K" if block < n_blocks // 16 else "Q4_K"
+        elif more:
+            t = "Q6_K"
+    elif kind == "o" and ftype == "Q3_K_M":
+        t = "Q4_K"
+    return t if k_ok else GGML_FALLBACK[t]
+
+
+def llamacpp_ftype(problem: Problem, budget: int, ftype: str) -> dict[str, str]:
+    """Every block linear at the type llama.cpp's ``ftype`` mix gives it (pins kept); an error
+    names the GGML types the profile lacks, or the bits the mix needs above ``budget``."""
+    n_blocks = len({b for b in problem.block.values() if b is not None})
+    choice = pinned_layers(problem)
+    missing = set()
+    for n in problem.layers:
+        b = problem.block[n]
+        if n in choice or b is None:
+            continue
+        want = llamacpp_type(ftype, problem.kind[n], b, n_blocks)
+        if not available(problem, n, want):  # a K-type on a row 256 does not divide
+            want = llamacpp_type(ftype, problem.kind[n], b, n_blocks, k_ok=False)
+        if not available(problem, n, want):
+            missing.add(want)
+        choice[n] = want
+    if missing:
+        raise MixvizError(
+            f"llama.cpp's {ftype} mix needs {', '.join(sorted(missing))} in the profile's options"
+        )
+    if not fits(problem, choice, budget):
+        need = sum(problem.cost(n, o) for n, o in choice.items()) / problem.total_numel
+        raise MixvizError(
+            f"llama.cpp's {ftype} mix needs {need:.4f} average bits, above this budget"
         )
     return choice

@@ -280,6 +280,42 @@ def budget_bits(problem: Problem, avg_bits: float) -> int:
     return bits
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """A file size as llama.cpp users write it, in bytes (GB = 10⁹, GiB = 2³⁰).
+
+    >>> parse_size("4.2GB"), parse_size("100 MiB"), parse_size("123")
+    (4200000000, 104857600, 123)
+    """
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = m[2].upper() if m else None
+    if m is None or unit not in _UNITS:
+        raise MixvizError(f"not a size: {text!r} (e.g. 4.2GB, 300MB, 1.5GiB)")
+    return int(float(m[1]) * _UNITS[unit])
+
+
+def size_budget(
+    problem: Problem, size_bytes: int, other_params: int, other_bits: int = 16
+) -> float:
+    """The average bits (with scale bits) over the allocated layers that make a file of
+    ``size_bytes``, the ``other_params`` parameters outside the allocation (embedding, norms,
+    an untied head) counted at ``other_bits`` each (BF16 unless said). Metadata is ignored."""
+    if problem.ignore_scale_bits:
+        raise MixvizError("a file size counts scale bits: drop --ignore-scale-bits")
+    left = size_bytes * 8 - other_params * other_bits
+    if left <= 0:
+        raise MixvizError(
+            f"{size_bytes / 1e6:.1f} MB does not even hold the {other_params:,} parameters "
+            f"outside the allocation at {other_bits} bits"
+        )
+    return left / problem.total_numel
+
+
 # --------------------------------------------------------------------------- results
 
 

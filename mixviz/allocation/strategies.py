@@ -198,3 +198,19 @@ def _curve(problem: Problem, grid: list[int], strategy: str) -> list[dict]:
             }
         )
     return pts
+
+
+for _ftype, _colour in zip(
+    baselines.LLAMACPP_FTYPES, ("#bcbd22", "#e377c2", "#17becf"), strict=True
+):
+    register_strategy(
+        Strategy(
+            _ftype,
+            partial(baselines.llamacpp_ftype, ftype=_ftype),
+            _colour,
+            f"llama.cpp {_ftype}",
+            baseline=True,
+            description=f"llama-quantize's own {_ftype} mix in GGML types (profile GGML options)",
+            budgeted=False,
+        )
+    )

@@ -22,7 +22,18 @@ from mixviz.errors import MixvizError
 def add_parser(sub) -> None:
     alloc = sub.add_parser("allocate", help="choose an option per layer under a bit budget")
     alloc.add_argument("target", metavar="PROFILE.json|MODEL")
-    alloc.add_argument("--avg-bits", required=True, help="the average-bits budget")
+    budget = alloc.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--avg-bits", help="the average-bits budget")
+    budget.add_argument(
+        "--bpw",
+        help="bits per weight including scales, as llama.cpp states them (= --avg-bits with "
+        "scale bits counted)",
+    )
+    budget.add_argument(
+        "--size",
+        help="a file size (4.2GB, 300MB, 1.5GiB): the allocated layers get what the other "
+        "parameters (embedding, norms) leave at BF16",
+    )
     alloc.add_argument("--strategy", default="optimal", choices=strategy_names())
     alloc.add_argument(
         "--ignore-scale-bits",
@@ -96,6 +107,37 @@ def _float(text: str, what: str) -> float:
         raise MixvizError(f"{what} must be a number, got {text!r}") from None
 
 
+def _budget(args: argparse.Namespace, prof, problem) -> tuple[float, dict]:
+    """The average-bits budget from ``--avg-bits``, ``--bpw`` or ``--size`` (and how)."""
+    from mixviz.allocation.problem import parse_size, size_budget
+
+    if args.avg_bits is not None:
+        return _float(args.avg_bits, "--avg-bits"), {}
+    if args.bpw is not None:
+        return _float(args.bpw, "--bpw"), {"bpw": _float(args.bpw, "--bpw")}
+    size = parse_size(args.size)
+    other = _other_params(prof, problem)
+    avg = size_budget(problem, size, other)
+    return avg, {"size_bytes": size, "other_params": other, "other_bits": 16, "avg_bits": avg}
+
+
+def _other_params(prof, problem) -> int:
+    """Parameters of the profile's model outside the allocated layers (from its meta model)."""
+    from mixviz.models.loading import meta_model, resolve_model
+
+    try:
+        model = meta_model(resolve_model(prof.model))
+    except MixvizError as e:
+        raise MixvizError(f"--size needs the model {prof.model!r} to count its other "
+                          f"parameters: {e}") from None  # fmt: skip
+    seen, total = set(), 0
+    for p in model.parameters():  # tied weights once
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total - problem.total_numel
+
+
 def _shared(items: list[str] | None) -> list[str]:
     out = []
     for item in items or []:
@@ -120,7 +162,8 @@ def cmd_allocate(args: argparse.Namespace) -> None:
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.strategies import allocate
 
-    budget = _float(args.avg_bits, "--avg-bits")
+    if (args.bpw or args.size) and args.ignore_scale_bits:
+        raise MixvizError("--bpw and --size count scale bits: drop --ignore-scale-bits")
     prof = load_or_profile(args.target, args, args.include_lm_head)
     problem = Problem.from_profile(
         prof,
@@ -130,8 +173,11 @@ def cmd_allocate(args: argparse.Namespace) -> None:
         include_lm_head=args.include_lm_head,
         target=args.target_runtime,
     )
+    budget, how = _budget(args, prof, problem)
     result = allocate(problem, budget, args.strategy)
     doc = result.to_dict()
+    if how:
+        doc["budget_from"] = how
     doc["model"] = prof.model
     doc["model_hash"] = prof.model_hash
     if args.target_runtime:

@@ -6,7 +6,8 @@
 - ``gptqmodel``: the ``dynamic`` dict (``+:``/``-:`` regex keys); integer options only.
 - ``llmcompressor``: a recipe YAML, one ``config_group`` per option with ``re:`` targets; the
   MX/NV groups are compressed-tensors' own presets (scale dtypes included).
-- ``llamacpp``: ``--tensor-type PATTERN=TYPE`` lines, one anchored pattern per GGUF tensor.
+- ``llamacpp``: ``--tensor-type PATTERN=TYPE`` lines, one anchored pattern per GGUF tensor;
+  ``llamacpp-file`` the same as a ``--tensor-type-file`` (one ``PATTERN=TYPE`` a line).
 
 Every line meant to be pasted into a shell quotes each value with :func:`shlex.quote`.
 """
@@ -24,7 +25,7 @@ from mixviz.models.targets import gguf_tensor_name
 from mixviz.paths import read_json
 from mixviz.report.recipe import Recipe
 
-TARGETS = ("autoround", "gptqmodel", "llmcompressor", "llamacpp")
+TARGETS = ("autoround", "gptqmodel", "llmcompressor", "llamacpp", "llamacpp-file")
 
 
 def _default(recipe: Recipe) -> str:
@@ -269,6 +270,17 @@ def to_llamacpp(recipe: Recipe) -> list[str]:
     ]
 
 
+def to_llamacpp_file(recipe: Recipe) -> list[str]:
+    """``llama-quantize --tensor-type-file FILE`` lines: one ``PATTERN=TYPE`` a line (llama.cpp
+    reads whitespace-separated ``--tensor-type`` values from it; the anchored patterns have no
+    spaces, so nothing needs quoting).
+
+    >>> print(*to_llamacpp_file(Recipe("m", "", {"model.layers.3.mlp.down_proj": "Q4_K"})))
+    ^blk\\.3\\.ffn_down\\.weight$=q4_k
+    """
+    return [f"{gguf_tensor_pattern(n)}={ggml_type(o)}" for n, o in recipe.layers.items()]
+
+
 def export(recipe: Recipe, target: str) -> str:
     """The text of one export, ready to write to a file."""
     if target == "autoround":
@@ -279,6 +291,8 @@ def export(recipe: Recipe, target: str) -> str:
         return to_llmcompressor(recipe)
     if target == "llamacpp":
         return "\n".join(to_llamacpp(recipe)) + "\n"
+    if target == "llamacpp-file":
+        return "\n".join(to_llamacpp_file(recipe)) + "\n"
     raise MixvizError(f"unknown export target {target!r}; choose from {', '.join(TARGETS)}")
 
 

@@ -151,3 +151,14 @@ def kl_divergence(
         "llama-perplexity --kl-divergence",
     )  # fmt: skip
     return parse_kld(text)
+
+
+def quantize(
+    src: str | Path, dst: str | Path, ftype: str, tensor_type_file: str | Path | None = None
+) -> Path:
+    """``llama-quantize [--tensor-type-file F] SRC DST FTYPE``: llama.cpp's own quantizer."""
+    t = tools()
+    extra = ["--tensor-type-file", str(tensor_type_file)] if tensor_type_file else []
+    threads = str(os.cpu_count() or 1)
+    _run([str(t.quantize), *extra, str(src), str(dst), ftype, threads], "llama-quantize")
+    return Path(dst)

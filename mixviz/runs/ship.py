@@ -12,8 +12,9 @@ run, measures the in-memory model's KLD, then (:func:`ship_step`):
    ``from_pretrained``: auto-round / compressed-tensors / GPTQ backends that run on a CPU;
    ``gguf_file=`` for GGUF) and measures its KLD to the unquantized model on the same held-out
    windows; the paired difference reloaded − in-memory (per window, 95 % interval) must contain
-   0 or stay within the in-memory KLD's own 95 % half-width, and each layer's output on a fixed
-   probe must match the in-memory layer's (relative difference ≤ ``PROBE_RTOL``);
+   0 or stay within the in-memory KLD's own 95 % half-width; each layer's output on a fixed
+   probe is compared with the in-memory layer's, and those that differ by more than
+   ``PROBE_RTOL`` are listed (the layers to look at when the KLD check fails);
 4. for GGUF, llama.cpp itself: ``llama-perplexity --kl-divergence`` of the file against a BF16
    GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`).
 
@@ -384,14 +385,14 @@ def ship_step(
         "probe_drift": [{"layer": n, "rel_diff": d} for d, n in drift],
         "llama_cpp": llama,
         "timings": timings,
-        "ok": not wrong and not drift and inside,
+        "ok": not wrong and inside,
     }
     write_card(out, spec, loaded, doc, bits)
     atomic_write_json(runs_dir() / run_id / "ship.json", doc)
     raw[SHIP_TASK] = {"results": {SHIP_TASK: _ship_metrics(doc)}}
     if wrong:
         raise MixvizError(f"{len(wrong)} layers in the files are not the recipe's, e.g. {wrong[0]}")
-    if not inside or drift:
+    if not inside:
         names = ", ".join(n for _, n in drift[:5]) or "none beyond the probe tolerance"
         raise MixvizError(
             f"the reloaded checkpoint differs from the in-memory run: KLD Δ "
