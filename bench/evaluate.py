@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, sys, time
-from mixviz.cli import uniform_recipe
+from mixviz import Recipe
 from mixviz.models.loading import resolve_model
 from mixviz.runs.backends import LocalBackend, wait
 from mixviz.runs.runspec import RunSpec
@@ -38,7 +38,7 @@ names = tuple(getattr(T, "BUNDLED_TASKS"))
 ref = resolve_model(model)
 backend = LocalBackend()
 out = {}
-for name, recipe in (("BF16", None), (option, uniform_recipe(ref, option))):
+for name, recipe in (("BF16", None), (option, dict(Recipe.uniform(ref, option).layers))):
     spec = RunSpec(model=model, recipe=recipe, tasks=names, limit=limit, model_hash=ref.hash,
                    strategy="bf16" if recipe is None else f"pure {option}")
     t0 = time.perf_counter()

@@ -123,13 +123,14 @@ def test_quantized_tiny_gives_auto_rounds_logits_with_fewer_quantizations(tiny_r
     """An MXFP4 auto-round model of ``tiny``: the same logits, bit for bit, with auto-round's
     activation quantizer and with the swapped one, which quantizes 4 inputs per decoder layer
     (q/k/v's and gate/up's shared) instead of 7."""
-    from mixviz.cli.runs import uniform_recipe
+    from mixviz import Recipe
     from mixviz.models.loading import load_model
     from mixviz.runs.runspec import RunSpec
     from mixviz.runs.worker import quantize
 
     model, tok = load_model(tiny_ref, dtype="float32", device="cpu")
-    spec = RunSpec(model="tiny", recipe=uniform_recipe(tiny_ref, "MXFP4"), tasks=("t",))
+    recipe = dict(Recipe.uniform(tiny_ref, "MXFP4").layers)
+    spec = RunSpec(model="tiny", recipe=recipe, tasks=("t",))
     qmodel = quantize(model, tok, spec)
     ids = torch.randint(0, qmodel.config.vocab_size, (2, 40))
     with torch.no_grad():

@@ -53,6 +53,8 @@ class Problem:
     pins: dict[str, str] = field(default_factory=dict)
     target: str = ""
     """The runtime whose rules the problem carries (:mod:`mixviz.models.targets`), or ``""``."""
+    model: str = ""
+    model_hash: str = ""
 
     @property
     def total_numel(self) -> int:
@@ -136,6 +138,8 @@ class Problem:
             profile.metric,
             pins,
             runtime.name if runtime else "",
+            profile.model,
+            profile.model_hash,
         )
 
 
@@ -334,6 +338,9 @@ class Allocation:
     metric: str = ""
     ignore_scale_bits: bool = False
     pins: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+    """The model the profile was measured on, and its hash: a recipe needs nothing else."""
+    model_hash: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -373,4 +380,6 @@ def make_allocation(
         metric=problem.metric,
         ignore_scale_bits=problem.ignore_scale_bits,
         pins=dict(problem.pins),
+        model=problem.model,
+        model_hash=problem.model_hash,
     )

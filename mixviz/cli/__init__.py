@@ -18,7 +18,7 @@ from mixviz.cli import allocate, export, info, profile, quantize, reproduce, run
 from mixviz.cli.allocate import load_or_profile
 from mixviz.cli.common import quiet_libraries, run_command
 from mixviz.cli.reproduce import STUDY_TASKS
-from mixviz.cli.runs import read_recipe_layers, uniform_recipe
+from mixviz.cli.runs import read_recipe_layers
 
 GROUPS = (info, profile, allocate, runs, quantize, export, reproduce)  # the order `mixviz -h` lists
 
@@ -28,7 +28,6 @@ __all__ = [
     "load_or_profile",
     "main",
     "read_recipe_layers",
-    "uniform_recipe",
 ]
 
 

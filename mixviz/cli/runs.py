@@ -79,23 +79,6 @@ def _positive_seconds(text: str) -> float:
 # ------------------------------------------------------------------ run
 
 
-def uniform_recipe(ref, option: str) -> dict[str, str]:
-    """Every block linear at one option; an error names a layer the option cannot serve."""
-    from mixviz.models.inventory import block_linears, inventory
-    from mixviz.models.loading import meta_model
-    from mixviz.models.schemes import get_scheme
-
-    s = get_scheme(option)
-    layers = block_linears(inventory(meta_model(ref)))
-    bad = [x for x in layers if not s.available_for(x.in_features)]
-    if bad:
-        raise MixvizError(
-            f"{s.name} is unavailable for {len(bad)} layers of {ref.name}, e.g. "
-            f"{bad[0].name} (in_features {bad[0].in_features})"
-        )
-    return {x.name: s.name for x in layers}
-
-
 def read_recipe_layers(path: str) -> tuple[dict[str, str], dict]:
     """The per-layer map of an allocation or recipe JSON file, plus the whole document."""
     from mixviz.paths import read_json
@@ -138,7 +121,9 @@ def _run_spec(args: argparse.Namespace, ref):
     if args.bf16:
         recipe = None
     elif args.uniform:
-        recipe = uniform_recipe(ref, args.uniform)
+        from mixviz.report.recipe import Recipe
+
+        recipe = dict(Recipe.uniform(ref, args.uniform).layers)
     else:
         recipe, strategy, budget = recipe_file(ref, args.recipe)
     tasks = check_tasks(args.tasks.split(","))

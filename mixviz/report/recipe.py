@@ -39,8 +39,16 @@ class Recipe:
 
     @classmethod
     def from_allocation(
-        cls, allocation, model: str, model_hash: str, locks: list[str] | None = None
+        cls,
+        allocation,
+        model: str | None = None,
+        model_hash: str | None = None,
+        locks: list[str] | None = None,
     ) -> Recipe:
+        """The allocation's layers as a recipe for the model it was solved for (``model`` and
+        ``model_hash`` default to the allocation's own)."""
+        model = allocation.model if model is None else model
+        model_hash = allocation.model_hash if model_hash is None else model_hash
         prov = {
             "profile_key": allocation.profile_key,
             "metric": allocation.metric,
@@ -52,6 +60,29 @@ class Recipe:
         if locks:
             prov["locks"] = list(locks)
         return cls(model, model_hash, dict(allocation.layers), allocation.ignore_scale_bits, prov)
+
+    @classmethod
+    def uniform(cls, model, option: str) -> Recipe:
+        """Every block linear of ``model`` (a name or a resolved ModelRef) at one option; an
+        error names a layer the option cannot serve.
+
+        >>> len(Recipe.uniform("tiny", "MXFP4").layers)                  # doctest: +SKIP
+        28
+        """
+        from mixviz.models.inventory import block_linears, inventory
+        from mixviz.models.loading import ModelRef, meta_model, resolve_model
+
+        ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        s = get_scheme(option)
+        layers = block_linears(inventory(meta_model(ref)))
+        bad = [x for x in layers if not s.available_for(x.in_features)]
+        if bad:
+            raise MixvizError(
+                f"{s.name} is unavailable for {len(bad)} layers of {ref.name}, e.g. "
+                f"{bad[0].name} ({s.why_unavailable(bad[0].in_features)})"
+            )
+        return cls(ref.name, ref.hash, {x.name: s.name for x in layers},
+                   provenance={"strategy": f"uniform {s.name}"})  # fmt: skip
 
     def average_bits(self, layers, ignore_scale_bits: bool | None = None) -> float:
         """Parameter-weighted average bits over the recipe's layers (shapes from ``layers``)."""

@@ -267,12 +267,12 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
         from transformers import CompressedTensorsConfig
 
         mx = any(get_scheme(o).family in ("mxfp", "nvfp") for o in plan.values())
-        # compressed-tensors' packed kernels are for GPUs: on a CPU the weights are
-        # decompressed on load; its MX/NV layers compute in bfloat16 only (fp32: dtype mismatch)
-        kwargs.update(
-            dtype=torch.bfloat16 if mx else dtype,
-            quantization_config=CompressedTensorsConfig(run_compressed=str(device) != "cpu"),
-        )
+        # compressed-tensors' packed kernels are for GPUs: on a CPU integer weights are
+        # decompressed on load (asked), MX/NV ones by transformers itself, in bfloat16 only
+        # (fp32: dtype mismatch)
+        kwargs.update(dtype=torch.bfloat16 if mx else dtype)
+        if not mx and str(device) == "cpu":
+            kwargs.update(quantization_config=CompressedTensorsConfig(run_compressed=False))
     else:
         kwargs.update(dtype=dtype)
     try:
@@ -288,8 +288,11 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
 def _format_string(spec: RunSpec, plan: dict[str, str]) -> str:
     if spec.ship.format != "gguf":
         return spec.ship.format
+    # the lowest type: auto-round's GGUF exporter re-types layers it finds below the format's
+    # own type (a recipe's Q4_0 layers came out Q5_0 under format gguf:q5_0; the files say)
     types = [gguf_option(o) for o in plan.values() if get_scheme(o).bits < 16] or ["Q8_0"]
-    return "gguf:" + Counter(types).most_common(1)[0][0].lower()
+    lowest = min(types, key=lambda t: (layer_bits(get_scheme(t), 256, 1), t))
+    return "gguf:" + lowest.lower()
 
 
 def paired_windows(a, b) -> dict:

@@ -1,0 +1,101 @@
+"""The front door: the main job — profile → allocate → recipe → export or quantize — in a few
+calls, each a thin composition of the stages below (``import mixviz`` exposes them lazily).
+
+>>> import mixviz                                                     # doctest: +SKIP
+>>> profile = mixviz.profile("demo", options="MXFP4,MXFP8")           # doctest: +SKIP
+>>> alloc = mixviz.allocate(profile, avg_bits=5)                      # doctest: +SKIP
+>>> recipe = mixviz.Recipe.from_allocation(alloc)                     # doctest: +SKIP
+>>> print(mixviz.export(recipe, "llmcompressor"))                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixviz.errors import MixvizError
+
+
+def allocate(
+    profile,
+    avg_bits: float | None = None,
+    *,
+    bpw: float | None = None,
+    strategy: str = "optimal",
+    target: str | None = None,
+    ignore_scale_bits: bool = False,
+    shared: list[str] | None = None,
+    pins: dict[str, str] | None = None,
+    include_lm_head: bool = False,
+):
+    """One option per layer of ``profile`` (a :class:`~mixviz.sensitivity.profile.Profile`)
+    within ``avg_bits`` (or ``bpw``: bits per weight with scales, as llama.cpp states it), by
+    ``strategy``; ``target`` adds a runtime's rules (:mod:`mixviz.models.targets`). The
+    :class:`~mixviz.allocation.problem.Allocation` carries the model and its hash."""
+    from mixviz.allocation.problem import Problem
+    from mixviz.allocation.strategies import allocate as solve
+
+    if (avg_bits is None) == (bpw is None):
+        raise MixvizError("give one budget: avg_bits or bpw")
+    if bpw is not None and ignore_scale_bits:
+        raise MixvizError("bpw counts scale bits: leave ignore_scale_bits off")
+    problem = Problem.from_profile(
+        profile,
+        ignore_scale_bits=ignore_scale_bits,
+        shared=shared,
+        pins=pins,
+        include_lm_head=include_lm_head,
+        target=target,
+    )
+    return solve(problem, avg_bits if avg_bits is not None else bpw, strategy)
+
+
+def export(recipe, target: str) -> str:
+    """The recipe as ``target`` reads it (``autoround``, ``gptqmodel``, ``llmcompressor``,
+    ``llamacpp``, ``llamacpp-file``): the text of the file."""
+    from mixviz.report.export import export as render
+
+    return render(recipe, target)
+
+
+def quantize(
+    recipe,
+    format: str,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    wait: bool = True,
+    target: str | None = None,
+    **fields,
+):
+    """Write ``recipe`` as a real ``format`` checkpoint in ``out`` (a queued job: auto-round
+    quantizes, exports, reloads from disk and verifies — :mod:`mixviz.runs.ship`). With
+    ``wait`` (default) returns the verification (``ship.json``), else the
+    :class:`~mixviz.runs.backends.Submitted` job. ``fields`` go to the run spec (``limit``,
+    ``device``, ``dtype``, ...)."""
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model, resolve_model
+    from mixviz.runs.backends import LocalBackend, submit
+    from mixviz.runs.backends import wait as wait_for
+    from mixviz.runs.ship import quantize_spec, ship_document
+
+    ref = resolve_model(model or recipe.model)
+    if recipe.model_hash and ref.hash != recipe.model_hash:
+        raise MixvizError(f"the recipe is for another version of {ref.name} (hash differs)")
+    layers = inventory(meta_model(ref))
+    recipe.validate(layers)
+    plan = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe.layers}
+    prov = recipe.provenance or {}
+    spec = quantize_spec(
+        ref, plan, format, out,
+        widths={x.name: x.in_features for x in layers}, target=target,
+        strategy=str(prov.get("strategy") or ""), budget=prov.get("budget"), **fields,
+    )  # fmt: skip
+    backend = LocalBackend()
+    sub = submit(backend, spec)
+    if not wait:
+        return sub
+    row = wait_for(backend.store, sub.id)
+    doc = ship_document(sub.id)
+    if row.status != "done":
+        raise MixvizError(f"quantize job {sub.id} {row.status}: {row.error or ''}".strip())
+    return doc
