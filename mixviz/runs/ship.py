@@ -292,7 +292,7 @@ def _format_string(spec: RunSpec, plan: dict[str, str]) -> str:
     # own type (a recipe's Q4_0 layers came out Q5_0 under format gguf:q5_0; the files say)
     types = [gguf_option(o) for o in plan.values() if get_scheme(o).bits < 16] or ["Q8_0"]
     lowest = min(types, key=lambda t: (layer_bits(get_scheme(t), 256, 1), t))
-    return "gguf:" + lowest.lower()
+    return get_scheme(lowest).preset.lower()  # gguf:q4_0, gguf:q3_k_s (a plain K-type)
 
 
 def paired_windows(a, b) -> dict:
