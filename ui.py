@@ -18,6 +18,7 @@ from mixviz.errors import MixvizError
 from mixviz.models.device import DTYPES, describe, device_choices, placement
 from mixviz.models.inventory import inventory_report
 from mixviz.models.schemes import SCHEMES
+from mixviz.models.targets import RUNTIMES
 from mixviz.models.text import BUNDLED
 from mixviz.paths import MAX_BYTES, cache_dir
 from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names
@@ -190,6 +191,16 @@ def sidebar() -> dict:
             default=url_list("shared", [], SHARED_CHOICES),
             key="sb_shared",
         )
+        targets = ["any", *RUNTIMES]
+        target = st.selectbox(
+            "Target runtime",
+            targets,
+            index=targets.index(url_choice("target", targets, "any")),
+            key="sb_target",
+            format_func=lambda t: "any (no runtime rules)" if t == "any" else RUNTIMES[t].label,
+            help="The runtime that will serve the model: its rules join the allocation (vLLM / "
+            "SGLang: fused q/k/v and gate/up share one format; llama.cpp: GGML types only).",
+        )
         calib = url_calib()
         upload = st.file_uploader(
             "Calibration text (.txt / .jsonl)",
@@ -269,6 +280,7 @@ def sidebar() -> dict:
         metric=metric,
         noscale="1" if accounting.startswith("without") else "0",
         shared=",".join(shared),
+        target=target,
         calib=calib,
         nsamples=str(nsamples),
         seqlen=str(seqlen),
@@ -281,6 +293,7 @@ def sidebar() -> dict:
         "metric": metric,
         "ignore_scale_bits": accounting.startswith("without"),
         "shared": shared,
+        "target": "" if target == "any" else target,
         "calib": calib,
         "nsamples": int(nsamples),
         "seqlen": int(seqlen),
@@ -397,9 +410,14 @@ def problem_for(
     ignore_scale_bits: bool,
     shared: tuple[str, ...],
     pins: tuple[tuple[str, str], ...],
+    target: str = "",
 ) -> Problem:
     return Problem.from_profile(
-        _profile, ignore_scale_bits=ignore_scale_bits, shared=list(shared), pins=dict(pins)
+        _profile,
+        ignore_scale_bits=ignore_scale_bits,
+        shared=list(shared),
+        pins=dict(pins),
+        target=target or None,
     )
 
 

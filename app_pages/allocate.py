@@ -64,6 +64,7 @@ def propose(new_locks: dict[str, str], budget: float, what: str) -> None:
             choice["ignore_scale_bits"],
             shared,
             tuple(sorted(new_locks.items())),
+            choice["target"],
         )
         lo, hi = p.feasible_range()
     except MixvizError as e:
@@ -90,9 +91,15 @@ def refuse(why: dict) -> None:
 
 
 try:
-    free = ui.problem_for(profile, profile.key, choice["ignore_scale_bits"], shared, ())
+    target = choice["target"]
+    free = ui.problem_for(profile, profile.key, choice["ignore_scale_bits"], shared, (), target)
     problem = ui.problem_for(
-        profile, profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))
+        profile,
+        profile.key,
+        choice["ignore_scale_bits"],
+        shared,
+        tuple(sorted(locks.items())),
+        target,
     )
 except MixvizError as e:
     st.error(str(e))
@@ -152,7 +159,7 @@ def budget_view() -> None:
         edit_panel(avg, *picked)
     else:
         refused_edit()
-    summary = {s: result(s) for s in strategy_names()}
+    summary = {s: result(s) for s in strategy_names(problem)}
     st.dataframe(summary_frame(summary, best), hide_index=True, key="allocate_summary")
     frontier_view(avg)
     downloads(best, avg)
@@ -242,7 +249,7 @@ def heatmap(cost, result) -> tuple[list, list, list] | None:
     c1, c2 = st.columns([4, 1])
     view = c1.radio(
         "Heatmap",
-        [*strategy_names(), "diff"],
+        [*strategy_names(problem), "diff"],
         horizontal=True,
         key="allocate_view",
     )
@@ -275,7 +282,7 @@ def heatmap_content(view: str, cost, result) -> Shown:
         return Shown(result(view), marked, view, "moved by the re-solve")
     other = st.selectbox(
         "Where optimal disagrees with",
-        [s.name for s in STRATEGIES.values() if s.baseline],
+        [s.name for s in STRATEGIES.values() if s.baseline and s.applies(problem)],
         key="allocate_diff_with",
     )
     theirs = result(other)
@@ -387,7 +394,7 @@ def frontier_view(avg: float) -> None:
     st.subheader("Predicted loss vs average bits")
     front = ui.frontier_for(
         problem,
-        (profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items()))),
+        (profile.key, choice["ignore_scale_bits"], shared, tuple(sorted(locks.items())), target),
     )
     st.vega_lite_chart(
         spec=charts.frontier_chart(front, avg, choice["ignore_scale_bits"], x_min=lo),

@@ -70,6 +70,7 @@ def comparison_specs() -> list[RunSpec]:
         choice["ignore_scale_bits"],
         tuple(choice["shared"]),
         tuple(sorted(st.session_state.get("allocate_pins", {}).items())),
+        choice["target"],
     )
     base = dict(
         model=choice["model"],

@@ -561,3 +561,15 @@ def test_runs_page_shows_what_a_checkpoint_job_verified(monkeypatch, tmp_path):
         "llama.cpp (llama-perplexity)",
     ]
     assert table["KLD"].iloc[2] == "0.01190 ± 0.00030"
+
+
+def test_sidebar_target_runtime_constrains_the_allocation(profiled):
+    """?target=vllm (the sidebar's *Target runtime*) gives fused q/k/v and gate/up one format."""
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6", "target": "vllm"})
+    assert not at.exception and not at.error
+    assert at.selectbox(key="sb_target").value == "vllm"
+    layers = at.session_state["allocation"]["layers"]
+    for b in range(4):
+        p = f"model.layers.{b}."
+        assert len({layers[p + f"self_attn.{k}_proj"] for k in "qkv"}) == 1
+        assert len({layers[p + "mlp.gate_proj"], layers[p + "mlp.up_proj"]}) == 1

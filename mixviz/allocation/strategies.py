@@ -46,6 +46,14 @@ class Strategy:
     baseline: bool
     description: str = ""
     budgeted: bool = True
+    needs: str = ""
+    """An option family the profile must offer (``ggml`` for llama.cpp's own mixes), or ``""``."""
+
+    def applies(self, problem: Problem) -> bool:
+        """Whether this strategy can say anything about ``problem`` (its options' families)."""
+        from mixviz.models.schemes import get_scheme
+
+        return not self.needs or any(get_scheme(o).family == self.needs for o in problem.options)
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -61,9 +69,10 @@ def register_strategy(strategy: Strategy) -> Strategy:
     return strategy
 
 
-def strategy_names() -> tuple[str, ...]:
-    """The registered strategies' names, in registration order (read at call time)."""
-    return tuple(STRATEGIES)
+def strategy_names(problem: Problem | None = None) -> tuple[str, ...]:
+    """The registered strategies' names, in registration order (read at call time); with
+    ``problem``, only those that apply to it (:meth:`Strategy.applies`)."""
+    return tuple(n for n, s in STRATEGIES.items() if problem is None or s.applies(problem))
 
 
 def solve_optimal(problem: Problem, budget: int) -> dict[str, str]:
@@ -171,7 +180,7 @@ def frontier(
     """
     lo, hi = problem.feasible_bits()
     grid = [lo + (hi - lo) * i // (n - 1) for i in range(n)] if n > 1 else [hi]
-    names = strategy_names() if strategies is None else tuple(strategies)
+    names = strategy_names(problem) if strategies is None else tuple(strategies)
     return {s: _curve(problem, grid, s) for s in names}
 
 
@@ -212,5 +221,6 @@ for _ftype, _colour in zip(
             baseline=True,
             description=f"llama-quantize's own {_ftype} mix in GGML types (profile GGML options)",
             budgeted=False,
+            needs="ggml",
         )
     )
