@@ -52,7 +52,8 @@ def main() -> int:
     from mixviz.sensitivity.profile import profile_model
 
     ref = resolve_model(args.model)
-    prof = profile_model(ref, options=OPTIONS.split(","), metric="fisher")
+    # K-types serve only the rows 256 divides (the demo's down_proj): the rest take the 32-wide
+    prof = profile_model(ref, options=OPTIONS.split(","), metric="fisher", allow_partial=True)
     problem = Problem.from_profile(prof)
     hi = problem.feasible_range()[1]
     root = Path(args.out or tempfile.mkdtemp(prefix="mixviz-gguf-"))

@@ -134,3 +134,10 @@ def test_tensor_type_file_is_what_llama_quantize_applies(tmp_path, demo_ref, dem
     out = llamacpp.quantize(base, tmp_path / "mixed.gguf", "Q4_0", tensor_type_file=path)
     got = {n: t for n, (t, _) in read_gguf_types(out, list(plan)).items()}
     assert got == plan
+
+
+def test_profiling_a_k_type_where_no_row_takes_it_names_the_fallback():
+    r = run_cli("profile", "tiny", "--options", "Q4_K,Q8_0", "--metric", "hessian")
+    assert r.returncode == 2
+    assert "Q4_K is unavailable for 28 of 28 layers" in r.stderr
+    assert "llama.cpp falls back to Q5_0" in r.stderr

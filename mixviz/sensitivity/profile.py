@@ -402,11 +402,18 @@ def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: 
     for s in schemes:
         bad = [x for x in layers if not s.available_for(x.in_features)]
         if len(bad) == len(layers) or (bad and not allow_partial):
+            partial = "" if len(bad) == len(layers) else ", or --allow-partial"
+            if s.ggml:  # a K-type on rows 256 does not divide: llama.cpp's own fallback
+                raise MixvizError(
+                    f"{s.name} is unavailable for {len(bad)} of {len(layers)} layers, e.g. "
+                    f"{bad[0].name}: {s.why_unavailable(bad[0].in_features)}; add that type"
+                    + partial
+                )
             alt = ", ".join(o for o in (f"W{s.bits}A16G64", f"W{s.bits}A16G32") if o != s.name)
             raise MixvizError(
                 f"{s.name} (group {s.group_size}) is unavailable for {len(bad)} of "
                 f"{len(layers)} layers, e.g. {bad[0].name} (in_features {bad[0].in_features}); "
-                f"use {alt}" + ("" if len(bad) == len(layers) else ", or --allow-partial")
+                f"use {alt}" + partial
             )
 
 
