@@ -141,3 +141,57 @@ def test_profiling_a_k_type_where_no_row_takes_it_names_the_fallback():
     assert r.returncode == 2
     assert "Q4_K is unavailable for 28 of 28 layers" in r.stderr
     assert "llama.cpp falls back to Q5_0" in r.stderr
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_profile_quantizers_against_llama_quantizes_own(tmp_path, demo_ref):
+    """The GGML quantizers mixviz profiles with (auto-round's) against llama.cpp's: the demo's
+    BF16 GGUF quantized by the real llama-quantize, dequantized with the gguf package, beside
+    LayerQuantizer on the same bf16 weights. Q4_0, Q5_0, Q8_0 and Q4_K are the same quantizer
+    (error within 2 %, elements within 3 %); Q4_1, Q5_1, Q5_K and Q6_K are not (README)."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from mixviz.models.loading import load_model
+    from mixviz.models.schemes import SCHEMES
+    from mixviz.sensitivity.quantizers import LayerQuantizer
+
+    same = {"blk.0.attn_q.weight": "Q4_0", "blk.0.attn_k.weight": "Q5_0",
+            "blk.0.attn_v.weight": "Q8_0", "blk.0.ffn_down.weight": "Q4_K"}  # fmt: skip
+    types = tmp_path / "types.txt"
+    types.write_text("\n".join(f"^{re_escape(k)}$={v.lower()}" for k, v in same.items()))
+    base = llamacpp.bf16_gguf(demo_ref.path, demo_ref.hash)
+    out = llamacpp.quantize(base, tmp_path / "q.gguf", "Q8_0", tensor_type_file=types)
+    tensors = {t.name: t for t in GGUFReader(str(out)).tensors}
+    model, _ = load_model(demo_ref, dtype="float32", device="cpu")
+    hf = {"attn_q": ("self_attn.q_proj", 9), "attn_k": ("self_attn.k_proj", 3),
+          "attn_v": ("self_attn.v_proj", None), "ffn_down": ("mlp.down_proj", None)}  # fmt: skip
+    for name, option in same.items():
+        t = tensors[name]
+        assert t.tensor_type.name == option
+        _, block, kind, _ = name.split(".")
+        module, heads = hf[kind]
+        w = model.get_submodule(f"model.layers.{block}.{module}").weight.detach()
+        w = w.to(torch.bfloat16).float()  # what llama.cpp quantized: the BF16 GGUF
+        if heads:  # llama.cpp's converter stores q/k rows in its rope order
+            w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2)
+            w = w.reshape(-1, w.shape[-1])
+        theirs = torch.from_numpy(
+            dequantize(t.data, t.tensor_type).reshape(w.shape).astype(np.float32)
+        )
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        lin.weight.data = w.clone()
+        ours = LayerQuantizer(lin, SCHEMES[option]).weight().float()
+        err_ours = float((ours - w).norm() / w.norm())
+        err_theirs = float((theirs - w).norm() / w.norm())
+        assert err_ours == pytest.approx(err_theirs, rel=0.02), (option, err_ours, err_theirs)
+        assert float((ours - theirs).norm() / theirs.norm()) < 0.03, option
+
+
+def re_escape(name: str) -> str:
+    import re
+
+    return re.escape(name)
