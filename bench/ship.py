@@ -113,10 +113,11 @@ def table(rows, args) -> str:
         llama = ship.get("llama_cpp") or {}
         lk = f"{llama['kld'][0]:.4f} ± {llama['kld'][1]:.4f}" if "kld" in llama else "—"
         status = row.status + (" (reused)" if reused else "")
-        ratio = t.get("write", 0) / max(t.get("quantize", 0), 1e-9)
+        q = t.get("quantize")
+        ratio = f"{t['write'] / q:.2f}×" if q and "write" in t else "—"
         lines.append(
-            f"| {fmt} | {options} | {status} | {t.get('quantize', 0):.1f} | "
-            f"{t.get('write', 0):.1f} | {ratio:.2f}× | {t.get('reload', 0):.1f} | "
+            f"| {fmt} | {options} | {status} | {f'{q:.1f}' if q else '—'} | "
+            f"{t.get('write', 0):.1f} | {ratio} | {t.get('reload', 0):.1f} | "
             f"{ship['quantized_bytes_ratio']:.4f} | {mem['kld'][0]:.4f} ± {mem['kld'][1]:.4f} | "
             f"{dsk['kld'][0]:.4f} ± {dsk['kld'][1]:.4f} | "
             f"{d['delta']:+.1e} [{d['lo']:+.1e}, {d['hi']:+.1e}] | {lk} |"

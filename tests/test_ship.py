@@ -285,3 +285,14 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
     assert 0 < kld < 1 and se > 0
     # llama.cpp scores the second half of each chunk, mixviz every position: same order
     assert 0.2 < kld / mem["kld"] < 5
+
+
+def test_tiny_mx_mix_in_auto_round_format_reloads_and_matches(tmp_path, cache, tiny_ref):
+    layers = _block_linears(tiny_ref)
+    recipe = _recipe(tmp_path, layers, ["MXFP4", "MXFP8", "BF16"])
+    r = run_cli("quantize", "tiny", "--recipe", recipe, "--format", "auto_round", "--out",
+                tmp_path / "mx", "--limit", "2", "--json", env=cache)  # fmt: skip
+    ship = _ship_doc(r, cache)
+    assert ship["ok"] and all(f["ok"] for f in ship["layers"].values())
+    assert abs(ship["delta_kld"]["delta"]) <= ship["delta_kld"]["tolerance"]
+    assert ship["quantized_bytes_ratio"] == pytest.approx(1.0, abs=0.02)
