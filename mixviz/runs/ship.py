@@ -354,6 +354,9 @@ def ship_step(
     disk = kld.score(model, reference, limit=spec.limit)
     timings["reload kld"] = time.perf_counter() - t
     memory = raw["mixviz_kld"]["token_scores"]
+    folder = runs_dir() / run_id
+    memory.save(folder / "kld_memory.npz")  # kept whatever the verdict: the files are what ships
+    disk.save(folder / "kld_reloaded.npz")
     delta = paired_windows(memory.kld, disk.kld)
     top1 = paired_windows(memory.top1.astype(float), disk.top1.astype(float))
 
