@@ -109,7 +109,8 @@ def _row(ftype, runs, paired_kld) -> str:
     d = mk - rk
     half = Z95 * math.hypot(rse, mse)
     a, b = reloaded_kld(rid), reloaded_kld(mid)
-    paired = paired_kld(a, b).format(scale=1.0, digits=4) if a is not None and b is not None else "—"
+    both = a is not None and b is not None
+    paired = paired_kld(a, b).format(scale=1.0, digits=4) if both else "—"
     rt = rship["llama_cpp"].get("top1", (math.nan,))[0]
     mt = mship["llama_cpp"].get("top1", (math.nan,))[0]
     return (

@@ -351,12 +351,8 @@ def ship_step(
 
     store.update(run_id, stage="KLD of the reloaded model", progress=0.86)
     t = time.perf_counter()
-    disk = kld.score(model, reference, limit=spec.limit)
+    memory, disk = _klds(run_id, spec, model, reference, raw)
     timings["reload kld"] = time.perf_counter() - t
-    memory = raw["mixviz_kld"]["token_scores"]
-    folder = runs_dir() / run_id
-    memory.save(folder / "kld_memory.npz")  # kept whatever the verdict: the files are what ships
-    disk.save(folder / "kld_reloaded.npz")
     delta = paired_windows(memory.kld, disk.kld)
     top1 = paired_windows(memory.top1.astype(float), disk.top1.astype(float))
 
@@ -406,6 +402,19 @@ def ship_step(
             f"in-memory run's ±{tolerance:.1e}; layers that differ: {names}"
         )
     return timings
+
+
+def _klds(run_id: str, spec: RunSpec, model, reference, raw: dict) -> tuple:
+    """The in-memory model's per-token scores and the reloaded one's, both kept in the run's
+    folder whatever the verdict (the files are what ships)."""
+    from mixviz.runs import kld
+
+    disk = kld.score(model, reference, limit=spec.limit)
+    memory = raw["mixviz_kld"]["token_scores"]
+    folder = runs_dir() / run_id
+    memory.save(folder / "kld_memory.npz")
+    disk.save(folder / "kld_reloaded.npz")
+    return memory, disk
 
 
 def sizes(formats: dict[str, dict], plan: dict[str, str], layers) -> dict:
