@@ -150,7 +150,8 @@ FORMAT_RULES: dict[str, tuple[Rule, ...]] = {
             "auto-round's own format holds one data-type family per checkpoint (integer, MXFP or "
             "NVFP, each with BF16 layers); GGML types go to --format gguf",
             "auto_round/compressors/base.py: mixed data types cannot be exported to real "
-            "formats except GGUF (tried: an INT+MXFP mix)",
+            "formats except GGUF; tried on tiny (INT+MXFP): it writes, and from_pretrained "
+            "fails with 'No compatible backend found for layer …'",
         ),
     ),
     "auto_gptq": (
@@ -163,7 +164,8 @@ FORMAT_RULES: dict[str, tuple[Rule, ...]] = {
         Rule(
             "compressed-tensors checkpoints hold integer or MXFP/NVFP groups, one family each",
             "auto_round/export/export_to_llmcompressor: pack-quantized or mixed-precision "
-            "config_groups (compressed-tensors 0.20.0)",
+            "config_groups (compressed-tensors 0.20.0); tried on tiny (INT+MXFP): it writes, "
+            "and from_pretrained fails on mismatched sizes",
         ),
     ),
     "gguf": (
