@@ -252,7 +252,7 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mixviz.models.device import placement
+    from mixviz.models.device import on_cpu, placement
 
     device, dtype = placement(spec.device, spec.dtype)
     fmt = spec.ship.format
@@ -271,7 +271,7 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
         # decompressed on load (asked), MX/NV ones by transformers itself, in bfloat16 only
         # (fp32: dtype mismatch)
         kwargs.update(dtype=torch.bfloat16 if mx else dtype)
-        if not mx and str(device) == "cpu":
+        if not mx and on_cpu(device):
             kwargs.update(quantization_config=CompressedTensorsConfig(run_compressed=False))
     else:
         kwargs.update(dtype=dtype)
