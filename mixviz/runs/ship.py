@@ -271,8 +271,10 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
         # decompressed on load (asked), MX/NV ones by transformers itself, in bfloat16 only
         # (fp32: dtype mismatch)
         kwargs.update(dtype=torch.bfloat16 if mx else dtype)
-        if not mx and on_cpu(device):
-            kwargs.update(quantization_config=CompressedTensorsConfig(run_compressed=False))
+        if on_cpu(device):  # tried: with a device_map MX layers stay packed, and fail to run
+            kwargs.pop("device_map")
+            if not mx:
+                kwargs.update(quantization_config=CompressedTensorsConfig(run_compressed=False))
     else:
         kwargs.update(dtype=dtype)
     try:
