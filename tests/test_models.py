@@ -140,11 +140,11 @@ def test_import_mixviz_does_not_import_streamlit():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-@pytest.mark.slow
 GGML_BPW = {"Q4_0": (4.5, 4.0), "Q5_0": (5.5, 5.0), "Q8_0": (8.5, 8.0), "Q4_1": (5.0, 4.0),
             "Q5_1": (6.0, 5.0)}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_demo_info_json_matches_auto_round():
     import torch
     from auto_round.auto_scheme.utils import compute_layer_bits
