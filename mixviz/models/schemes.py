@@ -141,10 +141,13 @@ SCHEMES: dict[str, Scheme] = _catalogue()
 def get_scheme(name: str) -> Scheme:
     """Look up an option by auto-round preset name or alias (case-insensitive).
 
-    >>> get_scheme("w4g64").name
-    'W4A16G64'
+    >>> get_scheme("w4g64").name, get_scheme("GGUF:Q4_K_S").name
+    ('W4A16G64', 'Q4_K')
     """
     key = name.strip().upper()
+    g = re.fullmatch(r"GGUF:(Q\d_[01K])(?:_S)?", key)  # auto-round's name for a GGML type
+    if g:
+        key = g[1]
     m = re.fullmatch(r"W(\d)G(\d+)", key)
     if m:
         key = f"W{m[1]}A16" + ("" if m[2] == "128" else f"G{m[2]}")

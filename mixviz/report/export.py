@@ -36,8 +36,9 @@ def _default(recipe: Recipe) -> str:
 
 
 def to_autoround(recipe: Recipe) -> dict:
-    """``{"layer_config", "python", "cli"}``; keys are exact module names, values presets."""
-    layer_config = dict(recipe.layers)
+    """``{"layer_config", "python", "cli"}``; keys are exact module names, values presets
+    (a GGML type as auto-round names it: ``GGUF:Q4_0``)."""
+    layer_config = {n: get_scheme(o).preset for n, o in recipe.layers.items()}
     default = _default(recipe)
     text = json.dumps(layer_config)
     python = (
@@ -64,7 +65,7 @@ def to_autoround(recipe: Recipe) -> dict:
 def autoround_layer_config(recipe: Recipe) -> str:
     """The bare ``layer_config`` JSON (``{module name: preset}``) — what auto-round's
     ``--layer_config`` and ``AutoRound(layer_config=…)`` take, nothing around it."""
-    return json.dumps(dict(recipe.layers), indent=2) + "\n"
+    return json.dumps({n: get_scheme(o).preset for n, o in recipe.layers.items()}, indent=2) + "\n"
 
 
 def autoround_script(recipe: Recipe, model_path: str, output_dir: str = "./quantized") -> str:
