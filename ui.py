@@ -542,3 +542,18 @@ def quantize_panel(choice: dict, recipe: dict[str, str], name: str, budget, key:
         st.success(sub.describe(spec.label) + ": follow it on the Runs page")
     except MixvizError as e:
         st.error(str(e))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def other_params(spec: str, allocated: int) -> int:
+    """Parameters of the model outside the ``allocated`` ones (embedding, norms; tied once)."""
+    seen = {id(p): p.numel() for p in mixviz.meta_model(model_ref(spec)).parameters()}
+    return sum(seen.values()) - allocated
+
+
+def file_size(spec: str, bpw: float, allocated: int) -> str:
+    """``123.4 MB (…)``: the allocated layers at ``bpw`` plus the rest at BF16 — the size
+    ``allocate --size`` solves for."""
+    rest = other_params(spec, allocated)
+    total = bpw * allocated / 8 + 2 * rest
+    return f"{total / 1e6:.1f} MB (the other {rest / 1e6:.1f} M parameters at BF16)"

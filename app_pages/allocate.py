@@ -188,6 +188,9 @@ def budget_slider() -> float:
             help="Without scale bits" if choice["ignore_scale_bits"] else "With scale bits",
         )
     ui.url_write(bits=f"{avg:g}")
+    if not choice["ignore_scale_bits"]:  # with scales, the average is llama.cpp's bpw
+        size = ui.file_size(choice["model"], avg, problem.total_numel)
+        st.caption(f"= {avg:.2f} bpw (scales included) · a file of about {size}")
     st.session_state["budget"] = avg
     st.session_state["allocate_history"] = current_history().at_budget(avg)
     return avg

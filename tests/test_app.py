@@ -573,3 +573,20 @@ def test_sidebar_target_runtime_constrains_the_allocation(profiled):
         p = f"model.layers.{b}."
         assert len({layers[p + f"self_attn.{k}_proj"] for k in "qkv"}) == 1
         assert len({layers[p + "mlp.gate_proj"], layers[p + "mlp.up_proj"]}) == 1
+
+
+def test_allocate_shows_the_budget_as_bpw_and_file_size(profiled, tiny_ref, tiny_layers):
+    """With scale bits counted the slider's average is llama.cpp's bpw, shown with the file size
+    it makes (the size ``allocate --size`` solves for)."""
+    import re
+
+    import mixviz
+
+    at = _app("app_pages/allocate.py", **{**TINY, "noscale": "0", "bits": "6"})
+    assert not at.exception and not at.error
+    (shown,) = [c.value for c in at.caption if "bpw (scales included)" in c.value]
+    assert shown.startswith("= 6.00 bpw")
+    numel = sum(x.numel for x in tiny_layers if x.block is not None)
+    every = {id(p): p.numel() for p in mixviz.meta_model(tiny_ref).parameters()}
+    want = (6.0 * numel / 8 + 2 * (sum(every.values()) - numel)) / 1e6
+    assert float(re.search(r"about ([0-9.]+) MB", shown)[1]) == pytest.approx(want, abs=0.05)
