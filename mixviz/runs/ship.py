@@ -349,6 +349,8 @@ def ship_step(
     store.update(run_id, stage="reading the files back", progress=0.8)
     layers = block_linears(loaded.layers)
     formats = read_formats(out, spec.ship.format, plan, layers)
+    # what the files are predicted to hold: W8A16G32 is written to GGUF as Q8_0 (8.5 bpw)
+    written = {n: gguf_option(o) for n, o in plan.items()} if spec.ship.format == "gguf" else plan
 
     store.update(run_id, stage="reloading from disk", progress=0.83)
     t = time.perf_counter()
@@ -385,7 +387,7 @@ def ship_step(
         "out": str(out),
         "file": str(checkpoint_file(out, spec.ship.format)),
         "layers": formats,
-        **sizes(formats, plan, layers),
+        **sizes(formats, written, layers),
         "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
         "kld_memory": kld.summarize(memory),
         "kld_reloaded": kld.summarize(disk),
