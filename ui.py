@@ -523,15 +523,12 @@ def quantize_panel(choice: dict, recipe: dict[str, str], name: str, budget, key:
         return
     try:
         ref = model_ref(choice["model"], choice["trust_remote_code"])
-        layers = model_layers(choice["model"])
-        widths = {n: x.in_features for n, x in layers.items()}
-        every = {n: "BF16" for n, x in layers.items() if x.block is not None}
         spec = quantize_spec(
             ref,
-            {**every, **recipe},
+            recipe,
             fmt,
             out,
-            widths=widths,
+            layers=list(model_layers(choice["model"]).values()),
             strategy=name,
             budget=budget,
             trust_remote_code=choice["trust_remote_code"],

@@ -107,14 +107,12 @@ def main() -> int:
 
 def _native(ftype, ref, rule, best, every, root, limit) -> str:
     """Both allocations through llama-quantize itself, measured by llama-perplexity."""
-    from mixviz.models.text import evaluation_text
     from mixviz.report.export import export
     from mixviz.report.recipe import Recipe
     from mixviz.runs import llamacpp
 
     base = llamacpp.bf16_gguf(ref.path, ref.hash)
-    text = root / "evaluation.txt"
-    text.write_text(evaluation_text().text)
+    text = llamacpp.evaluation_file()
     got = {}
     for name, a in (("rule", rule), ("mixviz", best)):
         types = root / f"{ftype}-{name}.tensor-types.txt"

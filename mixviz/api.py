@@ -83,11 +83,9 @@ def quantize(
         raise MixvizError(f"the recipe is for another version of {ref.name} (hash differs)")
     layers = inventory(meta_model(ref))
     recipe.validate(layers)
-    plan = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe.layers}
     prov = recipe.provenance or {}
     spec = quantize_spec(
-        ref, plan, format, out,
-        widths={x.name: x.in_features for x in layers}, target=target,
+        ref, dict(recipe.layers), format, out, layers=layers, target=target,
         strategy=str(prov.get("strategy") or ""), budget=prov.get("budget"), **fields,
     )  # fmt: skip
     backend = LocalBackend()

@@ -59,7 +59,7 @@ def ship_spec(args: argparse.Namespace, ref):
         recipe,
         args.format,
         args.out,
-        widths={x.name: x.in_features for x in inventory(meta_model(ref))},
+        layers=inventory(meta_model(ref)),
         target=args.target_runtime,
         limit=args.limit,
         quant=QuantArgs(iters=args.iters, disable_opt_rtn=args.iters == 0),

@@ -96,6 +96,17 @@ def bf16_gguf(model_dir: str | Path, model_hash: str) -> Path:
     return out
 
 
+def evaluation_file() -> Path:
+    """The held-out evaluation text as a file for ``llama-perplexity -f`` (written once)."""
+    from mixviz.models.text import evaluation_text
+    from mixviz.paths import atomic_write_bytes
+
+    path = cache_dir() / "gguf" / "evaluation.txt"
+    if not path.is_file():
+        atomic_write_bytes(path, evaluation_text().text.encode())
+    return path
+
+
 def parse_kld(text: str) -> dict[str, tuple[float, float | None]]:
     """``llama-perplexity --kl-divergence``'s summary: ``{metric: (value, ± or None)}`` for
     ``kld``, ``kld_median``, ``kld_p99``, ``top1`` (a share, not %), ``ppl``, ``ppl_base``."""

@@ -60,20 +60,23 @@ def quantize_spec(
     fmt: str,
     out: str | Path,
     *,
-    widths: dict[str, int],
+    layers,
     target: str | None = None,
     **fields,
 ) -> RunSpec:
-    """The run spec of a quantize job — ``recipe`` (every block linear → option) written as a
-    ``fmt`` checkpoint into ``out`` — with every refusal checked before anything is queued:
-    what the format cannot hold, what the ``target`` runtime cannot load, a folder with files
-    in it (unless the identical job already exists: then it is reused). ``fields`` go to the
-    :class:`RunSpec` (``limit``, ``quant``, ``strategy``, ``device``, ...)."""
+    """The run spec of a quantize job — ``recipe`` written as a ``fmt`` checkpoint into ``out``,
+    every block linear of ``layers`` (the model's inventory) it leaves out at BF16 — with every
+    refusal checked before anything is queued: what the format cannot hold, what the
+    ``target`` runtime cannot load, a folder with files in it (unless the identical job already
+    exists: then it is reused). ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``,
+    ``strategy``, ``device``, ...)."""
     from mixviz.models.targets import get_runtime
     from mixviz.runs.backends import REUSABLE
     from mixviz.runs.runspec import ShipArgs
     from mixviz.runs.tasks import KLD_TASK
 
+    widths = {x.name: x.in_features for x in layers}
+    recipe = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe}
     if target:
         rt = get_runtime(target)
         for name, option in recipe.items():
@@ -471,8 +474,6 @@ def llamacpp_check(gguf_file: Path, spec: RunSpec, model_hash: str) -> dict:
     """llama.cpp's own KLD of the file against a BF16 GGUF of the same model, over the same
     held-out text (``--limit`` windows as chunks); ``{"skipped": why}`` where it is not built."""
     from mixviz.models.loading import resolve_model
-    from mixviz.models.text import evaluation_text
-    from mixviz.paths import cache_dir
     from mixviz.runs import llamacpp
 
     try:
@@ -481,10 +482,7 @@ def llamacpp_check(gguf_file: Path, spec: RunSpec, model_hash: str) -> dict:
         return {"skipped": str(e)}
     ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
     base = llamacpp.bf16_gguf(ref.path, model_hash)
-    text = cache_dir() / "gguf" / "evaluation.txt"
-    if not text.is_file():
-        atomic_write_bytes(text, evaluation_text().text.encode())
-    got = llamacpp.kl_divergence(gguf_file, base, text, chunks=spec.limit)
+    got = llamacpp.kl_divergence(gguf_file, base, llamacpp.evaluation_file(), chunks=spec.limit)
     return {**{k: list(v) for k, v in got.items()}, "base": str(base), "tools": tools.version()}
 
 

@@ -241,12 +241,8 @@ class Store:
     def insert(
         self, run_id: str, key: str, model: str, label: str, spec: dict, backend: str = "local"
     ) -> None:
-        with self.tx() as con:
-            con.execute(
-                "INSERT INTO runs (id, key, model, label, spec, status, created, backend) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (run_id, key, model, label, json.dumps(spec), time.time(), backend),
-            )
+        """A new queued run, whatever else the store holds (:meth:`insert_once` reuses)."""
+        self.insert_once(run_id, key, model, label, spec, backend)
 
     def insert_once(
         self,
