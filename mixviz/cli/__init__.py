@@ -4,7 +4,8 @@ User errors (:class:`MixvizError`) print one line on stderr and exit 2, never a 
 
 One module per command group, each with ``add_parser(sub)`` and its ``cmd_*`` functions:
 :mod:`.info` (info), :mod:`.profile` (profile, ``--from-autoscheme``), :mod:`.allocate`
-(allocate), :mod:`.runs` (run, runs, cancel), :mod:`.export` (export, import),
+(allocate), :mod:`.refine` (refine), :mod:`.runs` (run, runs, cancel), :mod:`.export`
+(export, import),
 :mod:`.quantize` (quantize),
 :mod:`.reproduce` (reproduce); :mod:`.common` holds what they share (output, progress, error
 handling, the model and profiling flags, the registries the choices come from).
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 
-from mixviz.cli import allocate, export, info, profile, quantize, reproduce, runs
+from mixviz.cli import allocate, export, info, profile, quantize, refine, reproduce, runs
 from mixviz.cli.allocate import load_or_profile
 from mixviz.cli.common import quiet_libraries, run_command
 from mixviz.cli.reproduce import STUDY_TASKS
 from mixviz.cli.runs import read_recipe_layers
 
-GROUPS = (info, profile, allocate, runs, quantize, export, reproduce)  # the order `mixviz -h` lists
+# the order `mixviz -h` lists
+GROUPS = (info, profile, allocate, refine, runs, quantize, export, reproduce)
 
 __all__ = [
     "STUDY_TASKS",

@@ -1,0 +1,106 @@
+"""``mixviz refine PROFILE.json|MODEL --avg-bits B --rounds K``: solve, measure KLD on
+calibration text, correct the additive model per group, re-solve, until it stops helping."""
+
+from __future__ import annotations
+
+import argparse
+
+from mixviz.cli.allocate import add_target, load_or_profile
+from mixviz.cli.common import (
+    WHEN_PROFILING,
+    add_device_flags,
+    add_json,
+    add_profile_flags,
+    add_trust_remote_code,
+    emit,
+    progress,
+)
+from mixviz.errors import MixvizError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "refine",
+        help="correct the allocation from measured KLD (calibration text), round by round",
+    )
+    p.add_argument("target", metavar="PROFILE.json|MODEL")
+    p.add_argument("--avg-bits", required=True, type=float, help="the average-bits budget")
+    p.add_argument("--rounds", type=int, default=3, help="corrections at most (default 3)")
+    p.add_argument(
+        "--grouping",
+        choices=("kind", "block"),
+        default="kind",
+        help="layers whose scores share one correction factor (default: module kind)",
+    )
+    p.add_argument(
+        "--windows", type=int, default=16, help="calibration windows measured (default 16)"
+    )
+    p.add_argument(
+        "--window-len", type=int, default=512, help="tokens per window (default 512)"
+    )
+    p.add_argument("--ignore-scale-bits", action="store_true")
+    add_target(p)
+    add_profile_flags(
+        p,
+        "options",
+        "metric",
+        "calib",
+        "nsamples",
+        "seqlen",
+        "allow_partial",
+        when=WHEN_PROFILING,
+        metric_choices=False,
+        calib="calibration text: profiled (a MODEL) and measured on (never the evaluation text)",
+    )
+    add_device_flags(p)
+    add_trust_remote_code(p)
+    add_json(p)
+    p.add_argument("--out", help="also write the refinement JSON (with the best layers) here")
+    p.set_defaults(func=cmd_refine)
+
+
+def cmd_refine(args: argparse.Namespace) -> None:
+    from mixviz.allocation.problem import Problem
+    from mixviz.allocation.refine import RefineSettings
+    from mixviz.runs.measure import MeasureSettings, refine_profile
+
+    prof = load_or_profile(args.target, args)
+    if prof.calib.source != "pydoc" and args.calib == "pydoc":
+        raise MixvizError(
+            f"the profile was calibrated on {prof.calib.source!r}: pass that file as --calib "
+            "so refine measures on calibration text too"
+        )
+    problem = Problem.from_profile(
+        prof, ignore_scale_bits=args.ignore_scale_bits, target=args.target_runtime
+    )
+    settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
+    where = MeasureSettings(args.calib, args.windows, args.window_len, args.device, args.dtype)
+    result = refine_profile(prof, problem, settings, where, progress=progress)
+    doc = {
+        **result.to_dict(),
+        "model": prof.model,
+        "model_hash": prof.model_hash,
+        "profile_key": prof.key,
+        "strategy": "refined",
+        "layers": dict(result.layers),
+    }
+    emit(doc, args.json, _text, args.out)
+
+
+def _text(doc: dict) -> str:
+    lines = [
+        f"refine {doc['model']} at {doc['budget_avg_bits']:g} bits, grouped by "
+        f"{doc['grouping']}: {doc['measurements']} measurements, {doc['seconds']:.1f} s",
+        f"{'round':>5}  {'bits':>6}  {'predicted':>10}  {'corrected':>10}  "
+        f"{'measured KLD':>18}  {'vs best before':>18}",
+    ]
+    for r in doc["rounds"]:
+        gain = "" if r["gain"] is None else f"{r['gain']:+.5f} ± {2 * r['gain_se']:.5f}"
+        mark = " ←" if r["index"] == doc["best"] else ""
+        lines.append(
+            f"{r['index']:>5}  {r['avg_bits']:6.3f}  {r['predicted']:10.4g}  "
+            f"{r['corrected']:10.5f}  {r['measured']:.5f} ± {2 * r['measured_se']:.5f}  "
+            f"{gain:>18}{mark}"
+        )
+    lines.append(f"stopped: {doc['stopped']}; ± is 2 s.e. over windows (paired for the gain)")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""How far to trust a profile's prediction: its predicted loss against measured KLD.
+
+Over the finished runs whose every layer the profile scores: Spearman's ρ with its 95 %
+interval (:func:`~mixviz.report.paired.spearman_ci`) and the calibration line — measured KLD ≈
+``intercept + slope · predicted`` by least squares, with the slope's standard error — so a
+person reads both whether the ordering holds and what a predicted number means in nats.
+
+>>> t = prediction_trust([1.0, 2.0, 3.0, 4.0, 5.0], [0.11, 0.19, 0.32, 0.41, 0.48])
+>>> round(t.rho, 2), round(t.slope, 3), t.n
+(1.0, 0.095, 5)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Trust:
+    """ρ (with its interval, NaN below 4 points), the calibration line and what it rests on."""
+
+    n: int
+    rho: float
+    rho_lo: float
+    rho_hi: float
+    slope: float
+    slope_se: float
+    intercept: float
+
+    def sentence(self, what: str = "runs") -> str:
+        """One line for a caption.
+
+        >>> Trust(5, 0.9, 0.4, 0.99, 0.1, 0.01, 0.0).sentence()
+        'Spearman ρ = 0.90 [0.40, 0.99] over 5 runs; measured KLD ≈ 0 + 0.1 (± 0.02) × predicted'
+        """
+        ci = "" if math.isnan(self.rho_lo) else f" [{self.rho_lo:.2f}, {self.rho_hi:.2f}]"
+        return (
+            f"Spearman ρ = {self.rho:.2f}{ci} over {self.n} {what}; measured KLD ≈ "
+            f"{self.intercept:.3g} + {self.slope:.3g} (± {2 * self.slope_se:.1g}) × predicted"
+        )
+
+
+def prediction_trust(predicted, measured) -> Trust | None:
+    """:class:`Trust` of ``predicted`` against ``measured`` (paired sequences), or None with
+    fewer than 3 points or no spread in either."""
+    from scipy.stats import linregress
+
+    from mixviz.report.paired import spearman_ci
+
+    x, y = [float(v) for v in predicted], [float(v) for v in measured]
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    rho, lo, hi = spearman_ci(x, y)
+    fit = linregress(x, y)
+    return Trust(len(x), rho, lo, hi, float(fit.slope), float(fit.stderr), float(fit.intercept))
+
+
+def run_points(profile, runs) -> list[dict]:
+    """``{label, predicted_loss, kld, kld_se, accuracy, accuracy_se}`` for every run (rows of
+    the runs frame, with a ``recipe`` map) whose every layer and option the profile scores."""
+    scores = {(r.layer, r.option): r.score for r in profile.rows}
+    pts = []
+    for row in runs.itertuples():
+        vals = [scores.get((n, o)) for n, o in (getattr(row, "recipe", None) or {}).items()]
+        if vals and all(v is not None for v in vals):
+            pts.append(
+                {
+                    "label": row.label,
+                    "predicted_loss": sum(vals),
+                    "accuracy": getattr(row, "accuracy", None),
+                    "accuracy_se": getattr(row, "accuracy_se", None),
+                    "kld": getattr(row, "kld", None),
+                    "kld_se": getattr(row, "kld_se", None),
+                }
+            )
+    return pts
+
+
+def kld_trust(points: list[dict]) -> Trust | None:
+    """:func:`prediction_trust` over the points that measured KLD."""
+    have = [p for p in points if p.get("kld") is not None and p["kld"] == p["kld"]]
+    return prediction_trust([p["predicted_loss"] for p in have], [p["kld"] for p in have])

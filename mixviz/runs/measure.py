@@ -1,0 +1,174 @@
+"""Measured KLD of an allocation, in memory — what ``refine`` corrects the additive model with.
+
+:class:`WindowKLD` keeps the unquantized model's next-token distributions over some token
+windows (top-k plus tail samples, as the ``mixviz_kld`` task keeps them:
+:mod:`mixviz.runs.kld`) and, for an option per layer, quantize-dequantizes the model with
+auto-round's RTN quantizers (:mod:`mixviz.sensitivity.operating_point`), scores it against them
+and restores it. ``refine`` measures on **calibration** windows (:func:`calibration_windows`),
+never on the evaluation text; the benchmark measures the result on the evaluation windows
+(:func:`mixviz.runs.kld.windows`), as the ``mixviz_kld`` task does.
+
+:func:`refine_profile` loads the profile's model once and runs
+:func:`mixviz.allocation.refine.refine` with it, cached under ``cache/refine/`` by everything
+that changes the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mixviz.allocation.refine import Measurement, Refinement, RefineSettings, Round
+from mixviz.errors import MixvizError
+from mixviz.paths import atomic_write_json, cache_dir, read_json
+
+CALIB_WINDOWS = 16
+CALIB_SEQLEN = 512
+
+
+class WindowKLD:
+    """``measure(choice) -> Measurement``: mean KLD per token to the unquantized model over
+    fixed windows, with its standard error over windows and each window's mean (for paired
+    differences). Quantized weights are kept between calls (``keep``), so a measurement costs
+    one forward pass over the windows."""
+
+    def __init__(self, model, tokens, keep: bool = True):
+        from mixviz.runs.kld import compute_reference
+
+        self.model = model
+        self.ref = compute_reference(model, tokens)
+        self.cache: dict | None = {} if keep else None
+        self.calls = 0
+        self.seconds = 0.0
+
+    def __call__(self, choice: dict[str, str]) -> Measurement:
+        import numpy as np
+
+        from mixviz.models.schemes import get_scheme
+        from mixviz.runs.kld import score, window_mean_se
+        from mixviz.sensitivity.operating_point import at
+
+        t0 = time.perf_counter()
+        plan = {name: get_scheme(o) for name, o in choice.items()}
+        with at(self.model, plan, cache=self.cache):
+            s = score(self.model, self.ref)
+        mean, se = window_mean_se(s.kld)
+        per_window = s.kld.reshape(s.kld.shape[0], -1).mean(axis=1, dtype=np.float64)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return Measurement(mean, se, tuple(float(x) for x in per_window))
+
+
+def calibration_windows(tokenizer, calib: str = "pydoc", n: int = CALIB_WINDOWS, seqlen=None):
+    """``n`` windows of the calibration text (``seqlen`` tokens, 512 by default)."""
+    from mixviz.models.text import calibration_text, token_windows
+
+    return token_windows(tokenizer, calibration_text(calib), n, seqlen or CALIB_SEQLEN)
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Where refine measures: calibration text, windows × seqlen, device and dtype."""
+
+    calib: str = "pydoc"
+    windows: int = CALIB_WINDOWS
+    seqlen: int = CALIB_SEQLEN
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        if not (2 <= self.windows <= 4096 and 16 <= self.seqlen <= 32768):
+            raise MixvizError(
+                f"measure on 2..4096 windows of 16..32768 tokens (got {self.windows}, "
+                f"{self.seqlen})"
+            )
+
+
+def refine_key(profile, problem_doc: dict, settings: RefineSettings, where: MeasureSettings):
+    """A digest of everything that changes a refinement's answer."""
+    from mixviz.models.text import calibration_text
+
+    doc = {
+        "profile": profile.key,
+        "problem": problem_doc,
+        "settings": asdict(settings),
+        "measure": asdict(where),
+        "calib_hash": calibration_text(where.calib).hash,
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def refine_path(profile, problem_doc: dict, settings: RefineSettings, where: MeasureSettings):
+    return cache_dir() / "refine" / f"{refine_key(profile, problem_doc, settings, where)}.json"
+
+
+def refine_profile(
+    profile,
+    problem,
+    settings: RefineSettings,
+    where: MeasureSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Refinement:
+    """Refine ``problem`` (built from ``profile``) by measuring its model on calibration text;
+    a cached answer is returned at once."""
+    where = where or MeasureSettings()
+    path = refine_path(profile, _problem_doc(problem), settings, where)
+    cached = load_refinement(path)
+    if cached is not None:
+        return cached
+    from mixviz.allocation.refine import refine
+    from mixviz.models.loading import load_model, resolve_model
+
+    ref = resolve_model(profile.model)
+    if ref.hash != profile.model_hash:
+        raise MixvizError(
+            f"the profile was measured on another version of {profile.model!r} "
+            f"({profile.model_hash[:12]} ≠ {ref.hash[:12]}): profile it again"
+        )
+    say = progress or (lambda msg: None)
+    say(f"loading {ref.name}")
+    model, tok = load_model(ref, dtype=where.dtype, device=where.device)
+    say(f"reference over {where.windows}×{where.seqlen} calibration tokens")
+    measure = WindowKLD(model, calibration_windows(tok, where.calib, where.windows, where.seqlen))
+    result = refine(problem, settings, measure, say)
+    atomic_write_json(path, result.to_dict())
+    return result
+
+
+def _problem_doc(problem) -> dict:
+    return {
+        "ignore_scale_bits": problem.ignore_scale_bits,
+        "pins": dict(sorted(problem.pins.items())),
+        "target": problem.target,
+        "units": [list(u.names) for u in problem.units if len(u.names) > 1],
+        "layers": len(problem.layers),
+    }
+
+
+def load_refinement(path: Path) -> Refinement | None:
+    """A refinement written by :func:`refine_profile`, or None (missing or unreadable)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return refinement_from_dict(read_json(path, "refinement"))
+    except (MixvizError, KeyError, TypeError, ValueError):
+        return None  # a damaged cache is recomputed, never trusted
+
+
+def refinement_from_dict(d: dict) -> Refinement:
+    if d.get("format") != "mixviz.refinement" or d.get("version") != 1:
+        raise MixvizError("not a mixviz refinement (format mixviz.refinement, version 1)")
+    return Refinement(
+        tuple(Round(**r) for r in d["rounds"]),
+        int(d["best"]),
+        str(d["stopped"]),
+        str(d["grouping"]),
+        float(d["seconds"]),
+        float(d["budget_avg_bits"]),
+        int(d.get("measurements", 0)),
+    )
