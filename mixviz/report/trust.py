@@ -7,7 +7,7 @@ person reads both whether the ordering holds and what a predicted number means i
 
 >>> t = prediction_trust([1.0, 2.0, 3.0, 4.0, 5.0], [0.11, 0.19, 0.32, 0.41, 0.48])
 >>> round(t.rho, 2), round(t.slope, 3), t.n
-(1.0, 0.095, 5)
+(1.0, 0.096, 5)
 """
 
 from __future__ import annotations
