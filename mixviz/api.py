@@ -49,12 +49,13 @@ def allocate(
     return solve(problem, avg_bits if avg_bits is not None else bpw, strategy)
 
 
-def export(recipe, target: str) -> str:
-    """The recipe as ``target`` reads it (``autoround``, ``gptqmodel``, ``llmcompressor``,
-    ``llamacpp``, ``llamacpp-file``): the text of the file."""
+def export(recipe, to: str) -> str:
+    """The recipe written by the exporter named ``to`` (``autoround``, ``gptqmodel``,
+    ``llmcompressor``, ``llamacpp``, ... — :func:`~mixviz.report.export.exporter_names`): the
+    text of the file."""
     from mixviz.report.export import export as render
 
-    return render(recipe, target)
+    return render(recipe, to)
 
 
 def quantize(

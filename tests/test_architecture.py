@@ -115,9 +115,10 @@ def test_no_private_name_crosses_a_module_border():
 
 @pytest.fixture
 def toys():
-    """A toy metric and a toy strategy, registered for one test and removed after."""
+    """A toy metric, strategy and exporter, registered for one test and removed after."""
     from mixviz.allocation import baselines
     from mixviz.allocation.strategies import STRATEGIES, Strategy, register_strategy
+    from mixviz.report.export import EXPORTERS, Exporter, register_exporter
     from mixviz.sensitivity.metrics import METRICS, Metric, register_metric
 
     def toy_score(model, layers, schemes, ids, step, batch_size=1):
@@ -142,21 +143,33 @@ def toys():
             baseline=True,
         )
     )
-    yield metric, strategy
+    exporter = register_exporter(
+        Exporter(
+            name="toyexporter",
+            label="toy exporter",
+            suffix="toy.txt",
+            render=lambda recipe: "\n".join(recipe.layers) + "\n",
+        )
+    )
+    yield metric, strategy, exporter
     METRICS.pop("toymetric", None)
     STRATEGIES.pop("toystrategy", None)
+    EXPORTERS.pop("toyexporter", None)
 
 
 def test_registered_metric_and_strategy_reach_cli_sidebar_and_frontier(toys, tiny_ref):
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.strategies import frontier
     from mixviz.cli import build_parser
+    from mixviz.report.export import exporter_names
     from mixviz.sensitivity.profile import profile_model
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     assert "toymetric" in sub.choices["profile"].format_help()
     assert "toystrategy" in sub.choices["allocate"].format_help()
+    to = next(a for a in sub.choices["export"]._actions if a.dest == "to")
+    assert "toyexporter" in to.choices and "toyexporter" in exporter_names()
 
     prof = profile_model(
         tiny_ref, options="MXFP4,MXFP8", metric="toymetric", nsamples=2, seqlen=32, use_cache=False

@@ -14,8 +14,8 @@ from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.models.schemes import SCHEMES, get_scheme
-from mixviz.report.export import (
-    export,
+from mixviz.report.export import EXPORTERS, Exporter, export, register_exporter
+from mixviz.report.formats import (
     ggml_type,
     import_recipe,
     to_autoround,
@@ -545,6 +545,56 @@ def test_cli_export_and_import(tmp_path):
     assert Recipe.load(rec).layers == Recipe.load(SAVED).layers
 
 
+@pytest.fixture
+def shout():
+    """A toy exporter (layer names in capitals) that refuses BF16 layers, for one test."""
+
+    def why_not(recipe: Recipe) -> str | None:
+        bf16 = [n for n, o in recipe.layers.items() if o == "BF16"]
+        return f"shout writes quantized layers only; {bf16[0]} is BF16" if bf16 else None
+
+    def render(recipe: Recipe) -> str:
+        return "".join(f"{n.upper()}={o}\n" for n, o in recipe.layers.items())
+
+    yield register_exporter(Exporter("shout", "SHOUT", "shout.txt", render, why_not))
+    EXPORTERS.pop("shout", None)
+
+
+def test_a_registered_exporter_is_a_cli_target(tmp_path, shout, capsys):
+    from mixviz.cli import main
+
+    layers = {n: o for n, o in Recipe.load(SAVED).layers.items() if o != "BF16"}
+    src, out = tmp_path / "r.json", tmp_path / "r.shout.txt"
+    Recipe("tiny", "", layers).save(src)
+    assert main(["export", str(src), "--to", "shout", "--out", str(out)]) == 0
+    assert out.read_text() == "".join(f"{n.upper()}={o}\n" for n, o in layers.items())
+    assert export(Recipe("tiny", "", layers), "shout") == out.read_text()
+
+    capsys.readouterr()
+    assert main(["export", str(SAVED), "--to", "shout"]) == 2  # SAVED has a BF16 down_proj
+    err = capsys.readouterr().err
+    assert err == "mixviz: error: shout writes quantized layers only; " + (
+        "model.layers.3.mlp.down_proj is BF16\n"
+    )
+
+
+def test_why_not_is_the_error_and_unknown_names_list_the_registry(shout):
+    recipe = Recipe.load(SAVED)
+    for name, exporter in EXPORTERS.items():
+        why = exporter.why_not(recipe)
+        if why is None:
+            assert export(recipe, name)
+        else:
+            with pytest.raises(MixvizError, match=re.escape(why)):
+                export(recipe, name)
+    assert EXPORTERS["gptqmodel"].why_not(recipe).startswith("GPTQModel quantizes integer")
+    assert EXPORTERS["llamacpp"].why_not(recipe) == "llama.cpp has no GGML type for MXFP8"
+    with pytest.raises(MixvizError, match="unknown export target 'nope'; choose from .*shout"):
+        export(recipe, "nope")
+    with pytest.raises(ValueError, match="without spaces"):
+        register_exporter(Exporter("two words", "x", "x.txt", str))
+
+
 def _study():
     import pandas as pd
 
@@ -572,7 +622,7 @@ def test_table_exports_keep_the_precision_the_page_shows():
 
 
 def test_autoround_downloads_are_what_autoround_reads(tiny_ref):
-    from mixviz.report.export import autoround_layer_config, autoround_script
+    from mixviz.report.formats import autoround_layer_config, autoround_script
 
     layers = {"model.layers.0.mlp.up_proj": "W4A16G32", "model.layers.0.mlp.down_proj": "MXFP8"}
     recipe = Recipe("tiny", "", layers)

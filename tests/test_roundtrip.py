@@ -14,7 +14,8 @@ from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.models.schemes import SCHEMES as CATALOGUE
-from mixviz.report.export import export, import_recipe
+from mixviz.report.export import export
+from mixviz.report.formats import import_recipe
 from mixviz.report.recipe import Recipe
 
 # auto-round's own catalogue; llama.cpp's types round-trip through GGUF (test_ship, test_gguf_types)

@@ -1,5 +1,6 @@
-"""``mixviz export RECIPE --to TARGET`` (a recipe for auto-round, GPTQModel, llm-compressor or
-llama.cpp) and ``mixviz import FILE --model MODEL`` (an auto-round layer_config → a recipe)."""
+"""``mixviz export RECIPE --to NAME`` (a recipe for auto-round, GPTQModel, llm-compressor,
+llama.cpp or any exporter registered in :mod:`mixviz.report.export`) and
+``mixviz import FILE --model MODEL`` (an auto-round layer_config → a recipe)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from mixviz.errors import MixvizError
 
 
 def add_parser(sub) -> None:
-    from mixviz.report.export import TARGETS
+    from mixviz.report.export import exporter_names
 
     exp = sub.add_parser(
         "export", help="translate a recipe for auto-round, GPTQModel, llm-compressor or llama.cpp"
     )
     exp.add_argument("recipe", help="a mixviz recipe or allocation JSON")
-    exp.add_argument("--to", required=True, choices=TARGETS)
+    exp.add_argument("--to", required=True, choices=exporter_names())
     exp.add_argument("--out", help="write to this file instead of stdout")
     exp.set_defaults(func=cmd_export)
 
@@ -59,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_import(args: argparse.Namespace) -> None:
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model
-    from mixviz.report.export import import_recipe
+    from mixviz.report.formats import import_recipe
 
     ref = resolve(args, quiet=True)
     recipe = import_recipe(args.file, ref.name, ref.hash, inventory(meta_model(ref)))

@@ -1,338 +1,176 @@
-"""Exporters from one Recipe to what people ship, and the importer of auto-round layer configs.
+"""The exporters by name: every way a recipe is written out, one :class:`Exporter` each.
 
-- ``autoround``: ``layer_config`` (full names, preset names — no regex), a Python snippet and
-  the equivalent CLI line; :func:`autoround_layer_config` is the bare ``layer_config`` file
-  auto-round reads and :func:`autoround_script` a runnable script for one model folder.
-- ``gptqmodel``: the ``dynamic`` dict (``+:``/``-:`` regex keys); integer options only.
-- ``llmcompressor``: a recipe YAML, one ``config_group`` per option with ``re:`` targets; the
-  MX/NV groups are compressed-tensors' own presets (scale dtypes included).
-- ``llamacpp``: ``--tensor-type PATTERN=TYPE`` lines, one anchored pattern per GGUF tensor;
-  ``llamacpp-file`` the same as a ``--tensor-type-file`` (one ``PATTERN=TYPE`` a line).
+:data:`EXPORTERS` is what ``mixviz export --to``, :func:`mixviz.export` and the Allocate page's
+download row offer, in that order; adding a format is one :func:`register_exporter` call. The
+formats themselves are written by :mod:`mixviz.report.formats`.
 
-Every line meant to be pasted into a shell quotes each value with :func:`shlex.quote`.
+>>> recipe = Recipe("tiny", "", {"model.layers.0.mlp.up_proj": "MXFP4"})
+>>> print(export(recipe, "llamacpp-file"), end="")
+^blk\\.0\\.ffn_up\\.weight$=mxfp4
+>>> EXPORTERS["gptqmodel"].why_not(recipe)[:48]
+'GPTQModel quantizes integer weights only; model.'
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
-from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from mixviz.errors import MixvizError
-from mixviz.models.schemes import Scheme, get_scheme
-from mixviz.models.targets import gguf_tensor_name
-from mixviz.paths import read_json
+from mixviz.report.formats import (
+    autoround_layer_config,
+    autoround_script,
+    gptqmodel_why_not,
+    llamacpp_why_not,
+    llmcompressor_why_not,
+    to_autoround,
+    to_gptqmodel,
+    to_llamacpp,
+    to_llamacpp_file,
+    to_llmcompressor,
+)
 from mixviz.report.recipe import Recipe
 
-TARGETS = ("autoround", "gptqmodel", "llmcompressor", "llamacpp", "llamacpp-file")
+
+def _any_recipe(recipe: Recipe) -> str | None:
+    return None
 
 
-def _default(recipe: Recipe) -> str:
-    return Counter(recipe.layers.values()).most_common(1)[0][0]
+@dataclass(frozen=True)
+class Exporter:
+    """One way to write a recipe: ``name`` is the ``--to`` value, ``label`` the download
+    button's, ``suffix`` ends the downloaded file's name (``{model}-{bits}bits.{suffix}``).
 
-
-# --------------------------------------------------------------------------- auto-round
-
-
-def to_autoround(recipe: Recipe) -> dict:
-    """``{"layer_config", "python", "cli"}``; keys are exact module names, values presets
-    (a GGML type as auto-round names it: ``GGUF:Q4_0``)."""
-    layer_config = {n: get_scheme(o).preset for n, o in recipe.layers.items()}
-    default = _default(recipe)
-    text = json.dumps(layer_config)
-    python = (
-        "from auto_round import AutoRound\n\n"
-        f"layer_config = {json.dumps(layer_config, indent=4)}\n"
-        f"ar = AutoRound(model, tokenizer, scheme={default!r}, layer_config=layer_config,\n"
-        "               iters=0, disable_opt_rtn=True)\n"
-        "model, layer_config = ar.quantize()  # in memory; or ar.quantize_and_save(...)\n"
-    )
-    cli = shlex.join(
-        [
-            "auto-round",
-            *("--model", recipe.model),
-            *("--scheme", default),
-            *("--iters", "0"),
-            *("--layer_config", text),
-            *("--format", "auto_round"),
-            *("--output_dir", "./quantized"),
-        ]
-    )
-    return {"layer_config": layer_config, "python": python, "cli": cli}
-
-
-def autoround_layer_config(recipe: Recipe) -> str:
-    """The bare ``layer_config`` JSON (``{module name: preset}``) — what auto-round's
-    ``--layer_config`` and ``AutoRound(layer_config=…)`` take, nothing around it."""
-    return json.dumps({n: get_scheme(o).preset for n, o in recipe.layers.items()}, indent=2) + "\n"
-
-
-def autoround_script(recipe: Recipe, model_path: str, output_dir: str = "./quantized") -> str:
-    """A Python script that quantizes ``model_path`` (a local folder or a hub id, never a
-    mixviz name such as ``demo``) with the recipe and saves it in auto-round's format.
-
-    >>> r = Recipe("demo", "", {"model.layers.0.mlp.up_proj": "MXFP8"})
-    >>> "MODEL = '/models/smollm2'" in autoround_script(r, "/models/smollm2")
-    True
+    ``render`` gives the file's text; ``why_not`` says why a recipe can't be written this way
+    (``None`` when it can). It is asked first and should be cheap: the app asks it for every
+    exporter to disable a button and say why beside it.
     """
-    return (
-        '"""Quantize with the mixviz recipe (auto-round, RTN); run: python this_file.py"""\n\n'
-        "from auto_round import AutoRound\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"MODEL = {model_path!r}\n"
-        f"OUTPUT_DIR = {output_dir!r}\n"
-        f"LAYER_CONFIG = {json.dumps(dict(recipe.layers), indent=4)}\n\n"
-        "model = AutoModelForCausalLM.from_pretrained(MODEL, dtype='auto')\n"
-        "tokenizer = AutoTokenizer.from_pretrained(MODEL)\n"
-        f"ar = AutoRound(model, tokenizer, scheme={_default(recipe)!r}, "
-        "layer_config=LAYER_CONFIG,\n"
-        "               iters=0, disable_opt_rtn=True, enable_torch_compile=False)\n"
-        "ar.quantize_and_save(OUTPUT_DIR, format='auto_round')\n"
-    )
+
+    name: str
+    label: str
+    suffix: str
+    render: Callable[[Recipe], str]
+    why_not: Callable[[Recipe], str | None] = _any_recipe
 
 
-# --------------------------------------------------------------------------- GPTQModel
+EXPORTERS: dict[str, Exporter] = {}
+"""Every exporter by name, in the order shown to users (register with
+:func:`register_exporter`; a test may add one with ``monkeypatch.setitem``)."""
 
 
-def to_gptqmodel(recipe: Recipe) -> dict:
-    """GPTQModel's ``QuantizeConfig(bits=…, group_size=…, dynamic=…)``.
+def register_exporter(exporter: Exporter) -> Exporter:
+    """Add ``exporter`` to :data:`EXPORTERS` (after those already there) and return it; it then
+    reaches ``--to``'s choices, :func:`export` and the app's download row. A name registered
+    again is replaced in its place (so re-importing this module is harmless)."""
+    if exporter.name.split() != [exporter.name] or not exporter.suffix:
+        raise ValueError(f"an exporter needs a name without spaces and a suffix: {exporter!r}")
+    EXPORTERS[exporter.name] = exporter
+    return exporter
 
-    The most common option is the base; other layers get a ``+:`` override with their bits
-    and group size; BF16 layers are skipped with ``-:``. GPTQModel leaves ``lm_head`` alone
-    unless ``lm_head=True``: that is set when the recipe quantizes it.
+
+def exporter_names() -> tuple[str, ...]:
+    """The registered exporters' names, read now (so one registered later is included).
+
+    >>> exporter_names()[:3]
+    ('recipe', 'autoround-layer-config', 'autoround-script')
     """
-    ints = {}
-    for name, option in recipe.layers.items():
-        s = get_scheme(option)
-        if s.family not in ("int", "bf16"):
-            raise MixvizError(
-                f"GPTQModel quantizes integer weights only; {name} is {option} "
-                "(use the auto-round or llm-compressor export for MX/NV formats, "
-                "llama.cpp for GGML types)"
-            )
-        ints[name] = s
-    quantized = [s for s in ints.values() if s.bits < 16]
-    if not quantized:
-        raise MixvizError("nothing to quantize: every layer is BF16")
-    base = Counter((s.bits, s.group_size) for s in quantized).most_common(1)[0][0]
-    dynamic = {}
-    for name, s in ints.items():
-        pattern = "^" + re.escape(name) + "$"
-        if s.bits >= 16:
-            dynamic[f"-:{pattern}"] = {}
-        elif (s.bits, s.group_size) != base:
-            dynamic[f"+:{pattern}"] = {"bits": s.bits, "group_size": s.group_size}
-    lm_head = "lm_head" in ints and ints["lm_head"].bits < 16
-    return {
-        "bits": base[0],
-        "group_size": base[1],
-        "sym": True,
-        "lm_head": lm_head,
-        "dynamic": dynamic,
-    }
+    return tuple(EXPORTERS)
 
 
-# --------------------------------------------------------------------------- llm-compressor
+def export(recipe: Recipe, to: str) -> str:
+    """The text of ``recipe`` written by the exporter named ``to``, ready for a file; a
+    :class:`MixvizError` for an unknown name or a recipe that exporter can't write."""
+    exporter = EXPORTERS.get(to)
+    if exporter is None:
+        raise MixvizError(f"unknown export target {to!r}; choose from {', '.join(EXPORTERS)}")
+    if why := exporter.why_not(recipe):
+        raise MixvizError(why)
+    return exporter.render(recipe)
 
 
-def _targets(names: list[str]) -> list[str]:
-    """Compact ``re:`` targets, one per module suffix, listing its blocks exactly.
-
-    >>> _targets(["model.layers.0.mlp.up_proj", "model.layers.3.mlp.up_proj"])
-    ['re:^model\\\\.layers\\\\.(0|3)\\\\.mlp\\\\.up_proj$']
-    """
-    by_suffix: dict[tuple[str, str], list[str]] = defaultdict(list)
-    singles = []
-    for n in names:
-        m = re.match(r"^(.*?\.)(\d+)(\..*)$", n)
-        if m:
-            by_suffix[(m[1], m[3])].append(m[2])
-        else:
-            singles.append(n)
-    out = []
-    for (prefix, suffix), blocks in by_suffix.items():
-        alt = "|".join(sorted(blocks, key=int))
-        out.append(f"re:^{re.escape(prefix)}({alt}){re.escape(suffix)}$")
-    out += [f"re:^{re.escape(n)}$" for n in singles]
-    return out
+# --------------------------------------------------------------------------- the built-in ones
 
 
-# compressed-tensors' presets (``PRESET_SCHEMES`` in compressed_tensors/quantization/
-# quant_scheme.py, checked against 0.20.0): MX formats keep E8M0 group scales (stored as
-# uint8), NVFP4 FP8 E4M3 ones; the zero-point dtypes are the presets' too.
-_SCALE_DTYPES = {
-    "mxfp": {"scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8"},
-    "nvfp": {"scale_dtype": "torch.float8_e4m3fn", "zp_dtype": "torch.float8_e4m3fn"},
-}
+def _json(doc) -> str:
+    return json.dumps(doc, indent=2) + "\n"
 
 
-def _ct_args(s: Scheme) -> dict:
-    """compressed-tensors QuantizationArgs for a scheme's weights."""
-    if s.family == "ggml":
-        raise MixvizError(
-            f"compressed-tensors has no {s.name} (a GGML type): export it for llama.cpp"
-        )
-    if s.family == "int":
-        return {
-            "num_bits": s.bits,
-            "type": "int",
-            "symmetric": True,
-            "strategy": "group",
-            "group_size": s.group_size,
-            "dynamic": False,
-        }
-    strategy = "tensor_group" if s.family == "nvfp" else "group"
-    return {
-        "num_bits": s.bits,
-        "type": "float",
-        "symmetric": True,
-        "strategy": strategy,
-        "group_size": s.group_size,
-        "dynamic": False,
-        **_SCALE_DTYPES[s.family],
-    }
-
-
-def _ct_input_args(s: Scheme) -> dict:
-    """QuantizationArgs for the input activations of a scheme with ``act_bits <= 8``: MX
-    formats are dynamic per group; NVFP4 is ``local`` with a static min-max global scale."""
-    args = {**_ct_args(s), "dynamic": True if s.family == "mxfp" else "local"}
-    if s.family == "nvfp":
-        args["observer"] = "static_minmax"
-    return args
-
-
-def to_llmcompressor(recipe: Recipe) -> str:
-    """A recipe YAML for llm-compressor's ``oneshot`` (QuantizationModifier)."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for name, option in recipe.layers.items():
-        groups[option].append(name)
-    lines = ["quant_stage:", "  quant_modifiers:", "    QuantizationModifier:"]
-    # lm_head stays unquantized unless the recipe quantizes it (a BF16 one is ignored below)
-    ignore = [] if "lm_head" in recipe.layers else ["lm_head"]
-    ignore += _targets(groups.pop("BF16", []))
-    lines.append("      ignore: " + json.dumps(ignore))
-    lines.append("      config_groups:")
-    for i, (option, names) in enumerate(sorted(groups.items())):
-        s = get_scheme(option)
-        lines.append(f"        group_{i}:  # {option}")
-        lines.append("          targets: " + json.dumps(_targets(names)))
-        lines.append("          weights: " + json.dumps(_ct_args(s)))
-        if s.act_bits <= 8:
-            lines.append("          input_activations: " + json.dumps(_ct_input_args(s)))
+def _lines(lines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- llama.cpp
+def _loadable(model: str) -> str:
+    """What ``from_pretrained`` loads for a recipe's model: the built folder of ``demo`` or
+    ``tiny``, a folder's absolute path, else the name as it is (a hub id)."""
+    from mixviz.models.loading import DEMO, TINY, resolve_model
+
+    if model in (DEMO, TINY):
+        return resolve_model(model).path
+    folder = Path(model).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else model
 
 
-def gguf_tensor_pattern(hf_name: str) -> str:
-    """A ``--tensor-type`` pattern that finds exactly this layer's weight tensor.
-
-    llama-quantize *searches* each pattern in every tensor name (an unanchored regex), so a
-    bare ``output`` would also hit every ``blk.N.attn_output.weight``: anchor and escape it.
-
-    >>> gguf_tensor_pattern("lm_head")
-    '^output\\\\.weight$'
-    """
-    return "^" + re.escape(gguf_tensor_name(hf_name) + ".weight") + "$"
+def _names_a_model(recipe: Recipe) -> str | None:
+    return None if recipe.model else "the recipe names no model for the script to load"
 
 
-def ggml_type(option: str) -> str:
-    """The GGML type closest to an option; an error where none exists."""
-    s = get_scheme(option)
-    if s.family == "ggml":  # llama.cpp's own type: exactly itself
-        return s.ggml.lower()
-    if s.family == "bf16":
-        return "bf16"
-    if s.family == "mxfp" and s.bits == 4:
-        return "mxfp4"
-    if s.family == "int":
-        if s.bits == 8:
-            return "q8_0"
-        if s.bits == 4:
-            return "q4_0" if s.group_size == 32 else "q4_k"
-        return {2: "q2_k", 3: "q3_k"}[s.bits]
-    raise MixvizError(f"llama.cpp has no GGML type for {option}")
-
-
-def to_llamacpp(recipe: Recipe) -> list[str]:
-    """``llama-quantize`` arguments, one ``--tensor-type '^TENSOR$=TYPE'`` per layer (quoted for
-    the shell).
-
-    ``lm_head`` maps to ``output.weight``; a model with tied embeddings (SmolLM2) has no such
-    tensor in its GGUF (llama.cpp uses ``token_embd.weight`` as the head), so there the lm_head
-    line changes nothing.
-    """
-    return [
-        "--tensor-type " + shlex.quote(f"{gguf_tensor_pattern(n)}={ggml_type(o)}")
-        for n, o in recipe.layers.items()
-    ]
-
-
-def to_llamacpp_file(recipe: Recipe) -> list[str]:
-    """``llama-quantize --tensor-type-file FILE`` lines: one ``PATTERN=TYPE`` a line (llama.cpp
-    reads whitespace-separated ``--tensor-type`` values from it; the anchored patterns have no
-    spaces, so nothing needs quoting).
-
-    >>> print(*to_llamacpp_file(Recipe("m", "", {"model.layers.3.mlp.down_proj": "Q4_K"})))
-    ^blk\\.3\\.ffn_down\\.weight$=q4_k
-    """
-    return [f"{gguf_tensor_pattern(n)}={ggml_type(o)}" for n, o in recipe.layers.items()]
-
-
-def export(recipe: Recipe, target: str) -> str:
-    """The text of one export, ready to write to a file."""
-    if target == "autoround":
-        return json.dumps(to_autoround(recipe), indent=2) + "\n"
-    if target == "gptqmodel":
-        return json.dumps(to_gptqmodel(recipe), indent=2) + "\n"
-    if target == "llmcompressor":
-        return to_llmcompressor(recipe)
-    if target == "llamacpp":
-        return "\n".join(to_llamacpp(recipe)) + "\n"
-    if target == "llamacpp-file":
-        return "\n".join(to_llamacpp_file(recipe)) + "\n"
-    raise MixvizError(f"unknown export target {target!r}; choose from {', '.join(TARGETS)}")
-
-
-# --------------------------------------------------------------------------- import
-
-
-def import_recipe(path, model: str, model_hash: str, layers) -> Recipe:
-    """An auto-round ``layer_config`` (AutoScheme's final one included) or a mixviz recipe,
-    checked against the model's layers."""
-    from mixviz.sensitivity.autoscheme import scheme_from_autoround
-
-    doc = read_json(path, "recipe")
-    if isinstance(doc, dict) and doc.get("format") == "mixviz.recipe":
-        recipe = Recipe.from_dict(doc)
-        if recipe.model_hash and model_hash and recipe.model_hash != model_hash:
-            raise MixvizError(
-                f"this recipe was made for {recipe.model!r} "
-                f"(hash {recipe.model_hash}), not {model!r}"
-            )
-        recipe.validate(layers)
-        return recipe
-    if isinstance(doc, dict) and isinstance(doc.get("layer_config"), dict):
-        doc = doc["layer_config"]
-    if not isinstance(doc, dict) or not doc:
-        raise MixvizError(
-            "expected a mixviz recipe or an auto-round layer_config "
-            "(a JSON object of layer name → scheme)"
-        )
-    out = {}
-    for name, cfg in doc.items():
-        if isinstance(cfg, str):
-            out[name] = get_scheme(cfg).name
-        elif isinstance(cfg, dict):
-            if int(cfg.get("bits", 16)) >= 16:
-                out[name] = "BF16"
-            else:
-                out[name] = scheme_from_autoround(cfg).name
-        else:
-            raise MixvizError(f"layer {name}: scheme must be a preset name or a dict")
-    recipe = Recipe(model, model_hash, out, provenance={"imported_from": str(path)})
-    recipe.validate(layers)
-    return recipe
+register_exporter(Exporter("recipe", "mixviz recipe", "recipe.json", lambda r: _json(r.to_dict())))
+register_exporter(
+    Exporter(
+        "autoround-layer-config",
+        "auto-round layer_config",
+        "layer_config.json",
+        autoround_layer_config,
+    )
+)
+register_exporter(
+    Exporter(
+        "autoround-script",
+        "auto-round script",
+        "autoround.py",
+        lambda r: autoround_script(r, _loadable(r.model)),
+        _names_a_model,
+    )
+)
+register_exporter(
+    Exporter(
+        "autoround",
+        "auto-round (config, Python, CLI)",
+        "autoround.json",
+        lambda r: _json(to_autoround(r)),
+    )
+)
+register_exporter(
+    Exporter(
+        "gptqmodel",
+        "GPTQModel",
+        "gptqmodel.json",
+        lambda r: _json(to_gptqmodel(r)),
+        gptqmodel_why_not,
+    )
+)
+register_exporter(
+    Exporter(
+        "llmcompressor",
+        "llm-compressor",
+        "llmcompressor.yaml",
+        to_llmcompressor,
+        llmcompressor_why_not,
+    )
+)
+register_exporter(
+    Exporter(
+        "llamacpp", "llama.cpp", "llamacpp.txt", lambda r: _lines(to_llamacpp(r)), llamacpp_why_not
+    )
+)
+register_exporter(
+    Exporter(
+        "llamacpp-file",
+        "llama.cpp file",
+        "tensor-types.txt",
+        lambda r: _lines(to_llamacpp_file(r)),
+        llamacpp_why_not,
+    )
+)
