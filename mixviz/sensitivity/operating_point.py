@@ -9,7 +9,8 @@ computes as the quantized model does; on exit every weight and hook is as before
 ``W + (Q(W) − W)`` detached, so a gradient taken inside is the gradient at the quantized model
 (what ``profile --around`` needs for fisher) while a metric still reads the original weight to
 price its own options. :meth:`OperatingPoint.released` takes one layer out of the point for a
-moment (``kl`` swaps the scored layer in and out of its context that way).
+moment (``kl`` swaps the scored layer in and out of its context that way). Straight through,
+activations too pass their gradient as if the quantizer were the identity.
 
 >>> import torch
 >>> from mixviz.models.schemes import get_scheme
@@ -43,7 +44,7 @@ class OperatingPoint:
         cache: dict | None = None,
     ):
         self.mods = dict(model.named_modules())
-        self.cache = cache
+        self.cache = {} if cache is None else cache
         self.plan = {n: s for n, s in plan.items() if s.bits < 16}
         self.straight_through = straight_through
         self._undo: dict[str, list] = {}
@@ -52,12 +53,10 @@ class OperatingPoint:
         from mixviz.sensitivity.quantizers import LayerQuantizer
 
         lin, scheme = self.mods[name], self.plan[name]
-        hit = None if self.cache is None else self.cache.get((name, scheme.name))
+        hit = self.cache.get((name, scheme.name))
         if hit is None:
             q = LayerQuantizer(lin, scheme)
-            hit = (q.weight(), q.act)
-            if self.cache is not None:
-                self.cache[(name, scheme.name)] = hit
+            hit = self.cache[(name, scheme.name)] = (q.weight(), q.act)
         qw, qa = hit
         if self.straight_through:
             undo: list = [_Forward(lin, (qw - lin.weight.detach()).detach())]
@@ -65,7 +64,7 @@ class OperatingPoint:
             undo = [_Restore(lin, lin.weight.data)]
             lin.weight.data = qw
         if qa is not None:
-            undo.append(lin.register_forward_pre_hook(lambda mod, args: (qa(args[0]), *args[1:])))
+            undo.append(lin.register_forward_pre_hook(_act_hook(qa, self.straight_through)))
         self._undo[name] = undo
 
     def remove(self, name: str) -> None:
@@ -87,6 +86,20 @@ class OperatingPoint:
             yield
         finally:
             self.apply(name)
+
+
+def _act_hook(qa, straight_through: bool):
+    """A pre-hook quantizing the layer's input; straight through, the gradient passes to the
+    unquantized input as if the quantizer were the identity (its value is ``Q(x)``)."""
+
+    def hook(mod, args):
+        x = args[0]
+        q = qa(x)
+        if straight_through and x.requires_grad:
+            q = x + (q - x).detach()
+        return (q, *args[1:])
+
+    return hook
 
 
 class _Restore:
