@@ -73,6 +73,7 @@ class Round:
     probes: int  # measurements this round made, its own included
     gain: float | None = None  # paired change of measured loss against the best before it
     gain_se: float | None = None
+    avg_bits_no_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -274,5 +275,6 @@ def _round(k, problem, choice, m, scale, groups, probes, gain=(None, None)) -> R
         dict(scale),
         probes,
         *gain,
+        sum(problem.bits_no_scale[(name, o)] for name, o in choice.items()) / n,
     )
 

@@ -81,3 +81,64 @@ def kld_trust(points: list[dict]) -> Trust | None:
     """:func:`prediction_trust` over the points that measured KLD."""
     have = [p for p in points if p.get("kld") is not None and p["kld"] == p["kld"]]
     return prediction_trust([p["predicted_loss"] for p in have], [p["kld"] for p in have])
+
+
+def refinement_chart(refinement):
+    """Each refine round: the measured KLD (± 2 s.e.) beside what the corrected additive model
+    predicted for it, so a person sees the correction converge (the best round ringed)."""
+    import plotly.graph_objects as go
+
+    rounds = refinement.rounds
+    x = [r.index for r in rounds]
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=x,
+                y=[r.corrected for r in rounds],
+                mode="lines+markers",
+                line={"dash": "dash", "color": "#7f7f7f"},
+                name="predicted (corrected)",
+                hovertemplate="round %{x}<br>predicted %{y:.4f}<extra></extra>",
+            ),
+            go.Scatter(
+                x=x,
+                y=[r.measured for r in rounds],
+                error_y={"type": "data", "array": [2 * r.measured_se for r in rounds]},
+                mode="lines+markers",
+                line={"color": "#1f77b4"},
+                name="measured KLD (calibration text)",
+                customdata=[r.avg_bits for r in rounds],
+                hovertemplate="round %{x}<br>measured %{y:.4f}<br>%{customdata:.3f} bits"
+                "<extra></extra>",
+            ),
+            go.Scatter(
+                x=[rounds[refinement.best].index],
+                y=[rounds[refinement.best].measured],
+                mode="markers",
+                marker={"size": 16, "symbol": "circle-open", "color": "#d62728"},
+                name="best",
+            ),
+        ]
+    )
+    fig.update_layout(
+        title=f"Refinement at {refinement.budget_avg_bits:g} bits: {refinement.stopped}",
+        xaxis={"title": "round (0 = the additive optimum)", "dtick": 1},
+        yaxis_title="KLD from the unquantized model (nats/token)",
+        height=340,
+        margin={"t": 50, "b": 40},
+    )
+    return fig
+
+
+def refinement_points(refinement) -> list[dict]:
+    """The rounds as frontier points (``avg_bits``, ``predicted_loss``: the plain additive
+    prediction, the frontier's own axis), to draw beside the strategies' curves."""
+    return [
+        {
+            "budget": refinement.budget_avg_bits,
+            "avg_bits": r.avg_bits,
+            "avg_bits_no_scale": r.avg_bits_no_scale or r.avg_bits,
+            "predicted_loss": r.predicted,
+        }
+        for r in refinement.rounds
+    ]

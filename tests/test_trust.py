@@ -1,0 +1,80 @@
+"""How far to trust the prediction: ρ with its interval, the calibration line, the rounds."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mixviz.allocation.problem import Problem
+from mixviz.allocation.refine import Measurement, RefineSettings, refine
+from mixviz.report.trust import (
+    kld_trust,
+    prediction_trust,
+    refinement_chart,
+    refinement_points,
+    run_points,
+)
+from mixviz.sensitivity.profile import synthetic_profile
+
+
+def test_a_perfect_ordering_and_its_line():
+    t = prediction_trust([1, 2, 3, 4, 5, 6], [0.3, 0.5, 0.7, 0.9, 1.1, 1.3])
+    assert t.rho == pytest.approx(1.0) and t.n == 6
+    assert t.slope == pytest.approx(0.2) and t.intercept == pytest.approx(0.1)
+    assert t.slope_se == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_shuffled_ordering_has_an_interval_that_spans_zero():
+    t = prediction_trust([1, 2, 3, 4, 5, 6, 7, 8], [0.5, 0.1, 0.8, 0.2, 0.6, 0.3, 0.7, 0.4])
+    assert abs(t.rho) < 0.5 and t.rho_lo < 0 < t.rho_hi
+    assert "Spearman ρ" in t.sentence() and "8 runs" in t.sentence()
+
+
+def test_too_few_or_flat_points_say_nothing():
+    assert prediction_trust([1, 2], [1, 2]) is None
+    assert prediction_trust([1, 2, 3], [1, 1, 1]) is None
+    t = prediction_trust([1, 2, 3], [1, 2, 4])
+    assert t is not None and math.isnan(t.rho_lo)  # ρ, but no interval below 4 points
+
+
+def test_run_points_take_only_runs_the_profile_scores():
+    prof = synthetic_profile({"mlp.down_proj": (64, 64)}, 2, ["MXFP4", "MXFP8"])
+    names = [x.name for x in prof.layers]
+    runs = pd.DataFrame(
+        {
+            "label": ["a", "b", "other"],
+            "recipe": [
+                {names[0]: "MXFP4", names[1]: "MXFP4"},
+                {names[0]: "MXFP8", names[1]: "MXFP4"},
+                {"model.layers.9.mlp.down_proj": "MXFP4"},
+            ],
+            "kld": [0.2, 0.1, 0.5],
+            "kld_se": [0.01, 0.01, 0.01],
+        }
+    )
+    pts = run_points(prof, runs)
+    assert [p["label"] for p in pts] == ["a", "b"]
+    want = prof.score(names[0], "MXFP4") + prof.score(names[1], "MXFP4")
+    assert pts[0]["predicted_loss"] == pytest.approx(want)
+    assert kld_trust(pts) is None  # two points: nothing to say
+
+
+def test_the_rounds_are_drawn_measured_beside_predicted():
+    prof = synthetic_profile({"self_attn.q_proj": (64, 64), "mlp.down_proj": (64, 128)}, 4,
+                             ["MXFP4", "MXFP8"], seed=1)  # fmt: skip
+    problem = Problem.from_profile(prof)
+
+    def loss(c):
+        a = sum(problem.scores[(n, o)] for n, o in c.items() if problem.kind[n] == "q")
+        b = sum(problem.scores[(n, o)] for n, o in c.items() if problem.kind[n] != "q")
+        return Measurement(a * (1 + a / 20) + b, 0.0)
+
+    r = refine(problem, RefineSettings(6.0), loss)
+    fig = refinement_chart(r)
+    measured = next(t for t in fig.data if t.name.startswith("measured"))
+    assert list(measured.y) == [x.measured for x in r.rounds]
+    assert r.stopped in fig.layout.title.text
+    pts = refinement_points(r)
+    assert [p["predicted_loss"] for p in pts] == [x.predicted for x in r.rounds]
