@@ -183,7 +183,7 @@ def frontier_view(page: Setting, avg: float) -> None:
     st.subheader("Predicted loss vs average bits")
     choice = page.choice
     key = (
-        page.profile.key,
+        page.key,
         choice.ignore_scale_bits,
         choice.shared,
         tuple(sorted(page.locks.items())),

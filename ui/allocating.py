@@ -22,6 +22,7 @@ class Setting(NamedTuple):
 
     choice: Choice
     profile: Profile
+    key: str  # the profile's key: computed once per run (it reads package metadata)
     edits: EditState  # as this run found it; a transition starts from current_edits()
     locks: dict[str, str]
     free: Problem
@@ -59,16 +60,17 @@ def propose(page: Setting, locks: dict[str, str], budget: float, what: str) -> N
     """Make ``locks`` the locks if ``budget`` can hold them; else say which budgets can."""
 
     def feasible(new: dict[str, str]) -> tuple[float, float]:
-        return problem(page.choice, page.profile, new).feasible_range()
+        return problem(page.choice, page.profile, page.key, new).feasible_range()
 
     apply_edits(current_edits().propose(locks, budget, what, feasible))
 
 
-def problem(choice: Choice, profile: Profile, locks: dict[str, str]) -> Problem:
-    """The allocation problem of ``profile`` with the sidebar's rules and ``locks`` pinned."""
+def problem(choice: Choice, profile: Profile, key: str, locks: dict[str, str]) -> Problem:
+    """The allocation problem of ``profile`` (``key``) with the sidebar's rules and ``locks``
+    pinned."""
     return problem_for(
         profile,
-        profile.key,
+        key,
         choice.ignore_scale_bits,
         choice.shared,
         tuple(sorted(locks.items())),
@@ -79,11 +81,12 @@ def problem(choice: Choice, profile: Profile, locks: dict[str, str]) -> Problem:
 def setting(choice: Choice, profile: Profile, edits: EditState) -> Setting:
     """This run's :class:`Setting`; a problem the locks make impossible is an error, with the
     way back (undo, reset), and the page stops."""
+    key = profile.key
     names = {x.name for x in profile.layers}
     locks = {k: v for k, v in edits.locks.items() if k in names}
     st.session_state["allocate_pins"] = locks  # what the Runs page allocates with
     try:
-        free, locked = problem(choice, profile, {}), problem(choice, profile, locks)
+        free, locked = problem(choice, profile, key, {}), problem(choice, profile, key, locks)
     except MixvizError as e:
         st.error(str(e))
         if locks:  # an edit made the problem impossible: offer the way back
@@ -97,7 +100,7 @@ def setting(choice: Choice, profile: Profile, edits: EditState) -> Setting:
                 apply_edits(current_edits().reset())
         st.stop()
     span = BudgetRange(*locked.feasible_range())
-    return Setting(choice, profile, edits, locks, free, locked, span)
+    return Setting(choice, profile, key, edits, locks, free, locked, span)
 
 
 def budget_start(page: Setting) -> float:
