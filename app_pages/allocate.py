@@ -12,7 +12,6 @@ from mixviz import MixvizError
 from mixviz.allocation.edits import edit_cost, lock, select, unlock
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import allocate, strategy_names
-from mixviz.models.inventory import KINDS
 from mixviz.report import charts
 from mixviz.report.export import autoround_layer_config, autoround_script, export
 from mixviz.report.recipe import Recipe
@@ -252,19 +251,18 @@ def edit_panel(
 def selection(page: Setting, clicked: list[str] | None, grid_rows, grid_cols) -> list[str]:
     """The layers picked on the heatmap and in the block / module pickers (fused groups whole),
     said in a caption."""
-    layers = page.profile.layers
-    blocks = sorted({x.block for x in layers if x.block is not None})
-    kinds = [k for k in KINDS if any(x.kind == k and x.block is not None for x in layers)]
     c1, c2, c3 = st.columns([2, 2, 1])
-    rows = c1.multiselect("Whole blocks (rows)", blocks, key="edit_blocks")
-    cols = c2.multiselect("Whole modules (columns)", kinds, key="edit_kinds")
+    rows = c1.multiselect("Whole blocks (rows)", page.blocks, key="edit_blocks")
+    cols = c2.multiselect("Whole modules (columns)", page.kinds, key="edit_kinds")
     fused = [g for g in ("qkv", "gate_up") if g in page.choice.shared]
     c3.caption(
         f"Fused groups move together: {', '.join(fused)}"
         if fused
         else "Fused groups: off (sidebar → shared groups)"
     )
-    names = select(layers, clicked or (), [*rows, *grid_rows], [*cols, *grid_cols], fused)
+    names = select(
+        page.profile.layers, clicked or (), [*rows, *grid_rows], [*cols, *grid_cols], fused
+    )
     if names and c3.button("Clear selection", key="edit_clear"):
         clear_selection(page.version)
         st.rerun()

@@ -10,6 +10,7 @@ import streamlit as st
 from mixviz.allocation.editing import BudgetRange, EditState
 from mixviz.allocation.problem import Problem
 from mixviz.errors import MixvizError
+from mixviz.models.inventory import KINDS
 from mixviz.sensitivity.profile import Profile
 from ui.caches import problem_for
 from ui.sidebar import Choice
@@ -28,6 +29,8 @@ class Setting(NamedTuple):
     free: Problem
     problem: Problem
     span: BudgetRange
+    blocks: list[int]  # the grid's rows and columns (the pickers offer them)
+    kinds: list[str]
 
     @property
     def version(self) -> str:
@@ -100,7 +103,10 @@ def setting(choice: Choice, profile: Profile, edits: EditState) -> Setting:
                 apply_edits(current_edits().reset())
         st.stop()
     span = BudgetRange(*locked.feasible_range())
-    return Setting(choice, profile, key, edits, locks, free, locked, span)
+    inside = [x for x in profile.layers if x.block is not None]
+    blocks = sorted({x.block for x in inside})
+    kinds = [k for k in KINDS if any(x.kind == k for x in inside)]
+    return Setting(choice, profile, key, edits, locks, free, locked, span, blocks, kinds)
 
 
 def budget_start(page: Setting) -> float:
