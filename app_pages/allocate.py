@@ -9,9 +9,8 @@ import streamlit as st
 
 import ui
 from mixviz import MixvizError
-from mixviz.allocation.edits import edit_cost, lock, select, unlock
-from mixviz.allocation.problem import Problem
-from mixviz.allocation.strategies import allocate, strategy_names
+from mixviz.allocation.edits import lock, select, unlock
+from mixviz.allocation.strategies import strategy_names
 from mixviz.report import charts
 from mixviz.report.export import autoround_layer_config, autoround_script, export
 from mixviz.report.recipe import Recipe
@@ -26,14 +25,14 @@ def budget_view(page: Setting, start: float) -> None:
     """The slider and everything that depends on it: reruns alone when it moves."""
     avg = budget_slider(page, start)
     try:
-        cost = edit_cost(page.free, page.problem, avg)
+        cost = ui.edit_cost_at(page.free, page.problem, page.problem_key, avg)
     except MixvizError as e:
         st.error(str(e))
         edit_panel(page, avg, None)
         return
     best = cost.after
     st.session_state["allocation"] = best.to_dict()
-    result = solved_on_demand(page.problem, best, avg)
+    result = solved_on_demand(page, best, avg)
     cost_metrics(page, cost, avg)
     picked = heatmap(page, cost, result)
     if picked is not None:
@@ -73,7 +72,7 @@ def budget_slider(page: Setting, start: float) -> float:
     return avg
 
 
-def solved_on_demand(problem: Problem, best, avg: float) -> Callable[[str], object]:
+def solved_on_demand(page: Setting, best, avg: float) -> Callable[[str], object]:
     """``result(strategy)``: a strategy's allocation at this budget (or its error), solved when
     first asked: the default view draws the optimal heatmap before the baselines are solved."""
     results = {"optimal": best}
@@ -81,7 +80,7 @@ def solved_on_demand(problem: Problem, best, avg: float) -> Callable[[str], obje
     def result(strategy: str):
         if strategy not in results:
             try:
-                results[strategy] = allocate(problem, avg, strategy)
+                results[strategy] = ui.allocation_at(page.problem, page.problem_key, avg, strategy)
             except MixvizError as e:
                 results[strategy] = e
         return results[strategy]
@@ -181,14 +180,7 @@ def frontier_view(page: Setting, avg: float) -> None:
     """Predicted loss against average bits along the optimal frontier, marked at ``avg``."""
     st.subheader("Predicted loss vs average bits")
     choice = page.choice
-    key = (
-        page.key,
-        choice.ignore_scale_bits,
-        choice.shared,
-        tuple(sorted(page.locks.items())),
-        choice.target,
-    )
-    front = ui.frontier_for(page.problem, key)
+    front = ui.frontier_for(page.problem, page.problem_key)
     st.vega_lite_chart(
         spec=charts.frontier_chart(front, avg, choice.ignore_scale_bits, x_min=page.span.lo),
         key="allocate_frontier",

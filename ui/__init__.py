@@ -4,6 +4,8 @@ URL's parameters, the Streamlit caches, the profile a page needs and a few table
 ``app.py`` draws the sidebar once per run; a page reads it with :func:`choice`."""
 
 from ui.caches import (
+    allocation_at,
+    edit_cost_at,
     frontier_for,
     model_layers,
     model_ref,
@@ -27,6 +29,8 @@ from ui.uploads import is_upload, save_upload, uploads_dir
 from ui.url import url_bits, url_calib, url_choice, url_flag, url_int, url_list, url_text, url_write
 
 __all__ = [
+    "allocation_at",
+    "edit_cost_at",
     "DEFAULT_MODEL",
     "DEFAULT_OPTIONS",
     "PROFILE_FIRST",

@@ -38,6 +38,18 @@ class Setting(NamedTuple):
         return f"{self.edits.history.pos}_{len(self.edits.history.states)}"
 
     @property
+    def problem_key(self) -> tuple:
+        """What the locked problem is made of: the cache key of what is solved from it."""
+        c = self.choice
+        return (
+            self.key,
+            c.ignore_scale_bits,
+            c.shared,
+            tuple(sorted(self.locks.items())),
+            c.target,
+        )
+
+    @property
     def bits_key(self) -> str:
         return "avg_bits_no_scale" if self.choice.ignore_scale_bits else "avg_bits"
 

@@ -87,3 +87,21 @@ def recipe_bits(model: str, recipe: tuple[tuple[str, str], ...]) -> float:
     from mixviz.report.recipe import Recipe
 
     return Recipe(model, "", dict(recipe)).average_bits(model_layers(model).values(), False)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def edit_cost_at(_free: Problem, _locked: Problem, key: tuple, budget: float):
+    """:func:`~mixviz.allocation.edits.edit_cost` at ``budget``; ``key`` names the two problems
+    (profile, accounting, groups, locks, runtime). A budget seen before is not solved again: a
+    rerun that leaves the slider alone (a radio, a click on the grid) is cheap."""
+    from mixviz.allocation.edits import edit_cost
+
+    return edit_cost(_free, _locked, budget)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def allocation_at(_problem: Problem, key: tuple, budget: float, strategy: str):
+    """``allocate(problem, budget, strategy)`` for the problem ``key`` names, solved once."""
+    from mixviz.allocation.strategies import allocate
+
+    return allocate(_problem, budget, strategy)
