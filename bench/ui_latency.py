@@ -189,9 +189,7 @@ def browser(moves: int) -> None:
     times, done = [], []
     with streamlit_server() as url, browser_page() as page:
         page.goto(f"{url}/allocate?{QUERY}")
-        page.locator(".st-key-allocate_heatmap [data-testid=stDataFrame]").first.wait_for(
-            timeout=300_000
-        )
+        page.locator(".st-key-allocate_heatmap canvas").first.wait_for(timeout=300_000)
         wait_idle(page, 300_000)
         slider = page.get_by_role("slider")
         thumb = page.locator('[data-testid="stSliderThumbValue"]')
