@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+import ui
+
 st.set_page_config(page_title="mixviz", layout="wide")
 
 pages = [
@@ -11,4 +13,6 @@ pages = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/play_circle:"),
     st.Page("app_pages/results.py", title="Results", icon=":material/table_chart:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+ui.sidebar()  # once, for every page: a page reads it with ui.choice()
+page.run()

@@ -5,15 +5,15 @@ import streamlit as st
 import ui
 from mixviz import MixvizError
 
-choice = ui.sidebar()
+choice = ui.choice()
 st.title("Model")
 
 try:
     with st.spinner(
-        f"Loading {choice['model']}. The first start downloads and converts the demo model "
+        f"Loading {choice.model}. The first start downloads and converts the demo model "
         "once (about a minute, longer on a busy machine); later starts take seconds."
     ):
-        report = ui.model_report(choice["model"], choice["trust_remote_code"])
+        report = ui.model_report(choice.model, choice.trust_remote_code)
 except MixvizError as e:
     st.error(str(e))
     st.stop()

@@ -13,11 +13,11 @@ from mixviz.runs.progress import eta_text
 from mixviz.sensitivity.metrics import metric_names
 from mixviz.sensitivity.profile import profile_model
 
-choice = ui.sidebar()
+choice = ui.choice()
 st.title("Profile")
 st.caption("Sensitivity of every linear layer to every candidate format. Higher = hurts more.")
 
-if not choice["options"]:
+if not choice.options:
     st.error("Pick at least one candidate format in the sidebar.")
     st.stop()
 
@@ -36,7 +36,7 @@ def run_profile(use_cache: bool) -> None:
 
     try:
         made = profile_model(
-            choice["model"], use_cache=use_cache, **ui.profile_kwargs(choice), progress=progress
+            choice.model, use_cache=use_cache, **ui.profile_kwargs(choice), progress=progress
         )
     except MixvizError as e:
         st.error(str(e))
@@ -46,14 +46,14 @@ def run_profile(use_cache: bool) -> None:
     st.rerun()  # redraw with the new profile: its heatmaps, and Recompute instead of Profile
 
 
-what = f"{choice['model']} with {choice['metric']}"
+what = f"{choice.model} with {choice.metric}"
 if "profile_done" in st.session_state:
     st.success(st.session_state.pop("profile_done"))
 if profile is None:
     if st.button(f"Profile {what}", type="primary", key="profile_start"):
         run_profile(use_cache=True)
 else:
-    made = ui.profile_time(choice, profile)
+    made = ui.profile_time(profile)
     with st.popover(f"Recompute (cached profile from {made})", key="profile_recompute"):
         st.write(
             f"Profile {what} again from scratch? The cached profile from {made} is replaced; "
@@ -109,7 +109,7 @@ for metric in metric_names():
     if metric == profile.metric:
         continue
     try:
-        other = ui.cached_profile({**choice, "metric": metric})
+        other = ui.cached_profile(choice, metric=metric)
     except MixvizError:
         other = None
     if other is not None:

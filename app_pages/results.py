@@ -10,22 +10,22 @@ from mixviz.report import charts, tables
 from mixviz.report.reproduce import reports_dir
 from mixviz.runs.store import Store
 
-choice = ui.sidebar()
+choice = ui.choice()
 st.title("Results")
 
 try:
     store = Store()
-    frame = tables.results_frame(store, choice["model"])
+    frame = tables.results_frame(store, choice.model)
 except MixvizError as e:
     st.error(str(e))
     st.stop()
 
-report = reports_dir(choice["model"]) / "tables.md"
+report = reports_dir(choice.model) / "tables.md"
 if report.is_file():
     with st.expander("The reference study's tables (python -m mixviz reproduce)"):
         st.markdown(report.read_text())
 if frame.empty:
-    st.info(f"No finished runs for {choice['model']} yet (Runs page).")
+    st.info(f"No finished runs for {choice.model} yet (Runs page).")
     st.stop()
 
 tasks = tables.task_columns(frame)

@@ -17,7 +17,7 @@ from mixviz.runs.ship import ship_document
 from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
 
-choice = ui.sidebar()
+choice = ui.choice()
 st.title("Runs")
 
 try:
@@ -63,23 +63,23 @@ def comparison_specs() -> list[RunSpec]:
     if profile is None:
         raise MixvizError("profile this model first (Profile page)")
     check_tasks(tasks)
-    ref = ui.model_ref(choice["model"], choice["trust_remote_code"])
+    ref = ui.model_ref(choice.model, choice.trust_remote_code)
     problem = ui.problem_for(
         profile,
         profile.key,
-        choice["ignore_scale_bits"],
-        tuple(choice["shared"]),
+        choice.ignore_scale_bits,
+        choice.shared,
         tuple(sorted(st.session_state.get("allocate_pins", {}).items())),
-        choice["target"],
+        choice.target,
     )
     base = dict(
-        model=choice["model"],
+        model=choice.model,
         tasks=tuple(tasks),
         limit=int(limit) if limit else None,
         model_hash=ref.hash,
-        trust_remote_code=choice["trust_remote_code"],
-        device=choice["device"],
-        dtype=choice["dtype"],
+        trust_remote_code=choice.trust_remote_code,
+        device=choice.device,
+        dtype=choice.dtype,
     )
     lowest = profile.options[0]
     specs = [

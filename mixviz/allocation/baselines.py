@@ -58,18 +58,21 @@ def ends(problem: Problem, budget: int, which: str) -> dict[str, str]:
     blocks = sorted({b for b in problem.block.values() if b is not None})
     order = [None, *reversed(blocks)] if which == "head" else [*blocks, None]
     choice = fill(problem, low)
-    if not fits(problem, choice, budget):
+    spent = sum(problem.cost(n, o) for n, o in choice.items())
+    if spent > budget:
         raise MixvizError(f"even {low} everywhere does not fit this budget")
     pinned = pinned_layers(problem)
-    for b in order:
-        members = [n for n in problem.layers if problem.block[n] == b and n not in pinned]
-        if not members:
-            continue
-        trial = dict(choice)
-        trial.update({n: high for n in members if available(problem, n, high)})
-        if not fits(problem, trial, budget):
+    members: dict[int | None, list[str]] = {}
+    for n in problem.layers:
+        if n not in pinned:
+            members.setdefault(problem.block[n], []).append(n)
+    for b in order:  # a running total: one pass over the layers, not one per block
+        up = [n for n in members.get(b, ()) if available(problem, n, high)]
+        extra = sum(problem.cost(n, high) - problem.cost(n, choice[n]) for n in up)
+        if spent + extra > budget:
             break
-        choice = trial
+        choice.update(dict.fromkeys(up, high))
+        spent += extra
     return choice
 
 

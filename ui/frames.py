@@ -1,0 +1,75 @@
+"""Tables and short texts the pages show, made from library results (no widgets here)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mixviz.models.schemes import get_scheme
+from mixviz.report.tables import PRIMARY
+from ui.caches import other_params
+
+
+def layers_frame(report: dict) -> pd.DataFrame:
+    return pd.DataFrame(report["layers"])
+
+
+def schemes_frame(report: dict) -> pd.DataFrame:
+    """One row per format: formats every block linear can use first, by bits; a format some
+    layers cannot use says why in words."""
+    features = {x["name"]: x["in_features"] for x in report["layers"]}
+    rows = []
+    for name, s in report["schemes"].items():
+        scheme = get_scheme(name)
+        bad = sorted({features[n] for n in s["unavailable"] if n in features})
+        rows.append(
+            {
+                "scheme": name,
+                "available": "all layers"
+                if not bad
+                else f"not for {len(s['unavailable'])} of {len(features)} layers: group "
+                f"{scheme.group_size} does not divide {_join(bad)} input features",
+                "avg bits": s["avg_bits"],
+                "avg bits (no scale)": s["avg_bits_no_scale"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    order = sorted(
+        range(len(rows)), key=lambda i: (rows[i]["available"] != "all layers", rows[i]["avg bits"])
+    )
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _join(numbers: list[int]) -> str:
+    """``[576]`` → ``'576'``; ``[576, 1536]`` → ``'576 or 1536'``."""
+    text = [str(n) for n in numbers]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " or " + text[-1]
+
+
+def task_metrics(frame: pd.DataFrame, tasks: list[str]) -> str:
+    """Which metric the accuracy of ``tasks`` is (``acc``, ``acc_norm``, or both)."""
+    found = [next((m for m in PRIMARY if f"{t}:{m}" in frame), "acc") for t in tasks]
+    return " / ".join(dict.fromkeys(found)) or "acc"
+
+
+def items_per_task(store, frame: pd.DataFrame) -> str:
+    """`` (480 items)`` from the runs' item counts (``n_items``: all tasks together), or
+    `` (50 items per task)`` from the spec's limit for runs that stored no count."""
+    unit = "items"
+    if "n_items" in frame and frame["n_items"].notna().any():
+        counts = {int(n) for n in frame["n_items"].dropna()}
+    else:
+        counts = {store.get(i).spec.get("limit") for i in frame["id"]}
+        unit = "items per task"
+    counts.discard(None)
+    if not counts:
+        return ""
+    shown = "–".join(str(n) for n in sorted({min(counts), max(counts)}))
+    return f" ({shown} {unit})"
+
+
+def file_size(spec: str, bpw: float, allocated: int) -> str:
+    """``123.4 MB (…)``: the allocated layers at ``bpw`` plus the rest at BF16 — the size
+    ``allocate --size`` solves for."""
+    rest = other_params(spec, allocated)
+    total = bpw * allocated / 8 + 2 * rest
+    return f"{total / 1e6:.1f} MB (the other {rest / 1e6:.1f} M parameters at BF16)"

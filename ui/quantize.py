@@ -1,0 +1,46 @@
+"""The *Quantize* panel the Allocate and Runs pages share: a recipe written as a real
+checkpoint by a queued job."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from mixviz.errors import MixvizError
+from mixviz.models.targets import FORMATS
+from mixviz.paths import cache_dir, safe_filename
+from ui.caches import model_layers, model_ref
+from ui.sidebar import Choice
+
+
+def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, key: str) -> None:
+    """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
+    reloads the files and verifies them against the in-memory model (``mixviz quantize``)."""
+    from mixviz.runs.backends import get_backend, submit
+    from mixviz.runs.ship import quantize_spec
+
+    c1, c2, c3 = st.columns([1, 3, 1])
+    fmt = c1.selectbox("Checkpoint format", FORMATS, key=f"{key}_quantize_format")
+    stem = safe_filename(f"{choice.model}-{name}-{fmt}")
+    out = c2.text_input(
+        "Folder", str(cache_dir() / "checkpoints" / stem), key=f"{key}_quantize_out_{fmt}"
+    )
+    if not c3.button("Quantize", key=f"{key}_quantize", help="a queued job, like a run"):
+        return
+    try:
+        ref = model_ref(choice.model, choice.trust_remote_code)
+        spec = quantize_spec(
+            ref,
+            recipe,
+            fmt,
+            out,
+            layers=list(model_layers(choice.model).values()),
+            strategy=name,
+            budget=budget,
+            trust_remote_code=choice.trust_remote_code,
+            device=choice.device,
+            dtype=choice.dtype,
+        )
+        sub = submit(get_backend(), spec)
+        st.success(sub.describe(spec.label) + ": follow it on the Runs page")
+    except MixvizError as e:
+        st.error(str(e))
