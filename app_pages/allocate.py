@@ -1,8 +1,8 @@
 """Allocate page: the budget slider, the optimal allocation beside the baselines, and hand edits
 (locks) on the heatmap that the solver re-solves around."""
 
-import json
 from collections.abc import Callable
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -12,7 +12,7 @@ from mixviz import MixvizError
 from mixviz.allocation.edits import lock, select, unlock
 from mixviz.allocation.strategies import strategy_names
 from mixviz.report import charts
-from mixviz.report.export import autoround_layer_config, autoround_script, export
+from mixviz.report.export import EXPORTERS
 from mixviz.report.recipe import Recipe
 from ui.allocating import Setting, apply_edits, budget_start, current_edits, propose, setting
 from ui.heatmap import clear_selection, heatmap_chart, heatmap_content, heatmap_grid
@@ -195,25 +195,15 @@ def downloads(page: Setting, best, avg: float) -> None:
     ref = ui.model_ref(choice.model, choice.trust_remote_code)
     recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(page.locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
-    files = [
-        ("mixviz recipe", "recipe.json", lambda: json.dumps(recipe.to_dict(), indent=2)),
-        ("auto-round layer_config", "layer_config.json", lambda: autoround_layer_config(recipe)),
-        ("auto-round script", "autoround.py", lambda: autoround_script(recipe, ref.path)),
-        ("GPTQModel", "gptqmodel.json", lambda: export(recipe, "gptqmodel")),
-        ("llm-compressor", "llmcompressor.yaml", lambda: export(recipe, "llmcompressor")),
-        ("llama.cpp", "llamacpp.txt", lambda: export(recipe, "llamacpp")),
-        ("llama.cpp file", "tensor-types.txt", lambda: export(recipe, "llamacpp-file")),
-    ]
-    for col, (label, suffix, make) in zip(st.columns(len(files)), files, strict=True):
-        key = f"allocate_download_{suffix.split('.')[0]}"
-        try:
-            text = make()  # cheap; raises when the target can't hold the recipe
-        except MixvizError as e:
-            col.button(label, disabled=True, key=key)
-            col.caption(f"Not available: {e}")
+    for col, exporter in zip(st.columns(len(EXPORTERS)), EXPORTERS.values(), strict=True):
+        key = f"allocate_download_{exporter.name}"
+        if why := exporter.why_not(recipe):
+            col.button(exporter.label, disabled=True, key=key)
+            col.caption(f"Not available: {why}")
             continue
-        # a callable: the bytes are made on click, not shipped on every slider step
-        col.download_button(label, lambda text=text: text, f"{stem}.{suffix}", key=key)
+        # a callable: the file is written on click, not on every slider step
+        file = f"{stem}.{exporter.suffix}"
+        col.download_button(exporter.label, partial(exporter.render, recipe), file, key=key)
 
 
 def quantize(page: Setting, best, avg: float) -> None:
