@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
         help="layers that must share an option (repeatable)",
     )
     add_target(alloc)
-    _add_pins(alloc)
+    add_pins(alloc)
     add_profile_flags(
         alloc, "include_lm_head", include_lm_head="put lm_head in the budget (profiles it too)"
     )
@@ -81,7 +81,7 @@ def add_target(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_pins(alloc: argparse.ArgumentParser) -> None:
+def add_pins(alloc: argparse.ArgumentParser) -> None:
     alloc.add_argument(
         "--pin", action="append", metavar="NAME=OPTION", help="fix a layer's option (repeatable)"
     )
@@ -138,7 +138,7 @@ def _other_params(prof, problem) -> int:
     return total - problem.total_numel
 
 
-def _shared(items: list[str] | None) -> list[str]:
+def shared_groups(items: list[str] | None) -> list[str]:
     out = []
     for item in items or []:
         parts = [p.strip() for p in item.split(",")]
@@ -168,7 +168,7 @@ def cmd_allocate(args: argparse.Namespace) -> None:
     problem = Problem.from_profile(
         prof,
         ignore_scale_bits=args.ignore_scale_bits,
-        shared=_shared(args.shared),
+        shared=shared_groups(args.shared),
         pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
         include_lm_head=args.include_lm_head,
         target=args.target_runtime,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from mixviz.cli.allocate import add_target, load_or_profile
+from mixviz.cli.allocate import add_pins, add_target, load_or_profile, shared_groups
 from mixviz.cli.common import (
     WHEN_PROFILING,
     add_device_flags,
@@ -39,7 +39,14 @@ def add_parser(sub) -> None:
         "--window-len", type=int, default=512, help="tokens per window (default 512)"
     )
     p.add_argument("--ignore-scale-bits", action="store_true")
+    p.add_argument(
+        "--shared",
+        action="append",
+        metavar="qkv,gate_up|REGEX",
+        help="layers that must share an option (repeatable)",
+    )
     add_target(p)
+    add_pins(p)
     add_profile_flags(
         p,
         "options",
@@ -60,6 +67,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_refine(args: argparse.Namespace) -> None:
+    from mixviz.allocation.edits import parse_pins
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.refine import RefineSettings
     from mixviz.runs.measure import MeasureSettings, refine_profile
@@ -71,7 +79,11 @@ def cmd_refine(args: argparse.Namespace) -> None:
             "so refine measures on calibration text too"
         )
     problem = Problem.from_profile(
-        prof, ignore_scale_bits=args.ignore_scale_bits, target=args.target_runtime
+        prof,
+        ignore_scale_bits=args.ignore_scale_bits,
+        shared=shared_groups(args.shared),
+        pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
+        target=args.target_runtime,
     )
     settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
     where = MeasureSettings(args.calib, args.windows, args.window_len, args.device, args.dtype)
