@@ -2,7 +2,7 @@
 
 ``kl`` scores one layer at a time, so its work splits cleanly: each unit (the layers of one
 transformer block, with every option) runs as a Ray task that loads the model itself, builds
-the same calibration windows and runs :func:`~mixviz.sensitivity.metrics.kl` on its layers only.
+the same calibration windows and runs :func:`~mixviz.sensitivity.metrics.kl.kl` on its layers only.
 The merged scores are those of one process; the caller builds the Profile as usual.
 
 >>> prof = profile_model("tiny", metric="kl", backend="ray",  # doctest: +SKIP
@@ -116,7 +116,8 @@ def _score_unit(shared, layers: list[Layer], device: str, dtype: str) -> Scores:
 
     from mixviz.models.loading import load_model
     from mixviz.models.text import token_windows
-    from mixviz.sensitivity.metrics import METRICS, kl
+    from mixviz.sensitivity.metrics import METRICS
+    from mixviz.sensitivity.metrics.kl import kl
 
     ref, schemes, corpus, nsamples, seqlen = shared
     model, tok = load_model(ref, dtype=dtype, device=device)
