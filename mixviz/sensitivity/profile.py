@@ -247,13 +247,9 @@ def profile_model(
     cal = spec.calib_record(corpus)
     key = spec.key(ref.hash, cal, where)
     path = profiles_dir() / f"{safe_filename(ref.name)}-{spec.metric}-{key}.json"
-    if use_cache and path.is_file():
-        try:
-            return Profile.load(path)
-        except MixvizError:
-            pass  # corrupt or truncated cache file: recompute, never trust it
-    if not compute:
-        return None
+    cached = _load_cached(path) if use_cache else None
+    if cached is not None or not compute:
+        return cached
 
     t0 = time.perf_counter()
     scores = _scores(ref, cands, spec, corpus, at, _Watch(progress, cancel))
@@ -279,6 +275,17 @@ def profile_model(
     if use_cache:
         prof.save(path)
     return prof
+
+
+def _load_cached(path: Path) -> Profile | None:
+    """The profile cached at ``path``; None when there is none, or it cannot be read (a corrupt
+    or truncated file is recomputed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        return Profile.load(path)
+    except MixvizError:
+        return None
 
 
 @dataclass(frozen=True)
