@@ -115,7 +115,7 @@ def run_autoscheme(
 ) -> tuple[dict, float]:
     """Run AutoScheme's scoring (and DP) with local data; its caches land in ``cache``.
 
-    ``settings`` (or its ``fields`` one by one: ``avg_bits=5, device="cpu"``) say how.
+    ``settings`` (or its ``fields`` one by one: ``avg_bits=5, ignore_scale_bits=False``) say how.
     Returns (auto-round's layer_config, seconds). ``dataset`` is a ``.jsonl`` path.
     """
     from mixviz.models.device import autoround_amp, resolve_device
