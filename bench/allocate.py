@@ -25,7 +25,8 @@ from milp import solve_milp  # noqa: E402
 
 from mixviz.allocation.problem import Problem, budget_bits  # noqa: E402
 from mixviz.allocation.strategies import allocate, frontier  # noqa: E402
-from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, profile_model, synthetic_profile  # noqa: E402
+from mixviz.sensitivity.profile import profile_model  # noqa: E402
+from mixviz.sensitivity.synthetic import QWEN3_32B_SHAPES, synthetic_profile  # noqa: E402
 
 OPTIONS = ["W2A16", "W3A16", "W4A16", "W8A16"]
 

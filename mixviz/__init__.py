@@ -8,7 +8,8 @@ The main job in five lines (the front door, :mod:`mixviz.api`; loaded on first u
     mixviz.export(recipe, "llmcompressor")     # or mixviz.quantize(recipe, "auto_round", "out/")
 
 Below it: models, layer inventory, schemes and bit accounting, text, sensitivity profiles
-(:func:`profile_model`; metrics are a registry in :mod:`mixviz.sensitivity.metrics`), and
+(:func:`profile_model` of a :class:`ProfileSpec`; metrics are a registry in
+:mod:`mixviz.sensitivity.metrics`), and
 ``RunSpec`` / ``submit`` / ``wait`` for quantize-and-evaluate runs. No Streamlit here.
 """
 
@@ -25,10 +26,11 @@ from mixviz.models.schemes import (
 )
 from mixviz.models.text import Corpus, calibration_text, evaluation_text, load_user_text
 from mixviz.sensitivity.profile import Profile, profile_model
+from mixviz.sensitivity.spec import ProfileSpec
 
 # the front door, imported on first use (as lm-eval's __init__): `import mixviz` stays light
 _LAZY = {
-    "profile": ("mixviz.sensitivity.profile", "profile_model"),
+    "profile": ("mixviz.api", "profile"),
     "allocate": ("mixviz.api", "allocate"),
     "export": ("mixviz.api", "export"),
     "quantize": ("mixviz.api", "quantize"),
@@ -59,6 +61,7 @@ __all__ = [
     "MixvizError",
     "ModelRef",
     "Profile",
+    "ProfileSpec",
     "Scheme",
     "average_bits",
     "block_linears",

@@ -15,6 +15,25 @@ from pathlib import Path
 from mixviz.errors import MixvizError
 
 
+def profile(model, spec=None, **fields):
+    """Per-layer sensitivity of ``model`` (a name or a resolved ModelRef) to each option of
+    ``spec`` (a :class:`~mixviz.sensitivity.spec.ProfileSpec`), cached: a
+    :class:`~mixviz.sensitivity.profile.Profile`. ``fields`` are the spec's fields one by one
+    (``options="MXFP4,MXFP8", metric="hessian"``), replacing those of ``spec``, and
+    :func:`~mixviz.sensitivity.profile.profile_model`'s own keywords (``use_cache``,
+    ``allow_partial``, ``progress``, ...)."""
+    from dataclasses import fields as spec_fields
+    from dataclasses import replace
+
+    from mixviz.sensitivity.profile import profile_model
+    from mixviz.sensitivity.spec import ProfileSpec
+
+    names = {f.name for f in spec_fields(ProfileSpec)}
+    given = {k: v for k, v in fields.items() if k in names}
+    spec = replace(spec, **given) if spec is not None else ProfileSpec(**given)
+    return profile_model(model, spec, **{k: v for k, v in fields.items() if k not in names})
+
+
 def allocate(
     profile,
     avg_bits: float | None = None,
@@ -22,30 +41,22 @@ def allocate(
     bpw: float | None = None,
     strategy: str = "optimal",
     target: str | None = None,
-    ignore_scale_bits: bool = False,
-    shared: list[str] | None = None,
-    pins: dict[str, str] | None = None,
-    include_lm_head: bool = False,
+    **rules,
 ):
     """One option per layer of ``profile`` (a :class:`~mixviz.sensitivity.profile.Profile`)
     within ``avg_bits`` (or ``bpw``: bits per weight with scales, as llama.cpp states it), by
-    ``strategy``; ``target`` adds a runtime's rules (:mod:`mixviz.models.targets`). The
+    ``strategy``; ``target`` adds a runtime's rules (:mod:`mixviz.models.targets`). ``rules``
+    are the problem's other rules, as :meth:`~mixviz.allocation.problem.Problem.from_profile`
+    takes them: ``ignore_scale_bits``, ``shared``, ``pins``, ``include_lm_head``. The
     :class:`~mixviz.allocation.problem.Allocation` carries the model and its hash."""
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.strategies import allocate as solve
 
     if (avg_bits is None) == (bpw is None):
         raise MixvizError("give one budget: avg_bits or bpw")
-    if bpw is not None and ignore_scale_bits:
+    if bpw is not None and rules.get("ignore_scale_bits"):
         raise MixvizError("bpw counts scale bits: leave ignore_scale_bits off")
-    problem = Problem.from_profile(
-        profile,
-        ignore_scale_bits=ignore_scale_bits,
-        shared=shared,
-        pins=pins,
-        include_lm_head=include_lm_head,
-        target=target,
-    )
+    problem = Problem.from_profile(profile, target=target, **rules)
     return solve(problem, avg_bits if avg_bits is not None else bpw, strategy)
 
 

@@ -16,7 +16,7 @@ from mixviz.allocation.baselines import llamacpp_more_bits
 from mixviz.allocation.knapsack import solve_mckp
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import allocate, frontier
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_SHAPES = {

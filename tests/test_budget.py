@@ -16,7 +16,7 @@ from mixviz import MixvizError
 from mixviz.allocation.knapsack import pareto, solve_mckp
 from mixviz.allocation.problem import Problem, budget_bits
 from mixviz.allocation.strategies import allocate, frontier
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 
 def _brute(cost, score, budget):

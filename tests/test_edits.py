@@ -15,7 +15,7 @@ from mixviz.allocation.edits import History, edit_cost, lock, parse_pins, select
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import allocate
 from mixviz.report.recipe import Recipe
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 SHAPES = {
     "self_attn.q_proj": (64, 64), "self_attn.k_proj": (64, 32), "self_attn.v_proj": (64, 32),

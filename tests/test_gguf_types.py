@@ -14,7 +14,7 @@ from mixviz.allocation.problem import Problem, parse_size, size_budget
 from mixviz.allocation.strategies import allocate
 from mixviz.models.schemes import get_scheme
 from mixviz.runs import llamacpp
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 GGML_ALL = ["Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
 SMOL = {

@@ -15,7 +15,8 @@ from fakes import tiny_llama
 
 from mixviz.models.inventory import inventory
 from mixviz.models.schemes import SCHEMES
-from mixviz.sensitivity.metrics import fisher, hessian
+from mixviz.sensitivity.metrics.fisher import fisher
+from mixviz.sensitivity.metrics.hessian import hessian
 
 
 def _llama(bias: bool = False, seed: int = 0):

@@ -22,7 +22,8 @@ import pytest
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import allocate
 from mixviz.errors import MixvizError
-from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, Profile, Row, synthetic_profile
+from mixviz.sensitivity.profile import Profile, Row
+from mixviz.sensitivity.synthetic import QWEN3_32B_SHAPES, synthetic_profile
 
 OPTIONS = ["W2A16", "W3A16", "W4A16", "W8A16", "MXFP4", "MXFP8"]
 SHARED = ["qkv", "gate_up"]

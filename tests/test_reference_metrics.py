@@ -26,7 +26,9 @@ from fakes import tiny_llama
 
 from mixviz.models.inventory import inventory
 from mixviz.models.schemes import SCHEMES
-from mixviz.sensitivity.metrics import fisher, hessian, kl
+from mixviz.sensitivity.metrics.fisher import fisher
+from mixviz.sensitivity.metrics.hessian import hessian
+from mixviz.sensitivity.metrics.kl import kl
 from mixviz.sensitivity.quantizers import LayerQuantizer
 
 # all available for in_features 64 (and 128): two MX formats (activations quantized too),
@@ -159,7 +161,8 @@ def test_fisher_quantizes_an_input_shared_by_layers_once(model, layers, ids, mon
     """q/k/v (and gate/up) read one tensor: its Q(x) is computed once per option and batch —
     4 inputs per block + lm_head's instead of 15 layers' — and each Q(W) once per batch (in
     pieces of rows, here each weight in more than one piece)."""
-    from mixviz.sensitivity import metrics, quantizers
+    import mixviz.sensitivity.metrics.fisher as metrics
+    from mixviz.sensitivity import quantizers
 
     real, shapes = quantizers.quant_mx_fast, []
 
@@ -178,7 +181,7 @@ def test_fisher_quantizes_an_input_shared_by_layers_once(model, layers, ids, mon
 
 
 def test_fisher_in_pieces_equals_fisher_whole(model, layers, ids, monkeypatch):
-    from mixviz.sensitivity import metrics
+    import mixviz.sensitivity.metrics.fisher as metrics
 
     whole = fisher(copy.deepcopy(model), layers, SCHEMES_USED, ids, lambda m: None, 1)
     monkeypatch.setattr(metrics, "_CPU_PIECE", 64 * 5)

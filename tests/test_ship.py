@@ -15,7 +15,7 @@ from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import STRATEGIES, allocate
 from mixviz.models.schemes import get_scheme
 from mixviz.models.targets import RUNTIMES, check_format, gguf_option
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 LLAMA_SHAPES = {
     "self_attn.q_proj": (576, 576),

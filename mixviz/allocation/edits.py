@@ -4,7 +4,7 @@ re-solve around the locks, see what the locks cost; undo / redo.
 Locks are pins (:class:`~mixviz.allocation.problem.Problem` ``pins``): the solver keeps them
 and re-optimises every other layer at the same budget.
 
->>> from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, synthetic_profile
+>>> from mixviz.sensitivity.synthetic import QWEN3_32B_SHAPES, synthetic_profile
 >>> from mixviz.allocation.problem import Problem
 >>> prof = synthetic_profile(QWEN3_32B_SHAPES, 4, ["W2A16", "W4A16", "W8A16"])
 >>> names = select(prof.layers, kinds=["down"])            # a whole column
@@ -96,7 +96,7 @@ def parse_pins(
     A layer named several ways takes the most specific: ``--pin`` over ``--pin-block`` over
     ``--pin-kind``.
 
-    >>> from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, synthetic_profile
+    >>> from mixviz.sensitivity.synthetic import QWEN3_32B_SHAPES, synthetic_profile
     >>> layers = synthetic_profile(QWEN3_32B_SHAPES, 2, ["W4A16"]).layers
     >>> p = parse_pins(layers, kinds=["down=W8A16"], blocks=["0=BF16"])
     >>> p["model.layers.0.mlp.down_proj"], p["model.layers.1.mlp.down_proj"]

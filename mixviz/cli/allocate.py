@@ -13,6 +13,7 @@ from mixviz.cli.common import (
     add_trust_remote_code,
     emit,
     profile_kwargs,
+    profile_spec,
     resolve,
     strategy_names,
 )
@@ -152,9 +153,9 @@ def load_or_profile(target: str, args: argparse.Namespace, include_lm_head: bool
 
     if target.endswith(".json") or Path(target).is_file():
         return Profile.load(target)
+    spec = profile_spec(args, include_lm_head=include_lm_head)
     ref = resolve(args, target, quiet=True)  # once; profile_model takes the ref as it is
-    kwargs = {**profile_kwargs(args), "include_lm_head": include_lm_head}
-    return profile_model(ref, **kwargs, progress=Bar())
+    return profile_model(ref, spec, **profile_kwargs(args), progress=Bar())
 
 
 def cmd_allocate(args: argparse.Namespace) -> None:

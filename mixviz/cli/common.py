@@ -171,6 +171,10 @@ def _profile_flags(metric_choices: bool) -> dict[str, tuple[str, dict]]:
     if metric_choices:
         metric["choices"] = metric_names()
     partial = "keep options whose group size does not divide some layers"
+    around = (
+        "score each layer with the others quantized: every layer at this option, or as in "
+        "this recipe JSON"
+    )
     return {
         "options": ("--options", {"default": "MXFP4,MXFP8", "help": "comma-separated options"}),
         "metric": ("--metric", metric),
@@ -184,6 +188,7 @@ def _profile_flags(metric_choices: bool) -> dict[str, tuple[str, dict]]:
         ),
         "allow_partial": ("--allow-partial", {"action": "store_true", "help": partial}),
         "no_cache": ("--no-cache", {"action": "store_true", "help": "recompute, do not store"}),
+        "around": ("--around", {"metavar": "LOW_OPTION|RECIPE", "help": around}),
     }
 
 
@@ -195,7 +200,8 @@ def add_profile_flags(
     **helps: str,
 ) -> None:
     """Add the profiling flags ``names`` (``options``, ``metric``, ``nsamples``, ``seqlen``,
-    ``calib``, ``layers``, ``include_lm_head``, ``allow_partial``, ``no_cache``), in that order.
+    ``calib``, ``layers``, ``include_lm_head``, ``allow_partial``, ``no_cache``, ``around``),
+    in the order given.
 
     ``when`` replaces every help text (``allocate`` profiles only when given a MODEL); ``helps``
     replaces one flag's; ``metric_choices=False`` leaves ``--metric`` unchecked by argparse.
@@ -207,19 +213,33 @@ def add_profile_flags(
         parser.add_argument(flag, **{**kw, "help": help})
 
 
-def profile_kwargs(args: argparse.Namespace) -> dict:
-    """``profile_model``'s keyword arguments from the profiling flags the command has."""
-    return {
+def profile_spec(args: argparse.Namespace, **fields):
+    """The :class:`~mixviz.sensitivity.spec.ProfileSpec` the command's profiling flags give
+    (those it lacks keep their defaults; ``fields`` replace any), checked before anything
+    loads."""
+    from mixviz.sensitivity.spec import ProfileSpec
+
+    flags = {
         "options": args.options,
         "metric": args.metric,
         "nsamples": args.nsamples,
         "seqlen": args.seqlen,
         "calib": args.calib,
-        "use_cache": not getattr(args, "no_cache", False),
         "layers": getattr(args, "layers", None),
         "include_lm_head": getattr(args, "include_lm_head", False),
+        "offload": getattr(args, "offload", False),
+        "around": getattr(args, "around", None),
+        "backend": getattr(args, "backend", "local"),
+        "ray_address": getattr(args, "ray_address", None),
+        **device_kwargs(args),
+    }
+    return ProfileSpec(**{**flags, **fields})
+
+
+def profile_kwargs(args: argparse.Namespace) -> dict:
+    """``profile_model``'s keyword arguments besides the spec, from the command's flags."""
+    return {
+        "use_cache": not getattr(args, "no_cache", False),
         "allow_partial": args.allow_partial,
         "trust_remote_code": args.trust_remote_code,
-        "offload": getattr(args, "offload", False),
-        **device_kwargs(args),
     }

@@ -15,6 +15,7 @@ from mixviz.cli.common import (
     add_trust_remote_code,
     emit,
     profile_kwargs,
+    profile_spec,
     resolve,
 )
 from mixviz.errors import MixvizError
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
         "include_lm_head",
         "allow_partial",
         "no_cache",
+        "around",
     )
     add_device_flags(prof)
     add_offload_flag(prof)
@@ -73,9 +75,9 @@ def cmd_profile(args: argparse.Namespace) -> None:
     else:
         if not args.model:
             raise MixvizError("give a MODEL to profile (demo, tiny, a folder or a hub id)")
+        spec = profile_spec(args)  # checked before the model is resolved
         ref = resolve(args, quiet=True)  # once; profile_model takes the ref as it is
-        ray = {"backend": args.backend, "ray_address": args.ray_address}
-        prof = profile_model(ref, **profile_kwargs(args), **ray, progress=Bar())
+        prof = profile_model(ref, spec, **profile_kwargs(args), progress=Bar())
     emit(prof.to_dict(), args.json, _profile_text, args.out)
 
 

@@ -31,6 +31,12 @@ def add_parser(sub) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from mixviz.report.reproduce import reports_dir, run_protocol
     from mixviz.runs.tasks import check_tasks
+    from mixviz.sensitivity.spec import ProfileSpec
+
+    # the profiles' settings, checked before anything runs (each profile adds its options)
+    spec = ProfileSpec(
+        metric=args.metric, nsamples=args.nsamples, seqlen=args.seqlen, **device_kwargs(args)
+    )
 
     bundled = "mixviz_lastword,mixviz_nextsent,mixviz_kld"
     default = bundled if args.model in ("demo", "tiny") else STUDY_TASKS
@@ -39,12 +45,13 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         args.model,  # run_protocol and reports_dir take the name (they resolve it themselves)
         tasks=tasks,
         limit=args.limit,
-        metric=args.metric,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
+        metric=spec.metric,
+        nsamples=spec.nsamples,
+        seqlen=spec.seqlen,
         with_autoscheme=not args.no_autoscheme,
         log=progress,
-        **device_kwargs(args),
+        device=spec.device,
+        dtype=spec.dtype,
         tables_only=args.tables_only,
     )
     folder = reports_dir(args.model)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mixviz.errors import MixvizError
@@ -91,6 +92,16 @@ def import_autoscheme(folder: str | Path, model: str | ModelRef) -> Profile:
     )
 
 
+@dataclass(frozen=True)
+class AutoSchemeSettings:
+    """How AutoScheme allocates: ``avg_bits`` (default: the options' mean bits), counting scale
+    bits or not, on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+
+    avg_bits: float | None = None
+    ignore_scale_bits: bool = True
+    device: str = "auto"
+
+
 def run_autoscheme(
     model,
     tokenizer,
@@ -99,17 +110,18 @@ def run_autoscheme(
     nsamples: int,
     seqlen: int,
     cache: str | Path,
-    avg_bits: float | None = None,
-    ignore_scale_bits: bool = True,
-    device: str = "auto",
+    settings: AutoSchemeSettings | None = None,
+    **fields,
 ) -> tuple[dict, float]:
-    """Run AutoScheme's scoring (and DP) on ``device`` with local data; its caches land in
-    ``cache``.
+    """Run AutoScheme's scoring (and DP) with local data; its caches land in ``cache``.
 
+    ``settings`` (or its ``fields`` one by one: ``avg_bits=5, ignore_scale_bits=False``) say how.
     Returns (auto-round's layer_config, seconds). ``dataset`` is a ``.jsonl`` path.
     """
     from mixviz.models.device import autoround_amp, resolve_device
 
+    settings = replace(settings, **fields) if settings else AutoSchemeSettings(**fields)
+    avg_bits, device = settings.avg_bits, settings.device
     os.environ["AR_AUTO_SCHEME_CACHE"] = str(cache)
     from auto_round import AutoRound, AutoScheme
 
@@ -119,7 +131,7 @@ def run_autoscheme(
     scheme = AutoScheme(
         avg_bits=bits,
         options=",".join(options),
-        ignore_scale_zp_bits=ignore_scale_bits,
+        ignore_scale_zp_bits=settings.ignore_scale_bits,
         nsamples=nsamples,
         seqlen=seqlen,
         dataset=str(dataset),

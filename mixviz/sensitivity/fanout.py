@@ -2,12 +2,12 @@
 
 ``kl`` scores one layer at a time, so its work splits cleanly: each unit (the layers of one
 transformer block, with every option) runs as a Ray task that loads the model itself, builds
-the same calibration windows and runs :func:`~mixviz.sensitivity.metrics.kl` on its layers only.
+the same calibration windows and runs :func:`~mixviz.sensitivity.metrics.kl.kl` on its layers only.
 The merged scores are those of one process; the caller builds the Profile as usual.
 
->>> prof = profile_model("tiny", metric="kl", backend="ray",  # doctest: +SKIP
-...                      ray_address="10.0.0.5:6379", nsamples=16, seqlen=256)
->>> prof == profile_model("tiny", metric="kl", nsamples=16, seqlen=256)  # doctest: +SKIP
+>>> spec = ProfileSpec(metric="kl", nsamples=16, seqlen=256)  # doctest: +SKIP
+>>> prof = profile_model("tiny", spec, backend="ray", ray_address="10.0.0.5:6379")  # doctest: +SKIP
+>>> prof == profile_model("tiny", spec)  # doctest: +SKIP
 True
 
 Workers must see this package and the same caches: each task gets ``PYTHONPATH`` (this
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 from mixviz.errors import MixvizError
 from mixviz.models.device import CPU, CUDA
 from mixviz.models.inventory import Layer
-from mixviz.models.schemes import Scheme
 from mixviz.paths import worker_env
 from mixviz.sensitivity.blocks import by_block
 
 if TYPE_CHECKING:
     from mixviz.models.loading import ModelRef
     from mixviz.models.text import Corpus
+    from mixviz.sensitivity.spec import ProfileSpec
 
 _POLL_S = 0.5  # how often a running fan-out calls ``check()``
 
@@ -54,17 +54,16 @@ def split_units(layers: list[Layer]) -> list[list[Layer]]:
 def kl_over_ray(
     ref: ModelRef,
     layers: list[Layer],
-    schemes: list[Scheme],
+    spec: ProfileSpec,
     corpus: Corpus,
-    nsamples: int,
-    seqlen: int,
     where,
     *,
-    address: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     check: Callable[[], None] | None = None,
 ) -> Scores:
-    """``kl`` scores of ``layers`` × ``schemes``, one Ray task per :func:`split_units` unit.
+    """``kl`` scores of ``layers`` × the options of ``spec``, one Ray task per
+    :func:`split_units` unit, at ``spec.ray_address``, on ``spec.nsamples`` × ``spec.seqlen``
+    tokens of ``corpus``.
 
     ``where`` is the resolved ``(torch.device, torch.dtype)``; a CUDA device asks Ray for one
     GPU per task (which the task sees as ``cuda``). ``progress(done, total, msg)`` counts kl's
@@ -72,13 +71,14 @@ def kl_over_ray(
     called while waiting (about twice a second): what it raises (the profiler's ``Cancelled``)
     ends the fan-out, and the tasks still pending are cancelled, as on any failure.
     """
+    schemes = spec.schemes()
     ray = _ray()
     dev, dtype = where
     on_gpu = dev.type == CUDA
     units = split_units(layers)
     cost = [len(u) * sum(s.bits < 16 for s in schemes) for u in units]
     total, done = sum(cost), 0
-    connected, pending = _connect(ray, address), {}
+    connected, pending = _connect(ray, spec.ray_address), {}
     try:
         run = ray.remote(_score_unit).options(
             num_cpus=1,
@@ -86,7 +86,7 @@ def kl_over_ray(
             runtime_env={"env_vars": worker_env(settings_only=True)},
             max_retries=0,  # a task that dies (out of memory, say) is reported, not re-run
         )
-        shared = ray.put((ref, schemes, corpus, nsamples, seqlen))
+        shared = ray.put((ref, schemes, corpus, spec.nsamples, spec.seqlen))
         device, dt = CUDA if on_gpu else CPU, str(dtype).removeprefix("torch.")
         pending = {run.remote(shared, u, device, dt): i for i, u in enumerate(units)}
         if progress:
@@ -116,7 +116,8 @@ def _score_unit(shared, layers: list[Layer], device: str, dtype: str) -> Scores:
 
     from mixviz.models.loading import load_model
     from mixviz.models.text import token_windows
-    from mixviz.sensitivity.metrics import METRICS, kl
+    from mixviz.sensitivity.metrics import METRICS
+    from mixviz.sensitivity.metrics.kl import kl
 
     ref, schemes, corpus, nsamples, seqlen = shared
     model, tok = load_model(ref, dtype=dtype, device=device)

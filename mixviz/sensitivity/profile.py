@@ -1,6 +1,7 @@
 """Profiles: per-layer, per-option sensitivity scores, computed once and cached.
 
->>> p = profile_model("tiny", options="MXFP4,MXFP8", metric="hessian", nsamples=4, seqlen=64)
+>>> spec = ProfileSpec(options="MXFP4,MXFP8", metric="hessian", nsamples=4, seqlen=64)
+>>> p = profile_model("tiny", spec)
 >>> down = "model.layers.0.mlp.down_proj"
 >>> p.score(down, "MXFP4") > p.score(down, "MXFP8")
 True
@@ -8,28 +9,32 @@ True
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.device import CPU
-from mixviz.models.inventory import Layer, fused_group, kind_of
+from mixviz.models.inventory import Layer
 from mixviz.models.loading import ModelRef
-from mixviz.models.schemes import Scheme, get_scheme, layer_bits, parse_options
+from mixviz.models.schemes import Scheme, get_scheme, layer_bits
 from mixviz.paths import atomic_write_json, cache_dir, check_header, read_json, safe_filename
-from mixviz.sensitivity.metrics import DEFAULT_METRIC, METRICS, metric_names
+from mixviz.sensitivity.metrics import DEFAULT_METRIC as DEFAULT_METRIC  # re-exported
+from mixviz.sensitivity.metrics import METRICS
+from mixviz.sensitivity.spec import (
+    PROFILE_VERSION,
+    Calib,
+    ProfileSpec,
+    library_versions,
+    profile_key,
+)
 
 FORMAT = "mixviz.profile"
-VERSION = 1
-# DEFAULT_METRIC is defined with the registry (mixviz.sensitivity.metrics); importing it from
-# here, as the CLI and the report do, works too.
-
-BACKENDS = ("local", "ray")  # where scores are computed: this process, or Ray tasks (kl only)
+VERSION = PROFILE_VERSION
+# DEFAULT_METRIC is defined with the registry (mixviz.sensitivity.metrics), Calib, the cache key
+# and library_versions with the spec (mixviz.sensitivity.spec); importing them from here works.
 
 # progress(done, total, message); return value ignored
 ProgressFn = Callable[[int, int, str], None]
@@ -37,14 +42,6 @@ ProgressFn = Callable[[int, int, str], None]
 
 class Cancelled(MixvizError):
     """Profiling was cancelled by the caller."""
-
-
-@dataclass(frozen=True)
-class Calib:
-    source: str
-    hash: str
-    nsamples: int
-    seqlen: int
 
 
 @dataclass(frozen=True)
@@ -84,6 +81,7 @@ class Profile:
     subset: str | None = None
     device: str = CPU  # the device type it was computed on (a profile before this: the CPU)
     dtype: str = "float32"
+    around: str | None = None  # what the layers were scored around (ProfileSpec.around_id)
 
     # ---------------------------------------------------------------- queries
 
@@ -104,14 +102,14 @@ class Profile:
     def key(self) -> str:
         """A short digest of everything that produced the scores."""
         return profile_key(
-            self.model_hash,
-            self.metric,
-            self.options,
-            self.calib,
-            self.subset,
-            any(x.kind == "lm_head" for x in self.layers),
-            self.device,
-            self.dtype,
+            model_hash=self.model_hash,
+            metric=self.metric,
+            options=self.options,
+            calib=self.calib,
+            subset=self.subset,
+            include_lm_head=any(x.kind == "lm_head" for x in self.layers),
+            where=(self.device, self.dtype),
+            around=self.around,
         )
 
     # ---------------------------------------------------------------- JSON
@@ -130,6 +128,7 @@ class Profile:
             "subset": self.subset,
             "device": self.device,
             "dtype": self.dtype,
+            "around": self.around,
             "layers": [
                 {
                     k: x.to_dict()[k]
@@ -178,6 +177,7 @@ class Profile:
                 d.get("subset"),
                 d.get("device", CPU),
                 d.get("dtype", "float32"),
+                d.get("around"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MixvizError(f"malformed profile: {type(e).__name__}: {e}") from None
@@ -194,144 +194,65 @@ class Profile:
         return cls.from_dict(read_json(path, "profile"))
 
 
-def profile_key(
-    model_hash: str,
-    metric: str,
-    options,
-    calib: Calib,
-    subset: str | None,
-    include_lm_head: bool,
-    device: str = CPU,
-    dtype: str = "float32",
-) -> str:
-    """A digest of everything that changes a profile's scores, where it ran included (the
-    device type and dtype, as :func:`mixviz.models.device.describe` names them)."""
-    doc = {
-        "model": model_hash,
-        "metric": metric,
-        "options": sorted(options),
-        "calib": vars(calib),
-        "subset": subset,
-        "lm_head": include_lm_head,
-        "device": device,
-        "dtype": dtype,
-        "profile_version": VERSION,
-        "versions": library_versions(),
-        "algo": _ALGO_VERSION,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Bump when a metric's computation changes (2: fisher's per-layer act term, hessian's bias).
-_ALGO_VERSION = 2
-
-
-def library_versions() -> dict:
-    """Versions of the libraries whose code changes a score (part of every cache key)."""
-    from importlib.metadata import version
-
-    out = {}
-    for pkg in ("torch", "transformers", "auto-round"):
-        try:
-            out[pkg] = version(pkg)
-        except Exception:
-            out[pkg] = "unknown"
-    return out
-
-
 def profiles_dir() -> Path:
     return cache_dir() / "profiles"
 
 
 def profile_model(
     model: str | ModelRef,
+    spec: ProfileSpec | None = None,
     *,
-    options: str | list[str] = "MXFP4,MXFP8",
-    metric: str = DEFAULT_METRIC,
-    nsamples: int = 16,
-    seqlen: int = 256,
-    calib: str = "pydoc",
     use_cache: bool = True,
-    layers: str | None = None,
-    include_lm_head: bool = False,
     allow_partial: bool = False,
     trust_remote_code: bool = False,
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
     compute: bool = True,
-    device: str = "auto",
-    dtype: str = "auto",
-    backend: str = "local",
-    ray_address: str | None = None,
-    offload: bool = False,
+    **fields,
 ) -> Profile | None:
-    """Score every candidate layer of ``model`` under each option with ``metric``.
+    """Score every candidate layer of ``model`` under each option of ``spec``.
 
-    ``model`` is a resolved :class:`~mixviz.models.loading.ModelRef` (what code below the CLI
-    and the app passes), or a name resolved once here, with ``trust_remote_code`` (a ref
-    carries its own; the flag is then ignored). ``metric`` is a name in the registry
-    (:func:`~mixviz.sensitivity.metrics.metric_names`). ``layers`` is a regex restricting the
-    scored layers (useful for the costly ``kl``). An option whose group size does not divide
-    some layer is an error, unless ``allow_partial``: those rows then carry ``score: None`` and
-    the allocator avoids them. Cached under ``cache/profiles/``; a second identical call
-    returns at once. With ``compute=False`` only the cache is consulted (None when the profile
-    was never made). ``device``/``dtype`` say where the model runs (``auto``: CUDA in bfloat16
-    where there is one, else the CPU in float32); what they resolve to is recorded and keyed.
-    ``backend="ray"`` fans ``kl`` out over Ray tasks at ``ray_address``
-    (:mod:`mixviz.sensitivity.fanout`); the scores, and so the cache key, are the same.
-    ``offload`` keeps the weights on the CPU and moves one block at a time to ``device``
-    (:mod:`mixviz.sensitivity.offload`), for a model larger than the device: the scores are the
-    same, so it is neither keyed nor recorded.
+    ``spec`` (:class:`~mixviz.sensitivity.spec.ProfileSpec`) says what to profile and where;
+    ``fields`` are its fields given one by one instead (``profile_model("tiny",
+    metric="hessian")``), or changed in ``spec``. ``model`` is a resolved
+    :class:`~mixviz.models.loading.ModelRef` (what code below the CLI and the app passes), or a
+    name resolved once here, with ``trust_remote_code`` (a ref carries its own; the flag is then
+    ignored). An option whose group size does not divide some layer is an error, unless
+    ``allow_partial``: those rows then carry ``score: None`` and the allocator avoids them.
+    Cached under ``cache/profiles/``; a second identical call returns at once. With
+    ``compute=False`` only the cache is consulted (None when the profile was never made).
+    What ``device``/``dtype`` resolve to is recorded and keyed; ``backend="ray"`` fans ``kl``
+    out over Ray tasks (:mod:`mixviz.sensitivity.fanout`) and ``offload`` runs one block at a
+    time on the device (:mod:`mixviz.sensitivity.offload`): same scores, same key.
+    ``progress(done, total, message)`` is called as work is done; ``cancel()`` returning True
+    stops it (:class:`Cancelled`).
     """
     from mixviz.models.device import describe, placement
     from mixviz.models.loading import resolve_model
     from mixviz.models.text import calibration_text
 
-    _check_args(metric, nsamples, seqlen, backend, offload)
-    schemes = parse_options(options)
-    dev, torch_dtype = placement(device, dtype)
-    where = describe(dev, torch_dtype)
+    spec = replace(spec, **fields) if spec is not None else ProfileSpec(**fields)
+    at = placement(spec.device, spec.dtype)
+    where = describe(*at)
     ref = (
         model
         if isinstance(model, ModelRef)
         else resolve_model(model, trust_remote_code=trust_remote_code)
     )
-    corpus = calibration_text(calib)
-    cands = _candidates(ref, layers, include_lm_head)
+    corpus = calibration_text(spec.calib)
+    cands = _candidates(ref, spec.layers, spec.include_lm_head)
+    schemes = spec.schemes()
     _check_available(cands, schemes, allow_partial)
 
-    cal = Calib(
-        corpus.source if corpus.source == "pydoc" else Path(corpus.source).name,
-        corpus.hash,
-        nsamples,
-        seqlen,
-    )
-    names = [s.name for s in schemes]
-    key = profile_key(ref.hash, metric, names, cal, layers, include_lm_head, *where)
-    path = profiles_dir() / f"{safe_filename(ref.name)}-{metric}-{key}.json"
-    if use_cache and path.is_file():
-        try:
-            return Profile.load(path)
-        except MixvizError:
-            pass  # corrupt or truncated cache file: recompute, never trust it
-    if not compute:
-        return None
+    cal = spec.calib_record(corpus)
+    key = spec.key(ref.hash, cal, where)
+    path = profiles_dir() / f"{safe_filename(ref.name)}-{spec.metric}-{key}.json"
+    cached = _load_cached(path) if use_cache else None
+    if cached is not None or not compute:
+        return cached
 
     t0 = time.perf_counter()
-    at = (dev, torch_dtype)
-    if backend == "ray":
-        from mixviz.sensitivity.fanout import kl_over_ray
-
-        def check() -> None:
-            if cancel and cancel():
-                raise Cancelled("profiling cancelled")
-
-        fan = {"address": ray_address, "progress": progress, "check": check}
-        scores = kl_over_ray(ref, cands, schemes, corpus, nsamples, seqlen, at, **fan)
-    else:
-        scores = _compute(
-            ref, cands, schemes, corpus, metric, nsamples, seqlen, progress, cancel, (*at, offload)
-        )
+    scores = _scores(ref, cands, spec, corpus, at, _Watch(progress, cancel))
     rows = [
         Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
         for x in cands
@@ -340,40 +261,66 @@ def profile_model(
     prof = Profile(
         ref.name,
         ref.hash,
-        metric,
-        tuple(s.name for s in schemes),
+        spec.metric,
+        spec.options,
         cal,
         round(time.perf_counter() - t0, 3),
         tuple(cands),
         tuple(rows),
         library_versions(),
-        layers,
+        spec.layers,
         *where,
+        spec.around_id(),
     )
     if use_cache:
         prof.save(path)
     return prof
 
 
-def _check_args(metric: str, nsamples: int, seqlen: int, backend: str, offload: bool) -> None:
-    """Refuse what cannot be profiled, before anything is loaded."""
-    if metric not in METRICS:
-        raise MixvizError(f"unknown metric {metric!r}; choose from {', '.join(metric_names())}")
-    if backend not in BACKENDS:
-        raise MixvizError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
-    if backend == "ray" and metric != "kl":
-        raise MixvizError(f"only kl fans out over Ray; profile {metric} with --backend local")
-    if offload and not METRICS[metric].offload:
-        raise MixvizError(f"{metric} does not support --offload")
-    if offload and backend == "ray":
-        raise MixvizError(
-            "--offload is for one process: with --backend ray each task loads "
-            "the model on its own device"
+def _load_cached(path: Path) -> Profile | None:
+    """The profile cached at ``path``; None when there is none, or it cannot be read (a corrupt
+    or truncated file is recomputed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        return Profile.load(path)
+    except MixvizError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """The caller's ``progress`` and ``cancel`` callbacks (either may be None)."""
+
+    progress: ProgressFn | None = None
+    cancel: Callable[[], bool] | None = None
+
+    def report(self, done: int, total: int, msg: str) -> None:
+        if self.progress:
+            self.progress(done, total, msg)
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the caller asks to stop."""
+        if self.cancel and self.cancel():
+            raise Cancelled("profiling cancelled")
+
+
+def _scores(ref, cands: list[Layer], spec: ProfileSpec, corpus, at, watch: _Watch) -> dict:
+    """The metric's scores of ``cands``, in this process or fanned out over Ray."""
+    if spec.backend == "ray":
+        from mixviz.sensitivity.fanout import kl_over_ray
+
+        return kl_over_ray(
+            ref, cands, spec, corpus, at, progress=watch.progress, check=watch.check
         )
-    if not (1 <= nsamples <= 4096 and 8 <= seqlen <= 32768):
-        raise MixvizError(
-            f"nsamples must be 1..4096 and seqlen 8..32768 (got {nsamples}, {seqlen})"
-        )
+    around = _around_plan(ref, cands, spec.around) if spec.around is not None else None
+    return _compute(ref, cands, spec, corpus, at, watch, around=around)
+
+
+def _around_plan(ref: ModelRef, cands: list[Layer], around: str):
+    """What every candidate layer is scored around: ``around`` (an option's name or a recipe
+    file, :attr:`ProfileSpec.around`) made a plan for ``_compute``."""
+    raise MixvizError("--around is not implemented yet")
 
 
 def _candidates(ref: ModelRef, layers: str | None, include_lm_head: bool) -> list[Layer]:
@@ -386,10 +333,7 @@ def _candidates(ref: ModelRef, layers: str | None, include_lm_head: bool) -> lis
     if include_lm_head:
         cands += [x for x in all_layers if x.kind == "lm_head"]
     if layers:
-        try:
-            rx = re.compile(layers)
-        except re.error as e:
-            raise MixvizError(f"bad --layers regex {layers!r}: {e}") from None
+        rx = re.compile(layers)  # checked by the spec
         cands = [x for x in cands if rx.search(x.name)]
         if not cands:
             raise MixvizError(f"--layers {layers!r} matches no candidate layer of {ref.name}")
@@ -417,7 +361,9 @@ def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: 
             )
 
 
-def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, cancel, where):
+def _compute(ref, layers, spec: ProfileSpec, corpus, at, watch: _Watch, *, around=None):
+    """The metric's scores of ``layers``, computed here with the model loaded on ``at`` (the
+    resolved device and dtype). ``around`` (from :func:`_around_plan`) is not used yet."""
     import torch
 
     from mixviz.models.device import cpu_device
@@ -426,84 +372,26 @@ def _compute(ref, layers, schemes, corpus, metric, nsamples, seqlen, progress, c
     from mixviz.sensitivity.blocks import decoder_parts
     from mixviz.sensitivity.offload import Offload
 
-    dev, dtype, offload = where
+    dev, dtype = at
     model, tok = load_model(
-        ref, dtype=str(dtype).removeprefix("torch."), device=str(dev), offload=offload
+        ref, dtype=str(dtype).removeprefix("torch."), device=str(dev), offload=spec.offload
     )
     # offloaded, the embedding stays on the CPU, and so do the tokens it reads
-    ids = token_windows(tok, corpus, nsamples, seqlen).to(cpu_device() if offload else dev)
+    nsamples, seqlen = spec.nsamples, spec.seqlen
+    ids = token_windows(tok, corpus, nsamples, seqlen).to(cpu_device() if spec.offload else dev)
     blocks, _ = decoder_parts(model)
-    m = METRICS[metric]
+    m = METRICS[spec.metric]
     nbatches = -(-nsamples // m.batch_size)
-    total = m.work_units(layers, schemes, nbatches, len(blocks))
+    total = m.work_units(layers, spec.schemes(), nbatches, len(blocks))
     done = 0
 
     def step(msg: str) -> None:
         nonlocal done
         done += 1
-        if progress:
-            progress(done, total, msg)
-        if cancel and cancel():
-            raise Cancelled("profiling cancelled")
+        watch.report(done, total, msg)
+        watch.check()
 
     torch.manual_seed(0)
-    if progress:
-        progress(0, total, f"{metric} on {ref.name}: {nsamples}×{seqlen} tokens")
-    kw = {"offload": Offload(dev)} if offload else {}
-    return m.score(model, layers, schemes, ids, step, batch_size=m.batch_size, **kw)
-
-
-def synthetic_profile(
-    shapes: dict[str, tuple[int, int]],
-    n_blocks: int,
-    options: list[str],
-    seed: int = 0,
-    model: str = "synthetic",
-) -> Profile:
-    """A Profile with real layer shapes and random but plausible scores (for benchmarks/tests).
-
-    ``shapes`` maps a block-relative name (``self_attn.q_proj``) to (in, out). Each layer gets a
-    log-normal sensitivity; an option's score is ``sensitivity · numel · 4^-bits`` (RTN noise).
-
-    >>> p = synthetic_profile({"mlp.down_proj": (128, 64)}, 2, ["W2A16", "W4A16"])
-    >>> len(p.rows)
-    4
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    schemes = parse_options(options)
-    layers, rows = [], []
-    for b in range(n_blocks):
-        for rel, (i, o) in shapes.items():
-            kind = kind_of(rel)
-            x = Layer(f"model.layers.{b}.{rel}", b, kind, i, o, i * o, fused_group(kind))
-            layers.append(x)
-            sens = float(rng.lognormal(0.0, 1.0))
-            for s in schemes:
-                score = 0.0 if s.bits >= 16 else sens * x.numel * 4.0 ** (-s.bits)
-                rows.append(Row.of(x, s, score if s.available_for(i) else None))
-    cal = Calib("synthetic", f"seed{seed}", 0, 0)
-    return Profile(
-        model,
-        f"synthetic-{seed}",
-        "synthetic",
-        tuple(s.name for s in schemes),
-        cal,
-        0.0,
-        tuple(layers),
-        tuple(rows),
-        {},
-        None,
-    )
-
-
-QWEN3_32B_SHAPES = {
-    "self_attn.q_proj": (5120, 8192),
-    "self_attn.k_proj": (5120, 1024),
-    "self_attn.v_proj": (5120, 1024),
-    "self_attn.o_proj": (8192, 5120),
-    "mlp.gate_proj": (5120, 25600),
-    "mlp.up_proj": (5120, 25600),
-    "mlp.down_proj": (25600, 5120),
-}
+    watch.report(0, total, f"{spec.metric} on {ref.name}: {nsamples}×{seqlen} tokens")
+    kw = {"offload": Offload(dev)} if spec.offload else {}
+    return m.score(model, layers, spec.schemes(), ids, step, batch_size=m.batch_size, **kw)

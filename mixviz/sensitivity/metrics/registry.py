@@ -1,0 +1,60 @@
+"""The metric registry: every metric by name, in the order shown to users."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mixviz.models.inventory import Layer
+from mixviz.models.schemes import Scheme
+from mixviz.sensitivity.metrics.common import Scores
+
+WorkUnits = Callable[[list[Layer], list[Scheme], int, int], int]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A sensitivity metric, and all that profiling, the CLI and the app need to know of it.
+
+    ``score(model, layers, schemes, ids, step, batch_size=...)`` returns :data:`Scores` and calls
+    ``step`` once per unit of work; ``work_units(layers, schemes, nbatches, nblocks)`` says how
+    many times (for a progress bar); ``batch_size`` is the number of sequences per batch the
+    profiler passes; ``description`` is one sentence shown in the UI. ``offload``: ``score``
+    also takes ``offload=`` (an :class:`~mixviz.sensitivity.offload.Offload`) and then keeps
+    the weights on the CPU but for the block it runs, with the same ``step`` count.
+    """
+
+    name: str
+    score: Callable[..., Scores]
+    batch_size: int
+    work_units: WorkUnits
+    description: str
+    offload: bool = False
+
+
+METRICS: dict[str, Metric] = {}
+"""Every known metric by name, in the order shown to users (register with
+:func:`register_metric`; a test may add one with ``monkeypatch.setitem``)."""
+
+DEFAULT_METRIC = "fisher"  # best agreement with kl within 0.5× AutoScheme's time (bench)
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to :data:`METRICS` (after those already there) and return it.
+
+    A metric under a name already registered replaces it, in its place (so re-importing this
+    module, as a reloading app server does, is harmless).
+    """
+    if not metric.name or metric.batch_size < 1:
+        raise ValueError(f"a metric needs a name and a batch size ≥ 1: {metric!r}")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def metric_names() -> tuple[str, ...]:
+    """The registered metrics' names, read now (so one registered later is included).
+
+    >>> metric_names()[:4]
+    ('fisher', 'hessian', 'delta_loss', 'kl')
+    """
+    return tuple(METRICS)
