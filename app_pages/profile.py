@@ -36,7 +36,12 @@ def run_profile(use_cache: bool) -> None:
 
     try:
         made = profile_model(
-            choice.model, use_cache=use_cache, **ui.profile_kwargs(choice), progress=progress
+            choice.model,
+            ui.profile_spec(choice),
+            use_cache=use_cache,
+            allow_partial=True,
+            trust_remote_code=choice.trust_remote_code,
+            progress=progress,
         )
     except MixvizError as e:
         st.error(str(e))

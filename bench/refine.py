@@ -46,8 +46,6 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated budgets, e.g. 5,6")
     args = ap.parse_args()
 
-    from mixviz.sensitivity.spec import ProfileSpec
-
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.refine import RefineSettings
     from mixviz.allocation.strategies import allocate
@@ -56,6 +54,7 @@ def main() -> int:
     from mixviz.runs.kld import windows
     from mixviz.runs.measure import MeasureSettings, WindowKLD, refine_profile
     from mixviz.sensitivity.profile import profile_model
+    from mixviz.sensitivity.spec import ProfileSpec
 
     only = {float(b) for b in args.only.split(",")} if args.only else None
     cases = [c for c in CASES if only is None or c[1] in only]

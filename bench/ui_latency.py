@@ -40,7 +40,8 @@ logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" under App
 
 from mixviz.allocation.problem import Problem  # noqa: E402
 from mixviz.allocation.strategies import allocate  # noqa: E402
-from mixviz.sensitivity.profile import QWEN3_32B_SHAPES, profile_model, synthetic_profile  # noqa: E402
+from mixviz.sensitivity.profile import profile_model  # noqa: E402
+from mixviz.sensitivity.synthetic import QWEN3_32B_SHAPES, synthetic_profile  # noqa: E402
 
 DEMO = {"options": "MXFP4,MXFP8", "metric": "fisher", "nsamples": "16", "seqlen": "256"}
 SYNTHETIC_OPTIONS = ["W2A16", "W3A16", "W4A16", "MXFP4", "W8A16", "MXFP8"]

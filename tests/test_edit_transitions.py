@@ -13,7 +13,7 @@ from mixviz import MixvizError
 from mixviz.allocation.editing import BudgetRange, EditState, Picks, Refusal
 from mixviz.allocation.edits import History, lock, select
 from mixviz.allocation.problem import Problem
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 SHAPES = {
     "self_attn.q_proj": (64, 64), "self_attn.k_proj": (64, 32), "self_attn.v_proj": (64, 32),

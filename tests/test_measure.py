@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from cli import run_cli
+
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.refine import RefineSettings
 from mixviz.models.loading import load_model

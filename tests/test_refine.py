@@ -21,7 +21,7 @@ from mixviz.allocation.refine import (
 )
 from mixviz.allocation.strategies import allocate
 from mixviz.errors import MixvizError
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 SHAPES = {"self_attn.q_proj": (64, 64), "mlp.down_proj": (64, 128)}
 

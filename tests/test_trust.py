@@ -16,7 +16,7 @@ from mixviz.report.trust import (
     refinement_points,
     run_points,
 )
-from mixviz.sensitivity.profile import synthetic_profile
+from mixviz.sensitivity.synthetic import synthetic_profile
 
 
 def test_a_perfect_ordering_and_its_line():

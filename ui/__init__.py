@@ -19,7 +19,7 @@ from ui.profiles import (
     PROFILE_FIRST,
     cached_profile,
     forget_profiles,
-    profile_kwargs,
+    profile_spec,
     profile_time,
     require_profile,
 )
@@ -49,7 +49,7 @@ __all__ = [
     "model_report",
     "other_params",
     "problem_for",
-    "profile_kwargs",
+    "profile_spec",
     "profile_time",
     "quantize_panel",
     "recipe_bits",

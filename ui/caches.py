@@ -10,6 +10,7 @@ import mixviz
 from mixviz.allocation.problem import Problem
 from mixviz.models.inventory import inventory_report
 from mixviz.sensitivity.profile import Profile, profile_model
+from mixviz.sensitivity.spec import ProfileSpec
 
 
 class ProfileMiss(LookupError):
@@ -46,11 +47,13 @@ def other_params(spec: str, allocated: int) -> int:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def profile_on_disk(model: str, key: tuple, where: str) -> Profile:
-    """The profile ``profile_model(model, **dict(key))`` finds on disk. Only hits are memoised:
-    a miss raises :class:`ProfileMiss` (Streamlit caches no call that raises). ``where`` (the
-    cache folder) is part of the key: another folder is another set of profiles."""
-    prof = profile_model(model, compute=False, **dict(key))
+def profile_on_disk(model: str, spec: ProfileSpec, trust_remote_code: bool, where: str) -> Profile:
+    """The profile ``profile_model(model, spec)`` finds on disk. Only hits are memoised: a miss
+    raises :class:`ProfileMiss` (Streamlit caches no call that raises). ``where`` (the cache
+    folder) is part of the key: another folder is another set of profiles."""
+    prof = profile_model(
+        model, spec, compute=False, allow_partial=True, trust_remote_code=trust_remote_code
+    )
     if prof is None:
         raise ProfileMiss(model)
     return prof

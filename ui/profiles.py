@@ -11,25 +11,25 @@ import streamlit as st
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir, safe_filename
 from mixviz.sensitivity.profile import Profile, profiles_dir
+from mixviz.sensitivity.spec import ProfileSpec
 from ui.caches import ProfileMiss, profile_on_disk
 from ui.sidebar import Choice
 
 PROFILE_FIRST = "Profile this model first (Profile page) with the sidebar's settings."
 
 
-def profile_kwargs(choice: Choice) -> dict:
-    """What ``profile_model`` takes from the sidebar's choice (besides the model)."""
-    return {
-        "options": list(choice.options),
-        "metric": choice.metric,
-        "nsamples": choice.nsamples,
-        "seqlen": choice.seqlen,
-        "calib": choice.calib,
-        "trust_remote_code": choice.trust_remote_code,
-        "allow_partial": True,
-        "device": choice.device,
-        "dtype": choice.dtype,
-    }
+def profile_spec(choice: Choice) -> ProfileSpec:
+    """The :class:`ProfileSpec` the sidebar's choice asks for (raises :class:`MixvizError` on
+    a value it refuses)."""
+    return ProfileSpec(
+        options=tuple(choice.options),
+        metric=choice.metric,
+        nsamples=choice.nsamples,
+        seqlen=choice.seqlen,
+        calib=choice.calib,
+        device=choice.device,
+        dtype=choice.dtype,
+    )
 
 
 def cached_profile(choice: Choice, **changes) -> Profile | None:
@@ -40,10 +40,9 @@ def cached_profile(choice: Choice, **changes) -> Profile | None:
     choice = dataclasses.replace(choice, **changes)
     if not choice.options:
         return None
-    kw = profile_kwargs(choice)
-    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()))
+    spec = profile_spec(choice)
     try:
-        return profile_on_disk(choice.model, key, str(cache_dir()))
+        return profile_on_disk(choice.model, spec, choice.trust_remote_code, str(cache_dir()))
     except ProfileMiss:
         return None
 

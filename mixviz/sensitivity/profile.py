@@ -317,10 +317,37 @@ def _scores(ref, cands: list[Layer], spec: ProfileSpec, corpus, at, watch: _Watc
     return _compute(ref, cands, spec, corpus, at, watch, around=around)
 
 
-def _around_plan(ref: ModelRef, cands: list[Layer], around: str):
-    """What every candidate layer is scored around: ``around`` (an option's name or a recipe
-    file, :attr:`ProfileSpec.around`) made a plan for ``_compute``."""
-    raise MixvizError("--around is not implemented yet")
+def _around_plan(ref: ModelRef, cands: list[Layer], around: str) -> dict[str, Scheme]:
+    """What the layers are scored around: ``around`` (:attr:`ProfileSpec.around`) as layer →
+    scheme. An option puts every candidate at it; a recipe (any JSON with a ``layers`` map, as
+    ``allocate --out`` and ``refine --out`` write) gives each named layer its option, the rest
+    unquantized. A layer the option cannot take, or a name the model lacks, is an error."""
+
+    if not Path(around).is_file():
+        s = get_scheme(around)
+        bad = [x for x in cands if not s.available_for(x.in_features)]
+        if bad:
+            raise MixvizError(
+                f"--around {s.name}: unavailable for {len(bad)} layers, e.g. {bad[0].name}; "
+                "give a recipe instead"
+            )
+        return {x.name: s for x in cands}
+    doc = read_json(around, "recipe")
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        raise MixvizError(f'--around {around}: no "layers" map of layer → option')
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model
+
+    known = {x.name: x for x in inventory(meta_model(ref))}
+    missing = [n for n in layers if n not in known]
+    if missing:
+        raise MixvizError(f"--around {around}: {ref.name} has no layer {missing[0]!r}")
+    plan = {n: get_scheme(str(o)) for n, o in layers.items()}
+    bad = [n for n, s in plan.items() if not s.available_for(known[n].in_features)]
+    if bad:
+        raise MixvizError(f"--around {around}: {plan[bad[0]].name} cannot hold {bad[0]}")
+    return plan
 
 
 def _candidates(ref: ModelRef, layers: str | None, include_lm_head: bool) -> list[Layer]:
@@ -363,7 +390,8 @@ def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: 
 
 def _compute(ref, layers, spec: ProfileSpec, corpus, at, watch: _Watch, *, around=None):
     """The metric's scores of ``layers``, computed here with the model loaded on ``at`` (the
-    resolved device and dtype). ``around`` (from :func:`_around_plan`) is not used yet."""
+    resolved device and dtype). ``around`` (from :func:`_around_plan`): the metric scores
+    in that context, as its :attr:`~mixviz.sensitivity.metrics.Metric.in_context` says."""
     import torch
 
     from mixviz.models.device import cpu_device
@@ -394,4 +422,11 @@ def _compute(ref, layers, spec: ProfileSpec, corpus, at, watch: _Watch, *, aroun
     torch.manual_seed(0)
     watch.report(0, total, f"{spec.metric} on {ref.name}: {nsamples}×{seqlen} tokens")
     kw = {"offload": Offload(dev)} if spec.offload else {}
+    if around and m.in_context == "swap":
+        kw["around"] = around
+    if around and m.in_context == "gradient":
+        from mixviz.sensitivity.operating_point import at as operating_point
+
+        with operating_point(model, around, straight_through=True):
+            return m.score(model, layers, spec.schemes(), ids, step, batch_size=m.batch_size)
     return m.score(model, layers, spec.schemes(), ids, step, batch_size=m.batch_size, **kw)

@@ -90,6 +90,7 @@ class ProfileSpec:
                 raise MixvizError(f"bad --layers regex {self.layers!r}: {e}") from None
         if self.around is not None:
             self._set("around", _check_around(self.around))
+            _check_in_context(self)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -175,6 +176,17 @@ def _is_option(text: str) -> bool:
     except MixvizError:
         return False
     return True
+
+
+def _check_in_context(spec: ProfileSpec) -> None:
+    """``around`` needs a metric that can score in context, in one process, not offloaded."""
+    able = [n for n, m in METRICS.items() if m.in_context]
+    if not METRICS[spec.metric].in_context:
+        raise MixvizError(
+            f"{spec.metric} cannot score around an operating point; use {' or '.join(able)}"
+        )
+    if spec.offload or spec.backend != "local":
+        raise MixvizError("--around runs in one process, not offloaded and not over Ray")
 
 
 def _check_around(around: str) -> str:

@@ -111,7 +111,8 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
             if act_schemes:
                 qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
                 hook = _act_sq_hook(acc, x.name, qa, shared)
-                handles.append(mods[x.name].register_forward_pre_hook(hook))
+                # first: it sees the input before an operating point's own quantizer (--around)
+                handles.append(mods[x.name].register_forward_pre_hook(hook, prepend=True))
         yield None
     finally:
         for h in handles:
@@ -225,4 +226,5 @@ METRIC = Metric(
     "Diagonal Fisher: one backward pass at the unquantized model, shared by every format "
     "(the default: closest to kl for its cost).",
     offload=True,
+    in_context="gradient",
 )

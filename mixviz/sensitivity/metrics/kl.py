@@ -26,12 +26,18 @@ def kl(
     step: Step,
     batch_size: int = 4,
     offload: Offload | None = None,
+    around: dict[str, Scheme] | None = None,
 ) -> Scores:
     """KL(unquantized ‖ one layer quantized) of next-token distributions, mean over tokens.
 
     Keeps every block's input for the calibration tokens and the reference log-probabilities,
     so each (layer, option) costs one forward from that layer's block to the end, block after
     block (with ``offload``, each block on the device once per (layer, option)).
+
+    ``around`` (layer → scheme: ``profile --around``) scores in context: the rest of the model
+    at its schemes, the layer swapped in at each option, and the score is what that costs over
+    the layer itself unquantized in the same context, ``KL(ref ‖ ctx, layer@o) − KL(ref ‖ ctx,
+    layer@BF16)`` (one more pass per layer); the reference stays the unquantized model.
     """
     import torch
 
@@ -51,6 +57,9 @@ def kl(
                 inputs.append(off.run_all(block, inputs[-1], kws))
         with off.resident(head) as (norm, lm_head):
             ref = [off.home(_log_probs(norm, lm_head, off.to(h))) for h in inputs[-1]]
+        if around:
+            return _kl_in_context(model, layers, schemes, step, _Rest(blocks, head, inputs,
+                                  kws, ref, off), around, ids.numel())  # fmt: skip
         rest = _Rest(blocks, head, inputs, kws, ref, off)
         n_tokens = ids.numel()
         for x in layers:
@@ -62,6 +71,37 @@ def kl(
                 total = rest.kl_from(start, mods[x.name], s)
                 scores[(x.name, s.name)] = max(total / n_tokens, 0.0)
                 step(f"kl {x.name} {s.name}")
+    return scores
+
+
+def _kl_in_context(model, layers, schemes, step, rest: _Rest, around: dict, n_tokens: int):
+    """:func:`kl`'s scores with the rest of the model at ``around`` (the blocks' inputs rerun
+    in that context; the reference as it was)."""
+    from dataclasses import replace
+
+    from mixviz.models.schemes import get_scheme
+    from mixviz.sensitivity.operating_point import at
+
+    mods, off, bf16 = modules(model), rest.off, get_scheme("BF16")
+    scores: Scores = {}
+    with at(model, around) as point:
+        inputs = [rest.inputs[0]]
+        for block in rest.blocks:
+            with off.resident(block):
+                inputs.append(off.run_all(block, inputs[-1], rest.kws))
+        ctx = replace(rest, inputs=inputs)
+        for x in layers:
+            start = x.block if x.block is not None else len(rest.blocks)
+            lin = mods[x.name]
+            with point.released(x.name):
+                base = ctx.kl_from(start, lin, bf16)
+                for s in schemes:
+                    if s.bits >= 16:
+                        scores[(x.name, s.name)] = 0.0
+                        continue
+                    total = ctx.kl_from(start, lin, s) - base
+                    scores[(x.name, s.name)] = max(total / n_tokens, 0.0)
+                    step(f"kl {x.name} {s.name} in context")
     return scores
 
 
@@ -133,4 +173,5 @@ METRIC = Metric(
     "Ground truth: how far the next-token distribution moves with one layer quantized at "
     "a time (exact but slow).",
     offload=True,
+    in_context="swap",
 )

@@ -30,6 +30,11 @@ class Metric:
     work_units: WorkUnits
     description: str
     offload: bool = False
+    in_context: str = ""
+    """How it scores around an operating point (``profile --around``): ``"gradient"`` (the
+    profiler runs it inside a straight-through point: its gradient is taken at the quantized
+    model), ``"swap"`` (``score`` takes ``around=`` and swaps each layer into that context
+    itself), or ``""`` (it cannot)."""
 
 
 METRICS: dict[str, Metric] = {}
