@@ -590,3 +590,28 @@ def test_allocate_shows_the_budget_as_bpw_and_file_size(profiled, tiny_ref, tiny
     every = {id(p): p.numel() for p in mixviz.meta_model(tiny_ref).parameters()}
     want = (6.0 * numel / 8 + 2 * (sum(every.values()) - numel)) / 1e6
     assert float(re.search(r"about ([0-9.]+) MB", shown)[1]) == pytest.approx(want, abs=0.05)
+
+
+def test_allocate_refine_measures_in_the_background_and_draws_its_rounds(profiled):
+    """*Refine* starts ``mixviz refine`` on the page's problem; when it has written its rounds,
+    the page draws them (measured vs corrected) and puts them on the frontier."""
+    at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    assert not at.exception
+    assert any("How far to trust the prediction" in c.value for c in at.caption)
+    at.number_input(key="allocate_refine_rounds").set_value(1).run()
+    at.button(key="allocate_refine").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        at.run()
+        if any(c.value.startswith("Best: round") for c in at.caption):
+            break
+        time.sleep(2)
+    assert not at.exception
+    (best,) = [c.value for c in at.caption if c.value.startswith("Best: round")]
+    assert "calibration text" in best
+    chart = at.get("plotly_chart")[-1].proto.spec
+    assert "measured KLD (calibration text)" in chart
+    frontier = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    domain = frontier["layer"][0]["encoding"]["color"]["scale"]["domain"]
+    assert "refined (measured rounds)" in domain
