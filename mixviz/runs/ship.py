@@ -71,8 +71,8 @@ def quantize_spec(
     exists: then it is reused). ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``,
     ``strategy``, ``device``, ...)."""
     from mixviz.models.targets import get_runtime
-    from mixviz.runs.backends import REUSABLE
     from mixviz.runs.runspec import ShipArgs
+    from mixviz.runs.submission import REUSABLE
     from mixviz.runs.tasks import KLD_TASK
 
     widths = {x.name: x.in_features for x in layers}

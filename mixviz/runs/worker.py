@@ -105,7 +105,7 @@ def kick_next(store: Store, run_id: str) -> None:
     must not start the head's local runs on its own machine."""
     if store.get(run_id).backend != "local":
         return
-    from mixviz.runs.backends import LocalBackend
+    from mixviz.runs.local_backend import LocalBackend
 
     try:
         LocalBackend(store).kick()
