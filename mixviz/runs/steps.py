@@ -36,7 +36,8 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         timings["kld reference"] = time.perf_counter() - t
     keep = None
     if spec.ship is not None:  # a checkpoint is written from the same AutoRound
-        from mixviz.runs.ship import check_ship, probe_layers
+        from mixviz.runs.reload import probe_layers
+        from mixviz.runs.ship import check_ship
 
         check_ship(spec, loaded.plan, {x.name: x.in_features for x in loaded.layers})
         quantize_fn = keep = KeepAutoRound()
@@ -52,12 +53,11 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         raw[KLD_TASK] = kld_step(store, run_id, spec, loaded, reference)
         timings["kld"] = time.perf_counter() - t
     if keep is not None:
-        from mixviz.runs.ship import ship_step
+        from mixviz.runs.ship import InMemory, ship_step
 
         probes = probe_layers(loaded.model, loaded.plan)  # before saving packs it in place
-        timings.update(
-            ship_step(store, run_id, spec, loaded, keep.ar, reference, raw, probes, bits)
-        )
+        memory = InMemory(keep.ar, reference, probes, bits)
+        timings.update(ship_step(store, run_id, spec, loaded, memory, raw))
     record_step(store, run_id, spec, raw, bits, time.perf_counter() - t_start, timings)
     done = store.transition(
         run_id, ("running",), status="done", stage="done", progress=1.0, finished=time.time()
