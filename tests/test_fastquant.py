@@ -125,8 +125,8 @@ def test_quantized_tiny_gives_auto_rounds_logits_with_fewer_quantizations(tiny_r
     (q/k/v's and gate/up's shared) instead of 7."""
     from mixviz import Recipe
     from mixviz.models.loading import load_model
+    from mixviz.runs.quantize import quantize
     from mixviz.runs.runspec import RunSpec
-    from mixviz.runs.worker import quantize
 
     model, tok = load_model(tiny_ref, dtype="float32", device="cpu")
     recipe = dict(Recipe.uniform(tiny_ref, "MXFP4").layers)

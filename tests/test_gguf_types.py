@@ -102,7 +102,7 @@ def test_llamacpp_rules_are_what_llama_quantize_writes(tmp_path, demo_ref, demo_
     """llama-quantize itself makes Q3_K_M, Q4_K_M and Q5_K_M of the demo's BF16 GGUF; every block
     linear's type read back with GGUFReader is what the rule predicts (fallbacks included)."""
     from mixviz.models.targets import gguf_tensor_name
-    from mixviz.runs.ship import read_gguf_types
+    from mixviz.runs.checkpoint_files import read_gguf_types
 
     base = llamacpp.bf16_gguf(demo_ref.path, demo_ref.hash)
     linears = [x for x in demo_layers if x.block is not None]
@@ -123,7 +123,7 @@ def test_llamacpp_rules_are_what_llama_quantize_writes(tmp_path, demo_ref, demo_
 def test_tensor_type_file_is_what_llama_quantize_applies(tmp_path, demo_ref, demo_layers):
     from mixviz.report.export import export
     from mixviz.report.recipe import Recipe
-    from mixviz.runs.ship import read_gguf_types
+    from mixviz.runs.checkpoint_files import read_gguf_types
 
     base = llamacpp.bf16_gguf(demo_ref.path, demo_ref.hash)
     linears = [x for x in demo_layers if x.block is not None]

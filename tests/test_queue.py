@@ -159,7 +159,7 @@ def test_cancel_sees_a_worker_that_starts_while_it_cancels(store):
 def test_spawner_kills_a_worker_whose_run_was_cancelled_before_its_pid_was_known(
     store, monkeypatch
 ):
-    import mixviz.runs.backends as backends
+    import mixviz.runs.local_backend as backends
 
     run_id = _queue(store)
     started = []
@@ -414,7 +414,7 @@ def test_a_cuda_run_asks_ray_for_one_gpu(store, fake_ray):
     assert "entrypoint_num_gpus" not in cpu and gpu["entrypoint_num_gpus"] == 1
     # and the host memory the model needs: tiny's float32 weights twice, one batch of logits
     # (and its log-softmax) over its vocabulary, the runtime; on CUDA its bf16 weights once
-    from mixviz.runs.backends import LOGITS_TOKENS, RUNTIME_BYTES
+    from mixviz.runs.ray_backend import LOGITS_TOKENS, RUNTIME_BYTES
 
     # tiny, by hand: embedding and untied head; 4 blocks of q/o (64×64), k/v (2 heads of 16),
     # gate/up/down (64×128) and two norms; the final norm

@@ -14,10 +14,12 @@ from test_tasks import lastword_direct
 
 from mixviz import MixvizError
 from mixviz.runs.backends import LocalBackend, new_run_id, run_document, wait, write_spec
+from mixviz.runs.evaluate import result_rows
+from mixviz.runs.quantize import layer_plan, run_bits, verify
 from mixviz.runs.runspec import QuantArgs, RunResult, RunSpec
 from mixviz.runs.store import Store, runs_dir
 from mixviz.runs.tasks import lastword_items
-from mixviz.runs.worker import execute, layer_plan, result_rows, run_bits, verify
+from mixviz.runs.worker import execute
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ("mixviz_lastword", "mixviz_nextsent")
@@ -186,7 +188,7 @@ def test_quantized_model_differs_from_bf16_and_carries_its_plan(tiny_ref, tiny_l
     import torch
 
     from mixviz.models.loading import load_model
-    from mixviz.runs.worker import quantize
+    from mixviz.runs.quantize import quantize
 
     recipe = _mixed_recipe(tiny_layers)
     spec = RunSpec(model="tiny", recipe=recipe, tasks=("mixviz_lastword",))
@@ -247,7 +249,7 @@ def test_end_to_end_tiny_real_autoround_and_lm_eval(tiny_ref, tiny_layers):
     Instead: the run's lastword perplexity is that of the model quantized here the same way on
     the same 8 items, not the BF16 model's, and its bits are the hand count."""
     from mixviz.models.loading import load_model
-    from mixviz.runs.worker import quantize
+    from mixviz.runs.quantize import quantize
 
     limit = 8
     r = _cli(

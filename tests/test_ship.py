@@ -237,7 +237,7 @@ def test_a_checkpoint_that_reloads_wrong_fails_the_job_naming_its_layers(tmp_pat
 
 def test_read_formats_catches_a_layer_that_is_not_the_recipes(tmp_path, cache, tiny_ref):
     """The files are the ground: a plan that says W8 where the files hold W4 is caught."""
-    from mixviz.runs.ship import read_formats
+    from mixviz.runs.checkpoint_files import read_formats
 
     layers = _block_linears(tiny_ref)
     recipe = _recipe(tmp_path, layers, ["W4A16G32", "W8A16G32"])
@@ -259,7 +259,7 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
     with GGUFReader, reloaded by transformers, and measured by llama.cpp where it is built."""
     import mixviz
     from mixviz.runs import llamacpp
-    from mixviz.runs.ship import read_gguf_types
+    from mixviz.runs.checkpoint_files import read_gguf_types
 
     ref = mixviz.resolve_model("demo")
     layers = _block_linears(ref)

@@ -235,8 +235,8 @@ def test_lm_eval_numbers_equal_a_direct_computation(tiny_ref, monkeypatch):
     import torch.utils.collect_env as collect_env
 
     from mixviz.models.loading import load_model
+    from mixviz.runs.evaluate import evaluate, result_rows
     from mixviz.runs.runspec import RunSpec
-    from mixviz.runs.worker import evaluate, result_rows
 
     collected: list[int] = []
     monkeypatch.setattr(
