@@ -3,8 +3,8 @@ llama.cpp.
 
 For each of llama.cpp's ``Q3_K_M``, ``Q4_K_M`` and ``Q5_K_M`` rules (as ``llama-quantize`` assigns
 GGML types: ``mixviz.allocation.baselines.llamacpp_type``, checked tensor by tensor against the
-real tool in tests/test_gguf_types.py): the rule's allocation and mixviz's exact optimum at the
-rule's own bpw (block linears, scales included), from one fisher profile of the demo over the
+real tool in tests/models/test_gguf_types.py): the rule's allocation and mixviz's exact optimum
+at the rule's own bpw (block linears, scales included), from one fisher profile of the demo over the
 GGML options. Both are written as real GGUF files (``mixviz quantize --format gguf``: auto-round's
 quantizers and exporter, the same for both) and measured on held-out text by
 ``llama-perplexity --kl-divergence`` against a BF16 GGUF of the same model, and by mixviz's

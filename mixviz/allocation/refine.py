@@ -277,4 +277,3 @@ def _round(k, problem, choice, m, scale, groups, probes, gain=(None, None)) -> R
         *gain,
         sum(problem.bits_no_scale[(name, o)] for name, o in choice.items()) / n,
     )
-

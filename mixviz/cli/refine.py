@@ -35,9 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--windows", type=int, default=16, help="calibration windows measured (default 16)"
     )
-    p.add_argument(
-        "--window-len", type=int, default=512, help="tokens per window (default 512)"
-    )
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--ignore-scale-bits", action="store_true")
     p.add_argument(
         "--shared",

@@ -124,7 +124,7 @@ RUNTIMES: dict[str, Runtime] = {
             Rule(
                 "transformers loads auto-round checkpoints (integer, MXFP, NVFP) per layer; GGML "
                 "types only dequantized from a GGUF file",
-                "transformers AutoRoundConfig / gguf loading; tests/test_ship.py reloads them",
+                "transformers AutoRoundConfig / gguf loading; tests/runs/test_ship.py reloads them",
             ),
         ),
     ),

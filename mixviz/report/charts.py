@@ -119,7 +119,6 @@ def frontier_chart(
     }
 
 
-
 def _frontier_encoding(x: dict, strategies: list[str]) -> dict:
     """The frontier's Vega-Lite encoding: bits (``x``) against log loss, a colour per
     strategy (in ``strategies``' order), tooltips."""

@@ -15,7 +15,7 @@ time. Per position
 is exact on the top-k and an unbiased Monte Carlo estimate of the tail's share
 ``Σ_{i∉K} p_i log(p_i/q_i)``, so the mean over tokens is unbiased. (Merging the tail into one
 bin instead, the usual top-k shortcut, is a lower bound that on the demo model quantized to
-MXFP4 read 12 % low with k = 64 and 5 % low with k = 256.) ``tests/test_kld.py`` checks it
+MXFP4 read 12 % low with k = 64 and 5 % low with k = 256.) ``tests/runs/test_kld.py`` checks it
 against the exact value on ``tiny``: equal when K is the whole vocabulary, and the mean within
 a few percent with k = 16. The reference costs ``tokens × (TOPK + TAIL_SAMPLES) × 8`` bytes
 (≈ 26 MB for the demo's 34 K tokens instead of 6.8 GB of full fp32 distributions), is computed

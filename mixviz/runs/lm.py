@@ -16,7 +16,7 @@ is-greedy)`` per request with less work:
   positions (transformers' ``logits_to_keep``): for a paragraph and one word, that skips the
   ``lm_head`` projection and a 49 K-way softmax at all but a few positions.
 
-``tests/test_lm.py`` compares every path with lm-eval's own HFLM on ``tiny``. Models whose
+``tests/runs/test_lm.py`` compares every path with lm-eval's own HFLM on ``tiny``. Models whose
 ``forward`` takes no ``logits_to_keep`` (or no cache and positions), requests lm-eval would
 truncate and requests with an empty side take lm-eval's own path.
 """

@@ -310,9 +310,7 @@ def _scores(ref, cands: list[Layer], spec: ProfileSpec, corpus, at, watch: _Watc
     if spec.backend == "ray":
         from mixviz.sensitivity.fanout import kl_over_ray
 
-        return kl_over_ray(
-            ref, cands, spec, corpus, at, progress=watch.progress, check=watch.check
-        )
+        return kl_over_ray(ref, cands, spec, corpus, at, progress=watch.progress, check=watch.check)
     around = _around_plan(ref, cands, spec.around) if spec.around is not None else None
     return _compute(ref, cands, spec, corpus, at, watch, around=around)
 

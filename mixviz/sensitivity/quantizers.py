@@ -9,8 +9,8 @@ One shortcut: for MXFP, whose quantize-dequantize is most of a fisher profile's 
 (auto-round's ``quant_mx`` computes ``2.0 ** t`` twice, a float remainder for the ties and many
 temporaries), :func:`quant_mx_fast` computes the same numbers with ``exp2`` and ``round`` (ties
 to even, as auto-round's ``"even"`` mantissa rounding) from the same ``log2``-based exponents:
-equal bit for bit, 6–8× faster on a weight (``tests/test_fastquant.py`` checks it against
-auto-round's function, ties and zeros included, and :class:`LayerQuantizer` against
+equal bit for bit, 6–8× faster on a weight (``tests/sensitivity/test_fastquant.py`` checks it
+against auto-round's function, ties and zeros included, and :class:`LayerQuantizer` against
 auto-round's wrapper).
 """
 

@@ -40,7 +40,6 @@ def embeddings_require_grad(model):
     )
 
 
-
 def pacer(step: Step, n: int, units: int, label: str) -> Callable[[str], None]:
     """A ``tick`` for work done in ``units`` pieces by a metric counted in ``n`` steps: ``step``
     is called ``n`` times in all, evenly over the ``units`` ticks (the last tick ends with n).

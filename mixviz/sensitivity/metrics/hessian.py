@@ -126,9 +126,7 @@ METRIC = Metric(
     "hessian",
     hessian,
     4,
-    lambda layers, schemes, nbatches, nblocks: (
-        nblocks + any(x.kind == "lm_head" for x in layers)
-    ),
+    lambda layers, schemes, nbatches, nblocks: nblocks + any(x.kind == "lm_head" for x in layers),
     "Each layer's output error on calibration inputs, block by block with no backward "
     "pass (the fastest).",
     offload=True,

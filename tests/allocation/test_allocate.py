@@ -18,7 +18,7 @@ from mixviz.allocation.problem import Problem
 from mixviz.allocation.strategies import allocate, frontier
 from mixviz.sensitivity.synthetic import synthetic_profile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LLAMA_SHAPES = {
     "self_attn.q_proj": (64, 64), "self_attn.k_proj": (64, 32), "self_attn.v_proj": (64, 32),
     "self_attn.o_proj": (64, 64), "mlp.gate_proj": (64, 128), "mlp.up_proj": (64, 128),

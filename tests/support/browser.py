@@ -11,7 +11,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MIXVIZ_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--no-sandbox",

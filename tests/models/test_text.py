@@ -58,7 +58,7 @@ def test_bundled_split_is_disjoint_deterministic_and_large():
             text=True,
             check=True,
             env={**os.environ, "PYTHONHASHSEED": seed},
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
         ).stdout.split()
         assert out == [cal.hash, ev.hash]
     assert cal.hash == hashlib.sha256(cal.text.encode()).hexdigest()[:16]

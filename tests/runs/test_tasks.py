@@ -25,7 +25,7 @@ from mixviz.runs.tasks import (
     tasks_dir,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The bundled text is ``pydoc_data.topics`` of the running Python, so the counts belong to one
 # text: Python 3.11.7's, whose evaluation part hashes to 816cd966c7fb58f6. Where they come from:

@@ -98,7 +98,7 @@ def test_group_128_unavailable_where_it_does_not_divide(tiny_layers):
     assert unavailable_layers(tiny_layers, get_scheme("MXFP4")) == []
 
 
-SAVED = Path(__file__).resolve().parent / "data" / "recipe_v1_tiny.json"
+SAVED = Path(__file__).resolve().parents[1] / "data" / "recipe_v1_tiny.json"
 
 
 def test_average_bits_is_parameter_weighted(tiny_layers):

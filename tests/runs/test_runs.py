@@ -21,7 +21,7 @@ from mixviz.runs.store import Store, runs_dir
 from mixviz.runs.tasks import lastword_items
 from mixviz.runs.worker import execute
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("mixviz_lastword", "mixviz_nextsent")
 
 
@@ -386,7 +386,7 @@ def test_demo_mxfp4_is_worse_than_bf16_on_the_same_items(demo_layers):
     assert kld["ppl"] > kld["ppl_ref"] == pytest.approx(bf16["results"]["mixviz_kld"]["ppl"])
 
 
-# The Ray backend against a real local head: tests/test_ray_backend.py.
+# The Ray backend against a real local head: tests/runs/test_ray_backend.py.
 
 
 def test_unreachable_ray_address_is_clear(store):

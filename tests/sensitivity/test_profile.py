@@ -23,7 +23,7 @@ from mixviz.sensitivity.metrics import (
 )
 from mixviz.sensitivity.profile import Profile, profile_model, profiles_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LADDER = "W2A16G32,W4A16G32,W8A16G32,BF16"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 APP_FILES = [REPO / "app.py", *sorted((REPO / "ui").glob("*.py"))]
 APP_FILES += sorted((REPO / "app_pages").glob("*.py"))
 

@@ -65,7 +65,7 @@ def _layers(shapes, n_blocks: int) -> list[Layer]:
     ]
 
 
-# GGML types count GGML's bytes, not auto-round's bits (tests/test_schemes.py checks those)
+# GGML types count GGML's bytes, not auto-round's bits (tests/models/test_schemes.py checks those)
 AUTO_ROUND_COUNTED = {n: s for n, s in SCHEMES.items() if not s.ggml}
 
 

@@ -19,7 +19,7 @@ from mixviz.models.device import (
     resolve_dtype,
 )
 
-PKG = Path(__file__).resolve().parent.parent / "mixviz"
+PKG = Path(__file__).resolve().parents[2] / "mixviz"
 DEVICE_MODULE = PKG / "models" / "device.py"
 # a device named in a string: "cpu", 'cpu', "cuda", "cuda:0" (device_map="cpu" included)
 NAMED_DEVICE = re.compile(r"""(["'])(cpu|cuda(:\d+)?)\1""")

@@ -16,7 +16,7 @@ import mixviz
 from mixviz import MixvizError
 from mixviz.models.loading import DEMO_WHEEL, MARKER
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 _cli = run_cli

@@ -12,7 +12,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from mixviz.runs.store import FINAL, Store
 
-SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 QUERY = "model=tiny&options=MXFP4,MXFP8&metric=hessian&nsamples=2&seqlen=32&noscale=1"
 
 GD = "document.querySelector('.st-key-allocate_heatmap .js-plotly-plot')"
@@ -28,7 +28,7 @@ LOCKED_CELLS = f"""() => {{
 }}"""
 LOCKED = f"(n) => ({LOCKED_CELLS})()[0].length === n"
 # A server log line that is about our code: a deprecation or widget-state warning, a traceback.
-OURS = re.compile(r"use_container_width|Session State API|deprecat|Traceback|app_pages/|ui\.py")
+OURS = re.compile(r"use_container_width|Session State API|deprecat|Traceback|app_pages/|ui[/.]")
 
 
 def pick_option(page, option: str) -> None:

@@ -25,7 +25,7 @@ from mixviz.report.formats import (
 )
 from mixviz.report.recipe import Recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAVED = REPO / "tests" / "data" / "recipe_v1_tiny.json"
 
 
