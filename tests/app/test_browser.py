@@ -28,7 +28,7 @@ LOCKED_CELLS = f"""() => {{
 }}"""
 LOCKED = f"(n) => ({LOCKED_CELLS})()[0].length === n"
 # A server log line that is about our code: a deprecation or widget-state warning, a traceback.
-OURS = re.compile(r"use_container_width|Session State API|deprecat|Traceback|app_pages/|ui[/.]")
+OURS = re.compile(r"use_container_width|Session State API|deprecat|Traceback|app_pages/|ui/\w+\.py")
 
 
 def pick_option(page, option: str) -> None:
