@@ -19,7 +19,7 @@ from pathlib import Path
 # bench/profile.py shadows the stdlib's ``profile`` (imported via cProfile): drop this folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # the HiGHS reference
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests" / "support"))  # HiGHS
 
 from milp import solve_milp  # noqa: E402
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/profile.py shadows the stdlib's ``profile`` (imported via cProfile): drop this folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the synthetic model is no hub id: do not ask
 logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" under AppTest
