@@ -26,7 +26,7 @@ from mixviz.allocation.problem import Problem, budget_bits
 from mixviz.allocation.strategies import allocate_bits
 from mixviz.errors import MixvizError
 
-GROUPINGS = ("kind", "block")
+GROUPINGS = ("kind", "block", "context")
 MAX_STEP = 8.0  # one round changes a group's scale by at most this factor either way
 
 
@@ -111,12 +111,15 @@ class Refinement:
 
 
 def groups_of(problem: Problem, grouping: str = "kind") -> dict[str, tuple[int, ...]]:
-    """Free (unpinned) units of ``problem`` by group: module kind or block of their first layer.
+    """Free (unpinned) units of ``problem`` by group: module kind or block of their first layer
+    (``context`` rescales nothing by group: no groups).
 
     Groups are over units, so layers that must share an option (q/k/v) stay together.
     """
     if grouping not in GROUPINGS:
         raise MixvizError(f"unknown grouping {grouping!r}; use {' or '.join(GROUPINGS)}")
+    if grouping == "context":
+        return {}
     out: dict[str, list[int]] = {}
     for i, u in enumerate(problem.units):
         if u.pinned or len(u.options) < 2:
@@ -195,15 +198,27 @@ class RefineSettings:
             raise MixvizError(f"unknown grouping {self.grouping!r}; use {' or '.join(GROUPINGS)}")
 
 
+Reprofile = Callable[[dict[str, str]], Problem]
+"""The problem re-scored around an allocation (``profile --around`` that recipe)."""
+
+
 def refine(
     problem: Problem,
     settings: RefineSettings,
     measure: Measure,
     progress: Callable[[str], None] | None = None,
+    reprofile: Reprofile | None = None,
 ) -> Refinement:
-    """Solve, measure, correct the additive model per group, re-solve — ``settings.rounds``
-    corrections at most; stop early when a round's allocation is the one before, or its
-    measured loss is not lower than the best so far beyond the paired interval (2 s.e.)."""
+    """Solve, measure, correct the additive model, re-solve — ``settings.rounds`` corrections
+    at most; stop early when a round's allocation is the one before, or its measured loss is
+    not lower than the best so far beyond the paired interval (2 s.e.).
+
+    The correction, by ``settings.grouping``: ``kind``/``block`` rescale each group's scores by
+    measured ÷ predicted change of moving it (one measurement per group); ``context`` scores
+    the layers afresh around the allocation just measured (``reprofile``: the metric at that
+    operating point) and solves on those, with one global factor to the measured units."""
+    if settings.grouping == "context" and reprofile is None:
+        raise MixvizError("refining in context needs a way to profile around an allocation")
     t0 = time.perf_counter()
     budget = budget_bits(problem, settings.avg_bits)
     groups = groups_of(problem, settings.grouping)
@@ -214,12 +229,20 @@ def refine(
     p0 = predicted(problem, choice)
     scale = {g: (m.mean / p0 if p0 > 0 and m.mean > 0 else 1.0) for g in groups}
     scale["*"] = scale[next(iter(groups))] if groups else 1.0
-    rounds = [_round(0, problem, choice, m, scale, groups, 1)]
+    rounds = [_round(0, problem, scaled(problem, scale, groups), choice, m, scale, 1)]
     best, best_m, count, stopped = 0, m, 1, f"{settings.rounds} rounds done"
     for k in range(1, settings.rounds + 1):
-        scale, probes = _correct(problem, choice, m, scale, groups, measure, say, k)
+        if reprofile is not None and settings.grouping == "context":
+            say(f"round {k}: profiling around the allocation")
+            around = reprofile(choice)
+            p = predicted(around, choice)
+            scale, probes = {"*": m.mean / p if p > 0 and m.mean > 0 else 1.0}, 0
+            corrected = scaled(around, scale, {})
+        else:
+            scale, probes = _correct(problem, choice, m, scale, groups, measure, say, k)
+            corrected = scaled(problem, scale, groups)
         count += probes
-        new = allocate_bits(scaled(problem, scale, groups), budget).layers
+        new = allocate_bits(corrected, budget).layers
         if new == choice:
             stopped = f"round {k}: the corrected model keeps the same allocation"
             break
@@ -227,7 +250,7 @@ def refine(
         m_new = measure(new)
         count += 1
         gain, se = m_new.minus(best_m)
-        rounds.append(_round(k, problem, new, m_new, scale, groups, probes + 1, (gain, se)))
+        rounds.append(_round(k, problem, corrected, new, m_new, scale, probes + 1, (gain, se)))
         choice, m = new, m_new
         if gain < -2 * se:
             best, best_m = k, m_new
@@ -262,14 +285,14 @@ def _correct(problem, choice, m, scale, groups, measure, say, k):
     return new, probes
 
 
-def _round(k, problem, choice, m, scale, groups, probes, gain=(None, None)) -> Round:
+def _round(k, problem, corrected, choice, m, scale, probes, gain=(None, None)) -> Round:
     n = problem.total_numel
     return Round(
         k,
         dict(choice),
         sum(problem.bits[(name, o)] for name, o in choice.items()) / n,
         predicted(problem, choice),
-        predicted(scaled(problem, scale, groups), choice),
+        predicted(corrected, choice),
         m.mean,
         m.se,
         dict(scale),

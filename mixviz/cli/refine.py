@@ -28,9 +28,10 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=3, help="corrections at most (default 3)")
     p.add_argument(
         "--grouping",
-        choices=("kind", "block"),
+        choices=("kind", "block", "context"),
         default="kind",
-        help="layers whose scores share one correction factor (default: module kind)",
+        help="the correction: one factor per module kind or per block from measured moves "
+        "(default: kind), or context: profile again around each round's allocation",
     )
     p.add_argument(
         "--windows", type=int, default=16, help="calibration windows measured (default 16)"
@@ -76,16 +77,16 @@ def cmd_refine(args: argparse.Namespace) -> None:
             f"the profile was calibrated on {prof.calib.source!r}: pass that file as --calib "
             "so refine measures on calibration text too"
         )
-    problem = Problem.from_profile(
-        prof,
-        ignore_scale_bits=args.ignore_scale_bits,
-        shared=shared_groups(args.shared),
-        pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
-        target=args.target_runtime,
-    )
+    rules = {
+        "ignore_scale_bits": args.ignore_scale_bits,
+        "shared": shared_groups(args.shared),
+        "pins": parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
+        "target": args.target_runtime,
+    }
+    problem = Problem.from_profile(prof, **rules)
     settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
     where = MeasureSettings(args.calib, args.windows, args.window_len, args.device, args.dtype)
-    result = refine_profile(prof, problem, settings, where, progress=progress)
+    result = refine_profile(prof, problem, settings, where, progress, rules)
     doc = {
         **result.to_dict(),
         "model": prof.model,

@@ -113,10 +113,21 @@ def refine_profile(
     settings: RefineSettings,
     where: MeasureSettings | None = None,
     progress: Callable[[str], None] | None = None,
+    rules: dict | None = None,
 ) -> Refinement:
-    """Refine ``problem`` (built from ``profile``) by measuring its model on calibration text;
-    a cached answer is returned at once."""
+    """Refine ``problem`` (built from ``profile`` with ``rules``, the keywords of
+    :meth:`~mixviz.allocation.problem.Problem.from_profile`) by measuring its model on
+    calibration text; a cached answer is returned at once. Refining in ``context`` profiles
+    around each round's allocation with the profile's own settings."""
     where = where or MeasureSettings()
+    if settings.grouping == "context":
+        from mixviz.sensitivity.metrics import METRICS
+
+        if not METRICS.get(profile.metric) or not METRICS[profile.metric].in_context:
+            raise MixvizError(
+                f"refining in context profiles around each allocation: {profile.metric} "
+                "cannot (profile with fisher or kl)"
+            )
     path = refine_path(profile, _problem_doc(problem), settings, where)
     cached = load_refinement(path)
     if cached is not None:
@@ -135,9 +146,39 @@ def refine_profile(
     model, tok = load_model(ref, dtype=where.dtype, device=where.device)
     say(f"reference over {where.windows}×{where.seqlen} calibration tokens")
     measure = WindowKLD(model, calibration_windows(tok, where.calib, where.windows, where.seqlen))
-    result = refine(problem, settings, measure, say)
+    again = _reprofile(ref, profile, where, rules or {}) if settings.grouping == "context" else None
+    result = refine(problem, settings, measure, say, again)
     atomic_write_json(path, result.to_dict())
     return result
+
+
+def _reprofile(ref, profile, where: MeasureSettings, rules: dict):
+    """``reprofile(choice)``: ``profile`` made again around ``choice`` (its metric at that
+    operating point), as a problem with the same ``rules``."""
+    from mixviz.allocation.problem import Problem
+    from mixviz.sensitivity.profile import profile_model
+    from mixviz.sensitivity.spec import ProfileSpec
+
+    def reprofile(choice: dict[str, str]):
+        doc = {"layers": dict(sorted(choice.items()))}
+        digest = hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+        path = cache_dir() / "refine" / "around" / f"{digest}.json"
+        atomic_write_json(path, doc)
+        spec = ProfileSpec(
+            options=profile.options,
+            metric=profile.metric,
+            nsamples=profile.calib.nsamples,
+            seqlen=profile.calib.seqlen,
+            calib=where.calib,
+            layers=profile.subset,
+            include_lm_head=any(x.kind == "lm_head" for x in profile.layers),
+            device=where.device,
+            dtype=where.dtype,
+            around=str(path),
+        )
+        return Problem.from_profile(profile_model(ref, spec, allow_partial=True), **rules)
+
+    return reprofile
 
 
 def _problem_doc(problem) -> dict:

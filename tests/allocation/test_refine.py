@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -156,3 +157,42 @@ def test_settings_refuse_nonsense():
         RefineSettings(5.0, rounds=0)
     with pytest.raises(MixvizError, match="grouping"):
         RefineSettings(5.0, grouping="nope")
+
+
+def _around(problem: Problem, loss):
+    """``reprofile``: each layer's score at the operating point, measured on the true loss —
+    what moving it alone from its highest option to each option costs there."""
+
+    def reprofile(choice: dict[str, str]) -> Problem:
+        scores = {}
+        for n in problem.layers:
+            top = loss({**choice, n: problem.options[-1]})
+            for o in problem.options:
+                scores[(n, o)] = loss({**choice, n: o}) - top
+        units = tuple(
+            replace(u, score=tuple(sum(scores[(n, o)] for n in u.names) for o in u.options))
+            for u in problem.units
+        )
+        return replace(problem, scores=scores, units=units)
+
+    return reprofile
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5])
+def test_refining_in_context_finds_the_true_optimum(seed):
+    problem = _problem(seed)
+    loss = _compounding(problem)
+    truth = _true_optimum(problem, 6.0, loss)
+    result = refine(
+        problem,
+        RefineSettings(6.0, rounds=5, grouping="context"),
+        lambda c: Measurement(loss(c), 0.0),
+        reprofile=_around(problem, loss),
+    )
+    assert result.layers == truth
+    assert result.measurements == len(result.rounds)  # one measurement a round, no probes
+
+
+def test_refining_in_context_needs_a_way_to_profile():
+    with pytest.raises(MixvizError, match="profile around"):
+        refine(_problem(0), RefineSettings(6.0, grouping="context"), lambda c: None)
