@@ -183,7 +183,7 @@ def frontier_view(page: Setting, avg: float) -> None:
     st.subheader("Predicted loss vs average bits")
     choice = page.choice
     front = ui.frontier_for(page.problem, page.problem_key)
-    refined = refining.finished(page, avg, refine_rounds())
+    refined = refining.finished(page, avg, *refine_settings())
     if refined is not None:
         front = {**front, "refined (measured rounds)": trust.refinement_points(refined)}
     st.vega_lite_chart(
@@ -194,8 +194,13 @@ def frontier_view(page: Setting, avg: float) -> None:
     st.caption(refining.trust_line(page.profile, page.key, choice.model))
 
 
-def refine_rounds() -> int:
-    return int(st.session_state.get("allocate_refine_rounds", 3))
+def refine_settings() -> tuple[int, str]:
+    """The refine panel's rounds and correction, as last set."""
+    state = st.session_state
+    return int(state.get("allocate_refine_rounds", 3)), state.get("allocate_refine_how", "kind")
+
+
+CORRECTIONS = {"kind": "one factor per module kind", "context": "profile around each round"}
 
 
 @st.fragment(run_every=3)
@@ -204,8 +209,17 @@ def refine_view(page: Setting, avg: float) -> None:
     model per module kind, re-solve (``mixviz refine``, in the background)."""
     st.subheader("Refine from measured KLD")
     avg = st.session_state.get("budget", avg)  # the slider's, as it moved since the page ran
-    rounds = st.number_input("Rounds at most", 1, 10, 3, key="allocate_refine_rounds")
-    done = refining.finished(page, avg, rounds)
+    c1, c2 = st.columns(2)
+    rounds = c1.number_input("Rounds at most", 1, 10, 3, key="allocate_refine_rounds")
+    how = c2.selectbox(
+        "Correction",
+        ["kind", "context"],
+        format_func=CORRECTIONS.get,
+        key="allocate_refine_how",
+        help="kind: measure each module kind moved, rescale its scores; context: profile "
+        "again around each round's allocation (fisher or kl profiles)",
+    )
+    done = refining.finished(page, avg, rounds, how)
     if done is not None:
         best = done.rounds[done.best]
         st.plotly_chart(trust.refinement_chart(done), key="allocate_refine_chart")
@@ -216,18 +230,19 @@ def refine_view(page: Setting, avg: float) -> None:
             f"{done.seconds:.0f} s. Held-out text was not used."
         )
         return
-    if refining.running(page, avg, rounds):
+    if refining.running(page, avg, rounds, how):
         st.info(f"Refining at {avg:.2f} bits…")
-        st.code(refining.log_tail(page, avg, rounds) or "starting", language=None)
+        st.code(refining.log_tail(page, avg, rounds, how) or "starting", language=None)
         return
     st.caption(
-        "Measures the model quantized to this allocation on calibration text, corrects each "
-        "module kind's scores by measured ÷ predicted, re-solves; stops when a round no longer "
-        "lowers the measured KLD beyond its interval. A minute or more per round on a CPU."
+        "Measures the model quantized to this allocation on calibration text, corrects the "
+        "additive model (each module kind's scores by measured ÷ predicted, or scored afresh "
+        "around the allocation), re-solves; stops when a round no longer lowers the measured "
+        "KLD beyond its interval. A minute or more per round on a CPU."
     )
     if st.button("Refine", key="allocate_refine", help="mixviz refine, in the background"):
         try:
-            refining.start(page, avg, rounds)
+            refining.start(page, avg, rounds, how)
         except MixvizError as e:
             st.error(str(e))
 

@@ -3,14 +3,15 @@
 For each case (options, average bits) on the demo: profile with fisher (today's default, around
 the unquantized model) and with ``--around`` the lowest option (the gradient at the all-low
 model); allocate the exact optimum of each; refine today's with measured KLD on calibration text
-(``mixviz refine``: 16 × 512 tokens, groups by module kind). Then measure all three on the
+(``mixviz refine``, 16 × 512 tokens: one correction factor per module kind, and ``context`` —
+profiled again around each round's allocation). Then measure all three on the
 **evaluation** text — the ``mixviz_kld`` computation (top-64 + tail samples per token, per
 512-token window), each model quantize-dequantized in memory with auto-round's RTN
 quantizers — and print each KLD ± 2 s.e., the paired difference to today's allocation with its
 95 % interval (* where it excludes 0), and the compute each costs as a multiple of today's
 profiling time (the anchor, measured in the same run unless its profile was cached).
 
-    .venv/bin/python bench/refine.py [--model demo] [--limit 32] [--rounds 3] [--only 5,6]
+    .venv/bin/python bench/refine.py [--limit 32] [--rounds 3] [--modes kind,context] [--anchor]
 
 Profiles and refinements are cached (``cache/``): a second call reprints from them, with the
 seconds they took when made. Measure on a quiet machine (2 cores: other work changes every
@@ -42,7 +43,9 @@ def main() -> int:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--limit", type=int, default=32, help="evaluation windows of 512 tokens")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--grouping", default="kind", choices=("kind", "block"))
+    ap.add_argument(
+        "--modes", default="kind,context", help="refine corrections to compare (kind,block,context)"
+    )
     ap.add_argument("--only", help="comma-separated budgets, e.g. 5,6")
     ap.add_argument(
         "--anchor",
@@ -81,29 +84,21 @@ def main() -> int:
             ref, ProfileSpec(options=options, device="cpu", dtype="float32", around=low)
         )
         problem = Problem.from_profile(today)
-        t1 = time.perf_counter()
-        settings = RefineSettings(bits, args.rounds, args.grouping)
-        refined = refine_profile(today, problem, settings, where)
-        refine_s = refined.seconds or (time.perf_counter() - t1)
-        allocs = {
-            "today": allocate(problem, bits).layers,
-            "in-context": allocate(Problem.from_profile(ctx), bits).layers,
-            "refined": refined.layers,
-        }
-        m = {k: held(v) for k, v in allocs.items()}
-        rows.append(
-            {
-                "case": f"{options} @ {bits:g}",
-                "m": m,
-                "profile_s": anchors.get(options, today.seconds),
-                "around_s": ctx.seconds,
-                "refine_s": refine_s,
-                "rounds": len(refined.rounds) - 1,
-                "measurements": refined.measurements,
-                "stopped": refined.stopped,
-            }
+        p = anchors.get(options, today.seconds)
+        allocs = {"today": (allocate(problem, bits).layers, 1.0, "")}
+        allocs["around low"] = (
+            allocate(Problem.from_profile(ctx), bits).layers,
+            ctx.seconds / p,
+            f"profile --around {low}",
         )
-        _print_row(rows[-1])
+        for mode in args.modes.split(","):
+            refined = refine_profile(today, problem, RefineSettings(bits, args.rounds, mode), where)
+            note = f"{refined.measurements} measurements; {refined.stopped}"
+            allocs[f"refined ({mode})"] = (refined.layers, (p + refined.seconds) / p, note)
+        row = {"case": f"{options} @ {bits:g}", "anchor_s": p, "allocs": allocs}
+        row["m"] = {k: held(v[0]) for k, v in allocs.items()}
+        rows.append(row)
+        _print_row(row)
     _print_table(rows, args.limit)
     return 0
 
@@ -115,38 +110,25 @@ def _delta(a, b) -> str:
 
 
 def _print_row(r: dict) -> None:
-    m = r["m"]
-    print(
-        f"{r['case']}: today {m['today'].mean:.4f}, in-context {m['in-context'].mean:.4f}, "
-        f"refined {m['refined'].mean:.4f} ({r['rounds']} rounds, {r['measurements']} "
-        f"measurements; {r['stopped']})",
-        flush=True,
-    )
+    parts = [f"{k} {m.mean:.4f}" for k, m in r["m"].items()]
+    notes = "; ".join(f"{k}: {v[2]}" for k, v in r["allocs"].items() if v[2])
+    print(f"{r['case']}: {', '.join(parts)} ({notes})", flush=True)
 
 
 def _print_table(rows: list[dict], limit: int) -> None:
     print()
     print(
         f"Held-out KLD (nats/token, {limit} × 512 evaluation tokens, ± 2 s.e. over windows); "
-        "Δ against today's allocation, paired per window, ± 95 % (* excludes 0); compute as "
-        "× today's profiling time"
+        "Δ against today's allocation, paired per window, ± 95 % (* excludes 0); compute "
+        "as × today's profiling time (the anchor, seconds in the first column)"
     )
-    print(
-        "| case | today | in-context | Δ in-context | refined | Δ refined | profile s | "
-        "around × | refine × |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    names = [k for k in rows[0]["m"] if k != "today"]
+    head = "| case | anchor s | today | " + " | ".join(f"{n} | Δ | ×" for n in names) + " |"
+    print(head)
+    print("|" + "---|" * (3 + 3 * len(names)))
     for r in rows:
-        m, p = r["m"], r["profile_s"]
-        print(
-            f"| {r['case']} | {m['today'].mean:.4f} ± {2 * m['today'].se:.4f} | "
-            f"{m['in-context'].mean:.4f} ± {2 * m['in-context'].se:.4f} | "
-            f"{_delta(m['in-context'], m['today'])} | "
-            f"{m['refined'].mean:.4f} ± {2 * m['refined'].se:.4f} | "
-            f"{_delta(m['refined'], m['today'])} | {p:.0f} | "
-            f"{r['around_s'] / p:.2f} | {(p + r['refine_s']) / p:.2f} |"
-        )
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        m, t = r["m"], r["m"]["today"]
+        cells = [r["case"], f"{r['anchor_s']:.0f}", f"{t.mean:.4f} ± {2 * t.se:.4f}"]
+        for n in names:
+            cells += [f"{m[n].mean:.4f}", _delta(m[n], t), f"{r['allocs'][n][1]:.2f}"]
+        print("| " + " | ".join(cells) + " |")

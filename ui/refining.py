@@ -21,23 +21,23 @@ from mixviz.paths import cache_dir
 from mixviz.runs.measure import load_refinement
 
 
-def job_paths(page, avg: float, rounds: int) -> tuple[Path, Path, Path]:
+def job_paths(page, avg: float, rounds: int, how: str) -> tuple[Path, Path, Path]:
     """(answer, log, profile) files of the refinement of ``page``'s problem at ``avg`` bits
     (the process id goes beside the log, suffix ``.pid``)."""
-    doc = json.dumps([list(map(str, page.problem_key)), round(avg, 4), rounds], sort_keys=True)
+    doc = json.dumps([list(map(str, page.problem_key)), round(avg, 4), rounds, how])
     stem = hashlib.sha256(doc.encode()).hexdigest()[:16]
     folder = cache_dir() / "refine" / "app"
     return folder / f"{stem}.json", folder / f"{stem}.log", folder / f"{stem}.profile.json"
 
 
-def finished(page, avg: float, rounds: int):
+def finished(page, avg: float, rounds: int, how: str):
     """The refinement written for these settings, or None."""
-    return load_refinement(job_paths(page, avg, rounds)[0])
+    return load_refinement(job_paths(page, avg, rounds, how)[0])
 
 
-def running(page, avg: float, rounds: int) -> bool:
+def running(page, avg: float, rounds: int, how: str) -> bool:
     """Whether a process for these settings is still at work (its log says so)."""
-    out, log, _ = job_paths(page, avg, rounds)
+    out, log, _ = job_paths(page, avg, rounds, how)
     if out.is_file() or not log.is_file():
         return False
     try:
@@ -48,21 +48,22 @@ def running(page, avg: float, rounds: int) -> bool:
     return True
 
 
-def log_tail(page, avg: float, rounds: int, lines: int = 6) -> str:
-    log = job_paths(page, avg, rounds)[1]
+def log_tail(page, avg: float, rounds: int, how: str, lines: int = 6) -> str:
+    log = job_paths(page, avg, rounds, how)[1]
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
 
 
-def start(page, avg: float, rounds: int) -> None:
+def start(page, avg: float, rounds: int, how: str) -> None:
     """Start ``mixviz refine`` on the page's problem in its own process session."""
     if page.profile.calib.source != "pydoc":
         raise MixvizError("refine from the app measures on the bundled calibration text only")
-    out, log, prof = job_paths(page, avg, rounds)
+    out, log, prof = job_paths(page, avg, rounds, how)
     out.parent.mkdir(parents=True, exist_ok=True)
     page.profile.save(prof)
     c = page.choice
     argv = [sys.executable, "-m", "mixviz", "refine", str(prof), "--avg-bits", f"{avg:.4f}"]
-    argv += ["--rounds", str(rounds), "--out", str(out), "--device", c.device, "--dtype", c.dtype]
+    argv += ["--rounds", str(rounds), "--grouping", how, "--out", str(out)]
+    argv += ["--device", c.device, "--dtype", c.dtype]
     if c.ignore_scale_bits:
         argv.append("--ignore-scale-bits")
     if c.target:

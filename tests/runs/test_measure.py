@@ -10,6 +10,7 @@ from cli import run_cli
 
 from mixviz.allocation.problem import Problem
 from mixviz.allocation.refine import RefineSettings
+from mixviz.errors import MixvizError
 from mixviz.models.loading import load_model
 from mixviz.models.schemes import get_scheme
 from mixviz.runs.measure import MeasureSettings, WindowKLD, calibration_windows, refine_profile
@@ -103,3 +104,26 @@ def test_cli_refine_refuses_a_bad_budget():
     r = run_cli("refine", "tiny", "--avg-bits", "3", "--windows", "4", "--window-len", "64")
     assert r.returncode == 2
     assert "bits" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_refine_in_context_profiles_around_each_allocation(tiny_ref, monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    prof = profile_model(tiny_ref, options="MXFP4,MXFP8", nsamples=4, seqlen=64)
+    problem = Problem.from_profile(prof)
+    where = MeasureSettings(windows=4, seqlen=64, device="cpu", dtype="float32")
+    result = refine_profile(prof, problem, RefineSettings(6.0, 1, "context"), where, rules={})
+    around = list((tmp_path / "refine" / "around").glob("*.json"))
+    assert len(around) == 1  # round 0's allocation, profiled around
+    assert json.loads(around[0].read_text())["layers"] == result.rounds[0].layers
+    made = [
+        p for p in (tmp_path / "profiles").glob("*.json") if json.loads(p.read_text())["around"]
+    ]
+    assert len(made) == 1 and made[0].name.startswith("tiny-fisher-")
+    assert result.measurements == len(result.rounds)
+
+
+def test_refine_in_context_refuses_a_metric_that_cannot(tiny_ref, monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    prof = profile_model(tiny_ref, options="MXFP4,MXFP8", metric="hessian", nsamples=4, seqlen=64)
+    with pytest.raises(MixvizError, match="hessian cannot"):
+        refine_profile(prof, Problem.from_profile(prof), RefineSettings(6.0, 1, "context"))
