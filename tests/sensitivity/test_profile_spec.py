@@ -43,11 +43,11 @@ def test_defaults_are_profile_models():
 
 
 def test_key_without_around_is_the_key_before_it():
-    spec = ProfileSpec(options="MXFP8,W4A16G32", metric="hessian", layers=r"layers\.1\.")
+    spec = ProfileSpec(options="MXFP8,W4A16G32", metric="fisher", layers=r"layers\.1\.")
     where = ("cpu", "float32")
-    want = _key_before_around("h", "hessian", spec.options, CAL, r"layers\.1\.", False, *where)
+    want = _key_before_around("h", "fisher", spec.options, CAL, r"layers\.1\.", False, *where)
     assert spec.key("h", CAL, where) == want
-    around = ProfileSpec(options="MXFP8,W4A16G32", metric="hessian", layers=r"layers\.1\.",
+    around = ProfileSpec(options="MXFP8,W4A16G32", metric="fisher", layers=r"layers\.1\.",
                          around="mxfp4")  # fmt: skip
     assert around.around == "MXFP4" and around.key("h", CAL, where) != want
 
@@ -112,12 +112,11 @@ def test_profile_model_takes_a_spec_or_its_fields(tiny_ref):
     assert changed is None or changed.calib.nsamples == 3
 
 
-def test_around_is_not_implemented_yet(tiny_ref, capsys):
-    spec = ProfileSpec(options="MXFP8", metric="hessian", nsamples=2, seqlen=32, around="MXFP4")
-    with pytest.raises(MixvizError, match="--around is not implemented yet"):
-        profile_model(tiny_ref, spec, use_cache=False)
+def test_around_through_the_library_and_the_cli(tiny_ref, capsys):
+    spec = ProfileSpec(options="MXFP8", metric="fisher", nsamples=2, seqlen=32, around="MXFP4")
+    assert profile_model(tiny_ref, spec, use_cache=False).around == "MXFP4"
     argv = ["profile", "tiny", "--metric", "hessian", "--options", "MXFP8", "--nsamples", "2"]
     assert cli.main([*argv, "--seqlen", "32", "--no-cache", "--around", "MXFP4"]) == 2
-    assert "--around is not implemented yet" in capsys.readouterr().err
+    assert "hessian cannot score around an operating point" in capsys.readouterr().err
     assert cli.main([*argv, "--seqlen", "32", "--around", "no_such.json"]) == 2
     assert "neither an option name nor a recipe file" in capsys.readouterr().err
