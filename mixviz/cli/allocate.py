@@ -52,21 +52,17 @@ def add_parser(sub) -> None:
     add_profile_flags(
         alloc, "include_lm_head", include_lm_head="put lm_head in the budget (profiles it too)"
     )
-    add_profile_flags(
-        alloc,
-        "options",
-        "metric",
-        "calib",
-        "nsamples",
-        "seqlen",
-        "allow_partial",
-        when=WHEN_PROFILING,
-        metric_choices=False,
-    )
+    add_profile_when_model(alloc)
     add_trust_remote_code(alloc)
     add_json(alloc)
     alloc.add_argument("--out", help="also write the allocation JSON to this file")
     alloc.set_defaults(func=cmd_allocate)
+
+
+def add_profile_when_model(parser: argparse.ArgumentParser, **helps: str) -> None:
+    """The profiling flags of a command that takes ``PROFILE.json|MODEL`` (used for a MODEL)."""
+    names = ("options", "metric", "calib", "nsamples", "seqlen", "allow_partial")
+    add_profile_flags(parser, *names, when=WHEN_PROFILING, metric_choices=False, **helps)
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from mixviz.cli.allocate import add_pins, add_target, load_or_profile, shared_groups
+from mixviz.cli.allocate import (
+    add_pins,
+    add_profile_when_model,
+    add_target,
+    load_or_profile,
+    shared_groups,
+)
 from mixviz.cli.common import (
-    WHEN_PROFILING,
     add_device_flags,
     add_json,
-    add_profile_flags,
     add_trust_remote_code,
     emit,
     progress,
@@ -46,17 +50,8 @@ def add_parser(sub) -> None:
     )
     add_target(p)
     add_pins(p)
-    add_profile_flags(
-        p,
-        "options",
-        "metric",
-        "calib",
-        "nsamples",
-        "seqlen",
-        "allow_partial",
-        when=WHEN_PROFILING,
-        metric_choices=False,
-        calib="calibration text: profiled (a MODEL) and measured on (never the evaluation text)",
+    add_profile_when_model(
+        p, calib="calibration text: profiled (a MODEL) and measured on (never the evaluation text)"
     )
     add_device_flags(p)
     add_trust_remote_code(p)
