@@ -132,3 +132,7 @@ def _print_table(rows: list[dict], limit: int) -> None:
         for n in names:
             cells += [f"{m[n].mean:.4f}", _delta(m[n], t), f"{r['allocs'][n][1]:.2f}"]
         print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
