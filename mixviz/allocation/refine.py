@@ -227,8 +227,8 @@ def refine(
     say("round 0: measuring the additive optimum")
     m = measure(choice)
     p0 = predicted(problem, choice)
-    scale = {g: (m.mean / p0 if p0 > 0 and m.mean > 0 else 1.0) for g in groups}
-    scale["*"] = scale[next(iter(groups))] if groups else 1.0
+    f0 = m.mean / p0 if p0 > 0 and m.mean > 0 else 1.0  # the profile's units → measured units
+    scale = {**{g: f0 for g in groups}, "*": f0}
     rounds = [_round(0, problem, scaled(problem, scale, groups), choice, m, scale, 1)]
     best, best_m, count, stopped = 0, m, 1, f"{settings.rounds} rounds done"
     for k in range(1, settings.rounds + 1):

@@ -98,7 +98,7 @@ def refine_key(profile, problem_doc: dict, settings: RefineSettings, where: Meas
         "settings": asdict(settings),
         "measure": asdict(where),
         "calib_hash": calibration_text(where.calib).hash,
-        "version": 1,
+        "version": 2,  # 2: round 0 in the measured units in context too
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 

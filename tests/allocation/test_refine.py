@@ -196,3 +196,15 @@ def test_refining_in_context_finds_the_true_optimum(seed):
 def test_refining_in_context_needs_a_way_to_profile():
     with pytest.raises(MixvizError, match="profile around"):
         refine(_problem(0), RefineSettings(6.0, grouping="context"), lambda c: None)
+
+
+def test_round_zero_in_context_is_also_in_the_measured_units():
+    problem = _problem(1)
+    loss = _compounding(problem)
+    result = refine(
+        problem,
+        RefineSettings(6.0, rounds=1, grouping="context"),
+        lambda c: Measurement(loss(c), 0.0),
+        reprofile=_around(problem, loss),
+    )
+    assert result.rounds[0].corrected == pytest.approx(result.rounds[0].measured)
