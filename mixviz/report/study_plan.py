@@ -186,6 +186,7 @@ def plan_protocol(
     AutoScheme all run on ``device`` in ``dtype``."""
     from mixviz.models.inventory import block_linears
     from mixviz.sensitivity.profile import profile_model
+    from mixviz.sensitivity.spec import ProfileSpec
 
     linears = block_linears(layers if layers is not None else model_layers(ref))
     p = protocol
@@ -211,15 +212,15 @@ def plan_protocol(
         ((w2, w4), {4: (3,)}, "4"),
     ):
         log(f"profiling {ref.name} with {p.metric} for {'+'.join(options)}")
-        prof = profile_model(
-            ref,
-            options=list(options),
+        settings = ProfileSpec(
+            options=tuple(options),
             metric=p.metric,
             nsamples=p.nsamples,
             seqlen=p.seqlen,
             device=device,
             dtype=dtype,
         )
+        prof = profile_model(ref, settings)
         problem = Problem.from_profile(prof, ignore_scale_bits=True)
         for table, budgets in table_budgets.items():
             for b in budgets:
