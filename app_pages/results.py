@@ -8,6 +8,7 @@ import ui
 from mixviz import MixvizError
 from mixviz.report import charts, tables
 from mixviz.report.reproduce import reports_dir
+from mixviz.report.trust import run_points
 from mixviz.runs.store import Store
 
 choice = ui.choice()
@@ -111,21 +112,7 @@ def loss_view() -> None:
             "Spearman's ρ needs this model's profile with the sidebar's settings (Profile page)."
         )
         return
-    scores = {(r.layer, r.option): r.score for r in profile.rows}
-    pts = []
-    for row in quant.itertuples():
-        vals = [scores.get((n, o)) for n, o in (row.recipe or {}).items()]
-        if vals and all(v is not None for v in vals):
-            pts.append(
-                {
-                    "label": row.label,
-                    "predicted_loss": sum(vals),
-                    "accuracy": row.accuracy,
-                    "accuracy_se": row.accuracy_se,
-                    "kld": getattr(row, "kld", None),
-                    "kld_se": getattr(row, "kld_se", None),
-                }
-            )
+    pts = run_points(profile, quant)
     from mixviz.report.paired import spearman_ci
 
     pts_df = pd.DataFrame(pts)

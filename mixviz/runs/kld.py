@@ -263,13 +263,22 @@ def identical(ref: Reference, limit: int | None = None) -> TokenScores:
     return TokenScores(np.zeros_like(nll), np.ones(nll.shape, dtype=bool), nll, nll)
 
 
+def window_means(x: np.ndarray) -> np.ndarray:
+    """Each window's mean over its positions (float64).
+
+    >>> window_means(np.array([[1.0, 3.0], [2.0, 2.0]])).tolist()
+    [2.0, 2.0]
+    """
+    return x.reshape(x.shape[0], -1).mean(axis=1, dtype=np.float64)
+
+
 def window_mean_se(x: np.ndarray) -> tuple[float, float]:
     """Mean over all positions and its standard error from the windows' means.
 
     >>> window_mean_se(np.array([[1.0, 1.0], [3.0, 3.0]]))
     (2.0, 1.0)
     """
-    means = x.reshape(x.shape[0], -1).mean(axis=1, dtype=np.float64)
+    means = window_means(x)
     se = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
     return float(x.mean(dtype=np.float64)), se
 

@@ -46,10 +46,8 @@ class WindowKLD:
         self.seconds = 0.0
 
     def __call__(self, choice: dict[str, str]) -> Measurement:
-        import numpy as np
-
         from mixviz.models.schemes import get_scheme
-        from mixviz.runs.kld import score, window_mean_se
+        from mixviz.runs.kld import score, window_mean_se, window_means
         from mixviz.sensitivity.operating_point import at
 
         t0 = time.perf_counter()
@@ -57,7 +55,7 @@ class WindowKLD:
         with at(self.model, plan, cache=self.cache):
             s = score(self.model, self.ref)
         mean, se = window_mean_se(s.kld)
-        per_window = s.kld.reshape(s.kld.shape[0], -1).mean(axis=1, dtype=np.float64)
+        per_window = window_means(s.kld)
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return Measurement(mean, se, tuple(float(x) for x in per_window))
