@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
 
 def add_profile_when_model(parser: argparse.ArgumentParser, **helps: str) -> None:
     """The profiling flags of a command that takes ``PROFILE.json|MODEL`` (used for a MODEL)."""
-    names = ("options", "metric", "calib", "nsamples", "seqlen", "allow_partial")
+    names = ("options", "metric", "calib", "nsamples", "seqlen", "allow_partial", "imatrix")
     add_profile_flags(parser, *names, when=WHEN_PROFILING, metric_choices=False, **helps)
 
 

@@ -189,6 +189,14 @@ def _profile_flags(metric_choices: bool) -> dict[str, tuple[str, dict]]:
         "allow_partial": ("--allow-partial", {"action": "store_true", "help": partial}),
         "no_cache": ("--no-cache", {"action": "store_true", "help": "recompute, do not store"}),
         "around": ("--around", {"metavar": "LOW_OPTION|RECIPE", "help": around}),
+        "imatrix": (
+            "--imatrix",
+            {
+                "metavar": "auto|FILE",
+                "help": "weight GGML types by llama.cpp's importance matrix: auto (computed "
+                "from the calibration text) or a llama-imatrix file (GGUF or .dat)",
+            },
+        ),
     }
 
 
@@ -200,7 +208,8 @@ def add_profile_flags(
     **helps: str,
 ) -> None:
     """Add the profiling flags ``names`` (``options``, ``metric``, ``nsamples``, ``seqlen``,
-    ``calib``, ``layers``, ``include_lm_head``, ``allow_partial``, ``no_cache``, ``around``),
+    ``calib``, ``layers``, ``include_lm_head``, ``allow_partial``, ``no_cache``, ``around``,
+    ``imatrix``),
     in the order given.
 
     ``when`` replaces every help text (``allocate`` profiles only when given a MODEL); ``helps``
@@ -229,6 +238,7 @@ def profile_spec(args: argparse.Namespace, **fields):
         "include_lm_head": getattr(args, "include_lm_head", False),
         "offload": getattr(args, "offload", False),
         "around": getattr(args, "around", None),
+        "imatrix": getattr(args, "imatrix", None),
         "backend": getattr(args, "backend", "local"),
         "ray_address": getattr(args, "ray_address", None),
         **device_kwargs(args),

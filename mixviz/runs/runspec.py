@@ -30,6 +30,9 @@ class QuantArgs:
     nsamples: int = 128
     seqlen: int = 512
     disable_opt_rtn: bool = True
+    imatrix: str | None = None
+    """A llama.cpp importance matrix (GGUF or ``.dat``) GGML layers are quantized with (by ggml,
+    in memory, and by ``llama-quantize --imatrix`` for a GGUF checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,13 @@ class RunSpec:
             d.pop(k, None)
         if d.get("ship") is None:  # specs written before checkpoints keep their key
             d.pop("ship", None)
+        if d["quant"].get("imatrix") is None:  # and those before importance matrices
+            d["quant"].pop("imatrix", None)
+        if self.recipe and any(get_scheme(o).ggml for o in self.recipe.values()):
+            from mixviz.models import ggml
+
+            # GGML layers are quantized by ggml itself where it is built (auto-round's else)
+            d["ggml"] = ggml.LLAMA_CPP_VERSION if ggml.available() else "auto-round"
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

@@ -82,6 +82,7 @@ class Profile:
     device: str = CPU  # the device type it was computed on (a profile before this: the CPU)
     dtype: str = "float32"
     around: str | None = None  # what the layers were scored around (ProfileSpec.around_id)
+    imatrix: str | None = None  # the importance matrix GGML types were weighted by
 
     # ---------------------------------------------------------------- queries
 
@@ -110,6 +111,7 @@ class Profile:
             include_lm_head=any(x.kind == "lm_head" for x in self.layers),
             where=(self.device, self.dtype),
             around=self.around,
+            imatrix=self.imatrix,
         )
 
     # ---------------------------------------------------------------- JSON
@@ -129,6 +131,7 @@ class Profile:
             "device": self.device,
             "dtype": self.dtype,
             "around": self.around,
+            "imatrix": self.imatrix,
             "layers": [
                 {
                     k: x.to_dict()[k]
@@ -178,6 +181,7 @@ class Profile:
                 d.get("device", CPU),
                 d.get("dtype", "float32"),
                 d.get("around"),
+                d.get("imatrix"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MixvizError(f"malformed profile: {type(e).__name__}: {e}") from None
@@ -254,7 +258,7 @@ def profile_model(
     t0 = time.perf_counter()
     scores = _scores(ref, cands, spec, corpus, at, _Watch(progress, cancel))
     rows = [
-        Row.of(x, s, float(scores[(x.name, s.name)]) if s.available_for(x.in_features) else None)
+        Row.of(x, s, float(scores[(x.name, s.name)]) if _scored(s, x) else None)
         for x in cands
         for s in schemes
     ]
@@ -271,6 +275,7 @@ def profile_model(
         spec.layers,
         *where,
         spec.around_id(),
+        spec.imatrix_id(),
     )
     if use_cache:
         prof.save(path)
@@ -367,9 +372,15 @@ def _candidates(ref: ModelRef, layers: str | None, include_lm_head: bool) -> lis
     return cands
 
 
+def _scored(s: Scheme, x: Layer) -> bool:
+    """A layer is scored at an option it can take — a GGML type also as llama.cpp's fallback
+    (``Q4_K`` on a 576-wide row is scored and priced as the ``Q5_0`` llama.cpp writes)."""
+    return s.available_for(x.in_features) or s.servable_by_llamacpp(x.in_features)
+
+
 def _check_available(layers: list[Layer], schemes: list[Scheme], allow_partial: bool) -> None:
     for s in schemes:
-        bad = [x for x in layers if not s.available_for(x.in_features)]
+        bad = [x for x in layers if not _scored(s, x)]
         if len(bad) == len(layers) or (bad and not allow_partial):
             partial = "" if len(bad) == len(layers) else ", or --allow-partial"
             if s.ggml:  # a K-type on rows 256 does not divide: llama.cpp's own fallback
@@ -420,6 +431,16 @@ def _compute(ref, layers, spec: ProfileSpec, corpus, at, watch: _Watch, *, aroun
     torch.manual_seed(0)
     watch.report(0, total, f"{spec.metric} on {ref.name}: {nsamples}×{seqlen} tokens")
     kw = {"offload": Offload(dev)} if spec.offload else {}
+    if spec.imatrix is not None:  # GGML types weighted as llama-quantize weights them
+        from mixviz.sensitivity.imatrix import weighting
+
+        with weighting(model, spec, ids, [x.name for x in layers], ref.hash):
+            return _score(m, model, layers, spec, ids, step, around, kw)
+    return _score(m, model, layers, spec, ids, step, around, kw)
+
+
+def _score(m, model, layers, spec: ProfileSpec, ids, step, around, kw: dict):
+    """``m.score`` of ``layers``, at ``around``'s operating point where it asks for one."""
     if around and m.in_context == "swap":
         kw["around"] = around
     if around and m.in_context == "gradient":

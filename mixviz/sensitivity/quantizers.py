@@ -12,11 +12,19 @@ to even, as auto-round's ``"even"`` mantissa rounding) from the same ``log2``-ba
 equal bit for bit, 6–8× faster on a weight (``tests/sensitivity/test_fastquant.py`` checks it
 against auto-round's function, ties and zeros included, and :class:`LayerQuantizer` against
 auto-round's wrapper).
+
+GGML types (``Q4_K``, ``IQ4_XS``, …) are not auto-round's to define either: they are
+quantized by ggml's own C code (:mod:`mixviz.models.ggml`, the code ``llama-quantize`` runs),
+as the type llama.cpp writes on the layer's rows (its fallback where the block does not
+divide them), weighted by the layer's importance-matrix column where :func:`importance` gives
+one — bit for bit the weight of the GGUF file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -79,8 +87,28 @@ def _scheme_attrs(scheme: Scheme) -> dict:
     return attrs
 
 
+_IMPORTANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def importance(model: torch.nn.Module, imatrix: dict | None) -> Iterator[None]:
+    """Inside the ``with``, GGML types on ``model``'s linears are quantized with their
+    importance-matrix column (``imatrix``: module name → one float per input feature, as
+    :func:`mixviz.sensitivity.imatrix.for_layers` gives), as llama-quantize weights them."""
+    mods = dict(model.named_modules())
+    set_here = [mods[n] for n in (imatrix or {}) if n in mods]
+    for name in imatrix or {}:
+        if name in mods:
+            _IMPORTANCE[mods[name]] = imatrix[name]
+    try:
+        yield None
+    finally:
+        for m in set_here:
+            _IMPORTANCE.pop(m, None)
+
+
 class LayerQuantizer:
-    """auto-round's RTN quantizer for one layer at one scheme.
+    """auto-round's RTN quantizer for one layer at one scheme (ggml's for a GGML type).
 
     >>> q = LayerQuantizer(torch.nn.Linear(64, 8), SCHEMES["MXFP4"])   # doctest: +SKIP
     >>> q.weight().shape, q.act is not None                            # doctest: +SKIP
@@ -92,7 +120,15 @@ class LayerQuantizer:
 
         self.scheme = scheme
         self._linear = linear
+        self.fast_weight = False
         if scheme.bits >= 16:  # BF16: kept as is
+            return
+        if scheme.ggml:  # ggml's own quantizer, as llama-quantize writes the layer
+            from mixviz.models import ggml
+
+            ggml.library()  # no silent substitute: say how to build it
+            self._ggml = scheme.written_as(linear.in_features)
+            self._imatrix = _IMPORTANCE.get(linear)
             return
         saved = {k: getattr(linear, k) for k in _scheme_attrs(scheme) if hasattr(linear, k)}
         for k, v in _scheme_attrs(scheme).items():
@@ -128,6 +164,10 @@ class LayerQuantizer:
         """Q(W): the dequantized weight, same dtype and shape as the original."""
         if self.scheme.bits >= 16:
             return self._linear.weight.detach().clone()
+        if self.scheme.ggml:
+            from mixviz.models import ggml
+
+            return ggml.qdq(self._linear.weight, self._ggml, self._imatrix)
         if self.fast_weight:
             return self.weight_rows(self._linear.weight.detach())
         one = torch.tensor(1.0, device=self._linear.weight.device)
@@ -148,7 +188,7 @@ class LayerQuantizer:
     @property
     def act(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Q(x) for activations when the scheme quantizes them (act_bits ≤ 8), else None."""
-        if self.scheme.act_bits > 8:
+        if self.scheme.act_bits > 8 or self.scheme.ggml:
             return None
         wrapper, attrs = self._wrapper, self._linear_attrs
         if self._fast_act:

@@ -77,6 +77,9 @@ class ProfileSpec:
     around: str | None = None
     backend: str = "local"
     ray_address: str | None = None
+    imatrix: str | None = None
+    """llama.cpp's importance matrix for GGML types: ``auto`` (computed from the calibration
+    windows, :mod:`mixviz.sensitivity.imatrix`) or a llama.cpp imatrix file (GGUF or ``.dat``)."""
 
     def __post_init__(self) -> None:
         _check_run(self)
@@ -91,6 +94,7 @@ class ProfileSpec:
         if self.around is not None:
             self._set("around", _check_around(self.around))
             _check_in_context(self)
+        _check_imatrix(self)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -113,6 +117,14 @@ class ProfileSpec:
         digest = hashlib.sha256(Path(self.around).read_bytes()).hexdigest()[:16]
         return f"{Path(self.around).name}@{digest}"
 
+    def imatrix_id(self) -> str | None:
+        """The importance matrix as recorded and keyed: ``auto`` (its values follow from what
+        the key already holds), or a file's name and the SHA-256 of its bytes."""
+        if self.imatrix in (None, "auto"):
+            return self.imatrix
+        digest = hashlib.sha256(Path(self.imatrix).read_bytes()).hexdigest()[:16]
+        return f"{Path(self.imatrix).name}@{digest}"
+
     def key(self, model_hash: str, calib: Calib, where: tuple[str, str]) -> str:
         """The cache key of this spec's profile of the model with ``model_hash`` on ``calib``
         (:meth:`calib_record`), run on ``where`` (the device type and dtype, as
@@ -126,6 +138,7 @@ class ProfileSpec:
             include_lm_head=self.include_lm_head,
             where=where,
             around=self.around_id(),
+            imatrix=self.imatrix_id(),
         )
 
     # ---------------------------------------------------------------- JSON
@@ -170,6 +183,25 @@ def _check_run(spec: ProfileSpec) -> None:
         )
 
 
+def _check_imatrix(spec: ProfileSpec) -> None:
+    """An importance matrix weights GGML types only; the i-quants that need one get one."""
+    ggml = [s for s in spec.schemes() if s.ggml]
+    if spec.imatrix is not None:
+        if not ggml:
+            raise MixvizError("--imatrix weights GGML types only: add one (Q4_K, IQ4_XS, …)")
+        if spec.imatrix != "auto" and not Path(spec.imatrix).is_file():
+            raise MixvizError(f"--imatrix {spec.imatrix!r} is neither auto nor a file")
+        return
+    from mixviz.models.ggml import GGML_TYPES
+
+    needs = [s.name for s in ggml if GGML_TYPES[s.ggml].needs_imatrix]
+    if needs:
+        raise MixvizError(
+            f"{', '.join(needs)} cannot be quantized without an importance matrix "
+            "(llama.cpp refuses too): add --imatrix auto or --imatrix FILE"
+        )
+
+
 def _is_option(text: str) -> bool:
     try:
         get_scheme(text)
@@ -208,6 +240,7 @@ def profile_key(
     include_lm_head: bool,
     where: tuple[str, str] = (CPU, "float32"),
     around: str | None = None,
+    imatrix: str | None = None,
 ) -> str:
     """A digest of everything that changes a profile's scores, where it ran included (the
     device type and dtype, as :func:`mixviz.models.device.describe` names them).
@@ -230,6 +263,12 @@ def profile_key(
     }
     if around is not None:
         doc["around"] = around
+    if imatrix is not None:
+        doc["imatrix"] = imatrix
+    if any(get_scheme(o).ggml for o in options):  # ggml's own quantizers, this llama.cpp
+        from mixviz.models.ggml import LLAMA_CPP_VERSION
+
+        doc["ggml"] = LLAMA_CPP_VERSION
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
