@@ -120,6 +120,9 @@ class Problem:
             shared = [*(shared or []), *(s for s in runtime.shared if s not in (shared or []))]
             _check_pins_serve(pins, by_name, runtime)
             tables = _served(tables, by_name, runtime)
+        if runtime is None or runtime.name != "llamacpp":
+            _check_pins_native(pins, by_name, layers)
+            tables = _native(tables, by_name)
         units = tuple(
             _unit(group, pins, by_name, options, tables) for group in _groups(layers, shared or [])
         )
@@ -152,6 +155,32 @@ def _served(t: _Tables, by_name: dict, runtime) -> _Tables:
         if n not in by_name or not runtime.why_not(get_scheme(o), by_name[n].in_features)
     }
     return _Tables(t.bits, t.nos, scores, t.cost)
+
+
+def _native(t: _Tables, by_name: dict) -> _Tables:
+    """The tables without GGML types where only llama.cpp's fallback takes them (a profile
+    scores ``Q4_K`` on a 576-wide row as the ``Q5_0`` llama.cpp writes; only ``--target
+    llamacpp`` accepts that substitution)."""
+    scores = {
+        (n, o): v
+        for (n, o), v in t.scores.items()
+        if n not in by_name or get_scheme(o).available_for(by_name[n].in_features)
+    }
+    return _Tables(t.bits, t.nos, scores, t.cost)
+
+
+def _check_pins_native(pins: dict[str, str], by_name: dict, layers) -> None:
+    """A pinned GGML type that only llama.cpp's fallback can take: say how many layers, which,
+    the super-block and the fallback, and that ``--target llamacpp`` accepts it."""
+    for name, opt in pins.items():
+        s = get_scheme(opt)
+        if s.ggml and not s.available_for(by_name[name].in_features):
+            bad = [x.name for x in layers if not s.available_for(x.in_features)]
+            raise MixvizError(
+                f"pin {name}={opt}: {s.why_unavailable(by_name[name].in_features)}; "
+                f"{len(bad)} layers are like it ({', '.join(bad[:3])}"
+                f"{', …' if len(bad) > 3 else ''})"
+            )
 
 
 def _check_pins_serve(pins: dict[str, str], by_name: dict, runtime) -> None:

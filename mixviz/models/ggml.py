@@ -233,7 +233,9 @@ def qdq(weight, name: str, imatrix=None):
     same way, exactly)."""
     import torch
 
-    w = weight.detach().to("cpu", torch.float32).numpy()
+    from mixviz.models.device import cpu_device
+
+    w = weight.detach().to(cpu_device(), torch.float32).numpy()
     imx = None if imatrix is None else np.asarray(imatrix, dtype=np.float32)
     deq = dequantize(quantize(w, name, imx), name, w.shape[1])
     return torch.from_numpy(deq).to(weight.device, weight.dtype)

@@ -51,6 +51,8 @@ class Runtime:
         """``""`` when this runtime serves ``scheme`` on a layer of that width, else why not."""
         if scheme.family not in self.families:
             return self.rules[0].says
+        if self.name == "llamacpp" and scheme.servable_by_llamacpp(in_features):
+            return ""  # written as llama.cpp's fallback, and priced and profiled as that
         if not scheme.available_for(in_features):
             return scheme.why_unavailable(in_features)
         return ""
@@ -212,8 +214,15 @@ def check_format(plan: dict[str, str], fmt: str, widths: dict[str, int]) -> None
             g = SCHEMES[gguf_option(s.name)]
             if g.family != "ggml":
                 raise MixvizError(f"--format gguf cannot hold {name} at {s.name}: {rule}")
-            if not g.available_for(widths[name]):
-                raise MixvizError(f"--format gguf: {name}: {g.why_unavailable(widths[name])}")
+        bad = [n for n, s in quantized.items()
+               if not SCHEMES[gguf_option(s.name)].servable_by_llamacpp(widths[n])]  # fmt: skip
+        if bad:
+            g, w = SCHEMES[gguf_option(plan[bad[0]])], widths[bad[0]]
+            raise MixvizError(
+                f"--format gguf cannot hold {len(bad)} layers ({', '.join(bad[:3])}"
+                f"{', …' if len(bad) > 3 else ''}): {g.name} needs its {g.block}-wide block "
+                f"to divide in_features ({w}) and llama.cpp has no fallback that does"
+            )
         return
     ggml = [n for n, s in quantized.items() if s.family == "ggml"]
     if ggml:
