@@ -271,6 +271,14 @@ def checkpoint(doc: dict) -> None:
         f"512-token windows); reloaded − in memory: {d['delta']:+.2e} [{d['lo']:+.2e}, "
         f"{d['hi']:+.2e}] (95 %, paired by window)"
         + (f". llama.cpp: {llama['skipped']}" if "skipped" in llama else "")
+        + (f". {llama['why']}" if llama.get("checked") is False else "")
+        + (
+            f". llama.cpp's KLD on its positions (second half of each window): "
+            f"{'agrees with' if llama['agrees'] else 'DISAGREES with'} the in-memory "
+            f"{llama['memory_kld'][0]:.5f} ± {llama['tolerance']:.5f}"
+            if llama.get("agrees") is not None
+            else ""
+        )
     )
 
 

@@ -120,11 +120,16 @@ def _text(doc: dict) -> str:
     ]
     llama = ship.get("llama_cpp") or {}
     if "kld" in llama:
+        mem_half = llama.get("memory_kld") or [float("nan"), None]
+        verdict = {True: "agrees", False: "DISAGREES", None: "too few windows to judge"}
         lines.append(
-            f"  llama.cpp (llama-perplexity --kl-divergence vs a BF16 GGUF): KLD "
-            f"{llama['kld'][0]:.5f} ± {llama['kld'][1]:.5f}, same top-1 "
-            f"{100 * llama['top1'][0]:.2f} %"
+            f"  llama.cpp (llama-perplexity --kl-divergence vs a BF16 GGUF, second half of each "
+            f"window): KLD {llama['kld'][0]:.5f} ± {llama['kld'][1]:.5f} vs in memory "
+            f"{mem_half[0]:.5f} on the same positions: {verdict[llama.get('agrees')]}; same "
+            f"top-1 {100 * llama['top1'][0]:.2f} %"
         )
-    elif "skipped" in llama:
-        lines.append(f"  llama.cpp check skipped: {llama['skipped']}")
+    elif llama.get("checked") is False or "skipped" in llama:
+        lines.append(f"  {llama.get('why') or 'not checked by llama.cpp: ' + llama['skipped']}")
+    if ship.get("writer"):
+        lines.append(f"  written by {ship['writer']}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mixviz.models.gguf_size import embedding_type
+from mixviz.models.file_size import embedding_type
 from mixviz.models.schemes import get_scheme
 from mixviz.models.targets import gguf_option, gguf_tensor_name
 from mixviz.paths import atomic_write_bytes, safe_filename

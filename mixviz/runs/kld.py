@@ -299,3 +299,16 @@ def summarize(s: TokenScores) -> list[tuple[str, float, float | None]]:
         ("ppl_ref", math.exp(nll_ref), math.exp(nll_ref) * nll_ref_se),
         ("tokens", float(s.kld.size), None),
     ]
+
+
+def llamacpp_positions(s: TokenScores) -> TokenScores:
+    """The positions ``llama-perplexity`` scores: the second half of each window (its
+    ``first = n_ctx / 2``: logits at positions ``n/2 … n−2``, each predicting the next token).
+    Every comparison with llama.cpp's numbers uses these.
+
+    >>> t = TokenScores(*(np.arange(8.0).reshape(1, 8),) * 4)  # a 9-token window
+    >>> llamacpp_positions(t).kld.tolist()
+    [[4.0, 5.0, 6.0, 7.0]]
+    """
+    first = (s.kld.shape[1] + 1) // 2
+    return TokenScores(s.kld[:, first:], s.top1[:, first:], s.nll[:, first:], s.nll_ref[:, first:])

@@ -176,7 +176,7 @@ def quantize(
 ) -> Path:
     """``llama-quantize [--tensor-type-file F] [--imatrix I] SRC DST FTYPE``: llama.cpp's own
     quantizer. ``embedding_type`` sets both ``token_embd`` and ``output`` (what mixviz prices
-    them at, :func:`mixviz.models.gguf_size.embedding_type`)."""
+    them at, :func:`mixviz.models.file_size.embedding_type`)."""
     t = tools()
     extra = ["--tensor-type-file", str(tensor_type_file)] if tensor_type_file else []
     if imatrix:

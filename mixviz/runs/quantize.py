@@ -59,11 +59,7 @@ def autoround(model, tokenizer, spec: RunSpec):
     from mixviz.models.device import autoround_amp, resolve_device
     from mixviz.models.inventory import inventory
 
-    plan = layer_plan(spec, inventory(model))
-    if spec.ship is not None and spec.ship.format == "gguf":  # W8A16G32 is written as Q8_0
-        from mixviz.models.targets import gguf_option
-
-        plan = {n: gguf_option(o) for n, o in plan.items()}
+    plan = written_plan(spec, inventory(model))
     if ggml_layers(plan):  # ggml quantizes those itself, after auto-round (quantize_with)
         plan = {n: "BF16" if n in ggml_layers(plan) else o for n, o in plan.items()}
     nvfp = any(get_scheme(o).family == "nvfp" for o in plan.values())
@@ -86,6 +82,17 @@ def autoround(model, tokenizer, spec: RunSpec):
     return AutoRound(model, tokenizer, scheme=default, layer_config=plan, **kwargs)
 
 
+def written_plan(spec: RunSpec, layers) -> dict[str, str]:
+    """:func:`layer_plan` as the checkpoint writes it: for a GGUF, each option as its GGML type
+    (``W8A16G32`` is written as ``Q8_0``, the same quantizer)."""
+    plan = layer_plan(spec, layers)
+    if spec.ship is not None and spec.ship.format == "gguf":
+        from mixviz.models.targets import gguf_option
+
+        plan = {n: gguf_option(o) for n, o in plan.items()}
+    return plan
+
+
 def ggml_layers(plan: dict[str, str]) -> dict[str, str]:
     """The plan's GGML layers that ggml's own quantizers take (where llama.cpp is built:
     else auto-round's GGUF quantizers do, as before), as layer → option."""
@@ -99,7 +106,7 @@ def quantize_with(ar, spec: RunSpec):
     """``ar.quantize()``: the quantize-dequantized model, in memory; GGML layers by ggml."""
     from mixviz.models.inventory import inventory
 
-    ggml_plan = ggml_layers(layer_plan(spec, inventory(ar.model)))
+    ggml_plan = ggml_layers(written_plan(spec, inventory(ar.model)))
     originals = {n: m.weight.detach().clone() for n, m in ar.model.named_modules()
                  if n in ggml_plan}  # fmt: skip
     try:

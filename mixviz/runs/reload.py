@@ -151,17 +151,38 @@ def within_interval(delta: dict) -> bool:
     return delta["lo"] <= 0.0 <= delta["hi"] or abs(delta["delta"]) <= delta["tolerance"]
 
 
-def llamacpp_check(gguf_file: Path, spec: RunSpec, model_hash: str) -> dict:
+def llamacpp_check(gguf_file: Path, spec: RunSpec, model_hash: str, memory=None) -> dict:
     """llama.cpp's own KLD of the file against a BF16 GGUF of the same model, over the same
-    held-out text (``--limit`` windows as chunks); ``{"skipped": why}`` where it is not built."""
+    held-out text (``--limit`` windows as chunks), beside the in-memory run's KLD on the same
+    positions (llama.cpp's: the second half of each window, :func:`kld.llamacpp_positions`).
+
+    ``agrees``: llama.cpp's mean KLD lies within the in-memory mean's 95 % interval (Student-t,
+    df = windows − 1), widened by llama.cpp's own 95 % half-width; None with fewer than two
+    windows. ``{"checked": False, "why": …}`` where llama.cpp is not built: not checked."""
+    from scipy import stats
+
     from mixviz.models.loading import resolve_model
-    from mixviz.runs import llamacpp
+    from mixviz.runs import kld, llamacpp
 
     try:
         tools = llamacpp.tools()
     except MixvizError as e:
-        return {"skipped": str(e)}
+        return {"checked": False, "why": f"not checked by llama.cpp: {e}"}
     ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
     base = llamacpp.bf16_gguf(ref.path, model_hash)
     got = llamacpp.kl_divergence(gguf_file, base, llamacpp.evaluation_file(), chunks=spec.limit)
-    return {**{k: list(v) for k, v in got.items()}, "base": str(base), "tools": tools.version()}
+    doc = {**{k: list(v) for k, v in got.items()}, "base": str(base), "tools": tools.version()}
+    doc |= {"checked": True, "positions": "second half of each 512-token window (llama.cpp's)"}
+    if memory is None:
+        return doc
+    half = kld.llamacpp_positions(memory)
+    mean, se = kld.window_mean_se(half.kld)
+    n = half.kld.shape[0]
+    if n < 2 or not math.isfinite(se):
+        return doc | {"memory_kld": [mean, None], "agrees": None}
+    t = float(stats.t.ppf(0.975, n - 1))
+    llama_kld, llama_se = got["kld"]
+    width = t * se + Z95 * (llama_se or 0.0)
+    doc |= {"memory_kld": [mean, se], "df": n - 1, "t": t,
+            "agrees": bool(abs(llama_kld - mean) <= width), "tolerance": width}  # fmt: skip
+    return doc

@@ -154,7 +154,7 @@ def ship_step(
     out, fmt, plan = Path(spec.ship.out), spec.ship.format, loaded.plan
     with steps.stage(f"writing {fmt}", 0.72, "write"):
         out.mkdir(parents=True, exist_ok=True)
-        memory.ar.save_quantized(str(out), format=_format_string(spec, plan), inplace=True)
+        writer = _write(memory.ar, spec, loaded, out)
     with steps.stage("reading the files back", 0.8):
         layers = block_linears(loaded.layers)
         formats = read_formats(out, fmt, plan, layers)
@@ -166,7 +166,7 @@ def ship_step(
     llama = None
     if fmt == "gguf":
         with steps.stage("llama.cpp's KLD", 0.93, "llama.cpp kld"):
-            llama = llamacpp_check(checkpoint_file(out, "gguf"), spec, loaded.model_hash)
+            llama = llamacpp_check(checkpoint_file(out, "gguf"), spec, loaded.model_hash, in_memory)
     # what the files are predicted to hold: W8A16G32 is written to GGUF as Q8_0 (8.5 bpw)
     written = {n: gguf_option(o) for n, o in plan.items()} if fmt == "gguf" else plan
     wrong = [f"{n}: asked {f['asked']}, the files hold {f['found']}" for n, f in formats.items()
@@ -180,9 +180,10 @@ def ship_step(
         "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
         **compare_reloaded(in_memory, disk, probe_diff),
         "llama_cpp": llama,
+        "writer": writer,
         "timings": steps.timings,
     }
-    doc["ok"] = not wrong and within_interval(doc["delta_kld"])
+    doc["ok"] = not wrong and within_interval(doc["delta_kld"]) and _llamacpp_agrees(llama)
     write_card(out, spec, loaded, doc, memory.bits)
     atomic_write_json(runs_dir() / run_id / "ship.json", doc)
     raw[SHIP_TASK] = {"results": {SHIP_TASK: _ship_metrics(doc)}}
@@ -190,11 +191,35 @@ def ship_step(
     return steps.timings
 
 
+def _write(ar, spec: RunSpec, loaded, out: Path) -> str:
+    """Write the files; the writer's name (``auto-round``, or ``llama-quantize`` for a GGUF where
+    llama.cpp is built: :mod:`mixviz.runs.gguf_writer`)."""
+    if spec.ship.format == "gguf":
+        from mixviz.runs.gguf_writer import write_gguf
+
+        return write_gguf(ar, spec, loaded, out, _format_string(spec, loaded.plan))
+    ar.save_quantized(str(out), format=_format_string(spec, loaded.plan), inplace=True)
+    return "auto-round"
+
+
+def _llamacpp_agrees(llama: dict | None) -> bool:
+    """llama.cpp's verdict counts: its KLD (on its own positions) within the in-memory run's
+    interval; not checked (llama.cpp absent, or not a GGUF) is no failure but is said so."""
+    return llama is None or llama.get("agrees") is not False
+
+
 def _refuse(doc: dict, wrong: list[str]) -> None:
     """Fail the run when the files are not the recipe's (``wrong``), or when the reloaded
     model's KLD differs from the in-memory run's, naming the layers that differ."""
     if wrong:
         raise MixvizError(f"{len(wrong)} layers in the files are not the recipe's, e.g. {wrong[0]}")
+    llama = doc.get("llama_cpp") or {}
+    if llama.get("agrees") is False:
+        raise MixvizError(
+            f"llama.cpp disagrees: its KLD {llama['kld'][0]:.5f} is beyond the in-memory run's "
+            f"{llama['memory_kld'][0]:.5f} ± {llama['tolerance']:.5f} on the same positions "
+            "(the second half of each window)"
+        )
     delta = doc["delta_kld"]
     if not within_interval(delta):
         drift = [d["layer"] for d in doc["probe_drift"][:5]]
@@ -260,7 +285,13 @@ def write_card(out: Path, spec: RunSpec, loaded, doc: dict, bits: tuple[float, f
         + ", ".join(f"{n} × {o}" for o, n in counts.most_common())
         + ")",
         f"- Average bits: {with_scale:.4f} with scale bits, {no_scale:.4f} without",
-        f"- Quantized by auto-round ({tuning}), written with its `{doc['format']}` exporter",
+        (
+            "- Quantized and written by llama.cpp's `llama-quantize` (ggml's own quantizers"
+            + (", with an importance matrix)" if spec.quant.imatrix else ")")
+            if doc.get("writer") == "llama-quantize"
+            else f"- Quantized by auto-round ({tuning}), written with its `{doc['format']}` "
+            "exporter"
+        ),
         f"- Bytes of the quantized linears on disk ÷ predicted: {doc['bytes_ratio']:.4f}",
         f"- KLD to the unquantized model over {int(mem['tokens'][0])} held-out tokens "
         "(Python's pydoc topics, evaluation part; ± = se over 512-token windows):",

@@ -1,0 +1,129 @@
+"""What a checkpoint file weighs, to the byte, before it is written — every tensor at the type
+its writer gives it, plus the format's metadata.
+
+A GGUF written by ``llama-quantize`` (:mod:`mixviz.runs.gguf_writer`) holds the allocated layers
+at their GGML types (:func:`~mixviz.models.schemes.layer_bits`), ``token_embd`` / ``output`` at
+:func:`embedding_type` (llama.cpp's rule for the output tensor: Q6_K where 256 divides the row,
+else Q8_0 — mixviz passes it to llama-quantize for both), 1-D tensors (norms) at F32, each
+tensor's data aligned to 32 bytes, after the header (the key–values, the tokenizer among them,
+and the tensor infos). A safetensors checkpoint (auto_round, auto_gptq, llm_compressor) holds
+what is not allocated in the precision the run stored it in (float32 on a CPU, as the model
+was loaded), plus its JSON headers and the tokenizer and config files beside it.
+
+>>> embedding_type(576), embedding_type(4096)
+('Q8_0', 'Q6_K')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixviz.models.ggml import GGML_TYPES
+
+GGUF_ALIGNMENT = 32
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# files a safetensors checkpoint carries beside its weights (save_pretrained and auto-round)
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")  # fmt: skip
+CONFIG_SLACK = 6_000  # config.json, generation_config.json, quantization_config.json, card
+
+
+def embedding_type(n_embd: int) -> str:
+    """The GGML type of ``token_embd`` and ``output`` in the GGUF mixviz writes: llama.cpp's
+    choice for the output tensor (src/llama-quant.cpp: Q6_K, or Q8_0 where 256 does not divide
+    the row), given to llama-quantize for both."""
+    return "Q6_K" if n_embd % 256 == 0 else "Q8_0"
+
+
+def _ggml_bytes(typ: str, shape: tuple[int, ...]) -> int:
+    t = GGML_TYPES[typ]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return rows * -(-shape[-1] // t.block) * t.nbytes
+
+
+def _pad(n: int, to: int = GGUF_ALIGNMENT) -> int:
+    return -(-n // to) * to
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Bytes a file holds besides the allocated layers' data, and what they are made of."""
+
+    format: str
+    bytes: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+
+def _others(model, allocated: set[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, shape)`` of every stored tensor outside the allocated layers (tied once)."""
+    seen, out = set(), []
+    for name, p in model.named_parameters(remove_duplicate=True):
+        module = name.rsplit(".", 1)[0]
+        if module in allocated and name.endswith(".weight"):
+            continue
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, tuple(p.shape)))
+    return out
+
+
+def gguf_overhead(model, allocated: set[str], header_bytes: int) -> Overhead:
+    """A GGUF's bytes outside the allocated layers' data: embedding/output at
+    :func:`embedding_type`, 1-D tensors at F32, the alignment, and ``header_bytes``."""
+    n_embd = int(getattr(model.config, "hidden_size", 0) or 0)
+    emb = embedding_type(n_embd)
+    parts = {"header": _pad(header_bytes)}
+    for name, shape in _others(model, allocated):
+        typ = "F32" if len(shape) == 1 else emb
+        key = f"{'norms and 1-D' if len(shape) == 1 else name} ({typ})"
+        parts[key] = parts.get(key, 0) + _pad(_ggml_bytes(typ, shape))
+    n_alloc = len(allocated)
+    parts["alignment of the allocated tensors (at most)"] = n_alloc * GGUF_ALIGNMENT // 2
+    return Overhead("gguf", sum(parts.values()), parts)
+
+
+def gguf_header_bytes(gguf_file: str | Path | None, model, tokenizer_dir: str | Path) -> int:
+    """The header (key–values and tensor infos) of the model's GGUF: read off llama.cpp's own
+    conversion where there is one (exact), else estimated from the tokenizer and the tensors."""
+    if gguf_file is not None and Path(gguf_file).is_file():
+        import gguf
+
+        r = gguf.GGUFReader(str(gguf_file))
+        return int(r.data_offset) + 200  # + general.quantization_version, file type: written
+    n = 2_000  # fixed key–values
+    tok = Path(tokenizer_dir) / "tokenizer.json"
+    if tok.is_file():
+        doc = json.loads(tok.read_text())
+        vocab = (doc.get("model") or {}).get("vocab") or {}
+        merges = (doc.get("model") or {}).get("merges") or []
+        n += sum(8 + len(t.encode()) + 4 for t in vocab)  # token strings + token types
+        n += sum(8 + len((m if isinstance(m, str) else " ".join(m)).encode()) for m in merges)
+        cfg = Path(tokenizer_dir) / "tokenizer_config.json"
+        if cfg.is_file():
+            n += len(json.loads(cfg.read_text()).get("chat_template") or "")
+    for name, p in model.named_parameters():
+        n += 8 + len(name) + 4 + 8 * p.dim() + 4 + 8
+    return n
+
+
+def safetensors_overhead(model, allocated: set[str], dtype: str, folder: str | Path) -> Overhead:
+    """A safetensors checkpoint's bytes outside the allocated layers' data: the other tensors in
+    the run's ``dtype``, the JSON headers, and the tokenizer and config files."""
+    width = DTYPE_BYTES.get(dtype, 4)
+    others = _others(model, allocated)
+    data = 0
+    for _, shape in others:
+        k = 1
+        for d in shape:
+            k *= d
+        data += k * width
+    parts = {f"other tensors ({dtype})": data}
+    parts["safetensors headers"] = 8 + 120 * (len(others) + 4 * len(allocated))
+    side = sum((Path(folder) / f).stat().st_size for f in SIDE_FILES if (Path(folder) / f).is_file())
+    parts["tokenizer files"] = side
+    parts["config files and card"] = CONFIG_SLACK
+    return Overhead("safetensors", sum(parts.values()), parts)
