@@ -333,18 +333,25 @@ def parse_size(text: str) -> int:
 
 
 def size_budget(
-    problem: Problem, size_bytes: int, other_params: int, other_bits: int = 16
+    problem: Problem,
+    size_bytes: int,
+    other_params: int = 0,
+    other_bits: int = 16,
+    *,
+    overhead_bytes: int | None = None,
 ) -> float:
     """The average bits (with scale bits) over the allocated layers that make a file of
-    ``size_bytes``, the ``other_params`` parameters outside the allocation (embedding, norms,
-    an untied head) counted at ``other_bits`` each (BF16 unless said). Metadata is ignored."""
+    ``size_bytes``: what is left after ``overhead_bytes`` (everything else in the file, as
+    :mod:`mixviz.models.file_size` prices it), or else after ``other_params`` parameters at
+    ``other_bits`` each."""
     if problem.ignore_scale_bits:
         raise MixvizError("a file size counts scale bits: drop --ignore-scale-bits")
-    left = size_bytes * 8 - other_params * other_bits
+    other = overhead_bytes * 8 if overhead_bytes is not None else other_params * other_bits
+    left = size_bytes * 8 - other
     if left <= 0:
         raise MixvizError(
-            f"{size_bytes / 1e6:.1f} MB does not even hold the {other_params:,} parameters "
-            f"outside the allocation at {other_bits} bits"
+            f"{size_bytes / 1e6:.1f} MB does not even hold the rest of the file "
+            f"({other / 8e6:.1f} MB outside the allocation)"
         )
     return left / problem.total_numel
 

@@ -32,8 +32,14 @@ def add_parser(sub) -> None:
     )
     budget.add_argument(
         "--size",
-        help="a file size (4.2GB, 300MB, 1.5GiB): the allocated layers get what the other "
-        "parameters (embedding, norms) leave at BF16",
+        help="a file size (4.2GB, 300MB, 1.5GiB): the allocated layers get what the rest of "
+        "the file leaves (embedding, norms, metadata, at the types --file-format stores them)",
+    )
+    alloc.add_argument(
+        "--file-format",
+        choices=("gguf", "auto_round", "auto_gptq", "llm_compressor"),
+        help="the checkpoint --size prices (default: gguf for GGML options or --target "
+        "llamacpp, else auto_round)",
     )
     alloc.add_argument("--strategy", default="optimal", choices=strategy_names())
     alloc.add_argument(
@@ -113,26 +119,37 @@ def _budget(args: argparse.Namespace, prof, problem) -> tuple[float, dict]:
     if args.bpw is not None:
         return _float(args.bpw, "--bpw"), {"bpw": _float(args.bpw, "--bpw")}
     size = parse_size(args.size)
-    other = _other_params(prof, problem)
-    avg = size_budget(problem, size, other)
-    return avg, {"size_bytes": size, "other_params": other, "other_bits": 16, "avg_bits": avg}
+    fmt = args.file_format or _file_format(prof, args.target_runtime)
+    over = file_overhead(prof, problem, fmt)
+    avg = size_budget(problem, size, overhead_bytes=over.bytes)
+    return avg, {"size_bytes": size, "file_format": fmt, "overhead_bytes": over.bytes,
+                 "overhead": over.parts, "avg_bits": avg}  # fmt: skip
 
 
-def _other_params(prof, problem) -> int:
-    """Parameters of the profile's model outside the allocated layers (from its meta model)."""
+def _file_format(prof, target: str | None) -> str:
+    from mixviz.models.schemes import get_scheme
+
+    ggml = all(get_scheme(o).ggml for o in prof.options if get_scheme(o).bits < 16)
+    return "gguf" if target == "llamacpp" or ggml else "auto_round"
+
+
+def file_overhead(prof, problem, fmt: str):
+    """What a ``fmt`` checkpoint of the profile's model holds besides the allocated layers
+    (:mod:`mixviz.models.file_size`): for a GGUF, with the header of llama.cpp's own F32
+    conversion where it is cached."""
+    from mixviz.models.file_size import overhead
     from mixviz.models.loading import meta_model, resolve_model
+    from mixviz.paths import cache_dir
 
     try:
-        model = meta_model(resolve_model(prof.model))
+        ref = resolve_model(prof.model)
+        model = meta_model(ref)
     except MixvizError as e:
-        raise MixvizError(f"--size needs the model {prof.model!r} to count its other "
-                          f"parameters: {e}") from None  # fmt: skip
-    seen, total = set(), 0
-    for p in model.parameters():  # tied weights once
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total - problem.total_numel
+        raise MixvizError(f"--size needs the model {prof.model!r} to price the rest of its "
+                          f"file: {e}") from None  # fmt: skip
+    conv = cache_dir() / "gguf" / f"{ref.hash}-f32.gguf"
+    return overhead(model, set(problem.layers), fmt, dtype=prof.dtype, folder=ref.path,
+                    gguf_file=conv)  # fmt: skip
 
 
 def shared_groups(items: list[str] | None) -> list[str]:

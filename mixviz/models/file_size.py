@@ -123,7 +123,41 @@ def safetensors_overhead(model, allocated: set[str], dtype: str, folder: str | P
         data += k * width
     parts = {f"other tensors ({dtype})": data}
     parts["safetensors headers"] = 8 + 120 * (len(others) + 4 * len(allocated))
-    side = sum((Path(folder) / f).stat().st_size for f in SIDE_FILES if (Path(folder) / f).is_file())
+    side = sum(
+        (Path(folder) / f).stat().st_size for f in SIDE_FILES if (Path(folder) / f).is_file()
+    )
     parts["tokenizer files"] = side
     parts["config files and card"] = CONFIG_SLACK
     return Overhead("safetensors", sum(parts.values()), parts)
+
+
+def overhead(
+    model, allocated: set[str], fmt: str, *, dtype: str, folder, gguf_file=None
+) -> Overhead:
+    """:func:`gguf_overhead` or :func:`safetensors_overhead` for checkpoint format ``fmt`` of
+    ``model`` (a meta model is enough) from the model folder ``folder``."""
+    if fmt == "gguf":
+        return gguf_overhead(model, allocated, gguf_header_bytes(gguf_file, model, folder))
+    return safetensors_overhead(model, allocated, dtype, folder)
+
+
+def predicted_bytes(
+    model, plan: dict[str, str], fmt: str, *, dtype: str, folder, gguf_file=None
+) -> int:
+    """The bytes of the checkpoint that writes ``plan`` (layer → option) in format ``fmt``: the
+    layers' exact bits (BF16 layers of a safetensors file in the run's ``dtype``) plus
+    :func:`overhead`."""
+    from mixviz.models.schemes import get_scheme, layer_bits
+
+    mods = dict(model.named_modules())
+    data = 0
+    for name, option in plan.items():
+        lin, s = mods[name], get_scheme(option)
+        if s.bits >= 16 and fmt != "gguf":
+            data += lin.in_features * lin.out_features * DTYPE_BYTES.get(dtype, 4)
+        else:
+            data += layer_bits(s, lin.in_features, lin.out_features) // 8
+    return (
+        data
+        + overhead(model, set(plan), fmt, dtype=dtype, folder=folder, gguf_file=gguf_file).bytes
+    )

@@ -178,6 +178,7 @@ def ship_step(
         "layers": formats,
         **sizes(formats, written, layers),
         "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+        "predicted_file_bytes": _predicted_file(spec, loaded, written),
         **compare_reloaded(in_memory, disk, probe_diff),
         "llama_cpp": llama,
         "writer": writer,
@@ -200,6 +201,20 @@ def _write(ar, spec: RunSpec, loaded, out: Path) -> str:
         return write_gguf(ar, spec, loaded, out, _format_string(spec, loaded.plan))
     ar.save_quantized(str(out), format=_format_string(spec, loaded.plan), inplace=True)
     return "auto-round"
+
+
+def _predicted_file(spec: RunSpec, loaded, plan: dict[str, str]) -> int:
+    """The checkpoint's bytes as ``allocate --size`` prices them (:mod:`mixviz.models.file_size`)
+    — set beside ``total_bytes``, what was written."""
+    from mixviz.models.file_size import predicted_bytes
+    from mixviz.models.loading import resolve_model
+    from mixviz.paths import cache_dir
+
+    ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    conv = cache_dir() / "gguf" / f"{loaded.model_hash}-f32.gguf"
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    return predicted_bytes(loaded.model, plan, spec.ship.format, dtype=dtype, folder=ref.path,
+                           gguf_file=conv)  # fmt: skip
 
 
 def _llamacpp_agrees(llama: dict | None) -> bool:

@@ -83,15 +83,26 @@ def test_allocate_cli_bpw_and_size_on_tiny(tmp_path, tiny_ref):
     numel = sum(
         x["numel"] for x in json.loads(prof.read_text())["layers"] if x["block"] is not None
     )
-    every = {id(p): p.numel() for p in mixviz.meta_model(tiny_ref).parameters()}
-    other = sum(every.values()) - numel
-    size = int(6.2 * numel / 8 + 2 * other)  # room for 6.2 bits per allocated weight
+    from mixviz.models.file_size import embedding_type, overhead
+
+    model = mixviz.meta_model(tiny_ref)
+    emb = model.model.embed_tokens.weight
+    names = {x["name"] for x in json.loads(prof.read_text())["layers"]}
+    # the rest of a GGUF: the embedding at llama.cpp's output type, norms F32, the header
+    assert embedding_type(emb.shape[1]) == "Q8_0"
+    over = overhead(model, names, "gguf", dtype="float32", folder=tiny_ref.path).bytes
+    assert emb.numel() * 34 // 32 < over < emb.numel() * 34 // 32 + 200_000  # + header
+    size = int(6.2 * numel / 8 + over)  # room for 6.2 bits per allocated weight
     r = run_cli("allocate", prof, "--size", str(size), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["budget_from"]["other_params"] == other
+    assert doc["budget_from"]["file_format"] == "gguf"
+    assert doc["budget_from"]["overhead_bytes"] == over
     assert doc["budget_from"]["avg_bits"] == pytest.approx(6.2, abs=1e-4)  # int bytes
-    assert doc["avg_bits"] * numel / 8 + 2 * other <= size
+    assert doc["avg_bits"] * numel / 8 + over <= size
+    # an auto_round checkpoint of a float32 run stores the embedding (and norms) in float32
+    st = overhead(model, names, "auto_round", dtype="float32", folder=tiny_ref.path)
+    assert st.bytes > 4 * emb.numel() and st.parts["other tensors (float32)"] >= 4 * emb.numel()
     r = run_cli("allocate", prof, "--bpw", "6", "--ignore-scale-bits")
     assert r.returncode == 2 and "count scale bits" in r.stderr
 

@@ -282,6 +282,23 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
         assert ship["writer"] == "auto-round"
         pytest.skip("llama.cpp is not built here (bash .ci/llama_cpp.sh): " + llama["why"])
     assert ship["writer"] == "llama-quantize"  # the file llama.cpp users make
+    # sizes to the byte: predicted within 0.5 %, and --size of the file gives back its budget
+    size = files[0].stat().st_size
+    assert abs(ship["predicted_file_bytes"] / size - 1) < 0.005, (ship["predicted_file_bytes"], size)
+    from mixviz.runs.quantize import run_bits
+    from mixviz.sensitivity.synthetic import synthetic_profile
+
+    shapes = {x.name.split(".", 3)[3]: (x.in_features, x.out_features) for x in layers}
+    prof = synthetic_profile(shapes, 30, ["Q4_0", "Q5_0", "Q8_0"], model="demo")
+    prof.save(tmp_path / "p.json")
+    r = run_cli("allocate", tmp_path / "p.json", "--size", f"{size}B", "--target", "llamacpp",
+                "--json", env=cache)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    budget = json.loads(r.stdout)["budget_from"]
+    recipe_bits = run_bits({n: gguf_option(o) for n, o in plan.items()}, layers)[0]
+    assert budget["file_format"] == "gguf"
+    numel = sum(x.numel for x in layers)
+    assert abs(budget["avg_bits"] - recipe_bits) * numel / 8 < 0.005 * size
     kld, se = llama["kld"]
     assert 0 < kld < 1 and se > 0
     # on llama.cpp's own positions (second half of each window) the two agree, and it counts
