@@ -1,21 +1,28 @@
-"""mixviz's allocation against llama.cpp's own mixes at the same bits per weight, measured by
-llama.cpp.
+"""mixviz's allocation against llama.cpp's own mixes at the same **file size**, the comparison a
+llama.cpp user makes: one importance matrix on both sides, both files written by
+``llama-quantize`` from llama.cpp's own F32 conversion, both measured by
+``llama-perplexity --kl-divergence`` on held-out text against llama.cpp's BF16 GGUF.
 
-For each of llama.cpp's ``Q3_K_M``, ``Q4_K_M`` and ``Q5_K_M`` rules (as ``llama-quantize`` assigns
-GGML types: ``mixviz.allocation.baselines.llamacpp_type``, checked tensor by tensor against the
-real tool in tests/models/test_gguf_types.py): the rule's allocation and mixviz's exact optimum
-at the rule's own bpw (block linears, scales included), from one fisher profile of the demo over the
-GGML options. Both are written as real GGUF files (``mixviz quantize --format gguf``: auto-round's
-quantizers and exporter, the same for both) and measured on held-out text by
-``llama-perplexity --kl-divergence`` against a BF16 GGUF of the same model, and by mixviz's
-own per-token KLD of the same files reloaded from disk (paired by window, 95 % interval). A
-file whose reload differs from the in-memory model (Q4_1/Q5_1: auto-round's in-memory quantizer
-and its GGUF packer disagree) fails its job's verdict but is still measured: the file ships.
+For each rule (``Q3_K_M``, ``Q4_K_M``, ``Q5_K_M``, ``IQ4_XS``): ``llama-quantize --imatrix IM
+F32.gguf RULE.gguf RULE`` writes the rule's file; its size in bytes is the budget of mixviz's
+exact optimum (``allocate --size BYTES --target llamacpp``: every tensor outside the allocation
+priced as the file stores it), from one fisher profile of the demo over the GGML options,
+weighted by the same imatrix (``profile --imatrix auto``; the values are llama-imatrix's, checked
+in tests/sensitivity/test_imatrix.py). mixviz's file is written by
+``llama-quantize --tensor-type-file … --imatrix IM`` (:mod:`mixviz.runs.gguf_writer`).
+
+Figures: mean KLD ± se and top-1 ± se as llama-perplexity prints them, its 99th percentile of
+per-token KLD (llama.cpp prints no interval for it), and the paired difference mixviz − rule
+over the held-out chunks (each chunk's mean KLD, recovered from llama-perplexity's running
+means printed to 5 decimals; Student-t, df = chunks − 1). Then, per GGML type in mixviz's file,
+the error the profile's quantizer predicts (``Σ imatrix ⊙ (Q(W) − W)²`` of LayerQuantizer)
+against the error of the tensors read back from the file: the proof the profile quantizes as
+llama.cpp does (ratio 1.000000).
 
     .venv/bin/python bench/gguf.py [--model demo] [--limit 16]
 
-Goal (issue 25): lower KLD than llama.cpp's rule at equal bpw, interval excluding 0.
-Measure on a quiet machine: other processes on 2 cores change the times (not the KLDs).
+Goal (issue 32): lower KLD than each rule at equal file size, interval excluding 0.
+Measure on a quiet machine: other processes change the times, not the KLDs.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -32,129 +40,162 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
-OPTIONS = "Q3_K,Q4_0,Q4_K,Q5_0,Q5_1,Q5_K,Q6_K,Q8_0"
-FTYPES = ("Q3_K_M", "Q4_K_M", "Q5_K_M")
-Z95 = 1.959963984540054
+OPTIONS = "IQ3_S,IQ4_XS,Q3_K,Q4_0,Q4_K,Q5_0,Q5_K,Q6_K,Q8_0"
+RULES = ("Q3_K_M", "Q4_K_M", "Q5_K_M", "IQ4_XS")
+_CHUNK = re.compile(
+    r"^\s*(\d+)\s+\S+\s*±\s*\S+\s+\S+\s*±\s*\S+\s+(\S+)\s*±\s*\S+\s+\S+\s*±\s*\S+\s*%\s+(\S+)",
+    re.M,
+)
+
+
+def chunk_means(text: str) -> list[float]:
+    """Each chunk's mean KLD from llama-perplexity's per-chunk lines (running means)."""
+    cum = [(int(m[1]), float(m[2])) for m in _CHUNK.finditer(text)]
+    return [k * c - (k - 1) * (cum[i - 1][1] if i else 0.0) for i, (k, c) in enumerate(cum)]
+
+
+def kld_run(model: Path, base: Path, limit: int) -> dict:
+    """llama-perplexity --kl-divergence of ``model`` against ``base`` on the held-out text."""
+    from mixviz.runs import llamacpp
+
+    t = llamacpp.tools()
+    text_file = llamacpp.evaluation_file()
+    llamacpp.kl_divergence(model, base, text_file, chunks=limit)  # makes the base logits once
+    stem = f"{base.stem}-{text_file.stem}-512-{limit}"
+    logits = base.parent / f"{stem}.kld-base"
+    common = ["-c", "512", "-b", "512", "-t", str(os.cpu_count() or 1), "--chunks", str(limit)]
+    out = llamacpp._run(
+        [str(t.perplexity), "-m", str(model), "--kl-divergence-base", str(logits),
+         "--kl-divergence", *common], "llama-perplexity --kl-divergence",
+    )  # fmt: skip
+    return {**llamacpp.parse_kld(out), "chunks": chunk_means(out)}
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    """``b − a`` over paired chunks: mean [95 % Student-t interval], ``*`` where it excludes 0."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(b) - np.asarray(a)
+    if len(d) < 2:
+        return "— (fewer than 2 chunks)"
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    h = float(stats.t.ppf(0.975, len(d) - 1)) * se
+    star = " *" if abs(d.mean()) > h else ""
+    return f"{d.mean():+.4f} [{d.mean() - h:+.4f}, {d.mean() + h:+.4f}]{star} (df {len(d) - 1})"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo")
-    ap.add_argument("--limit", type=int, default=16, help="KLD windows / chunks of 512 tokens")
+    ap.add_argument("--limit", type=int, default=16, help="held-out chunks of 512 tokens")
     ap.add_argument("--out", help="folder for the GGUF files (default: a temporary one)")
-    ap.add_argument("--reuse", help="the --out of an earlier call: its finished jobs are reused")
     args = ap.parse_args()
 
-    from mixviz.allocation.problem import Problem
+    from mixviz.allocation.problem import Problem, size_budget
     from mixviz.allocation.strategies import allocate
-    from mixviz.models.loading import resolve_model
-    from mixviz.report.paired import paired_kld
-    from mixviz.runs.backends import LocalBackend, submit, wait
-    from mixviz.runs.runspec import RunSpec, ShipArgs
-    from mixviz.runs.ship import ship_document
+    from mixviz.models.file_size import overhead
+    from mixviz.models.loading import meta_model, resolve_model
+    from mixviz.runs import llamacpp
+    from mixviz.runs.gguf_writer import write_with_llamacpp
+    from mixviz.sensitivity.imatrix import auto_path
     from mixviz.sensitivity.profile import profile_model
+    from mixviz.sensitivity.spec import ProfileSpec
 
     ref = resolve_model(args.model)
-    # K-types serve only the rows 256 divides (the demo's down_proj): the rest take the 32-wide
-    prof = profile_model(ref, options=OPTIONS.split(","), metric="fisher", allow_partial=True)
-    problem = Problem.from_profile(prof)
-    hi = problem.feasible_range()[1]
-    root = Path(args.reuse or args.out or tempfile.mkdtemp(prefix="mixviz-gguf-"))
-    backend = LocalBackend()
+    spec = ProfileSpec(options=OPTIONS, metric="fisher", imatrix="auto")
+    prof = profile_model(ref, spec)
+    imx = auto_path(ref.hash, spec)
+    problem = Problem.from_profile(prof, target="llamacpp")
+    meta = meta_model(ref)
+    f32 = llamacpp.bf16_gguf(ref.path, ref.hash, outtype="f32")
+    base = llamacpp.bf16_gguf(ref.path, ref.hash)
+    root = Path(args.out or tempfile.mkdtemp(prefix="mixviz-gguf-"))
+    root.mkdir(parents=True, exist_ok=True)
+    over = overhead(meta, set(problem.layers), "gguf", dtype=prof.dtype, folder=ref.path,
+                    gguf_file=f32)  # fmt: skip
     every = {x.name: "BF16" for x in prof.layers if x.block is not None}
-    lines = [
-        f"{args.model}, fisher profile over {OPTIONS} ({prof.calib.nsamples}×"
-        f"{prof.calib.seqlen} calibration tokens); KLD over {args.limit} held-out chunks of 512 "
-        f"tokens; CPU, {os.cpu_count()} cores",
-        "",
-        "| llama.cpp mix | bpw (block linears) | rule: KLD (llama.cpp) | mixviz: bpw | mixviz: KLD "
-        "(llama.cpp) | Δ llama.cpp (±1.96 se, unpaired) | Δ mixviz KLD, paired [95 %] | "
-        "top-1 rule → mixviz (llama.cpp) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    native = []
-    for ftype in FTYPES:
-        rule = allocate(problem, hi, ftype)
-        best = allocate(problem, rule.avg_bits, "optimal")
-        runs = {}
-        for name, a in (("rule", rule), ("mixviz", best)):
-            spec = RunSpec(
-                model=args.model, recipe={**every, **a.layers}, tasks=("mixviz_kld",),
-                limit=args.limit, strategy=f"{name} {ftype}", budget=rule.avg_bits,
-                model_hash=ref.hash, ship=ShipArgs("gguf", str(root / f"{ftype}-{name}")),
-            )  # fmt: skip
-            # a failed verdict still leaves the file and both KLDs: the file is what is compared
-            earlier = [r for r in backend.store.list() if r.key == spec.key and ship_document(r.id)]
-            run_id = earlier[-1].id if earlier else submit(backend, spec).id
-            row = wait(backend.store, run_id, poll=2.0)
-            print(f"  {ftype} {name}: {row.status} {row.error or ''}", file=sys.stderr)
-            runs[name] = (run_id, ship_document(run_id) or {}, a)
-        lines.append(_row(ftype, runs, paired_kld))
-        native.append(_native(ftype, ref, rule, best, every, root, args.limit))
-    print("\n".join(lines))
     print(
-        "\nThe same two allocations quantized by llama.cpp's own `llama-quantize "
-        "--tensor-type-file` from llama.cpp's BF16 GGUF (llama.cpp's quantizers, as a llama.cpp "
-        "user ships them; embedding and everything else at its Q8_0 default for both):\n"
+        f"{args.model}: fisher profile over {OPTIONS} ({prof.calib.nsamples}×"
+        f"{prof.calib.seqlen} calibration tokens) with its importance matrix ({imx.name}), the "
+        f"same imatrix for both files; KLD over {args.limit} held-out chunks of 512 tokens by "
+        f"llama-perplexity (second half of each chunk); CPU, {os.cpu_count()} cores\n"
     )
     print(
-        "| llama.cpp mix | rule: KLD | mixviz: KLD | Δ (±1.96 se, unpaired) | "
-        "top-1 rule → mixviz |\n|---|---|---|---|---|"
+        "| rule | file bytes: rule → mixviz | rule: KLD | mixviz: KLD | Δ KLD paired by chunk "
+        "[95 %] | p99 KLD rule → mixviz | top-1 rule → mixviz |\n|---|---|---|---|---|---|---|"
     )
-    print("\n".join(native))
+    mixes = {}
+    for rule in RULES:
+        rule_file = llamacpp.quantize(f32, root / f"{rule}.gguf", rule, imatrix=imx)
+        size = rule_file.stat().st_size
+        budget = size_budget(problem, size, overhead_bytes=over.bytes)
+        for _ in range(3):  # a predicted byte count off by a block: step under the file's size
+            best = allocate(problem, budget, "optimal")
+            out = root / f"{rule}-mixviz"
+            out.mkdir(exist_ok=True)
+            for old in out.glob("*.gguf"):
+                old.unlink()
+            mine = write_with_llamacpp(ref.path, ref.hash, {**every, **best.layers}, out,
+                                       imatrix=str(imx), n_embd=meta.config.hidden_size,
+                                       name=f"{rule}-mixviz")  # fmt: skip
+            excess = mine.stat().st_size - size
+            if excess <= 0:
+                break
+            budget -= 8 * excess / problem.total_numel
+        mixes[rule] = (mine, best)
+        r, m = kld_run(rule_file, base, args.limit), kld_run(mine, base, args.limit)
+        print(
+            f"| {rule} | {size:,} → {mine.stat().st_size:,} | {r['kld'][0]:.4f} ± "
+            f"{r['kld'][1]:.4f} | {m['kld'][0]:.4f} ± {m['kld'][1]:.4f} | "
+            f"{paired(r['chunks'], m['chunks'])} | {r['kld_p99'][0]:.4f} → {m['kld_p99'][0]:.4f}"
+            f" | {100 * r['top1'][0]:.2f} ± {100 * r['top1'][1]:.2f} % → "
+            f"{100 * m['top1'][0]:.2f} ± {100 * m['top1'][1]:.2f} % |",
+            flush=True,
+        )
+    print("\nThe profile's predicted weight error against the file's, per GGML type (all rules' "
+          "mixviz files; Σ imatrix ⊙ (Q(W) − W)² over the tensors of that type):\n")  # fmt: skip
+    print("| type | tensors | predicted (profile's quantizer) | measured (read from the file) | "
+          "ratio |\n|---|---|---|---|---|")  # fmt: skip
+    for typ, (n, pred, meas) in sorted(_errors(ref, mixes, imx).items()):
+        print(f"| {typ} | {n} | {pred:.6g} | {meas:.6g} | {meas / pred:.6f} |")
     return 0
 
 
-def _native(ftype, ref, rule, best, every, root, limit) -> str:
-    """Both allocations through llama-quantize itself, measured by llama-perplexity."""
-    from mixviz.report.export import export
-    from mixviz.report.recipe import Recipe
-    from mixviz.runs import llamacpp
+def _errors(ref, mixes, imx) -> dict:
+    """Per written type: tensors, Σ imatrix·(Q(W) − W)² by LayerQuantizer and from the file."""
+    import gguf
+    import numpy as np
+    import torch
 
-    base = llamacpp.bf16_gguf(ref.path, ref.hash)
-    text = llamacpp.evaluation_file()
-    got = {}
-    for name, a in (("rule", rule), ("mixviz", best)):
-        types = root / f"{ftype}-{name}.tensor-types.txt"
-        types.write_text(export(Recipe(ref.name, ref.hash, {**every, **a.layers}), "llamacpp-file"))
-        out = llamacpp.quantize(base, root / f"{ftype}-{name}.llama.gguf", "Q8_0", types)
-        got[name] = llamacpp.kl_divergence(out, base, text, chunks=limit)
-    (rk, rse), (mk, mse) = got["rule"]["kld"], got["mixviz"]["kld"]
-    d, half = mk - rk, Z95 * math.hypot(rse, mse)
-    return (
-        f"| {ftype} | {rk:.4f} ± {rse:.4f} | {mk:.4f} ± {mse:.4f} | {d:+.4f} ± {half:.4f}"
-        f"{' *' if abs(d) > half else ''} | {100 * got['rule']['top1'][0]:.2f} % → "
-        f"{100 * got['mixviz']['top1'][0]:.2f} % |"
-    )
+    from mixviz.models.loading import load_model
+    from mixviz.models.schemes import get_scheme
+    from mixviz.models.targets import gguf_tensor_name
+    from mixviz.sensitivity.imatrix import for_layers, read
+    from mixviz.sensitivity.quantizers import LayerQuantizer, importance
 
-
-def reloaded_kld(run_id: str):
-    """Per-token KLD of the GGUF file itself, reloaded from disk (kept by the quantize job)."""
-    from mixviz.runs.kld import TokenScores
-    from mixviz.runs.store import runs_dir
-
-    path = runs_dir() / run_id / "kld_reloaded.npz"
-    return TokenScores.load(path).kld if path.is_file() else None
-
-
-def _row(ftype, runs, paired_kld) -> str:
-    (rid, rship, rule), (mid, mship, best) = runs["rule"], runs["mixviz"]
-    if "llama_cpp" not in rship or "llama_cpp" not in mship:
-        return f"| {ftype} | {rule.avg_bits:.4f} | (a job failed: see `mixviz runs`) |"
-    rk, rse = rship["llama_cpp"].get("kld", (math.nan, math.nan))
-    mk, mse = mship["llama_cpp"].get("kld", (math.nan, math.nan))
-    d = mk - rk
-    half = Z95 * math.hypot(rse, mse)
-    a, b = reloaded_kld(rid), reloaded_kld(mid)
-    both = a is not None and b is not None
-    paired = paired_kld(a, b).format(scale=1.0, digits=4) if both else "—"
-    rt = rship["llama_cpp"].get("top1", (math.nan,))[0]
-    mt = mship["llama_cpp"].get("top1", (math.nan,))[0]
-    return (
-        f"| {ftype} | {rule.avg_bits:.4f} | {rk:.4f} ± {rse:.4f} | {best.avg_bits:.4f} | "
-        f"{mk:.4f} ± {mse:.4f} | {d:+.4f} ± {half:.4f}{' *' if abs(d) > half else ''} | "
-        f"{paired} | {100 * rt:.2f} % → {100 * mt:.2f} % |"
-    )
+    model, _ = load_model(ref, dtype="float32", device="cpu")
+    mods = dict(model.named_modules())
+    im = read(imx)
+    out: dict[str, list] = {}
+    for path, best in mixes.values():
+        tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+        weights = for_layers(im, list(best.layers))
+        with importance(model, weights):
+            for name, option in best.layers.items():
+                s = get_scheme(option)
+                if not s.ggml or "q_proj" in name or "k_proj" in name:  # rope-permuted rows
+                    continue
+                t = tensors[gguf_tensor_name(name) + ".weight"]
+                w = mods[name].weight.detach()
+                q = LayerQuantizer(mods[name], s).weight()
+                f = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(w.shape)
+                c = torch.from_numpy(weights[name]).double()
+                pred = float((c * (q.double() - w.double()) ** 2).sum())
+                meas = float((c * (torch.from_numpy(f).double() - w.double()) ** 2).sum())
+                row = out.setdefault(t.tensor_type.name, [0, 0.0, 0.0])
+                row[0], row[1], row[2] = row[0] + 1, row[1] + pred, row[2] + meas
+    return {k: tuple(v) for k, v in out.items()}
 
 
 if __name__ == "__main__":

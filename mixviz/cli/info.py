@@ -40,8 +40,18 @@ def _info_text(doc: dict) -> str:
             f"{x['out_features']:>6} {x['numel']:>10} {x['group'] or ''}"
         )
     lines.append("")
-    lines.append(f"{'scheme':10} {'avg bits':>9} {'no scale':>9}  unavailable for")
+    lines.append(
+        f"{'scheme':10} {'avg bits':>9} {'no scale':>9} {'served':>9}  unavailable for "
+        "(avg bits: every block linear, a GGML type with llama.cpp's fallback; served: over "
+        "the layers it takes itself)"
+    )
     for name, s in doc["schemes"].items():
         na = f"{len(s['unavailable'])} layers" if s["unavailable"] else ""
-        lines.append(f"{name:10} {s['avg_bits']:>9.4f} {s['avg_bits_no_scale']:>9.4f}  {na}")
+        fb = s.get("fallback") or {}
+        if fb:
+            na += "; written as " + ", ".join(f"{t} on {n}" for t, n in fb.items())
+        own = "—" if s.get("avg_bits_served") is None else f"{s['avg_bits_served']:.4f}"
+        lines.append(
+            f"{name:10} {s['avg_bits']:>9.4f} {s['avg_bits_no_scale']:>9.4f} {own:>9}  {na}"
+        )
     return "\n".join(lines)

@@ -79,6 +79,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
         spec = profile_spec(args)  # checked before the model is resolved
         ref = resolve(args, quiet=True)  # once; profile_model takes the ref as it is
         prof = profile_model(ref, spec, **profile_kwargs(args), progress=Bar())
+        if spec.imatrix is not None:  # the file to hand `quantize --imatrix`
+            from mixviz.sensitivity.imatrix import auto_path
+
+            path = auto_path(ref.hash, spec) if spec.imatrix == "auto" else spec.imatrix
+            emit({**prof.to_dict(), "imatrix_file": str(path)}, args.json, _profile_text,
+                 args.out)  # fmt: skip
+            return
     emit(prof.to_dict(), args.json, _profile_text, args.out)
 
 
@@ -89,6 +96,8 @@ def _profile_text(doc: dict) -> str:
         f"{', '.join(doc['options'])}; calib {c['source']} {c['nsamples']}×{c['seqlen']}; "
         f"{doc['device']} {doc['dtype']}; {doc['seconds']:.1f} s"
     ]
+    if doc.get("imatrix_file"):
+        lines.append(f"importance matrix (for quantize --imatrix): {doc['imatrix_file']}")
     for opt in doc["options"]:
         rows = [r for r in doc["rows"] if r["option"] == opt and r["score"] is not None]
         rows.sort(key=lambda r: -r["score"])

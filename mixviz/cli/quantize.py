@@ -35,6 +35,12 @@ def add_parser(sub) -> None:
     q.add_argument("--out", required=True, help="a new (or empty) folder for the checkpoint")
     q.add_argument("--iters", type=int, default=0, help="auto-round tuning steps (0 = RTN)")
     q.add_argument("--limit", type=int, help="held-out KLD windows of 512 tokens (default: all)")
+    q.add_argument(
+        "--imatrix",
+        metavar="FILE",
+        help="llama.cpp's importance matrix for the GGML layers (GGUF or .dat; `profile "
+        "--imatrix auto --json` prints the file it computed): ggml and llama-quantize use it",
+    )
     add_target(q)
     add_device_flags(q)
     q.add_argument("--no-wait", action="store_true", help="queue the job and print its id")
@@ -54,6 +60,7 @@ def ship_spec(args: argparse.Namespace, ref):
     if args.iters < 0:
         raise MixvizError(f"--iters must be 0 (RTN) or more, got {args.iters}")
     recipe, strategy, budget = recipe_file(ref, args.recipe)
+    imatrix = _imatrix(args.imatrix)
     return quantize_spec(
         ref,
         recipe,
@@ -62,12 +69,24 @@ def ship_spec(args: argparse.Namespace, ref):
         layers=inventory(meta_model(ref)),
         target=args.target_runtime,
         limit=args.limit,
-        quant=QuantArgs(iters=args.iters, disable_opt_rtn=args.iters == 0),
+        quant=QuantArgs(iters=args.iters, disable_opt_rtn=args.iters == 0, imatrix=imatrix),
         strategy=strategy,
         budget=budget,
         trust_remote_code=args.trust_remote_code,
         **device_kwargs(args),
     )
+
+
+def _imatrix(path: str | None) -> str | None:
+    """The imatrix file, read once here so a bad one is refused before anything is queued."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from mixviz.sensitivity.imatrix import read
+
+    read(path)
+    return str(Path(path).expanduser().resolve())
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

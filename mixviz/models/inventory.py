@@ -135,9 +135,21 @@ def block_list_name(model) -> str | None:
     return best
 
 
+def _fallbacks(blocks: list[Layer], s) -> dict[str, int]:
+    """``{type: layers}`` a GGML type is written as where its block does not divide the row."""
+    out: dict[str, int] = {}
+    for x in blocks:
+        t = s.written_as(x.in_features)
+        if t != s.name:
+            out[t] = out.get(t, 0) + 1
+    return out
+
+
 def inventory_report(model_name: str, layers: list[Layer]) -> dict:
     """The ``mixviz info --json`` document: layers, and per scheme the average bits over the
-    block linears (parameter-weighted) in both accountings, plus the layers it cannot serve.
+    block linears (parameter-weighted) in both accountings — a GGML type as llama.cpp writes it,
+    its fallback where its block does not divide a row (``fallback``: how many layers) — the
+    average over the layers it serves itself (``avg_bits_served``), and those it cannot serve.
     """
     from mixviz.models.schemes import SCHEMES, average_bits, unavailable_layers
 
@@ -146,10 +158,17 @@ def inventory_report(model_name: str, layers: list[Layer]) -> dict:
         from mixviz.errors import MixvizError
 
         raise MixvizError(f"model {model_name!r} has no linear layers inside transformer blocks")
+
+    def served(s) -> float | None:
+        own = [x for x in blocks if s.available_for(x.in_features)]
+        return round(average_bits(own, s), 6) if own else None
+
     schemes = {
         name: {
             "avg_bits": round(average_bits(blocks, s), 6),
             "avg_bits_no_scale": round(average_bits(blocks, s, ignore_scale_bits=True), 6),
+            "avg_bits_served": served(s),
+            "fallback": _fallbacks(blocks, s),
             "unavailable": unavailable_layers(layers, s),
         }
         for name, s in SCHEMES.items()

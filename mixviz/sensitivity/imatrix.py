@@ -57,8 +57,9 @@ class Imatrix:
 
 
 def for_layers(imatrix: Imatrix, layer_names) -> dict[str, np.ndarray]:
-    """``{module name: weights}`` for the layers the imatrix covers (``model.layers.3.mlp.down_proj``
-    ↔ ``blk.3.ffn_down.weight``); a layer it lacks is quantized without one, as llama.cpp does."""
+    """``{module name: weights}`` for the layers the imatrix covers
+    (``model.layers.3.mlp.down_proj`` ↔ ``blk.3.ffn_down.weight``); a layer it lacks is quantized
+    without one, as llama.cpp does."""
     from mixviz.models.targets import gguf_tensor_name as gguf_name
 
     out = {}
@@ -101,9 +102,7 @@ def compute(model, windows, source: str = "calibration") -> Imatrix:
     finally:
         for h in handles:
             h.remove()
-    entries = {
-        f"{gguf_name(n)}.weight": (sums[n].float().numpy(), counts[n]) for n in names
-    }
+    entries = {f"{gguf_name(n)}.weight": (sums[n].float().numpy(), counts[n]) for n in names}
     return Imatrix(entries, source, len(windows), int(windows.shape[-1]))
 
 
@@ -142,7 +141,9 @@ def _read_gguf(p: Path) -> Imatrix:
         f = r.fields.get(key)
         return int(f.parts[f.data[0]][0]) if f else 0
 
-    return Imatrix(entries, p.name, field_int("imatrix.chunk_count"), field_int("imatrix.chunk_size"))
+    return Imatrix(
+        entries, p.name, field_int("imatrix.chunk_count"), field_int("imatrix.chunk_size")
+    )
 
 
 def _read_legacy(p: Path) -> Imatrix:
@@ -162,7 +163,9 @@ def _read_legacy(p: Path) -> Imatrix:
             off += 4 * nval
             entries[name] = (vals.copy(), ncall)
     except (struct.error, ValueError, UnicodeDecodeError):
-        raise MixvizError(f"imatrix file {p.name} is neither GGUF nor llama.cpp's legacy .dat") from None
+        raise MixvizError(
+            f"imatrix file {p.name} is neither GGUF nor llama.cpp's legacy .dat"
+        ) from None
     if not entries:
         raise MixvizError(f"imatrix file {p.name} holds no entries")
     return Imatrix(entries, p.name)
@@ -184,6 +187,7 @@ def write_gguf(imatrix: Imatrix, path: str | Path) -> Path:
         w.add_tensor(f"{name}.in_sum2", sums.astype(np.float32).reshape(1, -1))
         w.add_tensor(f"{name}.counts", np.array([[float(count)]], dtype=np.float32))
     tmp = Path(str(path) + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     w.write_header_to_file(path=tmp)
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

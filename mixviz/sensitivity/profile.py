@@ -373,8 +373,7 @@ def _candidates(ref: ModelRef, layers: str | None, include_lm_head: bool) -> lis
 
 
 def _scored(s: Scheme, x: Layer) -> bool:
-    """A layer is scored at an option it can take — a GGML type also as llama.cpp's fallback
-    (``Q4_K`` on a 576-wide row is scored and priced as the ``Q5_0`` llama.cpp writes)."""
+    """At an option it takes, or as llama.cpp's fallback (``Q4_K`` on 576 as its ``Q5_0``)."""
     return s.available_for(x.in_features) or s.servable_by_llamacpp(x.in_features)
 
 

@@ -240,7 +240,7 @@ def profile_key(
     include_lm_head: bool,
     where: tuple[str, str] = (CPU, "float32"),
     around: str | None = None,
-    imatrix: str | None = None,
+    **context: str | None,
 ) -> str:
     """A digest of everything that changes a profile's scores, where it ran included (the
     device type and dtype, as :func:`mixviz.models.device.describe` names them).
@@ -263,8 +263,8 @@ def profile_key(
     }
     if around is not None:
         doc["around"] = around
-    if imatrix is not None:
-        doc["imatrix"] = imatrix
+    if context.get("imatrix") is not None:  # the importance matrix GGML types are weighted by
+        doc["imatrix"] = context["imatrix"]
     if any(get_scheme(o).ggml for o in options):  # ggml's own quantizers, this llama.cpp
         from mixviz.models.ggml import LLAMA_CPP_VERSION
 

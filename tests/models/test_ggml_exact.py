@@ -158,4 +158,6 @@ def test_profile_quantizer_is_ggmls_on_the_demo(demo_ref, demo_imatrix):
     with importance(model, for_layers(im, [name])):
         got = LayerQuantizer(lin, SCHEMES["IQ4_XS"]).weight().numpy()
     imx = im.values("blk.3.ffn_down.weight")
-    assert np.array_equal(got, ggml.dequantize(ggml.quantize(w.numpy(), "IQ4_XS", imx), "IQ4_XS", 1536))
+    assert np.array_equal(
+        got, ggml.dequantize(ggml.quantize(w.numpy(), "IQ4_XS", imx), "IQ4_XS", 1536)
+    )

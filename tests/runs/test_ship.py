@@ -284,7 +284,10 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
     assert ship["writer"] == "llama-quantize"  # the file llama.cpp users make
     # sizes to the byte: predicted within 0.5 %, and --size of the file gives back its budget
     size = files[0].stat().st_size
-    assert abs(ship["predicted_file_bytes"] / size - 1) < 0.005, (ship["predicted_file_bytes"], size)
+    assert abs(ship["predicted_file_bytes"] / size - 1) < 0.005, (
+        ship["predicted_file_bytes"],
+        size,
+    )
     from mixviz.runs.quantize import run_bits
     from mixviz.sensitivity.synthetic import synthetic_profile
 
