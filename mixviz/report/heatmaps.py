@@ -163,6 +163,18 @@ def _format_scale(order: list[str]) -> list[list]:
     return scale
 
 
+def cell_label(option: str, in_features: int) -> str:
+    """A cell's label: the option, and for a GGML type llama.cpp writes as its fallback on this
+    row, that type too (what the file holds, priced and profiled as such).
+
+    >>> cell_label("Q4_K", 576), cell_label("Q4_K", 1536), cell_label("W4A16G64", 576)
+    ('Q4_K→Q5_0', 'Q4_K', 'W4 G64')
+    """
+    s = get_scheme(option)
+    written = s.written_as(in_features)
+    return s.label if written == s.name else f"{s.label}→{written}"
+
+
 def _allocation_cells(blocks, kinds, cells, allocation, order: list[str]):
     """Per block row: the heatmap values (format index + ½), the hover data (name, option,
     numel) and the cell labels; empty cells are None / blank."""
@@ -175,7 +187,7 @@ def _allocation_cells(blocks, kinds, cells, allocation, order: list[str]):
             o = allocation.layers.get(x.name) if x else None
             zr.append(idx[o] + 0.5 if o else None)
             cr.append([x.name if x else "", o or "", x.numel if x else 0])
-            tr.append(get_scheme(o).label if o else "")
+            tr.append(cell_label(o, x.in_features) if o else "")
         z.append(zr)
         custom.append(cr)
         text.append(tr)
@@ -278,7 +290,7 @@ def allocation_grid(
                 cr.append("")
                 continue
             mark = LOCK_MARK if x.name in locked else MOVE_MARK if x.name in marked else ""
-            tr.append(f"{mark} {o}".strip())
+            tr.append(f"{mark} {cell_label(o, x.in_features)}".strip())
             cr.append(f"background-color: {colour[o]}; color: {text_colour(colour[o])}")
         text.append(tr)
         css.append(cr)
