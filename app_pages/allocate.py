@@ -66,7 +66,7 @@ def budget_slider(page: Setting, start: float) -> float:
         )
     ui.url_write(bits=f"{avg:g}")
     if not choice.ignore_scale_bits:  # with scales, the average is llama.cpp's bpw
-        size = ui.file_size(choice.model, avg, page.problem.total_numel)
+        size = ui.file_size(choice.model, avg, page.problem)
         st.caption(f"= {avg:.2f} bpw (scales included) · a file of about {size}")
     st.session_state["budget"] = avg
     st.session_state["allocate_edits"] = current_edits().at_budget(avg)

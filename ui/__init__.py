@@ -6,11 +6,11 @@ URL's parameters, the Streamlit caches, the profile a page needs and a few table
 from ui.caches import (
     allocation_at,
     edit_cost_at,
+    file_overhead,
     frontier_for,
     model_layers,
     model_ref,
     model_report,
-    other_params,
     problem_for,
     recipe_bits,
 )
@@ -47,7 +47,7 @@ __all__ = [
     "model_layers",
     "model_ref",
     "model_report",
-    "other_params",
+    "file_overhead",
     "problem_for",
     "profile_spec",
     "profile_time",

@@ -9,6 +9,7 @@ import streamlit as st
 import mixviz
 from mixviz.allocation.problem import Problem
 from mixviz.models.inventory import inventory_report
+from mixviz.paths import cache_dir
 from mixviz.sensitivity.profile import Profile, profile_model
 from mixviz.sensitivity.spec import ProfileSpec
 
@@ -40,10 +41,15 @@ def model_layers(spec: str) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def other_params(spec: str, allocated: int) -> int:
-    """Parameters of the model outside the ``allocated`` ones (embedding, norms; tied once)."""
-    seen = {id(p): p.numel() for p in mixviz.meta_model(model_ref(spec)).parameters()}
-    return sum(seen.values()) - allocated
+def file_overhead(spec: str, allocated: tuple[str, ...], fmt: str) -> int:
+    """Bytes of a ``fmt`` checkpoint of the model besides the ``allocated`` layers' data."""
+    from mixviz.models.file_size import overhead
+
+    ref = model_ref(spec)
+    conv = cache_dir() / "gguf" / f"{ref.hash}-f32.gguf"
+    model = mixviz.meta_model(ref)
+    return overhead(model, set(allocated), fmt, dtype="float32", folder=ref.path,
+                    gguf_file=conv).bytes  # fmt: skip
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

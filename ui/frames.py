@@ -6,7 +6,7 @@ import pandas as pd
 
 from mixviz.models.schemes import get_scheme
 from mixviz.report.tables import PRIMARY
-from ui.caches import other_params
+from ui.caches import file_overhead
 
 
 def layers_frame(report: dict) -> pd.DataFrame:
@@ -67,9 +67,15 @@ def items_per_task(store, frame: pd.DataFrame) -> str:
     return f" ({shown} {unit})"
 
 
-def file_size(spec: str, bpw: float, allocated: int) -> str:
-    """``123.4 MB (…)``: the allocated layers at ``bpw`` plus the rest at BF16 — the size
-    ``allocate --size`` solves for."""
-    rest = other_params(spec, allocated)
-    total = bpw * allocated / 8 + 2 * rest
-    return f"{total / 1e6:.1f} MB (the other {rest / 1e6:.1f} M parameters at BF16)"
+def file_size(spec: str, bpw: float, problem) -> str:
+    """``123.4 MB (…)``: the allocated layers at ``bpw`` plus the rest of the file as its writer
+    stores it — the size ``allocate --size`` solves for (:mod:`mixviz.models.file_size`)."""
+    fmt = "gguf" if problem.target == "llamacpp" or all(
+        get_scheme(o).ggml for o in problem.options if get_scheme(o).bits < 16
+    ) else "auto_round"  # fmt: skip
+    rest = file_overhead(spec, tuple(problem.layers), fmt)
+    total = bpw * problem.total_numel / 8 + rest
+    what = "GGUF: embedding at llama.cpp's output type, norms F32, header" if fmt == "gguf" else (
+        "auto_round: the rest in the run's float32, headers, tokenizer files"
+    )  # fmt: skip
+    return f"{total / 1e6:.1f} MB as {what} ({rest / 1e6:.1f} MB of it)"
