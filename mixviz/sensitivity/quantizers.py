@@ -22,6 +22,7 @@ one — bit for bit the weight of the GGUF file.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,6 +89,13 @@ def _scheme_attrs(scheme: Scheme) -> dict:
 
 
 _IMPORTANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# ggml's quantized blocks kept per quantizer (4–9 bits a weight; dequantizing them is ~100×
+# cheaper than quantizing, which for i-quants searches a grid), up to this many bytes in all
+_GGML_BLOCKS_LEFT = [int(float(os.environ.get("MIXVIZ_GGML_CACHE_MB", "4096")) * 2**20)]
+
+
+def _release(nbytes: int) -> None:
+    _GGML_BLOCKS_LEFT[0] += nbytes
 
 
 @contextmanager
@@ -165,15 +173,33 @@ class LayerQuantizer:
         if self.scheme.bits >= 16:
             return self._linear.weight.detach().clone()
         if self.scheme.ggml:
-            from mixviz.models import ggml
-
-            return ggml.qdq(self._linear.weight, self._ggml, self._imatrix)
+            return self._ggml_weight()
         if self.fast_weight:
             return self.weight_rows(self._linear.weight.detach())
         one = torch.tensor(1.0, device=self._linear.weight.device)
         with _attrs(self._wrapper.orig_layer, self._linear_attrs):
             w, _, _ = self._wrapper._qdq_weight(torch.zeros_like(one), one, one)
         return w.detach()
+
+    def _ggml_weight(self) -> torch.Tensor:
+        """ggml's Q(W), from the blocks kept after the first call while they fit the budget."""
+        import numpy as np
+
+        from mixviz.models import ggml
+        from mixviz.models.device import cpu_device
+
+        w = self._linear.weight
+        blocks = getattr(self, "_blocks", None)
+        if blocks is None:
+            imx = None if self._imatrix is None else np.asarray(self._imatrix, np.float32)
+            blocks = ggml.quantize(w.detach().to(cpu_device(), torch.float32).numpy(),
+                                   self._ggml, imx)  # fmt: skip
+            if blocks.nbytes <= _GGML_BLOCKS_LEFT[0]:
+                _GGML_BLOCKS_LEFT[0] -= blocks.nbytes
+                self._blocks = blocks
+                weakref.finalize(self, _release, blocks.nbytes)
+        deq = ggml.dequantize(blocks, self._ggml, w.shape[1])
+        return torch.from_numpy(deq).to(w.device, w.dtype)
 
     @torch.no_grad()
     def weight_rows(self, rows: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,9 @@ def test_profile_quantizer_is_ggmls_on_the_demo(demo_ref, demo_imatrix):
     assert torch.equal(LayerQuantizer(lin, SCHEMES["Q4_1"]).weight(), w)
     for t in ("Q5_K", "Q2_K", "Q6_K", "Q4_K"):
         want = ggml.dequantize(ggml.quantize(w.numpy(), t), t, w.shape[1])
-        assert np.array_equal(LayerQuantizer(lin, SCHEMES[t]).weight().numpy(), want), t
+        q = LayerQuantizer(lin, SCHEMES[t])
+        assert np.array_equal(q.weight().numpy(), want), t
+        assert np.array_equal(q.weight().numpy(), want), t  # again, from its kept blocks
     im, _ = demo_imatrix
     with importance(model, for_layers(im, [name])):
         got = LayerQuantizer(lin, SCHEMES["IQ4_XS"]).weight().numpy()
