@@ -223,11 +223,16 @@ def refine_view(page: Setting, avg: float) -> None:
     if done is not None:
         best = done.rounds[done.best]
         st.plotly_chart(trust.refinement_chart(done), key="allocate_refine_chart")
+        held = (
+            "not scored on held-out windows"
+            if best.heldout is None
+            else f"on held-out windows it was never selected on: {best.heldout:.4f} ± "
+            f"{best.half('heldout'):.4f} (round 0: {done.rounds[0].heldout:.4f})"
+        )
         st.caption(
-            f"Best: round {best.index}, measured KLD {best.measured:.4f} ± "
-            f"{2 * best.measured_se:.4f} on calibration text (round 0: "
-            f"{done.rounds[0].measured:.4f}); {done.measurements} measurements in "
-            f"{done.seconds:.0f} s. Held-out text was not used."
+            f"Best: round {best.index}, chosen on calibration windows (KLD {best.measured:.4f} ± "
+            f"{best.half():.4f}; round 0: {done.rounds[0].measured:.4f}); {held}. ± = 95 % t "
+            f"interval over windows. {done.measurements} measurements in {done.seconds:.0f} s."
         )
         return
     if refining.running(page, avg, rounds, how):

@@ -86,8 +86,9 @@ def table_view() -> None:
         [None, *labels],
         format_func=lambda i: "the best baseline at the same bits" if i is None else labels[i],
         key="results_compare",
-        help="Runs scored on the same items, compared item by item: the 95 % interval of the "
-        "difference; * = it excludes 0 (a finding). Without *, the runs are not told apart.",
+        help="Runs scored on the same items, compared item by item: the 95 % t interval of the "
+        "difference (df = items − 1); * = it excludes 0 (a finding). Without *, the runs are "
+        "not told apart; — = fewer than two paired items or windows, so no interval at all.",
     )
     table = tables.study_table(frame, tasks, compare=compare)
     st.table(tables.as_shown(table))

@@ -2,8 +2,9 @@
 the model for a minute or more), its answer read back from a file keyed by the page's problem.
 
 The process gets the profile as a file and the page's problem as flags (locks as ``--pin``,
-shared groups, target, accounting), so what it refines is what the page shows; its log lies
-beside the answer, and the page polls for it."""
+shared groups, target, accounting), so what it refines is what the page shows; it selects on
+calibration windows and scores every round on :data:`HELDOUT` held-out windows it never
+selects on (both shown). Its log lies beside the answer, and the page polls for it."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
 from mixviz.runs.measure import load_refinement
 
+HELDOUT = 16  # held-out windows each round is scored on (part of the answer's key)
+
 
 def job_paths(page, avg: float, rounds: int, how: str) -> tuple[Path, Path, Path]:
     """(answer, log, profile) files of the refinement of ``page``'s problem at ``avg`` bits
     (the process id goes beside the log, suffix ``.pid``)."""
-    doc = json.dumps([list(map(str, page.problem_key)), round(avg, 4), rounds, how])
+    doc = json.dumps([list(map(str, page.problem_key)), round(avg, 4), rounds, how, HELDOUT])
     stem = hashlib.sha256(doc.encode()).hexdigest()[:16]
     folder = cache_dir() / "refine" / "app"
     return folder / f"{stem}.json", folder / f"{stem}.log", folder / f"{stem}.profile.json"
@@ -63,6 +66,7 @@ def start(page, avg: float, rounds: int, how: str) -> None:
     c = page.choice
     argv = [sys.executable, "-m", "mixviz", "refine", str(prof), "--avg-bits", f"{avg:.4f}"]
     argv += ["--rounds", str(rounds), "--grouping", how, "--out", str(out)]
+    argv += ["--heldout", str(HELDOUT)]
     argv += ["--device", c.device, "--dtype", c.dtype]
     if c.ignore_scale_bits:
         argv.append("--ignore-scale-bits")

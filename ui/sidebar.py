@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from mixviz.errors import MixvizError
-from mixviz.models.device import DTYPES, describe, device_choices, placement
+from mixviz.models.device import DTYPES, describe, device_choices, emulated_dtype_note, placement
 from mixviz.models.schemes import SCHEMES
 from mixviz.models.targets import RUNTIMES
 from mixviz.models.text import BUNDLED
@@ -202,8 +202,11 @@ def _where_it_runs() -> tuple[str, str]:
             key="sb_dtype",
         )
         try:
-            where = describe(*placement(device, dtype))
+            at = placement(device, dtype)
+            where = describe(*at)
             st.caption(f"Runs on {where[0]} in {where[1]}")
+            if note := emulated_dtype_note(*at):
+                st.warning(note[0].upper() + note[1:])
         except MixvizError as e:
             st.error(str(e))
     return device, dtype

@@ -4,7 +4,8 @@ User errors (:class:`MixvizError`) print one line on stderr and exit 2, never a 
 
 One module per command group, each with ``add_parser(sub)`` and its ``cmd_*`` functions:
 :mod:`.info` (info), :mod:`.profile` (profile, ``--from-autoscheme``), :mod:`.allocate`
-(allocate), :mod:`.refine` (refine), :mod:`.runs` (run, runs, cancel), :mod:`.export`
+(allocate), :mod:`.refine` (refine), :mod:`.runs` (run, runs, cancel), :mod:`.compare`
+(compare), :mod:`.export`
 (export, import),
 :mod:`.quantize` (quantize),
 :mod:`.reproduce` (reproduce); :mod:`.common` holds what they share (output, progress, error
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 
-from mixviz.cli import allocate, export, info, profile, quantize, refine, reproduce, runs
+from mixviz.cli import allocate, compare, export, info, profile, quantize, refine, reproduce, runs
 from mixviz.cli.allocate import load_or_profile
 from mixviz.cli.common import quiet_libraries, run_command
 from mixviz.cli.reproduce import STUDY_TASKS
 from mixviz.cli.runs import read_recipe_layers
 
 # the order `mixviz -h` lists
-GROUPS = (info, profile, allocate, refine, runs, quantize, export, reproduce)
+GROUPS = (info, profile, allocate, refine, runs, compare, quantize, export, reproduce)
 
 __all__ = [
     "STUDY_TASKS",

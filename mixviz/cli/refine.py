@@ -1,5 +1,6 @@
 """``mixviz refine PROFILE.json|MODEL --avg-bits B --rounds K``: solve, measure KLD on
-calibration text, correct the additive model per group, re-solve, until it stops helping."""
+calibration text, correct the additive model per group, re-solve, until it stops helping; every
+round is also scored on held-out windows it never selects on."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def add_parser(sub) -> None:
         "--windows", type=int, default=16, help="calibration windows measured (default 16)"
     )
     p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument(
+        "--heldout",
+        type=int,
+        default=16,
+        help="held-out windows (the evaluation text's last) every round is scored on and never "
+        "selected on (default 16; 0: none)",
+    )
     p.add_argument("--ignore-scale-bits", action="store_true")
     p.add_argument(
         "--shared",
@@ -80,7 +88,9 @@ def cmd_refine(args: argparse.Namespace) -> None:
     }
     problem = Problem.from_profile(prof, **rules)
     settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
-    where = MeasureSettings(args.calib, args.windows, args.window_len, args.device, args.dtype)
+    where = MeasureSettings(
+        args.calib, args.windows, args.window_len, args.device, args.dtype, args.heldout
+    )
     result = refine_profile(prof, problem, settings, where, progress, rules)
     doc = {
         **result.to_dict(),
@@ -94,19 +104,27 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
 
 def _text(doc: dict) -> str:
+    from mixviz.allocation.refine import Round
+
     lines = [
         f"refine {doc['model']} at {doc['budget_avg_bits']:g} bits, grouped by "
         f"{doc['grouping']}: {doc['measurements']} measurements, {doc['seconds']:.1f} s",
         f"{'round':>5}  {'bits':>6}  {'predicted':>10}  {'corrected':>10}  "
-        f"{'measured KLD':>18}  {'vs best before':>18}",
+        f"{'selection KLD':>18}  {'vs best before':>18}  {'held-out KLD':>18}",
     ]
-    for r in doc["rounds"]:
-        gain = "" if r["gain"] is None else f"{r['gain']:+.5f} ± {2 * r['gain_se']:.5f}"
-        mark = " ←" if r["index"] == doc["best"] else ""
+    for d in doc["rounds"]:
+        r = Round(**d)
+        gain = "" if r.gain is None else f"{r.gain:+.5f} ± {r.half('gain'):.5f}"
+        held = "" if r.heldout is None else f"{r.heldout:.5f} ± {r.half('heldout'):.5f}"
+        mark = " ←" if r.index == doc["best"] else ""
         lines.append(
-            f"{r['index']:>5}  {r['avg_bits']:6.3f}  {r['predicted']:10.4g}  "
-            f"{r['corrected']:10.5f}  {r['measured']:.5f} ± {2 * r['measured_se']:.5f}  "
-            f"{gain:>18}{mark}"
+            f"{r.index:>5}  {r.avg_bits:6.3f}  {r.predicted:10.4g}  "
+            f"{r.corrected:10.5f}  {r.measured:.5f} ± {r.half():.5f}  "
+            f"{gain:>18}  {held:>18}{mark}"
         )
-    lines.append(f"stopped: {doc['stopped']}; ± is 2 s.e. over windows (paired for the gain)")
+    lines.append(
+        f"stopped: {doc['stopped']}; ← = best on the selection (calibration) windows, its "
+        "held-out KLD is the unbiased figure; ± is the 95 % t interval over windows (df = "
+        "windows − 1; paired for the gain)"
+    )
     return "\n".join(lines)

@@ -2,7 +2,10 @@
 
 ``--device auto|cpu|cuda|cuda:N`` and ``--dtype auto|bfloat16|float16|float32`` are checked and
 resolved here, and nowhere else in the package names a device (a test scans for it).
-``auto`` is the first CUDA device in bfloat16 where one exists, else the CPU in float32.
+``auto`` is the first CUDA device in bfloat16 where one exists, else the CPU in float32 —
+never a precision the CPU only emulates. bfloat16 asked for explicitly on a CPU without native
+bfloat16 arithmetic (AVX2 only: no AVX512-BF16 or AMX) is honoured with one warning that gives
+the measured slowdown (:func:`emulated_dtype_note`).
 
 >>> check_device("cuda:1"), check_dtype("bf16")
 ('cuda:1', 'bfloat16')
@@ -12,6 +15,8 @@ torch.float32
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -26,6 +31,8 @@ DEVICES = ("auto", CPU, CUDA, "cuda:N")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 _ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX512-BF16, AMX), Arm (FEAT_BF16)
+_warned: set[str] = set()
 
 
 def check_device(device: str) -> str:
@@ -87,9 +94,81 @@ def resolve_dtype(dtype: str = "auto", device: str | torch.device = "auto") -> t
 
 
 def placement(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """Both at once: ``(resolve_device(device), resolve_dtype(dtype, that device))``."""
+    """Both at once: ``(resolve_device(device), resolve_dtype(dtype, that device))``; warns once
+    (the ``mixviz`` logger) when that is a precision this CPU only emulates."""
     dev = resolve_device(device)
-    return dev, resolve_dtype(dtype, dev)
+    out = dev, resolve_dtype(dtype, dev)
+    note = emulated_dtype_note(*out)
+    if note and note not in _warned:
+        _warned.add(note)
+        logging.getLogger("mixviz").warning("mixviz: %s", note)
+    return out
+
+
+def cpu_bf16_native() -> bool:
+    """Whether torch computes bfloat16 natively on this CPU: the CPU has AVX512-BF16 or AMX
+    (x86) or BF16 (Arm) and torch's kernels may use it (``ATEN_CPU_CAPABILITY`` /
+    ``ONEDNN_MAX_CPU_ISA`` not capped at AVX2). Where the flags cannot be read, a measured
+    slowdown below 1.5× counts as native."""
+    import os
+    import platform
+
+    import torch
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+        if cap in ("DEFAULT", "AVX2") or not (isa == "ALL" or "BF16" in isa or "AMX" in isa):
+            return False
+    flags = _cpu_flags()
+    return bool(flags & _BF16_FLAGS) if flags is not None else bf16_factor() < 1.5
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+@functools.cache
+def bf16_factor() -> float:
+    """How many times slower a linear layer of the demo's MLP shape (128×576 → 1536) runs in
+    bfloat16 than in float32 on this CPU, measured once (best of 3, interleaved; ~0.1–0.5 s)."""
+    import time
+
+    import torch
+
+    x, w = torch.randn(128, 576), torch.randn(1536, 576)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    for _ in range(3):
+        for dt in best:
+            a, b = x.to(dt), w.to(dt)
+            torch.nn.functional.linear(a, b)  # warm
+            t0 = time.perf_counter()
+            for _ in range(3):
+                torch.nn.functional.linear(a, b)
+            best[dt] = min(best[dt], time.perf_counter() - t0)
+    return best[torch.bfloat16] / best[torch.float32]
+
+
+def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A warning when ``dtype`` on ``device`` is a precision the CPU only emulates (bfloat16
+    without AVX512-BF16/AMX), with the slowdown measured here; None otherwise."""
+    import torch
+
+    if device.type != CPU or dtype != torch.bfloat16 or cpu_bf16_native():
+        return None
+    return (
+        "this CPU has no native bfloat16 (AVX512-BF16 or AMX): torch emulates it, a linear layer "
+        f"measured {bf16_factor():.1f}× slower than in float32 here (the rest slows too); "
+        "--dtype float32 (or auto) is faster"
+    )
 
 
 def describe(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:

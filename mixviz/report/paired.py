@@ -3,11 +3,14 @@
 Two runs scored on the same items differ item by item far less than their separate standard
 errors suggest (the hard items are hard for both), so comparing them item by item decides what
 separate intervals cannot. For an accuracy the difference ``b − a`` of the per-item scores has
-mean Δ and standard error ``sd(d) / √n`` (the normal interval; with 0/1 scores McNemar's exact
-test on the discordant items gives the p-value). The average accuracy over tasks is a mean of
-independent task means: its Δ's standard error is ``√(Σ se_t²) / T``. For KLD the per-token
-differences are averaged per window (tokens within a window are correlated) and the interval is
-that of the windows' mean. A run compared with itself gives Δ = 0 with a zero-width interval.
+mean Δ and standard error ``sd(d) / √n``, and its interval is Student-t's with ``n − 1`` degrees
+of freedom (with 0/1 scores McNemar's exact test on the discordant items gives the p-value).
+The average accuracy over tasks is a mean of independent task means: its Δ's standard error
+is ``√(Σ se_t²) / T`` (df by Welch–Satterthwaite). For KLD the per-token differences are
+averaged per window (tokens within a window are correlated) and the interval is that of the
+windows' mean (t, windows − 1 df). A run compared with itself gives Δ = 0 with a
+zero-width interval; fewer than two paired units give no interval (``—`` and the reason), and
+never a significant difference.
 
 >>> d = paired_items({"doc_id": [0, 1, 2, 3], "acc": [1, 0, 1, 1]},
 ...                  {"doc_id": [0, 1, 2, 3], "acc": [1, 1, 1, 1]}, "acc")
@@ -23,42 +26,98 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Z95 = 1.959963984540054
+from mixviz.runs.stats import t95
+
+Z95 = 1.959963984540054  # Fisher's z of Spearman's ρ only; means take t (:func:`t95`)
 
 
 @dataclass(frozen=True)
 class Paired:
-    """``b − a``: mean difference, its standard error, the 95 % interval, items, p-value."""
+    """``b − a``: mean difference, its standard error, the tokens or items it rests on
+    (``n``), McNemar's p-value where it applies, and the t interval's degrees of freedom:
+    ``df = units − 1`` (windows for KLD, items for a task; Welch–Satterthwaite for an average
+    over tasks). ``why`` says why there is no interval (fewer than two paired units)."""
 
     delta: float
     se: float
     n: int
     p: float | None = None
+    df: float | None = None  # None: a large-sample (normal) interval
+    why: str | None = None
 
     @property
     def lo(self) -> float:
-        return self.delta - Z95 * self.se
+        return self.delta - self._half()
 
     @property
     def hi(self) -> float:
-        return self.delta + Z95 * self.se
+        return self.delta + self._half()
+
+    def _half(self) -> float:
+        return (Z95 if self.df is None else t95(self.df)) * self.se
+
+    @property
+    def has_interval(self) -> bool:
+        """A finite interval: two paired units or more, and a finite standard error."""
+        return self.why is None and math.isfinite(self.lo) and math.isfinite(self.hi)
 
     @property
     def significant(self) -> bool:
-        """The 95 % interval excludes zero (and McNemar agrees where it applies)."""
-        inside = self.lo <= 0.0 <= self.hi
-        return not inside and (self.p is None or self.p < 0.05)
+        """The 95 % interval is finite and excludes zero (and McNemar agrees where it applies).
+
+        >>> Paired(0.5, float("nan"), 1, df=0, why="1 paired item").significant
+        False
+        """
+        if not self.has_interval or self.lo <= 0.0 <= self.hi:
+            return False
+        return self.p is None or self.p < 0.05
+
+    def reason(self) -> str:
+        """Why there is no interval ("" when there is one)."""
+        if self.has_interval:
+            return ""
+        return self.why or "no finite interval"
 
     def format(self, scale: float = 100.0, digits: int = 1) -> str:
-        """``+1.2 [−0.5, +2.9]`` (in points for ``scale=100``), ``*`` when significant.
+        """``+1.2 [−0.5, +2.9]`` (in points for ``scale=100``), ``*`` when significant;
+        ``— (why)`` without an interval.
 
-        >>> Paired(0.012, 0.008, 500).format()
+        >>> Paired(0.012, 0.008, 500, df=499).format()
         '+1.2 [-0.4, +2.8]'
+        >>> Paired(0.0, float("nan"), 511, df=0, why="1 paired window: no interval").format()
+        '— (1 paired window: no interval)'
         """
+        if not self.has_interval:
+            return f"— ({self.reason()})"
         f = f"{{:+.{digits}f}}"
         text = f"{f.format(scale * self.delta)} [{f.format(scale * self.lo)}, "
         text += f"{f.format(scale * self.hi)}]"
         return text + (" *" if self.significant else "")
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``delta, se, lo, hi, df, n, p, significant, why`` (NaN → None)."""
+
+        def num(x):
+            return None if x is None or not math.isfinite(x) else float(x)
+
+        return {
+            "delta": num(self.delta),
+            "se": num(self.se),
+            "lo": num(self.lo),
+            "hi": num(self.hi),
+            "df": num(self.df),
+            "n": self.n,
+            "p": num(self.p),
+            "significant": self.significant,
+            "why": self.reason() or None,
+        }
+
+
+def _unpaired(units: int, unit: str) -> str | None:
+    """The reason a mean over ``units`` paired ``unit``s has no interval, or None."""
+    if units >= 2:
+        return None
+    return f"{units} paired {unit}{'' if units == 1 else 's'}: no interval"
 
 
 def _se_of_mean(d: np.ndarray) -> float:
@@ -72,14 +131,15 @@ def paired_items(a: dict, b: dict, metric: str) -> Paired:
     ib = {str(i): v for i, v in zip(b["doc_id"], b[metric], strict=True)}
     common = [i for i in ia if i in ib]
     if not common:
-        return Paired(float("nan"), float("nan"), 0)
+        return Paired(float("nan"), float("nan"), 0, why="no item scored by both runs")
     x = np.array([ia[i] for i in common], dtype=float)
     y = np.array([ib[i] for i in common], dtype=float)
     d = y - x
     p = None
     if set(np.unique(x)) <= {0.0, 1.0} and set(np.unique(y)) <= {0.0, 1.0}:
         p = mcnemar(int(((x == 0) & (y == 1)).sum()), int(((x == 1) & (y == 0)).sum()))
-    return Paired(float(d.mean()), _se_of_mean(d), len(d), p)
+    n = len(d)
+    return Paired(float(d.mean()), _se_of_mean(d), n, p, n - 1, _unpaired(n, "item"))
 
 
 def mcnemar(b_wins: int, a_wins: int) -> float:
@@ -97,20 +157,31 @@ def mcnemar(b_wins: int, a_wins: int) -> float:
 
 
 def paired_average(parts: list[Paired]) -> Paired:
-    """Δ of a mean over tasks from each task's paired Δ (tasks have disjoint items)."""
+    """Δ of a mean over tasks from each task's paired Δ (tasks have disjoint items); its df is
+    Welch–Satterthwaite's ``(Σ se²)² / Σ (se⁴ / df)``. A task without an interval leaves the
+    average without one."""
     parts = [p for p in parts if p.n]
     if not parts:
-        return Paired(float("nan"), float("nan"), 0)
+        return Paired(float("nan"), float("nan"), 0, why="no task scored by both runs")
     t = len(parts)
-    se = math.sqrt(sum(p.se**2 for p in parts)) / t
-    return Paired(sum(p.delta for p in parts) / t, se, sum(p.n for p in parts))
+    delta, n = sum(p.delta for p in parts) / t, sum(p.n for p in parts)
+    lacking = [p for p in parts if not p.has_interval]
+    if lacking:
+        return Paired(delta, float("nan"), n, why=f"a task has {lacking[0].reason()}")
+    var = sum(p.se**2 for p in parts)
+    dfs = [math.inf if p.df is None else p.df for p in parts]
+    quartic = sum(p.se**4 / d for p, d in zip(parts, dfs, strict=True))
+    df = var**2 / quartic if quartic > 0 else sum(dfs)
+    return Paired(delta, math.sqrt(var) / t, n, df=None if math.isinf(df) else df)
 
 
 def paired_kld(a: np.ndarray, b: np.ndarray) -> Paired:
     """``b − a`` of per-token KLD ``[windows, positions]``, interval from the windows' means."""
     w = min(len(a), len(b))
     d = (b[:w].astype(np.float64) - a[:w].astype(np.float64)).mean(axis=1)
-    return Paired(float(d.mean()), _se_of_mean(d), int(b[:w].size))
+    return Paired(
+        float(d.mean()), _se_of_mean(d), int(b[:w].size), None, w - 1, _unpaired(w, "window")
+    )
 
 
 # --------------------------------------------------------------------------- runs on disk

@@ -84,8 +84,9 @@ def kld_trust(points: list[dict]) -> Trust | None:
 
 
 def refinement_chart(refinement):
-    """Each refine round: the measured KLD (± 2 s.e.) beside what the corrected additive model
-    predicted for it, so a person sees the correction converge (the best round ringed)."""
+    """Each refine round: the KLD measured on the selection windows and on held-out ones (± the
+    95 % t interval) beside what the corrected additive model predicted for it, so a person
+    sees the correction converge (the best round ringed)."""
     import plotly.graph_objects as go
 
     rounds = refinement.rounds
@@ -103,14 +104,15 @@ def refinement_chart(refinement):
             go.Scatter(
                 x=x,
                 y=[r.measured for r in rounds],
-                error_y={"type": "data", "array": [2 * r.measured_se for r in rounds]},
+                error_y={"type": "data", "array": [r.half() for r in rounds]},
                 mode="lines+markers",
                 line={"color": "#1f77b4"},
-                name="measured KLD (calibration text)",
+                name="measured KLD (selection: calibration windows)",
                 customdata=[r.avg_bits for r in rounds],
                 hovertemplate="round %{x}<br>measured %{y:.4f}<br>%{customdata:.3f} bits"
                 "<extra></extra>",
             ),
+            *_heldout_trace(rounds),
             go.Scatter(
                 x=[rounds[refinement.best].index],
                 y=[rounds[refinement.best].measured],
@@ -128,6 +130,26 @@ def refinement_chart(refinement):
         margin={"t": 50, "b": 40},
     )
     return fig
+
+
+def _heldout_trace(rounds) -> list:
+    """The held-out KLD of each round (windows never selected on), when scored."""
+    import plotly.graph_objects as go
+
+    have = [r for r in rounds if r.heldout is not None]
+    if not have:
+        return []
+    return [
+        go.Scatter(
+            x=[r.index for r in have],
+            y=[r.heldout for r in have],
+            error_y={"type": "data", "array": [r.half("heldout") for r in have]},
+            mode="lines+markers",
+            line={"color": "#2ca02c"},
+            name="held-out KLD (never selected on)",
+            hovertemplate="round %{x}<br>held-out %{y:.4f}<extra></extra>",
+        )
+    ]
 
 
 def refinement_points(refinement) -> list[dict]:

@@ -5,7 +5,18 @@ As llama.cpp's ``perplexity --kl-divergence``: the evaluation text is cut into w
 distribution P and the quantized model's Q give ``KLD(P ‖ Q)``, whether the top-1 token is the
 same, and both models' negative log-likelihood of the true token.
 
-**What the reference keeps.** P is kept as its ``TOPK`` largest log-probabilities (and their
+**Exact per-token values.** The reference also keeps what the unquantized model's output head
+saw at every scored position (its input vector) and a copy of the head itself, so P's full
+distribution is recomputed, :data:`CHUNK` positions at a time (memory stays bounded: ``CHUNK ×
+vocabulary`` floats), against Q's: every per-token KLD is exact over the full vocabulary, and
+so are ``kld_median`` and ``kld_p99``. That costs one extra head matmul per window and
+``tokens × hidden`` floats plus the head in the cache (≈ 80 + 113 MB for the demo). A model
+whose logits are not a plain linear head of that input (a soft cap, a logit scale) is checked
+on the first window and falls back to the estimate below; its per-token values are then noisy,
+so no percentile is reported for it (``exact`` is False). refine's yardstick
+(:mod:`mixviz.runs.measure`) uses only means and keeps the cheaper estimate.
+
+**The estimate.** P is kept as its ``TOPK`` largest log-probabilities (and their
 token ids) plus ``TAIL_SAMPLES`` tokens drawn (seeded, with replacement) from P's renormalised
 tail — the tokens outside the top-k — with their log-probabilities; Q is full at evaluation
 time. Per position
@@ -24,7 +35,8 @@ cached under ``cache/kld/``.
 
 **Uncertainty.** Neighbouring tokens are not independent, so each standard error is that of
 the mean over windows (the windows' means, ``ddof=1``), not the per-token binomial one —
-wider, and honest about the correlation. ``tokens`` is how many positions each number rests on.
+wider, and honest about the correlation; its interval is Student-t's with ``df = windows − 1``
+(the ``df`` row). ``tokens`` is how many positions each number rests on.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ from mixviz.runs.tasks import KLD_TASK  # noqa: F401 — the run task this modul
 SEQLEN = 512
 TOPK = 64
 TAIL_SAMPLES = 32
-_VERSION = 2  # 2: Monte Carlo tail samples
+CHUNK = 64  # positions whose full distributions are held at once for the exact KLD
+_VERSION = 3  # 3: the head's input for exact per-token KLD; 2: Monte Carlo tail samples
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,9 @@ class Reference:
 
     ``tokens`` ``[W, SEQLEN]``; ``logp``/``ids`` ``[W, SEQLEN-1, k]`` (descending);
     ``tail_logp``/``tail_ids`` ``[W, SEQLEN-1, m]``: tokens drawn from the tail;
-    ``nll`` ``[W, SEQLEN-1]``: its negative log-likelihood of each true next token.
+    ``nll`` ``[W, SEQLEN-1]``: its negative log-likelihood of each true next token;
+    ``hidden`` ``[W, SEQLEN-1, H]`` and ``head`` (``[V, H]``, ``head_bias``): the output
+    head's input at each position and the head, for exact KLD (None where it cannot be).
     """
 
     key: str
@@ -65,31 +80,38 @@ class Reference:
     tail_logp: torch.Tensor
     tail_ids: torch.Tensor
     nll: torch.Tensor
+    hidden: torch.Tensor | None = None
+    head: torch.Tensor | None = None
+    head_bias: torch.Tensor | None = None
 
     def arrays(self) -> dict[str, torch.Tensor]:
-        return {
-            k: getattr(self, k) for k in ("tokens", "logp", "ids", "tail_logp", "tail_ids", "nll")
-        }
+        keys = ("tokens", "logp", "ids", "tail_logp", "tail_ids", "nll", "hidden", "head")
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return out | ({} if self.head_bias is None else {"head_bias": self.head_bias})
 
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per scored position ``[W, SEQLEN-1]``: KLD to the reference, same top-1, the model's NLL."""
+    """Per scored position ``[W, SEQLEN-1]``: KLD to the reference, same top-1, the model's NLL;
+    ``exact``: every KLD over the full vocabulary (else the unbiased, noisy estimate)."""
 
     kld: np.ndarray
     top1: np.ndarray
     nll: np.ndarray
     nll_ref: np.ndarray
+    exact: bool = False
 
     def save(self, path) -> None:
         buf = io.BytesIO()
-        np.savez_compressed(buf, kld=self.kld, top1=self.top1, nll=self.nll, nll_ref=self.nll_ref)
+        arrays = {"kld": self.kld, "top1": self.top1, "nll": self.nll, "nll_ref": self.nll_ref}
+        np.savez_compressed(buf, **arrays, exact=np.array(self.exact))
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> TokenScores:
         with np.load(path) as z:
-            return cls(z["kld"], z["top1"], z["nll"], z["nll_ref"])
+            exact = bool(z["exact"]) if "exact" in z else False  # older files: the estimate
+            return cls(z["kld"], z["top1"], z["nll"], z["nll_ref"], exact)
 
 
 def windows(tokenizer, seqlen: int = SEQLEN) -> torch.Tensor:
@@ -136,6 +158,62 @@ def _logprobs(model, window: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _output_head(model) -> torch.nn.Linear | None:
+    """The model's output head when it is a plain linear layer (else None)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+@torch.inference_mode()
+def _logprobs_and_input(model, window: torch.Tensor, head) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probs of every position but the last, and the head's input there."""
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        logp = _logprobs(model, window)
+    finally:
+        hook.remove()
+    return logp, seen[-1][0, : logp.shape[0]]
+
+
+def _head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """Log-probs from the head's input ``h`` ``[n, H]`` (as the model computes them)."""
+    h = h.to(weight.device, weight.dtype)
+    return torch.log_softmax(torch.nn.functional.linear(h, weight, bias).float(), dim=-1)
+
+
+@torch.inference_mode()
+def exact_kld(hidden, weight, bias, logq: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """``KLD(P ‖ Q)`` per position over the full vocabulary, P recomputed from the head's input
+    ``hidden`` ``[n, H]`` ``chunk`` positions at a time (``chunk × V`` floats held at once)."""
+    out = torch.empty(logq.shape[0], dtype=torch.float32, device=logq.device)
+    for i in range(0, logq.shape[0], chunk):
+        logp = _head_logprobs(hidden[i : i + chunk], weight, bias).to(logq.device)
+        out[i : i + chunk] = (logp.exp() * (logp - logq[i : i + chunk])).sum(-1)
+    return out
+
+
+@torch.inference_mode()
+def _head_copy(model, tokens: torch.Tensor):
+    """``(head, weight copy, bias copy)`` when the first window's log-probs are the head's
+    linear map of its input (checked: every log-prob within 1e-4, 0.05 in 16-bit weights),
+    else ``(None, None, None)``."""
+    head = _output_head(model)
+    if head is None or not len(tokens):
+        return None, None, None
+    logp, h = _logprobs_and_input(model, tokens[0], head)
+    weight = head.weight.detach().clone()  # the model may be quantized in place later
+    bias = None if head.bias is None else head.bias.detach().clone()
+    if h.shape[0] != logp.shape[0]:
+        return None, None, None
+    again = _head_logprobs(h, weight, bias)
+    tol = 1e-4 if weight.dtype == torch.float32 else 5e-2
+    if not torch.allclose(again, logp, rtol=0.0, atol=tol):
+        return None, None, None
+    return head, weight, bias
+
+
 def compute_reference(
     model,
     tokens: torch.Tensor,
@@ -143,11 +221,19 @@ def compute_reference(
     topk: int = TOPK,
     progress: Callable[[int, int], None] | None = None,
     samples: int = TAIL_SAMPLES,
+    exact: bool = True,
 ) -> Reference:
-    """Run the unquantized model over every window and keep its top-k and tail samples."""
+    """Run the unquantized model over every window and keep its top-k and tail samples, and
+    (``exact``) its head's input at every position with a copy of the head."""
     out: dict[str, list] = {k: [] for k in ("logp", "ids", "tail_logp", "tail_ids", "nll")}
+    head, weight, bias = _head_copy(model, tokens) if exact else (None, None, None)
+    hidden = []
     for w, window in enumerate(tokens):
-        logp = _logprobs(model, window)
+        if head is not None:
+            logp, h = _logprobs_and_input(model, window, head)
+            hidden.append(h.cpu())
+        else:
+            logp = _logprobs(model, window)
         k = min(topk, logp.shape[-1])
         top = logp.topk(k, dim=-1)
         out["logp"].append(top.values.cpu())
@@ -163,7 +249,11 @@ def compute_reference(
         out["tail_ids"].append(tail_ids.to(torch.int32).cpu())
         if progress:
             progress(w + 1, len(tokens))
-    return Reference(key, tokens, **{k: torch.stack(v) for k, v in out.items()})
+    extra = {}
+    if head is not None:
+        cpu_bias = None if bias is None else bias.cpu()
+        extra = {"hidden": torch.stack(hidden), "head": weight.cpu(), "head_bias": cpu_bias}
+    return Reference(key, tokens, **{k: torch.stack(v) for k, v in out.items()}, **extra)
 
 
 def reference(
@@ -234,17 +324,27 @@ def score(
     ref: Reference,
     progress: Callable[[int, int], None] | None = None,
     limit: int | None = None,
+    exact: bool = True,
 ) -> TokenScores:
     """The quantized model's per-position scores against the reference (its first ``limit``
-    windows, or all)."""
+    windows, or all): exact KLD where the reference holds its head (``exact=False``: the
+    top-k + tail estimate all the same)."""
     klds, top1s, nlls = [], [], []
     tokens = ref.tokens[:limit]
+    exact = exact and ref.hidden is not None
+    if exact:
+        dev = _device(model)
+        weight = ref.head.to(dev)
+        bias = None if ref.head_bias is None else ref.head_bias.to(dev)
     for w, window in enumerate(tokens):
         logq = _logprobs(model, window)
         ids = ref.ids[w].to(logq.device)
         dev = logq.device
-        tail = (ref.tail_logp[w].to(dev), ref.tail_ids[w].to(dev))
-        klds.append(kld_estimate(ref.logp[w].to(dev), ids, logq, *tail).cpu())
+        if exact:
+            klds.append(exact_kld(ref.hidden[w], weight, bias, logq).cpu())
+        else:
+            tail = (ref.tail_logp[w].to(dev), ref.tail_ids[w].to(dev))
+            klds.append(kld_estimate(ref.logp[w].to(dev), ids, logq, *tail).cpu())
         top1s.append((logq.argmax(-1) == ids[:, 0]).cpu())
         nlls.append(-logq.gather(-1, window[1:, None].to(logq.device))[:, 0].cpu())
         if progress:
@@ -254,13 +354,14 @@ def score(
         torch.stack(top1s).numpy(),
         torch.stack(nlls).numpy(),
         ref.nll[:limit].numpy(),
+        exact or (len(tokens) > 0 and ref.ids.shape[-1] >= logq.shape[-1]),  # top-k = all
     )
 
 
 def identical(ref: Reference, limit: int | None = None) -> TokenScores:
     """The reference scored against itself (the BF16 run): zero divergence, same top-1."""
     nll = ref.nll[:limit].numpy()
-    return TokenScores(np.zeros_like(nll), np.ones(nll.shape, dtype=bool), nll, nll)
+    return TokenScores(np.zeros_like(nll), np.ones(nll.shape, dtype=bool), nll, nll, True)
 
 
 def window_means(x: np.ndarray) -> np.ndarray:
@@ -285,19 +386,25 @@ def window_mean_se(x: np.ndarray) -> tuple[float, float]:
 
 def summarize(s: TokenScores) -> list[tuple[str, float, float | None]]:
     """``(metric, value, stderr)`` rows as llama.cpp reports them: mean KLD, its median and
-    99th percentile, same-top-token share, both models' perplexity, the token count."""
+    99th percentile (only from exact per-token values: percentiles of noisy estimates are
+    biased), same-top-token share, both models' perplexity, the token count, and the
+    degrees of freedom of every interval here (``df`` = windows − 1: Student-t)."""
     kld, kld_se = window_mean_se(s.kld)
     top1, top1_se = window_mean_se(s.top1.astype(np.float64))
     nll, nll_se = window_mean_se(s.nll)
     nll_ref, nll_ref_se = window_mean_se(s.nll_ref)
-    return [
-        ("kld", kld, kld_se),
+    tails = [
         ("kld_median", float(np.median(s.kld)), None),
         ("kld_p99", float(np.percentile(s.kld, 99)), None),
+    ]
+    return [
+        ("kld", kld, kld_se),
+        *(tails if s.exact else []),
         ("top1", top1, top1_se),
         ("ppl", math.exp(nll), math.exp(nll) * nll_se),  # delta method
         ("ppl_ref", math.exp(nll_ref), math.exp(nll_ref) * nll_ref_se),
         ("tokens", float(s.kld.size), None),
+        ("df", float(s.kld.shape[0] - 1), None),
     ]
 
 

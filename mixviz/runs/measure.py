@@ -4,9 +4,10 @@
 windows (top-k plus tail samples, as the ``mixviz_kld`` task keeps them:
 :mod:`mixviz.runs.kld`) and, for an option per layer, quantize-dequantizes the model with
 auto-round's RTN quantizers (:mod:`mixviz.sensitivity.operating_point`), scores it against them
-and restores it. ``refine`` measures on **calibration** windows (:func:`calibration_windows`),
-never on the evaluation text; the benchmark measures the result on the evaluation windows
-(:func:`mixviz.runs.kld.windows`), as the ``mixviz_kld`` task does.
+and restores it. ``refine`` selects on **calibration** windows (:func:`calibration_windows`) and
+scores every round on **held-out** windows it never selects on (:func:`heldout_windows`: the
+evaluation text's last windows), so the answer's figure is not the optimistic one of the
+windows that chose it.
 
 :func:`refine_profile` loads the profile's model once and runs
 :func:`mixviz.allocation.refine.refine` with it, cached under ``cache/refine/`` by everything
@@ -36,12 +37,12 @@ class WindowKLD:
     differences). Quantized weights are kept between calls (``keep``), so a measurement costs
     one forward pass over the windows."""
 
-    def __init__(self, model, tokens, keep: bool = True):
+    def __init__(self, model, tokens, keep: bool = True, cache: dict | None = None):
         from mixviz.runs.kld import compute_reference
 
         self.model = model
-        self.ref = compute_reference(model, tokens)
-        self.cache: dict | None = {} if keep else None
+        self.ref = compute_reference(model, tokens, exact=False)  # means only: the estimate
+        self.cache: dict | None = (cache if cache is not None else {}) if keep else None
         self.calls = 0
         self.seconds = 0.0
 
@@ -53,7 +54,7 @@ class WindowKLD:
         t0 = time.perf_counter()
         plan = {name: get_scheme(o) for name, o in choice.items()}
         with at(self.model, plan, cache=self.cache):
-            s = score(self.model, self.ref)
+            s = score(self.model, self.ref, exact=False)
         mean, se = window_mean_se(s.kld)
         per_window = window_means(s.kld)
         self.calls += 1
@@ -68,17 +69,36 @@ def calibration_windows(tokenizer, calib: str = "pydoc", n: int = CALIB_WINDOWS,
     return token_windows(tokenizer, calibration_text(calib), n, seqlen or CALIB_SEQLEN)
 
 
+def heldout_windows(tokenizer, n: int = CALIB_WINDOWS, seqlen=None):
+    """The evaluation text's last ``n`` windows of ``seqlen`` tokens: text neither the profile
+    nor refine's selection ever saw (its far end, away from wherever a run's ``--limit``
+    starts)."""
+    from mixviz.runs.kld import windows
+
+    tokens = windows(tokenizer, seqlen or CALIB_SEQLEN)
+    if len(tokens) < n:
+        raise MixvizError(
+            f"the evaluation text has {len(tokens)} windows of {seqlen or CALIB_SEQLEN} tokens: "
+            f"too few for {n} held-out ones (fewer --heldout or a shorter --window-len)"
+        )
+    return tokens[len(tokens) - n :]
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Where refine measures: calibration text, windows × seqlen, device and dtype."""
+    """Where refine measures: calibration text, windows × seqlen (selection), held-out windows
+    of the evaluation text scored but never selected on (0: none), device and dtype."""
 
     calib: str = "pydoc"
     windows: int = CALIB_WINDOWS
     seqlen: int = CALIB_SEQLEN
     device: str = "auto"
     dtype: str = "auto"
+    heldout: int = CALIB_WINDOWS
 
     def __post_init__(self):
+        if self.heldout != 0 and not 2 <= self.heldout <= 4096:
+            raise MixvizError(f"score on 0 or 2..4096 held-out windows (got {self.heldout})")
         if not (2 <= self.windows <= 4096 and 16 <= self.seqlen <= 32768):
             raise MixvizError(
                 f"measure on 2..4096 windows of 16..32768 tokens (got {self.windows}, "
@@ -96,7 +116,7 @@ def refine_key(profile, problem_doc: dict, settings: RefineSettings, where: Meas
         "settings": asdict(settings),
         "measure": asdict(where),
         "calib_hash": calibration_text(where.calib).hash,
-        "version": 2,  # 2: round 0 in the measured units in context too
+        "version": 3,  # 3: t intervals, held-out scores; 2: round 0 in the measured units
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -144,8 +164,13 @@ def refine_profile(
     model, tok = load_model(ref, dtype=where.dtype, device=where.device)
     say(f"reference over {where.windows}×{where.seqlen} calibration tokens")
     measure = WindowKLD(model, calibration_windows(tok, where.calib, where.windows, where.seqlen))
+    score = None
+    if where.heldout:
+        say(f"reference over {where.heldout}×{where.seqlen} held-out tokens")
+        held = heldout_windows(tok, where.heldout, where.seqlen)
+        score = WindowKLD(model, held, cache=measure.cache)  # the same quantized weights
     again = _reprofile(ref, profile, where, rules or {}) if settings.grouping == "context" else None
-    result = refine(problem, settings, measure, say, again)
+    result = refine(problem, settings, measure, say, again, score)
     atomic_write_json(path, result.to_dict())
     return result
 

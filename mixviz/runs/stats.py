@@ -9,6 +9,10 @@ lm-eval logs every item's score (``log_samples``); a run keeps them reduced to n
   ``(log-likelihood, words)``) and ``bits_per_byte``: the ratio estimator's standard error of
   ``Σ −ll / Σ words``, through the delta method.
 
+Intervals of a mean over ``n`` units (items, windows) are Student-t ones with ``df = n − 1``
+(:func:`t95`, :func:`mean_interval`): 2.13 s.e. over 16 windows, not 1.96. The normal 1.96 is
+what t becomes as ``n`` grows (t₄₉₉ = 1.965), so no separate z path is kept for large ``n``.
+
 >>> item_stderrs({"t": {"doc_id": [0, 1, 2, 3], "acc": [1, 0, 1, 1]}})["t"]["acc"]
 0.25
 """
@@ -19,6 +23,37 @@ import math
 
 _MEAN = ("acc", "acc_norm", "exact_match")
 _WEIGHTED = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def t95(df: float) -> float:
+    """The two-sided 95 % Student-t quantile with ``df`` degrees of freedom (NaN below 1).
+
+    >>> round(t95(15), 3), round(t95(1), 2), round(t95(math.inf), 3)
+    (2.131, 12.71, 1.96)
+    """
+    if not df >= 1:  # also NaN
+        return float("nan")
+    from scipy.stats import norm, t
+
+    return float(norm.ppf(0.975) if math.isinf(df) else t.ppf(0.975, df))
+
+
+def mean_interval(values) -> dict:
+    """Mean of ``values`` (one per unit: item, window), its standard error, the t interval's
+    degrees of freedom and bounds: ``{"mean", "se", "df", "lo", "hi", "n"}``; below two
+    values the se and bounds are NaN (no interval from one unit).
+
+    >>> d = mean_interval([1.0, 2.0, 3.0]); d["df"], round(d["hi"] - d["mean"], 3)
+    (2, 2.484)
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64).ravel()
+    n = int(x.size)
+    mean = float(x.mean()) if n else float("nan")
+    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    half = t95(n - 1) * se
+    return {"mean": mean, "se": se, "df": n - 1, "lo": mean - half, "hi": mean + half, "n": n}
 
 
 def item_scores(samples: dict, group_subtasks: dict | None = None) -> dict:

@@ -53,6 +53,8 @@ def quant_mx_fast(
     >>> x = torch.tensor([[0.3, -1.25, 2.5, 7.0] * 8])
     >>> quant_mx_fast(x, bits=4, group_size=32, data_type="mx_fp4")[0][0, :4].tolist()
     [0.5, -1.0, 2.0, 6.0]
+    >>> quant_mx_fast(x.index_fill(1, torch.tensor([3]), torch.inf), 4, 32, "mx_fp4")[0][0, 0]
+    tensor(nan)
     """
     fmt = mx_format(data_type, bits)
     if fmt is None or group_size <= 0 or tensor.shape[-1] % group_size:
@@ -65,6 +67,9 @@ def quant_mx_fast(
     a = t.abs()  # magnitudes throughout: round-half-even and the clamps are symmetric
     max_val = a.amax(dim=-1, keepdim=True)
     shared = torch.where(max_val == 0, torch.ones_like(max_val), torch.log2(max_val)).floor_()
+    # a group holding ±inf (an fp16 activation past 65504) has no exponent: NaN, as auto-round's
+    # floor_ste makes it (inf − inf), so the whole group comes out NaN there too
+    shared = shared.masked_fill_(shared.isinf(), float("nan"))
     shared = shared.sub_(emax).clamp_(-127.0, 127.0)
     scale = torch.exp2(shared)
     a = a.div_(scale).clamp_(max=max_norm)

@@ -616,9 +616,10 @@ def test_allocate_refine_measures_in_the_background_and_draws_its_rounds(profile
         time.sleep(2)
     assert not at.exception
     (best,) = [c.value for c in at.caption if c.value.startswith("Best: round")]
-    assert "calibration text" in best
+    assert "chosen on calibration windows" in best and "held-out windows" in best
     chart = at.get("plotly_chart")[-1].proto.spec
-    assert "measured KLD (calibration text)" in chart
+    assert "measured KLD (selection: calibration windows)" in chart
+    assert "held-out KLD (never selected on)" in chart
     frontier = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     domain = frontier["layer"][0]["encoding"]["color"]["scale"]["domain"]
     assert "refined (measured rounds)" in domain

@@ -90,14 +90,32 @@ def test_cli_refine_writes_the_rounds_and_the_best_layers(tmp_path):
     out = tmp_path / "refined.json"
     r = run_cli(
         "refine", "tiny", "--avg-bits", "6", "--rounds", "1", "--nsamples", "4", "--seqlen",
-        "64", "--windows", "4", "--window-len", "64", "--out", str(out),
+        "64", "--windows", "4", "--window-len", "64", "--heldout", "3", "--out", str(out),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "measured KLD" in r.stdout and "stopped:" in r.stdout
+    assert "selection KLD" in r.stdout and "held-out KLD" in r.stdout and "stopped:" in r.stdout
+    assert "95 % t interval" in r.stdout
     doc = json.loads(out.read_text())
     assert doc["format"] == "mixviz.refinement" and doc["strategy"] == "refined"
     assert set(doc["layers"].values()) <= {"MXFP4", "MXFP8"}
     assert doc["layers"] == doc["rounds"][doc["best"]]["layers"]
+    for r in doc["rounds"]:  # both figures, each with its df: selection and held-out
+        assert r["measured_df"] == 3 and r["heldout_df"] == 2 and r["heldout"] > 0
+    assert doc["best_heldout"] == doc["rounds"][doc["best"]]["heldout"]
+
+
+def test_heldout_windows_are_the_evaluation_texts_last(tiny):
+    from mixviz.runs.kld import windows
+    from mixviz.runs.measure import heldout_windows
+
+    _, tok = tiny
+    held = heldout_windows(tok, 3, 64)
+    assert torch.equal(held, windows(tok, 64)[-3:])
+    calib = calibration_windows(tok, n=4, seqlen=64)
+    rows = {tuple(x.tolist()) for x in calib}
+    assert not rows & {tuple(x.tolist()) for x in held}
+    with pytest.raises(MixvizError, match="held-out"):
+        heldout_windows(tok, 10**6, 64)
 
 
 def test_cli_refine_refuses_a_bad_budget():

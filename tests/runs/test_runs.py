@@ -274,6 +274,7 @@ def test_end_to_end_tiny_real_autoround_and_lm_eval(tiny_ref, tiny_layers):
     assert doc["results"]["mixviz_nextsent"]["items"] == limit
     kld = doc["results"]["mixviz_kld"]
     assert kld["tokens"] == limit * 511 and kld["kld"] > 0 and 0 < kld["top1"] < 1
+    assert kld["df"] == limit - 1 and 0 < kld["kld_median"] < kld["kld_p99"]  # t; exact tails
     assert doc["stderrs"]["mixviz_kld"]["kld"] > 0 and "acc" in doc["stderrs"]["mixviz_nextsent"]
     items = lastword_items()[:limit]
     model, tok = load_model(tiny_ref)

@@ -151,3 +151,25 @@ def test_quantized_tiny_gives_auto_rounds_logits_with_fewer_quantizations(tiny_r
     assert torch.equal(got, want)
     assert sum(computed) == 4 * qmodel.config.num_hidden_layers
     assert len(computed) == 7 * qmodel.config.num_hidden_layers
+
+
+# --------------------------------------------------------------------------- non-finite groups
+
+
+@pytest.mark.parametrize("data_type,bits", [("mx_fp4", 4), ("mx_fp8", 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), 70000.0, 1e5, 500.0, 7.0]
+)
+def test_non_finite_and_past_max_groups_match_autoround_bit_for_bit(data_type, bits, dtype, value):
+    """A group holding ±inf or NaN is NaN throughout, exponent included (auto-round's floor_ste
+    makes inf − inf); finite values past the format's max clamp alike. 70000 is inf in fp16."""
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    x[1, 5] = value  # one group of the second row; the rest stay finite
+    x = x.to(dtype)
+    want = quant_mx(x, bits=bits, group_size=32, data_type=data_type)
+    got = quant_mx_fast(x, bits=bits, group_size=32, data_type=data_type)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0, equal_nan=True)
+    if not torch.isfinite(x[1, 5]):
+        assert got[0][1, :32].isnan().all() and got[0][1, 32:].isfinite().all()
