@@ -16,6 +16,7 @@ reused run 20261207-104909-1a2b3c, copied to /ckpt/b
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,10 +47,12 @@ class Delivered:
 
 
 def ship_record(run_id: str) -> dict:
-    """The run's ``ship.json`` (``{}`` when it has none)."""
-    from mixviz.runs.ship import ship_document
-
-    return ship_document(run_id) or {}
+    """The run's ``ship.json`` (:mod:`mixviz.runs.ship` writes it), ``{}`` when it has none."""
+    try:
+        doc = json.loads((runs_dir() / run_id / "ship.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def locations(doc: dict) -> list[Path]:
