@@ -18,8 +18,10 @@ run, measures the in-memory model's KLD, then (:func:`ship_step`):
 4. for GGUF, llama.cpp itself: ``llama-perplexity --kl-divergence`` of the file against a BF16
    GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`).
 
-Everything lands in ``cache/runs/<id>/ship.json``; a failed check fails the run naming the
-layers that differ.
+Everything lands in ``cache/runs/<id>/ship.json``, with every file's size and sha256
+(``files``, what a reused job checks before copying: :mod:`mixviz.runs.delivery`); a failed
+check fails the run naming the layers that differ. The files are written into a sibling partial
+folder renamed to ``--out`` only once verified (:mod:`mixviz.runs.staging`).
 """
 
 from __future__ import annotations
