@@ -109,35 +109,26 @@ def holds(store: Store, spec: RunSpec) -> bool:
     return any(out in locations(ship_record(r.id)) for r in rows)
 
 
-def predicted_bytes(ref, spec: RunSpec, layers) -> float:
-    """The checkpoint's predicted size: the recipe's linears at their exact bits, the rest of
-    the model's weights (embeddings, norms) and unquantized layers in the run's precision."""
+def predicted_bytes(ref, spec: RunSpec) -> int:
+    """The checkpoint's predicted size, as ``allocate --size`` prices it
+    (:func:`mixviz.models.file_size.predicted_bytes`, on the model's meta copy)."""
+    from mixviz.models import file_size
     from mixviz.models.device import placement
     from mixviz.models.loading import meta_model
-    from mixviz.models.schemes import get_scheme, layer_bits
 
-    width = placement(spec.device, spec.dtype)[1].itemsize
-    total = 0.0
-    for x in layers:
-        s = get_scheme((spec.recipe or {}).get(x.name, "BF16"))
-        if s.bits >= 16:
-            total += x.numel * width
-        else:
-            total += layer_bits(s, x.in_features, x.out_features) / 8
-    try:
-        params = sum(p.numel() for p in meta_model(ref).parameters())
-    except MixvizError:
-        params = 0
-    return total + max(params - sum(x.numel for x in layers), 0) * width
+    dtype = str(placement(spec.device, spec.dtype)[1]).removeprefix("torch.")
+    model = meta_model(ref)
+    return file_size.predicted_bytes(model, dict(spec.recipe or {}), spec.ship.format,
+                                     dtype=dtype, folder=ref.path)  # fmt: skip
 
 
-def check_out(ref, spec: RunSpec, layers, store: Store) -> None:
+def check_out(ref, spec: RunSpec, store: Store) -> None:
     """At submit, before any work: partial folders that ended runs left beside ``--out`` are
     removed, and ``--out`` must be writable with room for the checkpoint
     (:func:`~mixviz.runs.staging.check_room`)."""
     out = Path(spec.ship.out)
     discard_partials(out, lambda run_id: _over(store, run_id))
-    check_room(out, predicted_bytes(ref, spec, layers))
+    check_room(out, predicted_bytes(ref, spec))
 
 
 def _over(store: Store, run_id: str) -> bool:

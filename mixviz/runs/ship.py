@@ -104,7 +104,7 @@ def quantize_spec(
     store = Store()
     if not holds(store, spec):  # else --out already holds that finished job's checkpoint
         check_ship(spec, recipe, widths)
-        check_out(ref, spec, layers, store)  # writable, with room: before any work
+        check_out(ref, spec, store)  # writable, with room: before any work
     return spec
 
 
@@ -225,14 +225,15 @@ def _predicted_file(spec: RunSpec, loaded, plan: dict[str, str]) -> int:
     """The checkpoint's bytes as ``allocate --size`` prices them (:mod:`mixviz.models.file_size`)
     — set beside ``total_bytes``, what was written."""
     from mixviz.models.file_size import predicted_bytes
-    from mixviz.models.loading import resolve_model
+    from mixviz.models.loading import meta_model, resolve_model
     from mixviz.paths import cache_dir
 
     ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
     conv = cache_dir() / "gguf" / f"{loaded.model_hash}-f32.gguf"
     dtype = str(loaded.model.dtype).removeprefix("torch.")
-    return predicted_bytes(loaded.model, plan, spec.ship.format, dtype=dtype, folder=ref.path,
-                           gguf_file=conv)  # fmt: skip
+    # the meta copy: saving packed loaded.model in place (QuantLinear has no in_features)
+    return predicted_bytes(meta_model(ref), plan, spec.ship.format, dtype=dtype,
+                           folder=ref.path, gguf_file=conv)  # fmt: skip
 
 
 def _llamacpp_agrees(llama: dict | None) -> bool:
