@@ -10,6 +10,7 @@ from mixviz import MixvizError
 from mixviz.allocation.strategies import STRATEGIES, allocate
 from mixviz.report.tables import DISPLAY, primary_metric, rests_on
 from mixviz.runs.backends import get_backend, read_log, submit_once
+from mixviz.runs.delivery import checkpoint_state
 from mixviz.runs.logs import clean_log
 from mixviz.runs.progress import duration, eta_text
 from mixviz.runs.runspec import RunSpec
@@ -234,6 +235,10 @@ def details(rows) -> None:
     shipped = ship_document(pick)
     if shipped:
         checkpoint(shipped)
+        kept = checkpoint_state(pick) if row.status == "done" else None
+        if kept and kept["state"] != "intact":
+            st.warning(f"This run's checkpoint files are {kept['state']} ({kept['why']}): "
+                       "quantizing the same recipe again writes them anew")  # fmt: skip
     elif row.status == "done" and row.spec.get("recipe"):
         with st.expander("Save this run's model as a checkpoint"):
             ui.quantize_panel(choice, row.spec["recipe"], labels[pick], row.spec.get("budget"),

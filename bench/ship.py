@@ -6,7 +6,10 @@ For each (format, option set): profile the demo (fisher, cached), allocate the e
 per format: seconds to write, bytes of the quantized linears on disk ÷ predicted, reload
 seconds, KLD in memory and reloaded with the paired Δ (95 % interval) — and, for GGUF, llama.cpp's
 own KLD against a BF16 GGUF. The anchor is the in-memory run of the same job (its quantize and
-KLD seconds), so the write/reload figures read as ratios of it.
+KLD seconds), so the write/reload figures read as ratios of it: *verify ÷ in-memory KLD* is the
+reload plus the reloaded model's KLD over the in-memory model's KLD on the same windows (the
+reload runs in the run's own precision, so this stays near 1×). The header gives the load
+average at the start and the end.
 
     .venv/bin/python bench/ship.py [--limit 16] [--avg-bits 5] [--only gguf,auto_round]
 
@@ -57,6 +60,7 @@ def main() -> int:
     from mixviz.runs.store import read_result
     from mixviz.sensitivity.profile import profile_model
 
+    args.load = [os.getloadavg()[0]]  # how busy the machine was: at the start, at the end
     ref = resolve_model(args.model)
     root = Path(args.out or tempfile.mkdtemp(prefix="mixviz-ship-"))
     backend = LocalBackend()
@@ -86,6 +90,7 @@ def main() -> int:
         rows.append((fmt, options, row, ship, timings, wall, sub.reused))
         print(f"  {tag}: {row.status} in {wall:.0f} s" + (f" ({row.error})" if row.error else ""),
               file=sys.stderr)  # fmt: skip
+    args.load.append(os.getloadavg()[0])
     print(table(rows, args))
     return 0
 
@@ -93,12 +98,14 @@ def main() -> int:
 def table(rows, args) -> str:
     head = (
         "| format | options | status | quantize s | write s | write ÷ quantize | reload s "
-        "| quantized bytes ÷ predicted | KLD in memory | KLD reloaded | Δ KLD reloaded − memory "
-        "[95 %] | llama.cpp KLD |"
+        "| verify ÷ in-memory KLD | quantized bytes ÷ predicted | KLD in memory | KLD reloaded "
+        "| Δ KLD reloaded − memory [95 %] | llama.cpp KLD |"
     )
     lines = [
         f"demo model, optimal @ {args.avg_bits:g} avg bits (scale bits ignored), KLD over "
-        f"{args.limit} held-out windows of 512 tokens; CPU, {os.cpu_count()} cores",
+        f"{args.limit} held-out windows of 512 tokens; CPU, {os.cpu_count()} cores, load "
+        f"average {args.load[0]:.1f} at the start, {args.load[-1]:.1f} at the end; verify = "
+        "reload + the reloaded model's KLD, against the in-memory model's KLD (same windows)",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
@@ -115,9 +122,11 @@ def table(rows, args) -> str:
         status = row.status + (" (reused)" if reused else "")
         q = t.get("quantize")
         ratio = f"{t['write'] / q:.2f}×" if q and "write" in t else "—"
+        verify = t.get("reload", 0) + t.get("reload kld", 0)
+        v_ratio = f"{verify / t['kld']:.2f}×" if t.get("kld") and "reload kld" in t else "—"
         lines.append(
             f"| {fmt} | {options} | {status} | {f'{q:.1f}' if q else '—'} | "
-            f"{t.get('write', 0):.1f} | {ratio} | {t.get('reload', 0):.1f} | "
+            f"{t.get('write', 0):.1f} | {ratio} | {t.get('reload', 0):.1f} | {v_ratio} | "
             f"{ship['quantized_bytes_ratio']:.4f} | {mem['kld'][0]:.4f} ± {mem['kld'][1]:.4f} | "
             f"{dsk['kld'][0]:.4f} ± {dsk['kld'][1]:.4f} | "
             f"{d['delta']:+.1e} [{d['lo']:+.1e}, {d['hi']:+.1e}] | {lk} |"

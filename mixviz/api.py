@@ -81,13 +81,15 @@ def quantize(
 ):
     """Write ``recipe`` as a real ``format`` checkpoint in ``out`` (a queued job: auto-round
     quantizes, exports, reloads from disk and verifies — :mod:`mixviz.runs.ship`). With
-    ``wait`` (default) returns the verification (``ship.json``), else the
+    ``wait`` (default) returns the verification (``ship.json``) once ``out`` holds the
+    verified checkpoint (an identical finished job's is copied there, or made anew when its
+    files are gone: :mod:`mixviz.runs.delivery`), else the
     :class:`~mixviz.runs.backends.Submitted` job. ``fields`` go to the run spec (``limit``,
     ``device``, ``dtype``, ...)."""
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model, resolve_model
     from mixviz.runs.backends import LocalBackend, submit
-    from mixviz.runs.backends import wait as wait_for
+    from mixviz.runs.delivery import as_delivered, deliver
     from mixviz.runs.ship import quantize_spec, ship_document
 
     ref = resolve_model(model or recipe.model)
@@ -104,8 +106,8 @@ def quantize(
     sub = submit(backend, spec)
     if not wait:
         return sub
-    row = wait_for(backend.store, sub.id)
-    doc = ship_document(sub.id)
-    if row.status != "done":
-        raise MixvizError(f"quantize job {sub.id} {row.status}: {row.error or ''}".strip())
-    return doc
+    got = deliver(backend, spec, sub.id, sub.reused)  # a reused job's files: copied, or redone
+    if got.status != "done":
+        row = backend.store.get(got.run_id)
+        raise MixvizError(f"quantize job {got.run_id} {row.status}: {row.error or ''}".strip())
+    return as_delivered(ship_document(got.run_id), spec.ship.out)

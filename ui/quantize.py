@@ -16,6 +16,7 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
     """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
     reloads the files and verifies them against the in-memory model (``mixviz quantize``)."""
     from mixviz.runs.backends import get_backend, submit
+    from mixviz.runs.delivery import deliver_now
     from mixviz.runs.ship import quantize_spec
 
     c1, c2, c3 = st.columns([1, 3, 1])
@@ -40,7 +41,16 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
             device=choice.device,
             dtype=choice.dtype,
         )
-        sub = submit(get_backend(), spec)
+        backend = get_backend()
+        sub = submit(backend, spec)
         st.success(sub.describe(spec.label) + ": follow it on the Runs page")
+        if sub.reused:  # its files: copied to this folder, or made anew when they are gone
+            got = deliver_now(backend, spec, sub.id, reused=True)
+            elsewhere = backend.store.get(sub.id).spec["ship"]["out"] != spec.ship.out
+            if got.how == "pending" and elsewhere:
+                st.info(f"Run {sub.id} is not finished: press Quantize again once it is done "
+                        f"to copy its checkpoint to {spec.ship.out}")  # fmt: skip
+            elif got.message:
+                (st.warning if got.how == "again" else st.success)(got.message)
     except MixvizError as e:
         st.error(str(e))

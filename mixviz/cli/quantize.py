@@ -90,7 +90,8 @@ def _imatrix(path: str | None) -> str | None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from mixviz.runs.backends import LocalBackend, submit, wait
+    from mixviz.runs.backends import LocalBackend, submit
+    from mixviz.runs.delivery import as_delivered, deliver
     from mixviz.runs.ship import ship_document
 
     ref = resolve(args)
@@ -99,8 +100,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     sub = submit(backend, spec)
     progress(sub.describe(spec.label) + f" → {spec.ship.out}")
     if args.no_wait:
-        doc = {"id": sub.id, "status": sub.status, "reused": sub.reused}
-        sys.stdout.write((json.dumps(doc) if args.json else sub.id) + "\n")
+        _queue_only(backend, spec, sub, args.json)
         return
     last = [None]
 
@@ -109,12 +109,35 @@ def cmd_quantize(args: argparse.Namespace) -> None:
             progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
             last[0] = row.stage
 
-    row = wait(backend.store, sub.id, on_update=show)
-    ship = ship_document(sub.id) or {}
-    doc = {"id": sub.id, "status": row.status, "error": row.error, "ship": ship}
+    got = deliver(backend, spec, sub.id, sub.reused, say=progress, on_update=show)
+    row = backend.store.get(got.run_id)
+    ship = ship_document(got.run_id) or {}
+    if ship and got.status == "done":
+        ship = as_delivered(ship, spec.ship.out)  # where this command put it
+    doc = {"id": got.run_id, "status": row.status, "error": row.error, "ship": ship,
+           "delivered": {"how": got.how, "source": got.source}}  # fmt: skip
     emit(doc, args.json, _text)
     if row.status != "done":
-        raise MixvizError(f"quantize job {sub.id} {row.status}: {row.error or ''}".strip())
+        raise MixvizError(f"quantize job {got.run_id} {row.status}: {row.error or ''}".strip())
+
+
+def _queue_only(backend, spec, sub, as_json: bool) -> None:
+    """``--no-wait``: print the job's id; a reused job that is done is delivered at once (a
+    copy, or queued again), one that is not yet is named."""
+    from mixviz.runs.delivery import deliver_now
+
+    run_id = sub.id
+    if sub.reused:
+        got = deliver_now(backend, spec, sub.id, reused=True)
+        run_id = got.run_id
+        if got.message:
+            progress(got.message)
+        row = backend.store.get(run_id)
+        if got.how == "pending" and row.spec["ship"]["out"] != spec.ship.out:
+            progress(f"run {run_id} writes its checkpoint to {row.spec['ship']['out']}: run "
+                     f"this again once it is done to copy it to {spec.ship.out}")  # fmt: skip
+    doc = {"id": run_id, "status": backend.store.get(run_id).status, "reused": sub.reused}
+    sys.stdout.write((json.dumps(doc) if as_json else run_id) + "\n")
 
 
 def _text(doc: dict) -> str:
@@ -124,8 +147,10 @@ def _text(doc: dict) -> str:
     mem = {m: (v, se) for m, v, se in ship["kld_memory"]}
     dsk = {m: (v, se) for m, v, se in ship["kld_reloaded"]}
     d = ship["delta_kld"]
+    where = "in" if doc["status"] == "done" else "failed its checks, nothing written to"
     lines = [
-        f"{ship['format']} checkpoint in {ship['out']} ({ship['total_bytes'] / 2**20:.1f} MiB)",
+        f"{ship['format']} checkpoint {where} {ship['out']} ({ship['total_bytes'] / 2**20:.1f} "
+        "MiB)",
         f"  layers read back from the files: {sum(f['ok'] for f in ship['layers'].values())} of "
         f"{len(ship['layers'])} carry the recipe's format",
         f"  bytes on disk ÷ predicted: quantized linears {ship['quantized_bytes_ratio']:.4f}, "

@@ -212,6 +212,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
     doc = {
         "runs": [
             {
+                **_checkpoint(r),
                 "id": r.id,
                 "model": r.model,
                 "label": r.label,
@@ -231,10 +232,25 @@ def cmd_runs(args: argparse.Namespace) -> None:
     emit(doc, args.json, _runs_text)
 
 
+def _checkpoint(row) -> dict:
+    """A finished quantize run's ``checkpoint`` (where its verified files are, or that they
+    are missing or changed: :func:`~mixviz.runs.delivery.checkpoint_state`)."""
+    if row.status != "done" or not (row.spec or {}).get("ship"):
+        return {}
+    from mixviz.runs.delivery import checkpoint_state
+
+    return {"checkpoint": checkpoint_state(row.id)}
+
+
+def _stage(r: dict) -> str:
+    state = (r.get("checkpoint") or {}).get("state")
+    return {"missing": "files missing", "changed": "files changed"}.get(state, r["stage"])
+
+
 def _runs_text(doc: dict) -> str:
     return (
         "\n".join(
-            f"{r['id']}  {r['model']:8} {r['label']:18} {r['status']:9} {r['stage']:22} "
+            f"{r['id']}  {r['model']:8} {r['label']:18} {r['status']:9} {_stage(r):22} "
             f"{r['progress']:4.0%}"
             for r in doc["runs"]
         )

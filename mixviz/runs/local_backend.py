@@ -13,6 +13,7 @@ from mixviz.paths import REPO_ROOT, worker_env
 from mixviz.runs.liveness import HOST, STALE_S, alive, kill_group, on_this_host
 from mixviz.runs.logs import log_path
 from mixviz.runs.runspec import RunSpec
+from mixviz.runs.staging import discard
 from mixviz.runs.store import RunRow, Store
 from mixviz.runs.submission import ACTIVE, Submitted, store_once
 
@@ -111,6 +112,7 @@ class LocalBackend:
             raise MixvizError(f"run {run_id} is already {self.store.get(run_id).status}")
         if before.pid and before.status != "queued" and on_this_host(before):
             kill_group(before.pid)
+            discard(run_id, before.spec)  # a checkpoint it was writing never reaches --out
         self.kick()
         return self.store.get(run_id)
 
@@ -138,4 +140,6 @@ class LocalBackend:
                     lost.append(row.id)
                     if row.pid and not dead and here:
                         kill_group(row.pid)
+                    if here:
+                        discard(row.id, row.spec)
         return lost

@@ -5,6 +5,8 @@ llama.cpp's own KLD of a GGUF file."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mixviz.errors import MixvizError
@@ -92,10 +94,41 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
     else:
         kwargs.update(dtype=dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(out), **kwargs)
+        with _float32_on_cpu(fmt, device, kwargs.get("dtype")):
+            model = AutoModelForCausalLM.from_pretrained(str(out), **kwargs)
     except Exception as e:  # every loader has its own exceptions
         raise MixvizError(f"the {fmt} checkpoint in {out} does not load: {str(e)[:300]}") from None
     return model.eval()
+
+
+TORCH_INT_BACKENDS = ("auto_round:torch", "auto_round:torch_zp")
+
+
+@contextmanager
+def _float32_on_cpu(fmt: str, device, dtype) -> Iterator[None]:
+    """Keep a float32 reload in float32 on a CPU. auto-round's pure-torch integer backends
+    (:data:`TORCH_INT_BACKENDS`, the ones a CPU gets for ``auto_round`` and ``auto_gptq``
+    files) declare float16/bfloat16 compute only, so after loading auto-round casts the whole
+    model to float16 ("Forced model to torch.float16": ~50× slower on a CPU, and not the
+    precision the in-memory run measured). Their forward dequantizes into the input's dtype
+    (``weights.to(x.dtype)``), so float32 is declared for this load only."""
+    import torch
+
+    from mixviz.models.device import on_cpu
+
+    if fmt not in ("auto_round", "auto_gptq") or dtype != torch.float32 or not on_cpu(device):
+        yield
+        return
+    from auto_round.inference.backend import BackendInfos
+
+    saved = {n: BackendInfos[n].compute_dtype for n in TORCH_INT_BACKENDS if n in BackendInfos}
+    for name, dtypes in saved.items():
+        BackendInfos[name].compute_dtype = [*dtypes, "float32"]
+    try:
+        yield
+    finally:
+        for name, dtypes in saved.items():
+            BackendInfos[name].compute_dtype = dtypes
 
 
 def paired_windows(a, b) -> dict:

@@ -120,6 +120,8 @@ class RunSpec:
             d.pop(k, None)
         if d.get("ship") is None:  # specs written before checkpoints keep their key
             d.pop("ship", None)
+        else:  # the same checkpoint whatever the folder: a reused job copies it there
+            d["ship"] = {"format": d["ship"]["format"]}
         if d["quant"].get("imatrix") is None:  # and those before importance matrices
             d["quant"].pop("imatrix", None)
         if self.recipe and any(get_scheme(o).ggml for o in self.recipe.values()):

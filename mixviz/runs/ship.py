@@ -18,8 +18,10 @@ run, measures the in-memory model's KLD, then (:func:`ship_step`):
 4. for GGUF, llama.cpp itself: ``llama-perplexity --kl-divergence`` of the file against a BF16
    GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`).
 
-Everything lands in ``cache/runs/<id>/ship.json``; a failed check fails the run naming the
-layers that differ.
+Everything lands in ``cache/runs/<id>/ship.json``, with every file's size and sha256
+(``files``, what a reused job checks before copying: :mod:`mixviz.runs.delivery`); a failed
+check fails the run naming the layers that differ. The files are written into a sibling partial
+folder renamed to ``--out`` only once verified (:mod:`mixviz.runs.staging`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from mixviz.runs.reload import (
     within_interval,
 )
 from mixviz.runs.runspec import RunSpec
+from mixviz.runs.staging import fingerprint, staged
 from mixviz.runs.store import Store, runs_dir
 
 SHIP_TASK = "mixviz_ship"
@@ -74,12 +77,12 @@ def quantize_spec(
     """The run spec of a quantize job — ``recipe`` written as a ``fmt`` checkpoint into ``out``,
     every block linear of ``layers`` (the model's inventory) it leaves out at BF16 — with every
     refusal checked before anything is queued: what the format cannot hold, what the
-    ``target`` runtime cannot load, a folder with files in it (unless the identical job already
-    exists: then it is reused). ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``,
-    ``strategy``, ``device``, ...)."""
+    ``target`` runtime cannot load, a folder with files in it (unless they are the identical
+    finished job's checkpoint), a folder that cannot be written or lacks room. ``fields`` go
+    to the :class:`RunSpec` (``limit``, ``quant``, ``strategy``, ``device``, ...)."""
     from mixviz.models.targets import get_runtime
+    from mixviz.runs.delivery import check_out, holds
     from mixviz.runs.runspec import ShipArgs
-    from mixviz.runs.submission import REUSABLE
     from mixviz.runs.tasks import KLD_TASK
 
     widths = {x.name: x.in_features for x in layers}
@@ -98,8 +101,10 @@ def quantize_spec(
         ship=ShipArgs(fmt, str(Path(out).expanduser().resolve())),
         **fields,
     )
-    if not any(r.key == spec.key for r in Store().list(REUSABLE)):  # else that job is reused
+    store = Store()
+    if not holds(store, spec):  # else --out already holds that finished job's checkpoint
         check_ship(spec, recipe, widths)
+        check_out(ref, spec, store)  # writable, with room: before any work
     return spec
 
 
@@ -144,16 +149,28 @@ class _Stages:
 def ship_step(
     store: Store, run_id: str, spec: RunSpec, loaded, memory: InMemory, raw: dict
 ) -> dict[str, float]:
-    """Write, read back, reload and verify the checkpoint (module doc); returns its timings.
-    ``raw`` gains the ``mixviz_ship`` task's numbers; a failed check raises."""
-    from mixviz.models.inventory import block_linears
-
+    """Write, read back, reload and verify the checkpoint (module doc) in a sibling partial
+    folder, renamed to ``--out`` only once verified (:func:`~mixviz.runs.staging.staged`: a
+    failure, a cancel or a kill leaves ``--out`` as it was); returns its timings. ``raw``
+    gains the ``mixviz_ship`` task's numbers; a failed check raises."""
     if memory.reference is None:
         raise MixvizError("a checkpoint is verified by KLD: the run needs the mixviz_kld task")
+    final = Path(spec.ship.out)
+    with staged(final, run_id, lambda: store.get(run_id).status == "running") as out:
+        timings = _ship_into(out, store, run_id, spec, loaded, memory, raw)
+        store.update(run_id, stage="moving into place", progress=0.98)
+    return timings
+
+
+def _ship_into(
+    out: Path, store: Store, run_id: str, spec: RunSpec, loaded, memory: InMemory, raw: dict
+) -> dict[str, float]:
+    """:func:`ship_step`'s work in the folder ``out``; ``ship.json`` names ``--out``."""
+    from mixviz.models.inventory import block_linears
+
     steps = _Stages(store, run_id)
-    out, fmt, plan = Path(spec.ship.out), spec.ship.format, loaded.plan
+    final, fmt, plan = Path(spec.ship.out), spec.ship.format, loaded.plan
     with steps.stage(f"writing {fmt}", 0.72, "write"):
-        out.mkdir(parents=True, exist_ok=True)
         writer = _write(memory.ar, spec, loaded, out)
     with steps.stage("reading the files back", 0.8):
         layers = block_linears(loaded.layers)
@@ -173,8 +190,8 @@ def ship_step(
              if not f["ok"]]  # fmt: skip
     doc = {
         "format": fmt,
-        "out": str(out),
-        "file": str(checkpoint_file(out, fmt)),
+        "out": str(final),
+        "file": str(final / checkpoint_file(out, fmt).relative_to(out)),
         "layers": formats,
         **sizes(formats, written, layers),
         "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
@@ -186,6 +203,7 @@ def ship_step(
     }
     doc["ok"] = not wrong and within_interval(doc["delta_kld"]) and _llamacpp_agrees(llama)
     write_card(out, spec, loaded, doc, memory.bits)
+    doc["files"] = fingerprint(out)  # what a reused job checks before copying (delivery)
     atomic_write_json(runs_dir() / run_id / "ship.json", doc)
     raw[SHIP_TASK] = {"results": {SHIP_TASK: _ship_metrics(doc)}}
     _refuse(doc, wrong)
@@ -207,14 +225,15 @@ def _predicted_file(spec: RunSpec, loaded, plan: dict[str, str]) -> int:
     """The checkpoint's bytes as ``allocate --size`` prices them (:mod:`mixviz.models.file_size`)
     — set beside ``total_bytes``, what was written."""
     from mixviz.models.file_size import predicted_bytes
-    from mixviz.models.loading import resolve_model
+    from mixviz.models.loading import meta_model, resolve_model
     from mixviz.paths import cache_dir
 
     ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
     conv = cache_dir() / "gguf" / f"{loaded.model_hash}-f32.gguf"
     dtype = str(loaded.model.dtype).removeprefix("torch.")
-    return predicted_bytes(loaded.model, plan, spec.ship.format, dtype=dtype, folder=ref.path,
-                           gguf_file=conv)  # fmt: skip
+    # the meta copy: saving packed loaded.model in place (QuantLinear has no in_features)
+    return predicted_bytes(meta_model(ref), plan, spec.ship.format, dtype=dtype,
+                           folder=ref.path, gguf_file=conv)  # fmt: skip
 
 
 def _llamacpp_agrees(llama: dict | None) -> bool:

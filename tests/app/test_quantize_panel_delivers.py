@@ -1,0 +1,65 @@
+"""The *Quantize* panel with an identical finished job: its verified files are copied to the
+folder asked for, or, gone, quantized again — and the page says which."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from apptest import open_app
+
+from mixviz.runs.backends import LocalBackend
+from mixviz.runs.staging import changed, fingerprint
+from mixviz.runs.store import Store, runs_dir
+
+TINY = {"model": "tiny", "options": "MXFP4,MXFP8", "metric": "hessian", "nsamples": "2",
+        "seqlen": "32", "noscale": "1", "bits": "6"}  # fmt: skip
+
+
+@pytest.fixture
+def allocate_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(LocalBackend, "_spawn", lambda self, run_id: None)  # no workers
+    open_app("app_pages/profile.py", **TINY).button(key="profile_start").click().run()
+    return open_app("app_pages/allocate.py", **TINY)
+
+
+def _quantize_into(at, folder) -> None:
+    at.text_input(key="allocate_quantize_out_auto_round").set_value(str(folder))
+    at.button(key="allocate_quantize").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+
+def _finish(run_id: str, folder) -> None:
+    """Make the queued job a finished one whose verified checkpoint is ``folder``."""
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(os.urandom(4096))
+    (folder / "config.json").write_text("{}")
+    Store().transition(run_id, ("queued", "starting"), status="done", stage="done")
+    doc = {"format": "auto_round", "out": str(folder), "file": str(folder),
+           "files": fingerprint(folder), "ok": True}  # fmt: skip
+    (runs_dir() / run_id / "ship.json").write_text(json.dumps(doc))
+
+
+def test_a_reused_job_is_copied_or_quantized_again(tmp_path, allocate_page):
+    at = allocate_page
+    _quantize_into(at, tmp_path / "a")
+    (job,) = [r for r in Store().list() if r.spec.get("ship")]
+    _finish(job.id, tmp_path / "a")
+
+    _quantize_into(at, tmp_path / "b")
+    assert any(f"reused run {job.id}, copied to {tmp_path / 'b'}" in s.value for s in at.success)
+    files = json.loads((runs_dir() / job.id / "ship.json").read_text())["files"]
+    assert changed(tmp_path / "b", files) is None
+    assert len(Store().list()) == 1
+
+    shutil.rmtree(tmp_path / "a")
+    shutil.rmtree(tmp_path / "b")
+    _quantize_into(at, tmp_path / "c")
+    (again,) = [w.value for w in at.warning if "quantizing again" in w.value]
+    assert f"files of run {job.id} are gone" in again
+    fresh = [r for r in Store().list() if r.id != job.id]
+    assert len(fresh) == 1 and fresh[0].spec["ship"]["out"] == str(tmp_path / "c")
+    assert fresh[0].status in ("queued", "starting") and fresh[0].id in again
