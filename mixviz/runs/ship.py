@@ -3,7 +3,8 @@
 A run whose spec has ``ship`` (``mixviz quantize``, the app's *Quantize* button) quantizes as any
 run, measures the in-memory model's KLD, then (:func:`ship_step`):
 
-1. writes the checkpoint with auto-round's own exporter (``save_quantized(format=…)``), plus
+1. writes the checkpoint with auto-round's own exporter (``save_quantized(format=…)``), its
+   per-layer overrides named also as vLLM's fused modules (:mod:`mixviz.runs.overrides`), plus
    ``mixviz-recipe.json`` and a model card (``README.md``);
 2. reads every layer's format back **from the files** (safetensors headers and the
    ``quantization_config``, or the GGUF tensor types through ``gguf.GGUFReader``) and the bytes
@@ -34,9 +35,10 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.schemes import get_scheme, layer_bits
-from mixviz.models.targets import check_format, gguf_option
+from mixviz.models.targets import check_format, check_shared, gguf_option
 from mixviz.paths import atomic_write_bytes, atomic_write_json
 from mixviz.runs.checkpoint_files import checkpoint_file, read_formats, sizes
+from mixviz.runs.overrides import name_fused
 from mixviz.runs.reload import (
     compare_probes,
     compare_reloaded,
@@ -74,9 +76,9 @@ def quantize_spec(
     """The run spec of a quantize job — ``recipe`` written as a ``fmt`` checkpoint into ``out``,
     every block linear of ``layers`` (the model's inventory) it leaves out at BF16 — with every
     refusal checked before anything is queued: what the format cannot hold, what the
-    ``target`` runtime cannot load, a folder with files in it (unless the identical job already
-    exists: then it is reused). ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``,
-    ``strategy``, ``device``, ...)."""
+    ``target`` runtime cannot load (a fused group split included), a folder with files in it
+    (unless the identical job already exists: then it is reused). ``fields`` go to the
+    :class:`RunSpec` (``limit``, ``quant``, ``strategy``, ``device``, ...)."""
     from mixviz.models.targets import get_runtime
     from mixviz.runs.runspec import ShipArgs
     from mixviz.runs.submission import REUSABLE
@@ -90,6 +92,7 @@ def quantize_spec(
             why = rt.why_not(get_scheme(option), widths[name])
             if why:
                 raise MixvizError(f"{rt.label} cannot load {name} at {option}: {why}")
+        check_shared(recipe, target, _architecture(ref))
     spec = RunSpec(
         model=ref.name,
         recipe=dict(recipe),
@@ -101,6 +104,16 @@ def quantize_spec(
     if not any(r.key == spec.key for r in Store().list(REUSABLE)):  # else that job is reused
         check_ship(spec, recipe, widths)
     return spec
+
+
+def _architecture(ref) -> str | None:
+    """``config.architectures[0]`` of the model (which modules a runtime fuses), or None."""
+    from mixviz.models.loading import load_config
+
+    try:
+        return (getattr(load_config(ref), "architectures", None) or [None])[0]
+    except MixvizError:
+        return None
 
 
 def _format_string(spec: RunSpec, plan: dict[str, str]) -> str:
@@ -155,6 +168,7 @@ def ship_step(
     with steps.stage(f"writing {fmt}", 0.72, "write"):
         out.mkdir(parents=True, exist_ok=True)
         memory.ar.save_quantized(str(out), format=_format_string(spec, plan), inplace=True)
+        name_fused(out, fmt, plan)  # vLLM looks overrides up by qkv_proj / gate_up_proj
     with steps.stage("reading the files back", 0.8):
         layers = block_linears(loaded.layers)
         formats = read_formats(out, fmt, plan, layers)
