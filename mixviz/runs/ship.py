@@ -17,7 +17,9 @@ run, measures the in-memory model's KLD, then (:func:`ship_step`):
    probe is compared with the in-memory layer's, and those that differ by more than
    ``PROBE_RTOL`` are listed (the layers to look at when the KLD check fails);
 4. for GGUF, llama.cpp itself: ``llama-perplexity --kl-divergence`` of the file against a BF16
-   GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`).
+   GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`);
+   with ``--verify-with vllm``, vLLM itself loads and scores the files
+   (:mod:`mixviz.runs.vllm_check`): a refusal or a KLD beyond the interval fails the run.
 
 Everything lands in ``cache/runs/<id>/ship.json``; a failed check fails the run naming the
 layers that differ.
@@ -48,6 +50,7 @@ from mixviz.runs.reload import (
 )
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store, runs_dir
+from mixviz.runs.vllm_check import vllm_check, vllm_line, vllm_ok
 
 SHIP_TASK = "mixviz_ship"
 RECIPE_FILE = "mixviz-recipe.json"
@@ -71,6 +74,7 @@ def quantize_spec(
     *,
     layers,
     target: str | None = None,
+    verify_with: tuple[str, ...] = (),
     **fields,
 ) -> RunSpec:
     """The run spec of a quantize job — ``recipe`` written as a ``fmt`` checkpoint into ``out``,
@@ -98,7 +102,7 @@ def quantize_spec(
         recipe=dict(recipe),
         tasks=(KLD_TASK,),
         model_hash=ref.hash,
-        ship=ShipArgs(fmt, str(Path(out).expanduser().resolve())),
+        ship=ShipArgs(fmt, str(Path(out).expanduser().resolve()), tuple(verify_with)),
         **fields,
     )
     if not any(r.key == spec.key for r in Store().list(REUSABLE)):  # else that job is reused
@@ -177,6 +181,11 @@ def ship_step(
     probe_diff = compare_probes(model, memory.probes)
     with steps.stage("KLD of the reloaded model", 0.86, "reload kld"):
         in_memory, disk = _klds(run_id, spec, model, memory.reference, raw)
+    vllm = None
+    if "vllm" in spec.ship.verify_with:
+        with steps.stage("vLLM's KLD", 0.9, "vllm"):
+            log = runs_dir() / run_id / "vllm.log"
+            vllm = vllm_check(out, memory.reference, in_memory, spec.limit, log)
     llama = None
     if fmt == "gguf":
         with steps.stage("llama.cpp's KLD", 0.93, "llama.cpp kld"):
@@ -194,9 +203,10 @@ def ship_step(
         "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
         **compare_reloaded(in_memory, disk, probe_diff),
         "llama_cpp": llama,
+        "vllm": vllm,
         "timings": steps.timings,
     }
-    doc["ok"] = not wrong and within_interval(doc["delta_kld"])
+    doc["ok"] = not wrong and within_interval(doc["delta_kld"]) and vllm_ok(vllm)
     write_card(out, spec, loaded, doc, memory.bits)
     atomic_write_json(runs_dir() / run_id / "ship.json", doc)
     raw[SHIP_TASK] = {"results": {SHIP_TASK: _ship_metrics(doc)}}
@@ -210,6 +220,8 @@ def _refuse(doc: dict, wrong: list[str]) -> None:
     if wrong:
         raise MixvizError(f"{len(wrong)} layers in the files are not the recipe's, e.g. {wrong[0]}")
     delta = doc["delta_kld"]
+    if not vllm_ok(doc.get("vllm")):
+        raise MixvizError(vllm_line(doc["vllm"]))
     if not within_interval(delta):
         drift = [d["layer"] for d in doc["probe_drift"][:5]]
         names = ", ".join(drift) or "none beyond the probe tolerance"
@@ -285,6 +297,7 @@ def write_card(out: Path, spec: RunSpec, loaded, doc: dict, bits: tuple[float, f
     if doc.get("llama_cpp") and "kld" in doc["llama_cpp"]:
         k, se = doc["llama_cpp"]["kld"]
         lines.append(f"- llama.cpp KLD (llama-perplexity, vs a BF16 GGUF): {k:.5f} ± {se:.5f}")
+    lines.append(f"- {vllm_line(doc.get('vllm'))}")
     lines.append(f"- Verified on reload (formats from the files, KLD, probes): {doc['ok']}")
     atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
 

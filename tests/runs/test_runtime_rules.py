@@ -261,7 +261,10 @@ def test_overrides_are_named_as_vllms_fused_modules(tmp_path):
     ct = {"quant_method": "compressed-tensors",
           "config_groups": {"group_0": {"targets": [n for n in plan if "layers.0" in n]}},
           "ignore": [P.format(1) + "mlp.gate_proj", P.format(1) + "mlp.up_proj"]}  # fmt: skip
-    for fmt, q in [("auto_gptq", gptq), ("auto_round", {"bits": 4, "extra_config": extra}),
+    # auto-round writes only what differs from the base: vLLM takes a missing "bits" as 16
+    extra[P.format(3) + "mlp.down_proj"] = {"group_size": 32}
+    ar = {"bits": 4, "group_size": 64, "sym": True, "extra_config": extra}
+    for fmt, q in [("auto_gptq", gptq), ("auto_round", ar),
                    ("llm_compressor", ct)]:  # fmt: skip
         out = tmp_path / fmt
         out.mkdir()
@@ -280,8 +283,10 @@ def test_overrides_are_named_as_vllms_fused_modules(tmp_path):
                 )
                 assert _vllm_gptq_override(got["dynamic"], P.format(0) + "mlp.gate_up_proj") is None
             elif fmt == "auto_round":
-                assert got["extra_config"][qkv] == {"bits": 8}
-                assert got["extra_config"][gate_up] == {"bits": 16}
+                assert got["extra_config"][qkv] == {"bits": 8, "group_size": 64, "sym": True}
+                assert got["extra_config"][gate_up]["bits"] == 16
+                want = {"bits": 4, "group_size": 32, "sym": True}
+                assert got["extra_config"][P.format(3) + "mlp.down_proj"] == want
             else:
                 assert qkv in got["config_groups"]["group_0"]["targets"]
                 assert gate_up in got["ignore"]
