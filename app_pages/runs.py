@@ -16,6 +16,7 @@ from mixviz.runs.runspec import RunSpec
 from mixviz.runs.ship import ship_document
 from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
+from mixviz.runs.vllm_check import vllm_line
 
 choice = ui.choice()
 st.title("Runs")
@@ -257,6 +258,11 @@ def checkpoint(doc: dict) -> None:
     measured = [("in memory", mem), ("reloaded from disk", dsk)]
     if "kld" in llama:
         measured.append(("llama.cpp (llama-perplexity)", llama))
+    vllm = doc.get("vllm") or {}
+    for v in [vllm, *vllm.get("also", ())]:
+        if "kld" in v:  # vLLM itself loaded and scored the files (--verify-with vllm)
+            kld = {m: (a, b) for m, a, b in v["kld"]}
+            measured.append((f"vLLM {v['version']} ({v['dtype']})", kld))
     rows = [
         {
             "model": name,
@@ -271,6 +277,7 @@ def checkpoint(doc: dict) -> None:
         f"512-token windows); reloaded − in memory: {d['delta']:+.2e} [{d['lo']:+.2e}, "
         f"{d['hi']:+.2e}] (95 %, paired by window)"
         + (f". llama.cpp: {llama['skipped']}" if "skipped" in llama else "")
+        + f". {vllm_line(doc.get('vllm'))}"
     )
 
 

@@ -50,16 +50,23 @@ def available() -> bool:
 
 
 def vllm_error(stderr: str) -> str:
-    """vLLM's own error from a failed run's stderr: the last ``SomethingError: …`` line.
+    """vLLM's own error from a failed run's stderr: the last ``SomethingError: …`` line (a
+    bare ``AssertionError`` with the ``assert`` it failed).
 
-    >>> vllm_error("INFO x\\n[rank0]: ValueError: Unsupported weight_bits: 5\\nExit")
+    >>> vllm_error("INFO x\\n[rank0]: ValueError: Unsupported weight_bits: 5\\nLoading 0%")
     'ValueError: Unsupported weight_bits: 5'
+    >>> vllm_error("[rank0]:   assert a.shape == b.shape\\n[rank0]: ^^^\\n[rank0]: AssertionError")
+    'AssertionError: assert a.shape == b.shape'
     """
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        m = re.search(r"\b(\w+(?:Error|Exception)): (.+)$", line)
-        if m:
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", ln).strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln]
+    for i in range(len(lines) - 1, -1, -1):
+        m = re.search(r"\b(\w+(?:Error|Exception))(?:: (.+))?$", lines[i])
+        if m and m[2]:
             return f"{m[1]}: {m[2]}"
+        if m and lines[i] == m[1]:
+            said = next((ln for ln in reversed(lines[:i]) if ln.startswith("assert ")), "")
+            return f"{m[1]}: {said}" if said else m[1]
     return lines[-1] if lines else "no output"
 
 

@@ -118,15 +118,34 @@ def test_quantize_says_not_checked_without_vllm_and_fails_when_vllm_refuses(
 # --------------------------------------------------------------------------- vLLM itself
 
 
+def _without_fused_rules(src: Path, dst: Path) -> None:
+    """A copy of a GPTQ checkpoint with mixviz's fused-name ``dynamic`` rules taken out: the
+    per-projection patterns auto-round writes alone."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in ("config.json", "quantization_config.json"):
+        doc = json.loads((dst / name).read_text())
+        q = doc["quantization_config"] if name == "config.json" else doc
+        q["dynamic"] = {k: v for k, v in q["dynamic"].items() if not re_fused(k)}
+        (dst / name).write_text(json.dumps(doc))
+
+
+def re_fused(key: str) -> bool:
+    return "qkv_proj" in key or "gate_up_proj" in key
+
+
 @pytest.mark.slow
 def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tmp_path, cache):
-    """The done-when of issue 34 item 2: a mixed W4 (G32/G64/G128) + BF16 auto_round
-    checkpoint of the demo, written under ``--target vllm-cpu``, loaded by vLLM-CPU itself;
-    vLLM's KLD is printed beside mixviz's. And a W4/W8 mix (fine for ``--target vllm`` on a
-    GPU): vLLM-CPU refuses it, and the job says so in vLLM's words."""
+    """Issue 34's done-when: a mixed W4 (G32/G64/G128) + BF16 checkpoint of the demo, written
+    under ``--target vllm-cpu``, loaded by vLLM-CPU itself, its KLD printed beside mixviz's.
+    The same files without mixviz's fused-name GPTQ rules do not load (vLLM builds the fused
+    G32 layers at the default G64). And the issue's split groups, written without a target:
+    vLLM refuses them."""
     import mixviz
     from mixviz.models.inventory import block_linears, inventory
     from mixviz.models.loading import meta_model
+    from mixviz.runs.store import runs_dir
 
     if not vllm_check.available():
         pytest.skip(f"no vLLM venv at {vllm_check.vllm_python()} (bash .ci/vllm.sh)")
@@ -141,18 +160,33 @@ def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tm
         "down": "W4A16",
     }  # fmt: skip  (down: G128)
     plan = {x.name: ["W4A16G64", "W4A16G32", third[x.kind]][x.block % 3] for x in layers}
-    recipe = tmp_path / "w4.json"
-    recipe.write_text(json.dumps({"layers": plan}))
-    r = run_cli("quantize", "demo", "--recipe", recipe, "--format", "auto_round", "--target",
-                "vllm-cpu", "--verify-with", "vllm", "--out", tmp_path / "w4", "--limit", "2",
-                env=cache, timeout=3600)  # fmt: skip
-    print(r.stdout)  # vLLM's KLD beside mixviz's, for the CI log
+
+    def quantize(name: str, recipe: dict, fmt: str, *target: str):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"layers": recipe}))
+        r = run_cli("quantize", "demo", "--recipe", path, "--format", fmt, *target, "--json",
+                    "--verify-with", "vllm", "--out", tmp_path / name, "--limit", "2",
+                    env=cache, timeout=3600)  # fmt: skip
+        doc = json.loads(r.stdout) if r.stdout.strip() else {}
+        print(name, vllm_check.vllm_line((doc.get("ship") or {}).get("vllm")), r.stderr[-400:])
+        return r, doc
+
+    r, doc = quantize("w4", plan, "auto_gptq", "--target", "vllm-cpu")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "vLLM 0.32.0 in float16: KLD" in r.stdout and "agrees with" in r.stdout
-    mix = {x.name: ["W4A16G64", "W8A16G64"][x.block % 2] for x in layers}
-    recipe.write_text(json.dumps({"layers": mix}))
-    r = run_cli("quantize", "demo", "--recipe", recipe, "--format", "auto_round", "--target",
-                "vllm", "--verify-with", "vllm", "--out", tmp_path / "w48", "--limit", "2",
-                env=cache, timeout=3600)  # fmt: skip
-    print(r.stderr[-1500:])
-    assert r.returncode == 2 and "in float16: refused the checkpoint" in r.stderr
+    ship = doc["ship"]
+    mem = {m: (v, se) for m, v, se in ship["kld_memory"]}["kld"]
+    by_vllm = {m: (v, se) for m, v, se in ship["vllm"]["kld"]}["kld"]
+    print(f"KLD by mixviz {mem[0]:.5f} ± {mem[1]:.5f}, by vLLM {by_vllm[0]:.5f} ± {by_vllm[1]:.5f}")
+    assert ship["vllm"]["dtype"] == "float16" and ship["vllm"]["ok"]
+    assert ship["vllm"]["hook_gap"] < 1e-3  # the logits read are the ones vLLM scored
+    _without_fused_rules(tmp_path / "w4", tmp_path / "w4-bare")
+    (ref_file,) = (Path(cache["MIXVIZ_CACHE"]) / "kld").glob("*.pt")
+    ref = kld.Reference("", **torch.load(ref_file, weights_only=True))
+    memory = kld.TokenScores.load(runs_dir() / doc["id"] / "kld_memory.npz")
+    bare = vllm_check.vllm_check(tmp_path / "w4-bare", ref, memory, limit=2)
+    assert "param_data.shape == loaded_weight.shape" in bare["refused"], bare
+    split = dict(plan)
+    split["model.layers.5.self_attn.q_proj"] = "W4A16G32"  # beside G64 k/v
+    r, _ = quantize("split", split, "auto_round")
+    assert r.returncode == 2
+    assert "Fused module 'model.layers.5.self_attn.qkv_proj' requires consistent" in r.stderr
