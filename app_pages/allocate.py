@@ -11,6 +11,7 @@ import ui
 from mixviz import MixvizError
 from mixviz.allocation.edits import lock, select, unlock
 from mixviz.allocation.strategies import strategy_names
+from mixviz.models.targets import RUNTIMES
 from mixviz.report import charts, trust
 from mixviz.report.export import EXPORTERS
 from mixviz.report.recipe import Recipe
@@ -300,7 +301,9 @@ def selection(page: Setting, clicked: list[str] | None, grid_rows, grid_cols) ->
     c1, c2, c3 = st.columns([2, 2, 1])
     rows = c1.multiselect("Whole blocks (rows)", page.blocks, key="edit_blocks")
     cols = c2.multiselect("Whole modules (columns)", page.kinds, key="edit_kinds")
-    fused = [g for g in ("qkv", "gate_up") if g in page.choice.shared]
+    # the target runtime's fused groups move together as the sidebar's shared groups do
+    runtime = RUNTIMES[page.choice.target].shared if page.choice.target else ()
+    fused = [g for g in ("qkv", "gate_up") if g in page.choice.shared or g in runtime]
     c3.caption(
         f"Fused groups move together: {', '.join(fused)}"
         if fused

@@ -17,6 +17,7 @@ from mixviz.runs.runspec import RunSpec
 from mixviz.runs.ship import ship_document
 from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
+from mixviz.runs.vllm_check import vllm_line
 
 choice = ui.choice()
 st.title("Runs")
@@ -262,6 +263,11 @@ def checkpoint(doc: dict) -> None:
     measured = [("in memory", mem), ("reloaded from disk", dsk)]
     if "kld" in llama:
         measured.append(("llama.cpp (llama-perplexity)", llama))
+    vllm = doc.get("vllm") or {}
+    for v in [vllm, *vllm.get("also", ())]:
+        if "kld" in v:  # vLLM itself loaded and scored the files (--verify-with vllm)
+            kld = {m: (a, b) for m, a, b in v["kld"]}
+            measured.append((f"vLLM {v['version']} ({v['dtype']})", kld))
     rows = [
         {
             "model": name,
@@ -284,6 +290,7 @@ def checkpoint(doc: dict) -> None:
             if llama.get("agrees") is not None
             else ""
         )
+        + f". {vllm_line(doc.get('vllm'))}"
     )
 
 

@@ -14,7 +14,8 @@ from ui.sidebar import Choice
 
 def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, key: str) -> None:
     """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
-    reloads the files and verifies them against the in-memory model (``mixviz quantize``)."""
+    reloads the files and verifies them against the in-memory model (``mixviz quantize``);
+    the sidebar's target runtime refuses what it cannot load, as ``--target`` does."""
     from mixviz.runs.backends import get_backend, submit
     from mixviz.runs.delivery import deliver_now
     from mixviz.runs.ship import quantize_spec
@@ -35,6 +36,7 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
             fmt,
             out,
             layers=list(model_layers(choice.model).values()),
+            target=choice.target or None,
             strategy=name,
             budget=budget,
             trust_remote_code=choice.trust_remote_code,

@@ -222,7 +222,10 @@ def _unit(group: list[str], pins: dict[str, str], by_name: dict, options, t: _Ta
     """
     group_pins = {pins[n] for n in group if n in pins}
     if len(group_pins) > 1:
-        raise MixvizError(f"conflicting pins inside the shared group {', '.join(group)}")
+        raise MixvizError(
+            f"conflicting pins inside the shared group {', '.join(group)} "
+            f"({_split(group, pins, by_name)}): the group takes one option"
+        )
     if group_pins == {"BF16"}:
         for name in group:
             if (name, "BF16") not in t.bits:
@@ -249,6 +252,18 @@ def _unit(group: list[str], pins: dict[str, str], by_name: dict, options, t: _Ta
         tuple(s for _, s, _ in opts),
         pinned=bool(group_pins),
     )
+
+
+def _split(group: list[str], pins: dict[str, str], by_name: dict) -> str:
+    """How pins split a group, as a user reads it: ``block 5: q_proj W8A16G64 vs k_proj
+    W4A16G64``."""
+    by_option: dict[str, list[str]] = {}
+    for n in group:
+        if n in pins:
+            by_option.setdefault(pins[n], []).append(n.rsplit(".", 1)[-1])
+    block = by_name[group[0]].block
+    said = " vs ".join(f"{'/'.join(names)} {o}" for o, names in by_option.items())
+    return f"block {block}: {said}" if block is not None else said
 
 
 def _groups(layers, shared: list[str]) -> list[list[str]]:

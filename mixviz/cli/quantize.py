@@ -22,11 +22,13 @@ from mixviz.cli.common import (
     resolve,
 )
 from mixviz.errors import MixvizError
+from mixviz.runs.vllm_check import vllm_line
 
 
 def add_parser(sub) -> None:
     from mixviz.cli.allocate import add_target
     from mixviz.models.targets import FORMATS
+    from mixviz.runs.runspec import VERIFIERS
 
     q = sub.add_parser("quantize", help="write a real quantized checkpoint and verify it on reload")
     add_model(q)
@@ -42,6 +44,14 @@ def add_parser(sub) -> None:
         "--imatrix auto --json` prints the file it computed): ggml and llama-quantize use it",
     )
     add_target(q)
+    q.add_argument(
+        "--verify-with",
+        action="append",
+        choices=VERIFIERS,
+        default=[],
+        help="also load and score the checkpoint in this serving runtime (vllm: its own venv, "
+        "bash .ci/vllm.sh)",
+    )
     add_device_flags(q)
     q.add_argument("--no-wait", action="store_true", help="queue the job and print its id")
     add_json(q)
@@ -68,6 +78,7 @@ def ship_spec(args: argparse.Namespace, ref):
         args.out,
         layers=inventory(meta_model(ref)),
         target=args.target_runtime,
+        verify_with=tuple(args.verify_with),
         limit=args.limit,
         quant=QuantArgs(iters=args.iters, disable_opt_rtn=args.iters == 0, imatrix=imatrix),
         strategy=strategy,
@@ -176,4 +187,5 @@ def _text(doc: dict) -> str:
         lines.append(f"  {llama.get('why') or 'not checked by llama.cpp: ' + llama['skipped']}")
     if ship.get("writer"):
         lines.append(f"  written by {ship['writer']}")
+    lines.append("  " + vllm_line(ship.get("vllm")))
     return "\n".join(lines)

@@ -4,9 +4,13 @@ Two kinds of limits, both checked before any work:
 
 - a **checkpoint format** (``auto_round``, ``auto_gptq``, ``llm_compressor``, ``gguf``) is what
   auto-round's exporter can write: :func:`check_format` refuses a recipe it cannot hold;
-- a **target runtime** (``vllm``, ``sglang``, ``llamacpp``, ``transformers``) adds its
-  constraints to the allocation problem itself (:meth:`Runtime.options_for` and
-  :attr:`Runtime.shared`), so an allocation for a target never holds what it cannot load.
+- a **target runtime** (``vllm``, ``vllm-cpu``, ``sglang``, ``llamacpp``, ``transformers``)
+  adds its constraints to the allocation problem itself (:meth:`Runtime.options_for` and
+  :attr:`Runtime.shared`), so an allocation for a target never holds what it cannot load;
+  ``vllm`` is vLLM on a GPU, ``vllm-cpu`` its CPU build, whose kernels take less;
+- a runtime that fuses modules (vLLM, SGLang: ``qkv_proj``, ``gate_up_proj``,
+  :mod:`~mixviz.models.fused`) loads one format per fused module: :func:`check_shared` refuses a
+  hand-made recipe that splits one, and the writers name the fused modules too.
 
 >>> RUNTIMES["vllm"].shared
 ('qkv', 'gate_up')
@@ -20,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from mixviz.errors import MixvizError
+from mixviz.models.fused import split_groups
 from mixviz.models.schemes import SCHEMES, Scheme, get_scheme
 
 
@@ -46,6 +51,11 @@ class Runtime:
     format: str
     """The checkpoint format mixviz writes for it (``mixviz quantize --format``)."""
     rules: tuple[Rule, ...]
+    int_bits: frozenset[int] = frozenset()
+    """The integer widths its kernels take on this device (empty: every width); refused with
+    ``rules[1]``."""
+    dtypes: tuple[str, ...] = ()
+    """The compute dtypes it loads a quantized checkpoint in (empty: any)."""
 
     def why_not(self, scheme: Scheme, in_features: int) -> str:
         """``""`` when this runtime serves ``scheme`` on a layer of that width, else why not."""
@@ -53,6 +63,8 @@ class Runtime:
             return self.rules[0].says
         if self.name == "llamacpp" and scheme.servable_by_llamacpp(in_features):
             return ""  # written as llama.cpp's fallback, and priced and profiled as that
+        if scheme.family == "int" and self.int_bits and scheme.bits not in self.int_bits:
+            return self.rules[1].says
         if not scheme.available_for(in_features):
             return scheme.why_unavailable(in_features)
         return ""
@@ -83,6 +95,42 @@ RUNTIMES: dict[str, Runtime] = {
             ),
             _FUSED,
         ),
+    ),
+    "vllm-cpu": Runtime(
+        "vllm-cpu",
+        "vLLM (CPU)",
+        frozenset({"int", "bf16"}),
+        ("qkv", "gate_up"),
+        "auto_round",
+        (
+            Rule(
+                "vLLM's CPU build serves integer checkpoints only (no MXFP/NVFP kernel mixviz "
+                "has seen load on a CPU), not GGML types",
+                "vllm-cpu 0.32.0: model_executor/kernels/linear/__init__.py _POSSIBLE_KERNELS"
+                "[CPU] (Dynamic4bit, Zentorch, CPUWNA16 mixed-precision kernels)",
+            ),
+            Rule(
+                "vLLM's CPU kernels take 4-bit integer weights only (W4A16, any even group); "
+                "W2/W3/W8 layers are refused at load",
+                "vllm-cpu 0.32.0: inc/schemes/inc_wna16_scheme.py ('INC on CPU: unsupported "
+                "config' unless bits == 4 and sym); kernels/linear/mixed_precision/cpu.py "
+                "_CPUWNA16_SUPPORTED_QUANT_TYPES = (uint4, uint4b8); auto_gptq W8 refused with "
+                "'Marlin does not support weight_bits = uint8b128 … device_capability = -1' "
+                "(NOTES.md, 2026-12-07)",
+            ),
+            Rule(
+                "a quantized checkpoint loads in float16 or bfloat16 only; serve W4 in float16 "
+                "(in bfloat16 its 4-bit kernel read the demo's W4 checkpoints 0.04 nats of KLD "
+                "worse, in float16 within 1e-4 of mixviz's measurement)",
+                "'torch.float32 is not supported for quantization method auto_gptq. Supported "
+                "dtypes: [torch.float16, torch.bfloat16]' (vllm-cpu 0.32.0; INCConfig and "
+                "AutoGPTQConfig.get_supported_act_dtypes); the dtypes measured by "
+                "mixviz quantize --verify-with vllm (mixviz/runs/vllm_check.py DTYPES)",
+            ),
+            _FUSED,
+        ),
+        int_bits=frozenset({4}),
+        dtypes=("float16", "bfloat16"),
     ),
     "sglang": Runtime(
         "sglang",
@@ -131,6 +179,25 @@ RUNTIMES: dict[str, Runtime] = {
         ),
     ),
 }
+
+
+def check_shared(plan: dict[str, str], target: str, architecture: str | None = None) -> None:
+    """Refuse a plan that gives the parts of one of the ``target`` runtime's fused modules
+    different options, naming each group that splits."""
+    rt = get_runtime(target)
+    if not rt.shared:
+        return
+    splits = split_groups(plan, architecture)
+    if splits:
+        more = f" (and {len(splits) - 4} more)" if len(splits) > 4 else ""
+        raise MixvizError(
+            f"{rt.label} loads q/k/v as one qkv_proj and gate/up as one gate_up_proj, one format "
+            f"each; this recipe splits {len(splits)} group{'s' if len(splits) > 1 else ''}: "
+            + "; ".join(splits[:4])
+            + more
+            + f". Allocate it with --target {rt.name} (the solve keeps each group whole) or give "
+            "each group one option"
+        )
 
 
 def get_runtime(name: str) -> Runtime:

@@ -23,6 +23,7 @@ import shlex
 from collections import Counter, defaultdict
 
 from mixviz.errors import MixvizError
+from mixviz.models.fused import shared_fused
 from mixviz.models.schemes import Scheme, get_scheme
 from mixviz.models.targets import gguf_tensor_name
 from mixviz.paths import read_json
@@ -114,8 +115,10 @@ def to_gptqmodel(recipe: Recipe) -> dict:
     """GPTQModel's ``QuantizeConfig(bits=…, group_size=…, dynamic=…)``.
 
     The most common option is the base; other layers get a ``+:`` override with their bits
-    and group size; BF16 layers are skipped with ``-:``. GPTQModel leaves ``lm_head`` alone
-    unless ``lm_head=True``: that is set when the recipe quantizes it.
+    and group size; BF16 layers are skipped with ``-:`` — each under its own name and, for a
+    fused group in one format, under vLLM's fused name (``…self_attn.qkv_proj``) too.
+    GPTQModel leaves ``lm_head`` alone unless ``lm_head=True``: that is set when the recipe
+    quantizes it.
     """
     if why := gptqmodel_why_not(recipe):
         raise MixvizError(why)
@@ -123,7 +126,10 @@ def to_gptqmodel(recipe: Recipe) -> dict:
     quantized = [s for s in ints.values() if s.bits < 16]
     base = Counter((s.bits, s.group_size) for s in quantized).most_common(1)[0][0]
     dynamic = {}
-    for name, s in ints.items():
+    # a fused group in one format is named as vLLM's fused module too: vLLM matches `dynamic`
+    # against `…qkv_proj` / `…gate_up_proj` (mixviz.runs.overrides)
+    fused = {f: get_scheme(o) for f, o in shared_fused(recipe.layers).items()}
+    for name, s in {**ints, **fused}.items():
         pattern = "^" + re.escape(name) + "$"
         if s.bits >= 16:
             dynamic[f"-:{pattern}"] = {}

@@ -35,20 +35,31 @@ class QuantArgs:
     in memory, and by ``llama-quantize --imatrix`` for a GGUF checkpoint)."""
 
 
+VERIFIERS = ("vllm",)
+"""The serving runtimes ``mixviz quantize --verify-with`` loads a checkpoint in."""
+
+
 @dataclass(frozen=True)
 class ShipArgs:
     """Write the quantized model to disk as a real checkpoint and verify it on reload.
 
     ``format``: ``auto_round``, ``auto_gptq``, ``llm_compressor`` or ``gguf``
-    (:mod:`mixviz.models.targets`); ``out``: the folder (absolute path) it is written to.
+    (:mod:`mixviz.models.targets`); ``out``: the folder (absolute path) it is written to;
+    ``verify_with``: serving runtimes that load and score it too (``vllm``:
+    :mod:`mixviz.runs.vllm_check`).
     """
 
     format: str
     out: str
+    verify_with: tuple[str, ...] = ()
 
     def __post_init__(self):
         from mixviz.models.targets import FORMATS
 
+        object.__setattr__(self, "verify_with", tuple(self.verify_with))
+        unknown = [r for r in self.verify_with if r not in VERIFIERS]
+        if unknown:
+            raise MixvizError(f"--verify-with {unknown[0]!r}: choose from {', '.join(VERIFIERS)}")
         if self.format not in FORMATS:
             raise MixvizError(
                 f"unknown checkpoint format {self.format!r}; choose from {', '.join(FORMATS)}"
@@ -121,7 +132,8 @@ class RunSpec:
         if d.get("ship") is None:  # specs written before checkpoints keep their key
             d.pop("ship", None)
         else:  # the same checkpoint whatever the folder: a reused job copies it there
-            d["ship"] = {"format": d["ship"]["format"]}
+            vw = d["ship"].get("verify_with")  # and those written before --verify-with
+            d["ship"] = {"format": d["ship"]["format"], **({"verify_with": vw} if vw else {})}
         if d["quant"].get("imatrix") is None:  # and those before importance matrices
             d["quant"].pop("imatrix", None)
         if self.recipe and any(get_scheme(o).ggml for o in self.recipe.values()):

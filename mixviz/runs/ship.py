@@ -3,7 +3,8 @@
 A run whose spec has ``ship`` (``mixviz quantize``, the app's *Quantize* button) quantizes as any
 run, measures the in-memory model's KLD, then (:func:`ship_step`):
 
-1. writes the checkpoint with auto-round's own exporter (``save_quantized(format=…)``), plus
+1. writes the checkpoint with auto-round's own exporter (``save_quantized(format=…)``), its
+   per-layer overrides named also as vLLM's fused modules (:mod:`mixviz.runs.overrides`), plus
    ``mixviz-recipe.json`` and a model card (``README.md``);
 2. reads every layer's format back **from the files** (safetensors headers and the
    ``quantization_config``, or the GGUF tensor types through ``gguf.GGUFReader``) and the bytes
@@ -16,7 +17,9 @@ run, measures the in-memory model's KLD, then (:func:`ship_step`):
    probe is compared with the in-memory layer's, and those that differ by more than
    ``PROBE_RTOL`` are listed (the layers to look at when the KLD check fails);
 4. for GGUF, llama.cpp itself: ``llama-perplexity --kl-divergence`` of the file against a BF16
-   GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`).
+   GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`);
+   with ``--verify-with vllm``, vLLM itself loads and scores the files
+   (:mod:`mixviz.runs.vllm_check`): a refusal or a KLD beyond the interval fails the run.
 
 Everything lands in ``cache/runs/<id>/ship.json``, with every file's size and sha256
 (``files``, what a reused job checks before copying: :mod:`mixviz.runs.delivery`); a failed
@@ -36,9 +39,10 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.schemes import get_scheme, layer_bits
-from mixviz.models.targets import check_format, gguf_option
+from mixviz.models.targets import check_format, check_shared, gguf_option
 from mixviz.paths import atomic_write_bytes, atomic_write_json
 from mixviz.runs.checkpoint_files import checkpoint_file, read_formats, sizes
+from mixviz.runs.overrides import name_fused
 from mixviz.runs.reload import (
     compare_probes,
     compare_reloaded,
@@ -49,6 +53,7 @@ from mixviz.runs.reload import (
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.staging import fingerprint, staged
 from mixviz.runs.store import Store, runs_dir
+from mixviz.runs.vllm_check import vllm_check, vllm_line, vllm_ok
 
 SHIP_TASK = "mixviz_ship"
 RECIPE_FILE = "mixviz-recipe.json"
@@ -72,14 +77,16 @@ def quantize_spec(
     *,
     layers,
     target: str | None = None,
+    verify_with: tuple[str, ...] = (),
     **fields,
 ) -> RunSpec:
     """The run spec of a quantize job — ``recipe`` written as a ``fmt`` checkpoint into ``out``,
     every block linear of ``layers`` (the model's inventory) it leaves out at BF16 — with every
     refusal checked before anything is queued: what the format cannot hold, what the
-    ``target`` runtime cannot load, a folder with files in it (unless they are the identical
-    finished job's checkpoint), a folder that cannot be written or lacks room. ``fields`` go
-    to the :class:`RunSpec` (``limit``, ``quant``, ``strategy``, ``device``, ...)."""
+    ``target`` runtime cannot load (a fused group split included), a folder with files in it
+    (unless they are the identical finished job's checkpoint), a folder that cannot be written
+    or lacks room. ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``, ``strategy``,
+    ``device``, ...)."""
     from mixviz.models.targets import get_runtime
     from mixviz.runs.delivery import check_out, holds
     from mixviz.runs.runspec import ShipArgs
@@ -93,12 +100,13 @@ def quantize_spec(
             why = rt.why_not(get_scheme(option), widths[name])
             if why:
                 raise MixvizError(f"{rt.label} cannot load {name} at {option}: {why}")
+        check_shared(recipe, target, _architecture(ref))
     spec = RunSpec(
         model=ref.name,
         recipe=dict(recipe),
         tasks=(KLD_TASK,),
         model_hash=ref.hash,
-        ship=ShipArgs(fmt, str(Path(out).expanduser().resolve())),
+        ship=ShipArgs(fmt, str(Path(out).expanduser().resolve()), tuple(verify_with)),
         **fields,
     )
     store = Store()
@@ -106,6 +114,16 @@ def quantize_spec(
         check_ship(spec, recipe, widths)
         check_out(ref, spec, store)  # writable, with room: before any work
     return spec
+
+
+def _architecture(ref) -> str | None:
+    """``config.architectures[0]`` of the model (which modules a runtime fuses), or None."""
+    from mixviz.models.loading import load_config
+
+    try:
+        return (getattr(load_config(ref), "architectures", None) or [None])[0]
+    except MixvizError:
+        return None
 
 
 def _format_string(spec: RunSpec, plan: dict[str, str]) -> str:
@@ -172,6 +190,7 @@ def _ship_into(
     final, fmt, plan = Path(spec.ship.out), spec.ship.format, loaded.plan
     with steps.stage(f"writing {fmt}", 0.72, "write"):
         writer = _write(memory.ar, spec, loaded, out)
+        name_fused(out, fmt, plan)  # vLLM looks overrides up by qkv_proj / gate_up_proj
     with steps.stage("reading the files back", 0.8):
         layers = block_linears(loaded.layers)
         formats = read_formats(out, fmt, plan, layers)
@@ -180,6 +199,11 @@ def _ship_into(
     probe_diff = compare_probes(model, memory.probes)
     with steps.stage("KLD of the reloaded model", 0.86, "reload kld"):
         in_memory, disk = _klds(run_id, spec, model, memory.reference, raw)
+    vllm = None
+    if "vllm" in spec.ship.verify_with:
+        with steps.stage("vLLM's KLD", 0.9, "vllm"):
+            log = runs_dir() / run_id / "vllm.log"
+            vllm = vllm_check(out, memory.reference, in_memory, spec.limit, log)
     llama = None
     if fmt == "gguf":
         with steps.stage("llama.cpp's KLD", 0.93, "llama.cpp kld"):
@@ -199,9 +223,15 @@ def _ship_into(
         **compare_reloaded(in_memory, disk, probe_diff),
         "llama_cpp": llama,
         "writer": writer,
+        "vllm": vllm,
         "timings": steps.timings,
     }
-    doc["ok"] = not wrong and within_interval(doc["delta_kld"]) and _llamacpp_agrees(llama)
+    doc["ok"] = (
+        not wrong
+        and within_interval(doc["delta_kld"])
+        and _llamacpp_agrees(llama)
+        and vllm_ok(vllm)
+    )
     write_card(out, spec, loaded, doc, memory.bits)
     doc["files"] = fingerprint(out)  # what a reused job checks before copying (delivery)
     atomic_write_json(runs_dir() / run_id / "ship.json", doc)
@@ -255,6 +285,8 @@ def _refuse(doc: dict, wrong: list[str]) -> None:
             "(the second half of each window)"
         )
     delta = doc["delta_kld"]
+    if not vllm_ok(doc.get("vllm")):
+        raise MixvizError(vllm_line(doc["vllm"]))
     if not within_interval(delta):
         drift = [d["layer"] for d in doc["probe_drift"][:5]]
         names = ", ".join(drift) or "none beyond the probe tolerance"
@@ -336,6 +368,7 @@ def write_card(out: Path, spec: RunSpec, loaded, doc: dict, bits: tuple[float, f
     if doc.get("llama_cpp") and "kld" in doc["llama_cpp"]:
         k, se = doc["llama_cpp"]["kld"]
         lines.append(f"- llama.cpp KLD (llama-perplexity, vs a BF16 GGUF): {k:.5f} ± {se:.5f}")
+    lines.append(f"- {vllm_line(doc.get('vllm'))}")
     lines.append(f"- Verified on reload (formats from the files, KLD, probes): {doc['ok']}")
     atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
 

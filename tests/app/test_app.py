@@ -524,7 +524,8 @@ def test_allocate_quantize_button_queues_a_checkpoint_job(profiled, monkeypatch,
     assert not at.exception and not at.error, [e.value for e in at.error]
     (ok,) = [s.value for s in at.success if "quantize auto_round" in s.value]
     jobs = [r for r in Store().list() if r.spec.get("ship")]
-    assert jobs and jobs[-1].spec["ship"] == {"format": "auto_round", "out": str(tmp_path / "ckpt")}
+    want = {"format": "auto_round", "out": str(tmp_path / "ckpt"), "verify_with": []}
+    assert jobs and jobs[-1].spec["ship"] == want
     assert jobs[-1].spec["tasks"] == ["mixviz_kld"] and "Runs page" in ok
     at.selectbox(key="allocate_quantize_format").set_value("auto_gptq").run()  # MX: no GPTQ
     at.button(key="allocate_quantize").click().run()
@@ -548,6 +549,11 @@ def test_runs_page_shows_what_a_checkpoint_job_verified(monkeypatch, tmp_path):
         "kld_memory": summary, "kld_reloaded": summary,
         "delta_kld": {"delta": 1e-6, "lo": -2e-6, "hi": 4e-6},
         "llama_cpp": {"kld": [0.0119, 0.0003], "top1": [0.92, 0.004]},
+        "vllm": {"dtype": "float16", "version": "0.32.0", "ok": True, "kld": summary,
+                 "delta_kld": {"delta": 2e-6, "lo": -1e-6, "hi": 5e-6, "tolerance": 8e-4},
+                 "also": [{"dtype": "bfloat16", "version": "0.32.0", "ok": False,
+                           "kld": [("kld", 0.0163, 0.0005), ("top1", 0.9, 0.01)],
+                           "delta_kld": {"delta": 4e-3, "lo": 3e-3, "hi": 5e-3}}]},
     }  # fmt: skip
     (runs_dir() / run_id / "ship.json").write_text(json.dumps(doc))
     at = _app("app_pages/runs.py", model="tiny")
@@ -559,8 +565,12 @@ def test_runs_page_shows_what_a_checkpoint_job_verified(monkeypatch, tmp_path):
         "in memory",
         "reloaded from disk",
         "llama.cpp (llama-perplexity)",
+        "vLLM 0.32.0 (float16)",
+        "vLLM 0.32.0 (bfloat16)",
     ]
     assert table["KLD"].iloc[2] == "0.01190 ± 0.00030"
+    assert table["KLD"].iloc[4] == "0.01630 ± 0.00050"
+    assert any("vLLM 0.32.0 in float16: KLD 0.01230" in c.value for c in at.caption)
 
 
 def test_sidebar_target_runtime_constrains_the_allocation(profiled):
