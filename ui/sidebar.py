@@ -95,7 +95,7 @@ def choice() -> Choice:
 def _what_to_quantize() -> dict[str, str]:
     """Model, formats, metric, bit accounting, shared groups, runtime: as the URL writes them."""
     model = st.text_input(
-        "Model",
+        "Model name or folder",
         value=url_text("model", DEFAULT_MODEL),
         key="sb_model",
         help="demo (SmolLM2-135M from PyPI), tiny, a local HF folder or a hub id",
