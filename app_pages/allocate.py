@@ -42,7 +42,9 @@ def budget_view(page: Setting, start: float) -> None:
         refused_edit()
     summary = {s: result(s) for s in strategy_names(page.problem)}
     st.dataframe(
-        summary_frame(summary, best, page.bits_key), hide_index=True, key="allocate_summary"
+        summary_frame(summary, best, page.bits_key).style.format(SUMMARY_FORMATS, na_rep="—"),
+        hide_index=True,
+        key="allocate_summary",
     )
     frontier_view(page, avg)
     downloads(page, best, avg)
@@ -157,21 +159,28 @@ def heatmap(page: Setting, cost, result) -> tuple[list, list, list] | None:
 # --------------------------------------------------------------------------- beside the heatmap
 
 
+SUMMARY_FORMATS = {"avg bits": "{:.3f}", "predicted loss": "{:.4g}", "vs optimal": "{:.3f}×"}
+
+
 def summary_frame(results: dict, best, bits_key: str) -> pd.DataFrame:
     """One row per strategy at this budget: its bits and predicted loss, and that against
-    optimal's (a strategy that cannot reach the budget: blanks)."""
+    optimal's; a strategy that cannot reach the budget has no numbers (shown as a dash) and
+    says why not."""
     rows = []
     for s, a in results.items():
         if isinstance(a, MixvizError):
-            rows.append({"strategy": s, "avg bits": None, "predicted loss": None})
+            nothing = float("nan")
+            rows.append({"strategy": s, "avg bits": nothing, "predicted loss": nothing})
+            rows[-1] |= {"vs optimal": nothing, "why not": str(a)}
             continue
-        ratio = a.predicted_loss / best.predicted_loss if best.predicted_loss else None
+        ratio = a.predicted_loss / best.predicted_loss if best.predicted_loss else float("nan")
         rows.append(
             {
                 "strategy": s,
                 "avg bits": getattr(a, bits_key),
                 "predicted loss": a.predicted_loss,
                 "vs optimal": ratio,
+                "why not": "" if best.predicted_loss else "optimal predicts no loss",
             }
         )
     return pd.DataFrame(rows)
@@ -359,12 +368,20 @@ def refused_edit() -> None:
             apply_edits(current_edits().apply_refused())
 
 
+NO_LOCK = "— (free)"
+
+
 def lock_table(page: Setting, budget: float) -> None:
     """Every block linear with its lock, editable: a changed table is proposed as the locks."""
     st.subheader("Locks")
     table = pd.DataFrame(
         [
-            {"layer": x.name, "block": x.block, "kind": x.kind, "lock": page.locks.get(x.name, "")}
+            {
+                "layer": x.name,
+                "block": x.block,
+                "kind": x.kind,
+                "lock": page.locks.get(x.name, NO_LOCK),
+            }
             for x in page.profile.layers
             if x.block is not None
         ]
@@ -376,11 +393,18 @@ def lock_table(page: Setting, budget: float) -> None:
         disabled=["layer", "block", "kind"],
         column_config={
             "lock": st.column_config.SelectboxColumn(
-                "lock", options=["", *page.profile.options, "BF16"]
+                "lock",
+                options=[NO_LOCK, *page.profile.options, "BF16"],
+                help=f"{NO_LOCK}: not locked, the solver picks",
+                required=True,
             )
         },
     )
-    new_locks = {r.layer: r.lock for r in edited.itertuples() if r.lock}
+    new_locks = {
+        r.layer: r.lock
+        for r in edited.itertuples()
+        if isinstance(r.lock, str) and r.lock not in (NO_LOCK, "")
+    }
     if new_locks != page.locks:
         propose(page, new_locks, budget, "This lock table")
 

@@ -83,10 +83,12 @@ def frontier_chart(
         "title": "average bits" + (" (no scale bits)" if no_scale else ""),
         "scale": scale,
     }
-    encoding = _frontier_encoding(x, [s for s in front if front[s]])
+    drawn = [s for s in front if front[s]]
+    encoding = _frontier_encoding(x, drawn)
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": "Predicted loss of each strategy's allocations",
+        # room above the plot for the budget's label (MARKER_LABEL_Y), clear of every marker
+        "title": {"text": "Predicted loss of each strategy's allocations", "offset": 22},
         "height": 380,
         "datasets": {
             "frontier": rows,
@@ -103,7 +105,7 @@ def frontier_chart(
                 "data": {"name": "frontier"},
                 "transform": [{"filter": "!datum.solver"}],
                 "mark": {"type": "point", "filled": True, "size": 70},
-                "encoding": {**encoding, "shape": {"field": "strategy", "type": "nominal"}},
+                "encoding": {**encoding, "shape": _frontier_shapes(drawn, baseline)},
             },
             {
                 "data": {"name": "marker"},
@@ -112,10 +114,42 @@ def frontier_chart(
             },
             {
                 "data": {"name": "marker"},
-                "mark": {"type": "text", "align": "left", "dx": 4, "y": 8, "color": "grey"},
+                # above the plot area, where no marker is drawn
+                "mark": {
+                    "type": "text",
+                    "align": "center",
+                    "baseline": "bottom",
+                    "y": MARKER_LABEL_Y,
+                    "color": "grey",
+                },
                 "encoding": {"x": x, "text": {"field": "label"}},
             },
         ],
+    }
+
+
+MARKER_LABEL_Y = -6
+"""The budget label's baseline, in pixels above the plot's top edge: a point marker (size 70,
+radius under 5 px) drawn at the top edge reaches no higher than that."""
+
+BASELINE_SHAPES = ("square", "triangle-up", "diamond", "cross", "triangle-down", "wedge")
+
+
+def _frontier_shapes(strategies: list[str], baseline: set[str]) -> dict:
+    """One shape per curve over the same domain as the colours, so the merged legend names
+    every curve (a shape scale over the baselines alone hid the solvers' entries): solvers are
+    circles (their lines tell them apart), each baseline its own shape."""
+    shapes, i = [], 0
+    for s in strategies:
+        if s in baseline:
+            shapes.append(BASELINE_SHAPES[i % len(BASELINE_SHAPES)])
+            i += 1
+        else:
+            shapes.append("circle")
+    return {
+        "field": "strategy",
+        "type": "nominal",
+        "scale": {"domain": strategies, "range": shapes},
     }
 
 
