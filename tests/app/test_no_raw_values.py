@@ -8,7 +8,7 @@ import os
 
 import pytest
 from apptest import open_app
-from screen import table_cells, raw_values
+from screen import raw_values, table_cells
 
 TINY = {
     "model": "tiny",
