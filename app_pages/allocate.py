@@ -263,7 +263,10 @@ def downloads(page: Setting, best, avg: float) -> None:
     ref = ui.model_ref(choice.model, choice.trust_remote_code)
     recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(page.locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
-    for col, exporter in zip(st.columns(len(EXPORTERS)), EXPORTERS.values(), strict=True):
+    exporters = list(EXPORTERS.values())
+    row = 4  # a button wide enough for its whole label ("auto-round layer_config")
+    cols = [c for i in range(0, len(exporters), row) for c in st.columns(row)]
+    for col, exporter in zip(cols, exporters, strict=False):
         key = f"allocate_download_{exporter.name}"
         if why := exporter.why_not(recipe):
             col.button(exporter.label, disabled=True, key=key)

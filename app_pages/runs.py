@@ -103,11 +103,12 @@ if st.button(f"Run the comparison at {budget:g} bits", type="primary", key="runs
         new = {i for i, reused in submitted if not reused}
         had = {i for i, _ in submitted} - new
         same = len(specs) - len(new) - len(had)
-        st.success(
-            f"Queued {len(new)} runs ({len(had)} already done or queued"
-            + (f"; {same} identical to another in this comparison, run once" if same else "")
-            + ")."
-        )
+        mine = st.session_state.setdefault("runs_queued_here", set())  # by earlier clicks
+        said = [f"{len(had & mine)} queued by your earlier click"] if had & mine else []
+        said += [f"{len(had - mine)} already done or queued"] if had - mine else []
+        said += [f"{same} identical to another in this comparison, run once"] if same else []
+        mine |= new
+        st.success(f"Queued {len(new)} runs" + (f" ({'; '.join(said)})." if said else "."))
     except MixvizError as e:
         st.error(str(e))
 
@@ -191,7 +192,9 @@ def queue() -> None:
             "id",
         ],
         column_config={
-            "run": st.column_config.TextColumn("run", width="medium"),
+            "run": st.column_config.TextColumn("run", width="large"),
+            # sized for its longest value, not the first ones it showed ("cancelled" was cut)
+            "status": st.column_config.TextColumn("status", width=90),
             "stage": st.column_config.TextColumn("stage", width="medium"),
             "id": st.column_config.TextColumn("id", width="small"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
