@@ -14,6 +14,7 @@ from mixviz.allocation.strategies import strategy_names
 from mixviz.report import charts, trust
 from mixviz.report.export import EXPORTERS
 from mixviz.report.recipe import Recipe
+from mixviz.sensitivity.metrics import score_meaning
 from ui import refining
 from ui.allocating import Setting, apply_edits, budget_start, current_edits, propose, setting
 from ui.heatmap import clear_selection, heatmap_chart, heatmap_content, heatmap_grid
@@ -100,6 +101,7 @@ def cost_metrics(page: Setting, cost, avg: float) -> None:
         f"{best.predicted_loss:.4g}",
         f"{cost.loss_ratio - 1:+.1%} from the locks" if locks else None,
         delta_color="inverse",
+        help=loss_help(page.profile.metric),
     )
     before_bits, after_bits = getattr(cost.before, page.bits_key), getattr(best, page.bits_key)
     c2.metric(
@@ -121,6 +123,16 @@ def cost_metrics(page: Setting, cost, avg: float) -> None:
             f"bits. {len(cost.changed)} other layers moved, {len(cost.gave_back)} of them to "
             "fewer bits to pay for the locks."
         )
+
+
+def loss_help(metric: str) -> str:
+    """What the predicted loss is: the sum over layers of the profile's scores, and what one
+    score is (its unit)."""
+    return (
+        f"The sum over layers of each layer's {metric} score at its format: an additive "
+        f"estimate that ignores how layers' errors combine, not a measured KLD. One "
+        f"{metric} score: {score_meaning(metric)}."
+    )
 
 
 # --------------------------------------------------------------------------- the heatmap
@@ -196,7 +208,9 @@ def frontier_view(page: Setting, avg: float) -> None:
     if refined is not None:
         front = {**front, "refined (measured rounds)": trust.refinement_points(refined)}
     st.vega_lite_chart(
-        spec=charts.frontier_chart(front, avg, choice.ignore_scale_bits, x_min=page.span.lo),
+        spec=charts.frontier_chart(
+            front, avg, choice.ignore_scale_bits, x_min=page.span.lo, metric=page.profile.metric
+        ),
         key="allocate_frontier",
         width="stretch",
     )

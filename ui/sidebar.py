@@ -13,7 +13,7 @@ from mixviz.models.device import DTYPES, describe, device_choices, placement
 from mixviz.models.schemes import SCHEMES
 from mixviz.models.targets import RUNTIMES
 from mixviz.models.text import BUNDLED
-from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names
+from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names, score_meaning
 from ui.uploads import save_upload
 from ui.url import url_calib, url_choice, url_drop, url_flag, url_int, url_list, url_text, url_write
 
@@ -112,6 +112,8 @@ def _what_to_quantize() -> dict[str, str]:
         metrics,
         index=metrics.index(url_choice("metric", metrics, DEFAULT_METRIC)),
         key="sb_metric",
+        help="What each one's score is:\n\n"
+        + "\n".join(f"- **{m}**: {score_meaning(m)}" for m in metrics),
     )
     accounting = st.radio(
         "Bit accounting",

@@ -44,6 +44,7 @@ __all__ = [
     "frontier_chart",
     "loss_vs_accuracy",
     "padded_range",
+    "predicted_loss_title",
     "score_range",
     "sensitivity_heatmap",
     "strategy_colour",
@@ -56,13 +57,15 @@ def frontier_chart(
     marker: float | None = None,
     no_scale: bool = False,
     x_min: float | None = None,
+    metric: str | None = None,
 ) -> dict:
     """Predicted loss vs average bits per strategy, and a dashed marker at the slider: a
     Vega-Lite spec for ``st.vega_lite_chart``.
 
     A solver's points (one per budget) are joined by a line; a baseline's are drawn as points
     only — it reaches those allocations and nothing between them. The x axis starts at
-    ``x_min`` (the feasible minimum) when given. The lines and the marker are separate named
+    ``x_min`` (the feasible minimum) when given; the y axis says what the loss is: the sum
+    over layers of ``metric``'s score, in its unit. The lines and the marker are separate named
     datasets, so when the slider moves only the one-row ``marker`` dataset changes and the chart
     is updated in place, not re-embedded (a plotly figure would be redrawn whole on every step).
     """
@@ -84,7 +87,7 @@ def frontier_chart(
         "scale": scale,
     }
     drawn = [s for s in front if front[s]]
-    encoding = _frontier_encoding(x, drawn)
+    encoding = _frontier_encoding(x, drawn, predicted_loss_title(metric))
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         # room above the plot for the budget's label (MARKER_LABEL_Y), clear of every marker
@@ -153,16 +156,32 @@ def _frontier_shapes(strategies: list[str], baseline: set[str]) -> dict:
     }
 
 
-def _frontier_encoding(x: dict, strategies: list[str]) -> dict:
-    """The frontier's Vega-Lite encoding: bits (``x``) against log loss, a colour per
-    strategy (in ``strategies``' order), tooltips."""
+def predicted_loss_title(metric: str | None) -> str:
+    """What a predicted loss is, for an axis: Σ over layers of the metric's score, its unit.
+
+    >>> predicted_loss_title("kl")
+    'predicted loss: Σ over layers of the kl score (nats per token), log scale'
+    """
+    if not metric:
+        return "predicted loss (Σ score, log scale)"
+    from mixviz.sensitivity.metrics import score_unit
+
+    unit = score_unit(metric)
+    return f"predicted loss: Σ over layers of the {metric} score" + (
+        f" ({unit}), log scale" if unit else ", log scale"
+    )
+
+
+def _frontier_encoding(x: dict, strategies: list[str], y_title: str) -> dict:
+    """The frontier's Vega-Lite encoding: bits (``x``) against log loss (titled ``y_title``),
+    a colour per strategy (in ``strategies``' order), tooltips."""
     return {
         "x": x,
         "y": {
             "field": "loss",
             "type": "quantitative",
             "scale": {"type": "log"},
-            "title": "predicted loss (Σ score, log scale)",
+            "title": y_title,
         },
         "color": {
             "field": "strategy",
