@@ -14,7 +14,14 @@ from ui.caches import (
     problem_for,
     recipe_bits,
 )
-from ui.frames import file_size, items_per_task, layers_frame, schemes_frame, task_metrics
+from ui.frames import (
+    file_size,
+    items_per_task,
+    layers_frame,
+    schemes_frame,
+    task_metrics,
+    windows_note,
+)
 from ui.profiles import (
     PROFILE_FIRST,
     cached_profile,
@@ -43,6 +50,7 @@ __all__ = [
     "frontier_for",
     "is_upload",
     "items_per_task",
+    "windows_note",
     "layers_frame",
     "model_layers",
     "model_ref",
