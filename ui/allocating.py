@@ -133,7 +133,7 @@ def budget_start(page: Setting) -> float:
         return span.nearest(wanted)
     if held is None:  # a link's budget; edits that move the range are refused before this
         st.error(
-            f"Average bits {wanted:g} is outside the feasible range {span.lo:.2f}–{span.hi:.2f}; "
+            f"Average bits {wanted:g} is outside the feasible range {span.text}; "
             "using the nearest feasible value."
         )
     start = span.nearest(wanted)
