@@ -20,9 +20,11 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed"),
 ]
 
-# every button label cut by its column (CSS ellipsis): its text is wider than its box
-CUT_LABELS = """() => [...document.querySelectorAll('[data-testid^="stBaseButton"] p')]
-    .filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.innerText)"""
+# every button label cut by its column (Streamlit's ellipsis): its text is wider than its box
+# (eight download buttons in one row cut four of them at this width: "auto-round l…")
+CUT_LABELS = """() => [...document.querySelectorAll(
+    '[data-testid^="stBaseButton"] .stMarkdownEllipsis')]
+    .filter(d => d.scrollWidth > d.clientWidth + 1).map(d => d.innerText)"""
 
 
 def test_first_meeting(tmp_path):
