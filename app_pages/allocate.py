@@ -181,9 +181,8 @@ def summary_frame(results: dict, best, bits_key: str) -> pd.DataFrame:
     rows = []
     for s, a in results.items():
         if isinstance(a, MixvizError):
-            nothing = float("nan")
-            rows.append({"strategy": s, "avg bits": nothing, "predicted loss": nothing})
-            rows[-1] |= {"vs optimal": nothing, "why not": str(a)}
+            none = dict.fromkeys(("avg bits", "predicted loss", "vs optimal"), float("nan"))
+            rows.append({"strategy": s, **none, "why not": str(a)})
             continue
         ratio = a.predicted_loss / best.predicted_loss if best.predicted_loss else float("nan")
         rows.append(
