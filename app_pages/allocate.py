@@ -65,6 +65,7 @@ def budget_slider(page: Setting, start: float) -> float:
             None if "allocate_avg_bits" in st.session_state else start,  # the state's wins
             0.01,
             key="allocate_avg_bits",
+            persist_state="session",  # another page and Back: the budget as it was left
             help="Without scale bits" if choice.ignore_scale_bits else "With scale bits",
         )
     ui.url_write(bits=f"{avg:g}")

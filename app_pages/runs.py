@@ -28,6 +28,8 @@ except MixvizError as e:
     st.stop()
 
 budget = ui.url_bits(st.session_state.get("budget", 5.0))
+st.session_state["budget"] = budget  # the session carries it to the other pages
+ui.url_write(bits=f"{budget:g}")  # and the URL through a reload or a shared link
 st.caption(
     f"Quantize with auto-round (RTN) and evaluate with lm-eval, in the background "
     f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**. "
@@ -44,16 +46,24 @@ tasks = c1.multiselect(
     help="Bundled tasks work offline; the real ones need the hub. mixviz_kld: KL divergence "
     "to the unquantized model over the held-out text, per token.",
 )
+if "runs_limit" not in st.session_state:  # a fresh session: a link's ?limit=
+    st.session_state["runs_limit"] = ui.url_int("limit", 0, 0, 100000, "Items per task") or None
 limit = c2.number_input(
     "Items per task",
     1,
     100000,
     None,
     key="runs_limit",
+    persist_state="session",  # kept while other pages are open: the next runs are this size
     placeholder="all",
     help="Empty = every item (the default: fewer items, wider intervals). For mixviz_kld it "
     "counts 512-token windows.",
 )
+
+if limit:
+    ui.url_write(limit=str(int(limit)))
+else:
+    ui.url_drop("limit")
 
 
 def comparison_specs() -> list[RunSpec]:

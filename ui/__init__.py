@@ -33,7 +33,17 @@ from ui.profiles import (
 from ui.quantize import quantize_panel
 from ui.sidebar import DEFAULT_MODEL, DEFAULT_OPTIONS, SHARED_CHOICES, Choice, choice, sidebar
 from ui.uploads import is_upload, save_upload, uploads_dir
-from ui.url import url_bits, url_calib, url_choice, url_flag, url_int, url_list, url_text, url_write
+from ui.url import (
+    url_bits,
+    url_calib,
+    url_choice,
+    url_drop,
+    url_flag,
+    url_int,
+    url_list,
+    url_text,
+    url_write,
+)
 
 __all__ = [
     "allocation_at",
@@ -75,4 +85,5 @@ __all__ = [
     "url_list",
     "url_text",
     "url_write",
+    "url_drop",
 ]

@@ -128,7 +128,8 @@ def budget_start(page: Setting) -> float:
         st.session_state["allocate_avg_bits"] = st.session_state.pop("allocate_budget_next")
     span = page.span
     held = st.session_state.get("allocate_avg_bits")
-    wanted = url_bits(span.nearest(5.0)) if held is None else held
+    # the link's, else the session's (the Runs page's, after a reload there), else 5
+    wanted = url_bits(span.nearest(st.session_state.get("budget", 5.0))) if held is None else held
     if span.fixed or span.holds(wanted):
         return span.nearest(wanted)
     if held is None:  # a link's budget; edits that move the range are refused before this

@@ -1,0 +1,73 @@
+"""State that survives: the budget and the items per task kept across pages (session) and
+through a reload (URL), and the URL written in one update per change (each URL change is a
+browser history entry: written key by key, one page load made a dozen and Back walked them)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from apptest import open_app
+
+import ui.url
+
+TINY = {
+    "model": "tiny",
+    "options": "MXFP4,MXFP8",
+    "metric": "hessian",
+    "nsamples": "2",
+    "seqlen": "32",
+    "noscale": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """tiny profiled through the Profile page, in this module's own cache folder."""
+    old = os.environ["MIXVIZ_CACHE"]
+    os.environ["MIXVIZ_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
+    at = open_app("app_pages/profile.py", **TINY)
+    at.button(key="profile_start").click().run()
+    assert not at.exception
+    yield at
+    os.environ["MIXVIZ_CACHE"] = old
+
+
+class _Params(dict):
+    """``st.query_params`` as a dict that counts its updates."""
+
+    updates = 0
+
+    def update(self, *args, **kwargs):
+        type(self).updates += 1
+        super().update(*args, **kwargs)
+
+
+def test_the_url_is_written_once_per_change_and_not_when_unchanged(monkeypatch):
+    params = _Params(model="tiny")
+    monkeypatch.setattr(ui.url.st, "query_params", params)
+    ui.url.url_write(model="tiny", bits="5", options="MXFP4")
+    assert params == {"model": "tiny", "bits": "5", "options": "MXFP4"} and params.updates == 1
+    ui.url.url_write(model="tiny", bits="5")  # nothing changed: no new history entry
+    assert params.updates == 1
+
+
+def test_items_per_task_survive_other_pages_and_a_reload(profiled):
+    at = open_app("app_pages/runs.py", **{**TINY, "bits": "6"})
+    at.number_input(key="runs_limit").set_value(1).run()
+    assert at.query_params["limit"] == "1" and at.query_params["bits"] == "6"
+    at.switch_page("app_pages/allocate.py").run()
+    at.switch_page("app_pages/runs.py").run()
+    assert not at.exception and at.number_input(key="runs_limit").value == 1
+    reloaded = open_app("app_pages/runs.py", **{**TINY, "bits": "6", "limit": "1"})
+    assert reloaded.number_input(key="runs_limit").value == 1
+    assert "at 6 bits" in reloaded.button(key="runs_start").label
+
+
+def test_the_budget_a_reloaded_runs_page_had_goes_on_to_allocate(profiled):
+    """A reload on Runs (``?bits=6.5``), then the Allocate page (whose link has no ``bits``:
+    Streamlit drops a page's own parameters on a page switch): 6.5, not 5."""
+    at = open_app("app_pages/runs.py", **{**TINY, "bits": "6.5"})
+    del at.query_params["bits"]
+    at.switch_page("app_pages/allocate.py").run()
+    assert not at.exception and at.slider(key="allocate_avg_bits").value == 6.5
