@@ -16,7 +16,15 @@ from mixviz.report.export import EXPORTERS
 from mixviz.report.recipe import Recipe
 from mixviz.sensitivity.metrics import score_meaning
 from ui import refining
-from ui.allocating import Setting, apply_edits, budget_start, current_edits, propose, setting
+from ui.allocating import (
+    Setting,
+    apply_edits,
+    budget_start,
+    current_edits,
+    edits_from_link,
+    propose,
+    setting,
+)
 from ui.heatmap import clear_selection, heatmap_chart, heatmap_content, heatmap_grid
 
 # --------------------------------------------------------------------------- the budget view
@@ -431,7 +439,7 @@ def lock_table(page: Setting, budget: float) -> None:
 choice = ui.choice()
 st.title("Allocate")
 profile = ui.require_profile(choice)
-page = setting(choice, profile, current_edits())
+page = setting(choice, profile, edits_from_link(profile))
 start = budget_start(page)
 budget_view(page, start)
 lock_table(page, st.session_state.get("budget", start))

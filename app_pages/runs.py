@@ -16,6 +16,7 @@ from mixviz.runs.runspec import RunSpec
 from mixviz.runs.ship import ship_document
 from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
+from ui.allocating import page_locks
 
 choice = ui.choice()
 st.title("Runs")
@@ -30,10 +31,23 @@ except MixvizError as e:
 budget = ui.url_bits(st.session_state.get("budget", 5.0))
 st.session_state["budget"] = budget  # the session carries it to the other pages
 ui.url_write(bits=f"{budget:g}")  # and the URL through a reload or a shared link
+
+
+def locks_count() -> int:
+    """How many locks the comparison runs with (kept in the URL); 0 before a profile."""
+    try:
+        profiled = ui.cached_profile(choice)
+    except MixvizError:  # a bad model: said when the comparison is asked for
+        return 0
+    return len(page_locks(profiled)) if profiled is not None else 0
+
+
+locked = locks_count()
 st.caption(
     f"Quantize with auto-round (RTN) and evaluate with lm-eval, in the background "
-    f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**. "
-    "Runs with the same model, recipe, tasks and settings are one run."
+    f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**"
+    + (f", with its **{locked} locks**. " if locked else ". ")
+    + "Runs with the same model, recipe, tasks and settings are one run."
 )
 
 c1, c2 = st.columns([3, 1])
@@ -79,7 +93,7 @@ def comparison_specs() -> list[RunSpec]:
         profile.key,
         choice.ignore_scale_bits,
         choice.shared,
-        tuple(sorted(st.session_state.get("allocate_pins", {}).items())),
+        tuple(sorted(page_locks(profile).items())),
         choice.target,
     )
     base = dict(

@@ -71,3 +71,44 @@ def test_the_budget_a_reloaded_runs_page_had_goes_on_to_allocate(profiled):
     del at.query_params["bits"]
     at.switch_page("app_pages/allocate.py").run()
     assert not at.exception and at.slider(key="allocate_avg_bits").value == 6.5
+
+
+DOWNS = {f"model.layers.{b}.mlp.down_proj": "MXFP8" for b in range(4)}
+LOCKS = "0.down=MXFP8,1.down=MXFP8,2.down=MXFP8,3.down=MXFP8"
+
+
+def test_locks_are_in_the_url_and_a_reload_or_a_shared_link_has_them(profiled):
+    at = open_app("app_pages/allocate.py", **{**TINY, "bits": "6"})
+    at.multiselect(key="edit_kinds").set_value(["down"]).run()
+    at.selectbox(key="edit_option").set_value("MXFP8").run()
+    at.button(key="edit_set").click().run()
+    assert not at.exception and at.query_params["locks"] == LOCKS
+    shared = open_app("app_pages/allocate.py", **{**TINY, "bits": "6", "locks": LOCKS})
+    assert not shared.exception and not shared.error
+    assert shared.session_state["allocate_pins"] == DOWNS
+    assert all(shared.session_state["allocation"]["layers"][n] == "MXFP8" for n in DOWNS)
+    shared.button(key="edit_undo").click().run()  # the link's locks are one undoable step
+    assert shared.session_state["allocate_pins"] == {} and "locks" not in shared.query_params
+
+
+def test_a_reloaded_runs_page_runs_with_the_links_locks(profiled, monkeypatch):
+    from mixviz.runs.backends import LocalBackend
+    from mixviz.runs.store import Store
+
+    monkeypatch.setattr(LocalBackend, "_spawn", lambda self, run_id: None)
+    at = open_app("app_pages/runs.py", **{**TINY, "bits": "6", "locks": LOCKS, "limit": "1"})
+    assert not at.exception and any("with its **4 locks**" in c.value for c in at.caption)
+    before = {r.id for r in Store().list()}
+    at.button(key="runs_start").click().run()
+    new = [r for r in Store().list() if r.id not in before]
+    (optimal,) = [r for r in new if r.label == "optimal @6"]
+    assert all(optimal.spec["recipe"][n] == "MXFP8" for n in DOWNS)
+    for r in Store().list(("queued", "starting")):
+        LocalBackend(Store()).cancel(r.id)
+
+
+def test_a_bad_locks_link_is_an_error_not_a_crash(profiled):
+    at = open_app("app_pages/allocate.py", **{**TINY, "bits": "6", "locks": "9.down=MXFP8"})
+    assert not at.exception
+    assert any("(from the URL)" in e.value and "9.down" in e.value for e in at.error)
+    assert at.session_state["allocate_pins"] == {}
