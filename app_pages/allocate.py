@@ -15,8 +15,17 @@ from mixviz.models.targets import RUNTIMES
 from mixviz.report import charts, trust
 from mixviz.report.export import EXPORTERS
 from mixviz.report.recipe import Recipe
+from mixviz.sensitivity.metrics import score_meaning
 from ui import refining
-from ui.allocating import Setting, apply_edits, budget_start, current_edits, propose, setting
+from ui.allocating import (
+    Setting,
+    apply_edits,
+    budget_start,
+    current_edits,
+    edits_from_link,
+    propose,
+    setting,
+)
 from ui.heatmap import clear_selection, heatmap_chart, heatmap_content, heatmap_grid
 
 # --------------------------------------------------------------------------- the budget view
@@ -43,7 +52,9 @@ def budget_view(page: Setting, start: float) -> None:
         refused_edit()
     summary = {s: result(s) for s in strategy_names(page.problem)}
     st.dataframe(
-        summary_frame(summary, best, page.bits_key), hide_index=True, key="allocate_summary"
+        summary_frame(summary, best, page.bits_key).style.format(SUMMARY_FORMATS, na_rep="—"),
+        hide_index=True,
+        key="allocate_summary",
     )
     frontier_view(page, avg)
     downloads(page, best, avg)
@@ -63,6 +74,7 @@ def budget_slider(page: Setting, start: float) -> float:
             None if "allocate_avg_bits" in st.session_state else start,  # the state's wins
             0.01,
             key="allocate_avg_bits",
+            persist_state="session",  # another page and Back: the budget as it was left
             help="Without scale bits" if choice.ignore_scale_bits else "With scale bits",
         )
     ui.url_write(bits=f"{avg:g}")
@@ -99,6 +111,7 @@ def cost_metrics(page: Setting, cost, avg: float) -> None:
         f"{best.predicted_loss:.4g}",
         f"{cost.loss_ratio - 1:+.1%} from the locks" if locks else None,
         delta_color="inverse",
+        help=loss_help(page.profile.metric),
     )
     before_bits, after_bits = getattr(cost.before, page.bits_key), getattr(best, page.bits_key)
     c2.metric(
@@ -120,6 +133,16 @@ def cost_metrics(page: Setting, cost, avg: float) -> None:
             f"bits. {len(cost.changed)} other layers moved, {len(cost.gave_back)} of them to "
             "fewer bits to pay for the locks."
         )
+
+
+def loss_help(metric: str) -> str:
+    """What the predicted loss is: the sum over layers of the profile's scores, and what one
+    score is (its unit)."""
+    return (
+        f"The sum over layers of each layer's {metric} score at its format: an additive "
+        f"estimate that ignores how layers' errors combine, not a measured KLD. One "
+        f"{metric} score: {score_meaning(metric)}."
+    )
 
 
 # --------------------------------------------------------------------------- the heatmap
@@ -158,21 +181,27 @@ def heatmap(page: Setting, cost, result) -> tuple[list, list, list] | None:
 # --------------------------------------------------------------------------- beside the heatmap
 
 
+SUMMARY_FORMATS = {"avg bits": "{:.3f}", "predicted loss": "{:.4g}", "vs optimal": "{:.3f}×"}
+
+
 def summary_frame(results: dict, best, bits_key: str) -> pd.DataFrame:
     """One row per strategy at this budget: its bits and predicted loss, and that against
-    optimal's (a strategy that cannot reach the budget: blanks)."""
+    optimal's; a strategy that cannot reach the budget has no numbers (shown as a dash) and
+    says why not."""
     rows = []
     for s, a in results.items():
         if isinstance(a, MixvizError):
-            rows.append({"strategy": s, "avg bits": None, "predicted loss": None})
+            none = dict.fromkeys(("avg bits", "predicted loss", "vs optimal"), float("nan"))
+            rows.append({"strategy": s, **none, "why not": str(a)})
             continue
-        ratio = a.predicted_loss / best.predicted_loss if best.predicted_loss else None
+        ratio = a.predicted_loss / best.predicted_loss if best.predicted_loss else float("nan")
         rows.append(
             {
                 "strategy": s,
                 "avg bits": getattr(a, bits_key),
                 "predicted loss": a.predicted_loss,
                 "vs optimal": ratio,
+                "why not": "" if best.predicted_loss else "optimal predicts no loss",
             }
         )
     return pd.DataFrame(rows)
@@ -188,7 +217,9 @@ def frontier_view(page: Setting, avg: float) -> None:
     if refined is not None:
         front = {**front, "refined (measured rounds)": trust.refinement_points(refined)}
     st.vega_lite_chart(
-        spec=charts.frontier_chart(front, avg, choice.ignore_scale_bits, x_min=page.span.lo),
+        spec=charts.frontier_chart(
+            front, avg, choice.ignore_scale_bits, x_min=page.span.lo, metric=page.profile.metric
+        ),
         key="allocate_frontier",
         width="stretch",
     )
@@ -260,7 +291,10 @@ def downloads(page: Setting, best, avg: float) -> None:
     ref = ui.model_ref(choice.model, choice.trust_remote_code)
     recipe = Recipe.from_allocation(best, profile.model, ref.hash, sorted(page.locks))
     stem = f"{profile.model.replace('/', '_')}-{avg:g}bits"
-    for col, exporter in zip(st.columns(len(EXPORTERS)), EXPORTERS.values(), strict=True):
+    exporters = list(EXPORTERS.values())
+    row = 4  # a button wide enough for its whole label ("auto-round layer_config")
+    cols = [c for i in range(0, len(exporters), row) for c in st.columns(row)]
+    for col, exporter in zip(cols, exporters, strict=False):
         key = f"allocate_download_{exporter.name}"
         if why := exporter.why_not(recipe):
             col.button(exporter.label, disabled=True, key=key)
@@ -367,12 +401,20 @@ def refused_edit() -> None:
             apply_edits(current_edits().apply_refused())
 
 
+NO_LOCK = "— (free)"
+
+
 def lock_table(page: Setting, budget: float) -> None:
     """Every block linear with its lock, editable: a changed table is proposed as the locks."""
     st.subheader("Locks")
     table = pd.DataFrame(
         [
-            {"layer": x.name, "block": x.block, "kind": x.kind, "lock": page.locks.get(x.name, "")}
+            {
+                "layer": x.name,
+                "block": x.block,
+                "kind": x.kind,
+                "lock": page.locks.get(x.name, NO_LOCK),
+            }
             for x in page.profile.layers
             if x.block is not None
         ]
@@ -384,11 +426,18 @@ def lock_table(page: Setting, budget: float) -> None:
         disabled=["layer", "block", "kind"],
         column_config={
             "lock": st.column_config.SelectboxColumn(
-                "lock", options=["", *page.profile.options, "BF16"]
+                "lock",
+                options=[NO_LOCK, *page.profile.options, "BF16"],
+                help=f"{NO_LOCK}: not locked, the solver picks",
+                required=True,
             )
         },
     )
-    new_locks = {r.layer: r.lock for r in edited.itertuples() if r.lock}
+    new_locks = {
+        r.layer: r.lock
+        for r in edited.itertuples()
+        if isinstance(r.lock, str) and r.lock not in (NO_LOCK, "")
+    }
     if new_locks != page.locks:
         propose(page, new_locks, budget, "This lock table")
 
@@ -398,7 +447,7 @@ def lock_table(page: Setting, budget: float) -> None:
 choice = ui.choice()
 st.title("Allocate")
 profile = ui.require_profile(choice)
-page = setting(choice, profile, current_edits())
+page = setting(choice, profile, edits_from_link(profile))
 start = budget_start(page)
 budget_view(page, start)
 lock_table(page, st.session_state.get("budget", start))

@@ -35,4 +35,14 @@ st.caption(
 st.dataframe(ui.schemes_frame(report), hide_index=True, key="model_schemes")
 
 st.subheader("Layer inventory")
-st.dataframe(layers, hide_index=True, key="model_layers")
+st.dataframe(
+    layers.style.format({"block": "{:.0f}"}, na_rep="—"),
+    hide_index=True,
+    key="model_layers",
+    column_config={
+        "block": st.column_config.Column(help="— : not in a transformer block (lm_head)"),
+        "group": st.column_config.Column(
+            help="the fused group that shares the layer's input (qkv, gate_up); — : none"
+        ),
+    },
+)

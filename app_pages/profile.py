@@ -10,7 +10,7 @@ import ui
 from mixviz import MixvizError
 from mixviz.report import charts
 from mixviz.runs.progress import eta_text
-from mixviz.sensitivity.metrics import metric_names
+from mixviz.sensitivity.metrics import metric_names, score_meaning
 from mixviz.sensitivity.profile import profile_model
 
 choice = ui.choice()
@@ -76,6 +76,7 @@ st.caption(
     f"{len(profile.options)} formats, calibration {profile.calib.source} "
     f"{profile.calib.nsamples}×{profile.calib.seqlen} tokens, {profile.seconds:.1f} s"
 )
+st.caption(f"**What a {profile.metric} score is:** {score_meaning(profile.metric)}.")
 
 rows = pd.DataFrame(
     [

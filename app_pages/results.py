@@ -30,7 +30,7 @@ if frame.empty:
     st.stop()
 
 tasks = tables.task_columns(frame)
-items = ui.items_per_task(store, frame)
+items = ui.items_per_task(store, frame, tasks)
 bf16 = frame.loc[frame["strategy"] == "bf16"]
 quant = frame[frame["strategy"] != "bf16"]
 
@@ -59,7 +59,8 @@ def accuracy_view() -> None:
                 quant,
                 reference(task),
                 y=task,
-                y_title=f"{task}: {ui.task_metrics(frame, [task])}{items}",
+                y_title=f"{task}: {ui.task_metrics(frame, [task])}"
+                + ui.items_per_task(store, frame, [task]),
             ),
             key="results_task_chart",
         )
@@ -72,7 +73,9 @@ def kld_view() -> None:
     st.subheader("KL divergence from BF16 vs average bits")
     st.plotly_chart(
         charts.accuracy_chart(
-            quant[quant["kld"].notna()], y="kld", y_title=f"KLD from BF16 (nats/token){items}"
+            quant[quant["kld"].notna()],
+            y="kld",
+            y_title=f"KLD from BF16 (nats/token){ui.windows_note(quant)}",
         ),
         key="results_kld",
     )

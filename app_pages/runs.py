@@ -18,6 +18,7 @@ from mixviz.runs.ship import ship_document
 from mixviz.runs.store import FINAL, Store, read_result
 from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
 from mixviz.runs.vllm_check import vllm_line
+from ui.allocating import page_locks
 
 choice = ui.choice()
 st.title("Runs")
@@ -30,10 +31,25 @@ except MixvizError as e:
     st.stop()
 
 budget = ui.url_bits(st.session_state.get("budget", 5.0))
+st.session_state["budget"] = budget  # the session carries it to the other pages
+ui.url_write(bits=f"{budget:g}")  # and the URL through a reload or a shared link
+
+
+def locks_count() -> int:
+    """How many locks the comparison runs with (kept in the URL); 0 before a profile."""
+    try:
+        profiled = ui.cached_profile(choice)
+    except MixvizError:  # a bad model: said when the comparison is asked for
+        return 0
+    return len(page_locks(profiled)) if profiled is not None else 0
+
+
+locked = locks_count()
 st.caption(
     f"Quantize with auto-round (RTN) and evaluate with lm-eval, in the background "
-    f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**. "
-    "Runs with the same model, recipe, tasks and settings are one run."
+    f"({backend.name} backend). Budget from the Allocate page: **{budget:g} bits**"
+    + (f", with its **{locked} locks**. " if locked else ". ")
+    + "Runs with the same model, recipe, tasks and settings are one run."
 )
 
 c1, c2 = st.columns([3, 1])
@@ -46,16 +62,24 @@ tasks = c1.multiselect(
     help="Bundled tasks work offline; the real ones need the hub. mixviz_kld: KL divergence "
     "to the unquantized model over the held-out text, per token.",
 )
+if "runs_limit" not in st.session_state:  # a fresh session: a link's ?limit=
+    st.session_state["runs_limit"] = ui.url_int("limit", 0, 0, 100000, "Items per task") or None
 limit = c2.number_input(
     "Items per task",
     1,
     100000,
     None,
     key="runs_limit",
+    persist_state="session",  # kept while other pages are open: the next runs are this size
     placeholder="all",
     help="Empty = every item (the default: fewer items, wider intervals). For mixviz_kld it "
     "counts 512-token windows.",
 )
+
+if limit:
+    ui.url_write(limit=str(int(limit)))
+else:
+    ui.url_drop("limit")
 
 
 def comparison_specs() -> list[RunSpec]:
@@ -71,7 +95,7 @@ def comparison_specs() -> list[RunSpec]:
         profile.key,
         choice.ignore_scale_bits,
         choice.shared,
-        tuple(sorted(st.session_state.get("allocate_pins", {}).items())),
+        tuple(sorted(page_locks(profile).items())),
         choice.target,
     )
     base = dict(
@@ -105,11 +129,12 @@ if st.button(f"Run the comparison at {budget:g} bits", type="primary", key="runs
         new = {i for i, reused in submitted if not reused}
         had = {i for i, _ in submitted} - new
         same = len(specs) - len(new) - len(had)
-        st.success(
-            f"Queued {len(new)} runs ({len(had)} already done or queued"
-            + (f"; {same} identical to another in this comparison, run once" if same else "")
-            + ")."
-        )
+        mine = st.session_state.setdefault("runs_queued_here", set())  # by earlier clicks
+        said = [f"{len(had & mine)} queued by your earlier click"] if had & mine else []
+        said += [f"{len(had - mine)} already done or queued"] if had - mine else []
+        said += [f"{same} identical to another in this comparison, run once"] if same else []
+        mine |= new
+        st.success(f"Queued {len(new)} runs" + (f" ({'; '.join(said)})." if said else "."))
     except MixvizError as e:
         st.error(str(e))
 
@@ -193,7 +218,9 @@ def queue() -> None:
             "id",
         ],
         column_config={
-            "run": st.column_config.TextColumn("run", width="medium"),
+            "run": st.column_config.TextColumn("run", width="large"),
+            # sized for its longest value, not the first ones it showed ("cancelled" was cut)
+            "status": st.column_config.TextColumn("status", width=90),
             "stage": st.column_config.TextColumn("stage", width="medium"),
             "id": st.column_config.TextColumn("id", width="small"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),

@@ -14,7 +14,14 @@ from ui.caches import (
     problem_for,
     recipe_bits,
 )
-from ui.frames import file_size, items_per_task, layers_frame, schemes_frame, task_metrics
+from ui.frames import (
+    file_size,
+    items_per_task,
+    layers_frame,
+    schemes_frame,
+    task_metrics,
+    windows_note,
+)
 from ui.profiles import (
     PROFILE_FIRST,
     cached_profile,
@@ -26,7 +33,17 @@ from ui.profiles import (
 from ui.quantize import quantize_panel
 from ui.sidebar import DEFAULT_MODEL, DEFAULT_OPTIONS, SHARED_CHOICES, Choice, choice, sidebar
 from ui.uploads import is_upload, save_upload, uploads_dir
-from ui.url import url_bits, url_calib, url_choice, url_flag, url_int, url_list, url_text, url_write
+from ui.url import (
+    url_bits,
+    url_calib,
+    url_choice,
+    url_drop,
+    url_flag,
+    url_int,
+    url_list,
+    url_text,
+    url_write,
+)
 
 __all__ = [
     "allocation_at",
@@ -43,6 +60,7 @@ __all__ = [
     "frontier_for",
     "is_upload",
     "items_per_task",
+    "windows_note",
     "layers_frame",
     "model_layers",
     "model_ref",
@@ -67,4 +85,5 @@ __all__ = [
     "url_list",
     "url_text",
     "url_write",
+    "url_drop",
 ]

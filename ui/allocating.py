@@ -8,13 +8,14 @@ from typing import NamedTuple
 import streamlit as st
 
 from mixviz.allocation.editing import BudgetRange, EditState
+from mixviz.allocation.edits import History, locks_text, parse_locks_text
 from mixviz.allocation.problem import Problem
 from mixviz.errors import MixvizError
 from mixviz.models.inventory import KINDS
 from mixviz.sensitivity.profile import Profile
 from ui.caches import problem_for
 from ui.sidebar import Choice
-from ui.url import url_bits
+from ui.url import url_bits, url_drop, url_text, url_write
 
 
 class Setting(NamedTuple):
@@ -59,6 +60,39 @@ def current_edits() -> EditState:
     return st.session_state.get("allocate_edits", EditState())
 
 
+def edits_from_link(profile: Profile) -> EditState:
+    """The edits as they stand; in a session that has none yet, a link's ``?locks=`` (a
+    reload, a shared link) as one undoable step."""
+    if "allocate_edits" not in st.session_state:
+        locks = link_locks(profile)
+        st.session_state["allocate_edits"] = EditState(History().push(locks))
+    return current_edits()
+
+
+def link_locks(profile: Profile) -> dict[str, str]:
+    """``?locks=0.down=MXFP8,…`` read against ``profile``'s layers; a value that names no
+    layer or option is an error, and no locks."""
+    raw = url_text("locks", "")
+    try:
+        return parse_locks_text(profile.layers, raw)
+    except MixvizError as e:
+        st.error(f"Locks {raw!r} (from the URL): {e}; using none.")
+        return {}
+
+
+def page_locks(profile: Profile) -> dict[str, str]:
+    """The locks the Allocate page set in this session (``allocate_pins``), else a link's;
+    kept in the URL, so a reload or a shared link of any page has them."""
+    if "allocate_pins" not in st.session_state:
+        st.session_state["allocate_pins"] = link_locks(profile)
+    locks = st.session_state["allocate_pins"]
+    if locks:
+        url_write(locks=locks_text(profile.layers, locks))
+    else:
+        url_drop("locks")
+    return locks
+
+
 def apply_edits(new: EditState) -> None:
     """Make ``new`` the edit state and redraw the page. An edit that went through brings its
     budget to the slider and empties the block / module pickers."""
@@ -100,6 +134,7 @@ def setting(choice: Choice, profile: Profile, edits: EditState) -> Setting:
     names = {x.name for x in profile.layers}
     locks = {k: v for k, v in edits.locks.items() if k in names}
     st.session_state["allocate_pins"] = locks  # what the Runs page allocates with
+    page_locks(profile)  # and the URL
     try:
         free, locked = problem(choice, profile, key, {}), problem(choice, profile, key, locks)
     except MixvizError as e:
@@ -128,12 +163,13 @@ def budget_start(page: Setting) -> float:
         st.session_state["allocate_avg_bits"] = st.session_state.pop("allocate_budget_next")
     span = page.span
     held = st.session_state.get("allocate_avg_bits")
-    wanted = url_bits(span.nearest(5.0)) if held is None else held
+    # the link's, else the session's (the Runs page's, after a reload there), else 5
+    wanted = url_bits(span.nearest(st.session_state.get("budget", 5.0))) if held is None else held
     if span.fixed or span.holds(wanted):
         return span.nearest(wanted)
     if held is None:  # a link's budget; edits that move the range are refused before this
         st.error(
-            f"Average bits {wanted:g} is outside the feasible range {span.lo:.2f}–{span.hi:.2f}; "
+            f"Average bits {wanted:g} is outside the feasible range {span.text}; "
             "using the nearest feasible value."
         )
     start = span.nearest(wanted)

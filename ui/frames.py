@@ -51,20 +51,33 @@ def task_metrics(frame: pd.DataFrame, tasks: list[str]) -> str:
     return " / ".join(dict.fromkeys(found)) or "acc"
 
 
-def items_per_task(store, frame: pd.DataFrame) -> str:
-    """`` (480 items)`` from the runs' item counts (``n_items``: all tasks together), or
-    `` (50 items per task)`` from the spec's limit for runs that stored no count."""
-    unit = "items"
-    if "n_items" in frame and frame["n_items"].notna().any():
-        counts = {int(n) for n in frame["n_items"].dropna()}
-    else:
-        counts = {store.get(i).spec.get("limit") for i in frame["id"]}
-        unit = "items per task"
-    counts.discard(None)
-    if not counts:
+def items_per_task(store, frame: pd.DataFrame, tasks: list[str]) -> str:
+    """What a number over ``tasks`` rests on, per run, from the runs' item counts
+    (``task:items``): `` (2 items: 1 per task × 2 tasks)``, `` (50 items)`` for one task, a
+    range where runs differ; `` (up to 50 items per task)`` from the spec's limit for runs that
+    stored no count."""
+    columns = [f"{t}:items" for t in tasks if f"{t}:items" in frame]
+    if not columns or not frame[columns].notna().any().any():
+        limits = {store.get(i).spec.get("limit") for i in frame["id"]} - {None}
+        return f" (up to {_span(limits)} items per task)" if limits else ""
+    per_run = {int(n) for n in frame[columns].fillna(0).sum(axis=1) if n}
+    per_task = {int(n) for n in frame[columns].stack().dropna()}
+    total = f"{_span(per_run)} item" + ("s" if max(per_run) > 1 else "")
+    if len(tasks) == 1:
+        return f" ({total})"
+    return f" ({total}: {_span(per_task)} per task × {len(tasks)} tasks)"
+
+
+def windows_note(frame: pd.DataFrame) -> str:
+    """What a KLD rests on: `` (2044 tokens)``, a range where runs differ, or ``""``."""
+    if "tokens" not in frame or not frame["tokens"].notna().any():
         return ""
-    shown = "–".join(str(n) for n in sorted({min(counts), max(counts)}))
-    return f" ({shown} {unit})"
+    return f" ({_span({int(n) for n in frame['tokens'].dropna()})} tokens)"
+
+
+def _span(counts: set[int]) -> str:
+    """``{1}`` → ``'1'``, ``{1, 5, 3}`` → ``'1–5'``."""
+    return "–".join(str(n) for n in sorted({min(counts), max(counts)}))
 
 
 def file_size(spec: str, bpw: float, problem) -> str:

@@ -13,7 +13,7 @@ from mixviz.models.device import DTYPES, describe, device_choices, emulated_dtyp
 from mixviz.models.schemes import SCHEMES
 from mixviz.models.targets import RUNTIMES
 from mixviz.models.text import BUNDLED
-from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names
+from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names, score_meaning
 from ui.uploads import save_upload
 from ui.url import url_calib, url_choice, url_drop, url_flag, url_int, url_list, url_text, url_write
 
@@ -95,7 +95,7 @@ def choice() -> Choice:
 def _what_to_quantize() -> dict[str, str]:
     """Model, formats, metric, bit accounting, shared groups, runtime: as the URL writes them."""
     model = st.text_input(
-        "Model",
+        "Model name or folder",
         value=url_text("model", DEFAULT_MODEL),
         key="sb_model",
         help="demo (SmolLM2-135M from PyPI), tiny, a local HF folder or a hub id",
@@ -112,6 +112,8 @@ def _what_to_quantize() -> dict[str, str]:
         metrics,
         index=metrics.index(url_choice("metric", metrics, DEFAULT_METRIC)),
         key="sb_metric",
+        help="What each one's score is:\n\n"
+        + "\n".join(f"- **{m}**: {score_meaning(m)}" for m in metrics),
     )
     accounting = st.radio(
         "Bit accounting",

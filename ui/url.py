@@ -92,6 +92,9 @@ def url_drop(key: str) -> None:
 
 
 def url_write(**values: str) -> None:
-    """Put the page's choices in the URL, so a reload or a shared link keeps them."""
-    for key, value in values.items():
-        st.query_params[key] = value
+    """Put the page's choices in the URL, so a reload or a shared link keeps them: what
+    changed, in one update (the browser adds a history entry per change of the URL: written
+    key by key, one page load added a dozen, and Back walked them instead of the pages)."""
+    changed = {k: v for k, v in values.items() if st.query_params.get(k) != v}
+    if changed:
+        st.query_params.update(changed)

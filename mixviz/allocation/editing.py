@@ -9,13 +9,14 @@ The Allocate page keeps one :class:`EditState` and redraws after each transition
 ({'a': 'BF16'}, None)
 >>> state = state.propose({"a": "BF16"}, 5.0, "Setting 1 layer", lambda locks: (9.0, 9.0))
 >>> state.refused.message
-'Setting 1 layer needs an average of 9.00–9.00 bits; the budget is 5 bits. Nothing was changed.'
+'Setting 1 layer needs an average of 9.00 bits; the budget is 5 bits. Nothing was changed.'
 >>> state.apply_refused().locks, state.apply_refused().history.budget, state.undo().locks
 ({'a': 'BF16'}, 9.0, {})
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -27,14 +28,18 @@ Feasible = Callable[[Mapping[str, str]], tuple[float, float]]  # locks → (lo, 
 
 @dataclass(frozen=True)
 class BudgetRange:
-    """The budgets a slider offers inside the feasible ``lo``–``hi``: its ends at 0.01 steps,
-    or one value when the locks leave only one average (``fixed``).
+    """The budgets a slider offers inside the feasible ``lo``–``hi``: its ends at 0.01 steps
+    (``lo`` rounded up, ``hi`` down: both feasible, and a feasible end on the grid is itself),
+    or one value when the locks leave only one average (``fixed``). ``text`` is that range as
+    every message states it, so a message, the slider and its fix name the same numbers.
 
     >>> r = BudgetRange(4.0, 8.0)
     >>> r.ends, r.fixed, r.holds(8.0), r.nearest(8.0), r.nearest(2.5)
     ((4.0, 8.0), False, True, 8.0, 4.0)
     >>> BudgetRange(4.0, 8.004).ends, BudgetRange(16.0, 16.0).nearest(5.0)
     ((4.0, 8.0), 16.0)
+    >>> BudgetRange(4.2612, 8.25).text, BudgetRange(4.25, 8.2499999999999).ends
+    ('4.27–8.25', (4.25, 8.25))
     """
 
     lo: float
@@ -42,7 +47,20 @@ class BudgetRange:
 
     @property
     def ends(self) -> tuple[float, float]:
-        return round(self.lo + 0.005, 2), round(self.hi - 0.005, 2)
+        lo, hi = math.ceil(self.lo * 100) / 100, math.floor(self.hi * 100) / 100
+        # an end on the grid but for float noise is itself: a budget within 1e-13 of it maps
+        # to the same bit sum (``problem.budget_bits`` allows 1e-12)
+        if self.lo - (lo - 0.01) <= 1e-13 * self.lo:
+            lo = round(lo - 0.01, 2)
+        if (hi + 0.01) - self.hi <= 1e-13 * self.hi:
+            hi = round(hi + 0.01, 2)
+        return lo, hi
+
+    @property
+    def text(self) -> str:
+        """``'4.27–8.25'``: the budgets offered (the one value when ``fixed``)."""
+        lo, hi = self.ends
+        return f"{self.hi:.2f}" if self.fixed else f"{lo:.2f}–{hi:.2f}"
 
     @property
     def fixed(self) -> bool:
@@ -105,7 +123,7 @@ class EditState:
             return self.commit(self.history.push(locks, budget))
         return self.refuse(
             Refusal(
-                f"{what} needs an average of {lo:.2f}–{hi:.2f} bits; the budget is "
+                f"{what} needs an average of {span.text} bits; the budget is "
                 f"{budget:g} bits. Nothing was changed.",
                 dict(locks),
                 span.nearest(budget),

@@ -85,6 +85,47 @@ def unlock(locks: Mapping[str, str], names: Iterable[str]) -> Locks:
     return {k: v for k, v in locks.items() if k not in drop}
 
 
+def locks_text(layers, locks: Mapping[str, str]) -> str:
+    """Locks as a link carries them: ``BLOCK.KIND=OPTION`` (a layer whose block and kind name
+    no other, else its full name), comma-separated, in inventory order; read back by
+    :func:`parse_locks_text`.
+
+    >>> from mixviz.sensitivity.synthetic import QWEN3_32B_SHAPES, synthetic_profile
+    >>> layers = synthetic_profile(QWEN3_32B_SHAPES, 2, ["W4A16"]).layers
+    >>> text = locks_text(layers, {"model.layers.1.mlp.down_proj": "BF16"})
+    >>> text, parse_locks_text(layers, text)
+    ('1.down=BF16', {'model.layers.1.mlp.down_proj': 'BF16'})
+    """
+    short = _short_names(layers)
+    return ",".join(
+        f"{short.get(x.name, x.name)}={locks[x.name]}" for x in layers if x.name in locks
+    )
+
+
+def parse_locks_text(layers, text: str) -> Locks:
+    """:func:`locks_text`'s ``0.down=MXFP8,…`` back to ``{layer name: option}``; an entry
+    that names no block linear, or no option, is a MixvizError naming it."""
+    by_short = {v: k for k, v in _short_names(layers).items()}
+    names = {x.name for x in layers if x.block is not None}
+    out: Locks = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        what, sep, option = item.partition("=")
+        name = by_short.get(what, what)
+        if not sep or name not in names:
+            raise MixvizError(f"{item!r} names no block linear as BLOCK.KIND=OPTION")
+        out = lock(out, [name], option)
+    return out
+
+
+def _short_names(layers) -> dict[str, str]:
+    """``{full name: "3.down"}`` for the block linears whose block and kind are theirs alone."""
+    pairs = [(x.name, f"{x.block}.{x.kind}") for x in layers if x.block is not None]
+    count: dict[str, int] = {}
+    for _, short in pairs:
+        count[short] = count.get(short, 0) + 1
+    return {name: short for name, short in pairs if count[short] == 1}
+
+
 def parse_pins(
     layers,
     pins: Iterable[str] = (),

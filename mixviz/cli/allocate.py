@@ -194,9 +194,22 @@ def cmd_allocate(args: argparse.Namespace) -> None:
         doc["budget_from"] = how
     doc["model"] = prof.model
     doc["model_hash"] = prof.model_hash
+    doc["predicted_loss_is"] = _loss_is(prof.metric)
     if args.target_runtime:
         doc["target"] = args.target_runtime
     emit(doc, args.json, _allocation_text, args.out)
+
+
+def _loss_is(metric: str) -> dict[str, str]:
+    """What ``predicted_loss`` is, for the JSON and the text line: the sum over layers of
+    ``metric``'s score, its unit, and what one score is."""
+    from mixviz.sensitivity.metrics import score_meaning, score_unit
+
+    unit = score_unit(metric)
+    return {
+        "short": f"Σ over layers of the {metric} score" + (f", {unit}" if unit else ""),
+        "score": score_meaning(metric),
+    }
 
 
 def _allocation_text(doc: dict) -> str:
@@ -206,7 +219,9 @@ def _allocation_text(doc: dict) -> str:
         f"{doc['strategy']} allocation of {doc['model']} at {doc['budget_avg_bits']:g} bits "
         f"({'without' if doc['ignore_scale_bits'] else 'with'} scale bits): "
         f"{doc['avg_bits']:.4f} avg bits ({doc['avg_bits_no_scale']:.4f} without scales), "
-        f"predicted loss {doc['predicted_loss']:.4g}, {doc['seconds'] * 1000:.1f} ms",
+        f"predicted loss {doc['predicted_loss']:.4g}"
+        + (f" ({doc['predicted_loss_is']['short']})" if "predicted_loss_is" in doc else "")
+        + f", {doc['seconds'] * 1000:.1f} ms",
         "  "
         + ", ".join(f"{o}: {n} layers" for o, n in sorted(Counter(doc["layers"].values()).items())),
     ]

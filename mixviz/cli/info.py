@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mixviz.cli.common import add_json, add_model, add_trust_remote_code, emit, resolve
 
@@ -11,6 +12,11 @@ def add_parser(sub) -> None:
     info = sub.add_parser("info", help="layer inventory and per-scheme average bits")
     add_model(info)
     add_json(info, help="print JSON")
+    info.add_argument(
+        "--path",
+        action="store_true",
+        help="print only what from_pretrained loads (the built folder of demo or tiny)",
+    )
     add_trust_remote_code(info, help="allow the model's own Python code (off by default)")
     info.set_defaults(func=cmd_info)
 
@@ -20,6 +26,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     from mixviz.models.loading import meta_model
 
     ref = resolve(args)
+    if args.path:  # for scripts: auto-round --model "$(mixviz info demo --path)"
+        sys.stdout.write(ref.path + "\n")
+        return
     doc = inventory_report(ref.name, inventory(meta_model(ref)))
     if ref.note:
         doc["note"] = ref.note

@@ -84,10 +84,13 @@ def resolve_model(
     tried = f"not 'demo' or 'tiny', no folder at {p.resolve()}"
     if not _HUB_ID.match(spec) or p.suffix in (".json", ".gguf", ".safetensors"):
         raise MixvizError(f"unknown model {spec!r}: {tried}, and not a hub id")
+    local_only = _hub_local_only(spec, tried)
     try:
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        cfg = AutoConfig.from_pretrained(
+            spec, trust_remote_code=trust_remote_code, local_files_only=local_only
+        )
     except Exception as e:  # offline, 404, gated, remote code refused...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MixvizError(
@@ -96,6 +99,25 @@ def resolve_model(
     revision = getattr(cfg, "_commit_hash", None) or "unknown-revision"
     digest = hashlib.sha256(f"hub:{spec}@{revision}".encode()).hexdigest()[:16]
     return ModelRef(spec, spec, digest, f"hub revision {revision}", trust_remote_code)
+
+
+def _hub_local_only(spec: str, tried: str) -> bool:
+    """Whether hub id ``spec`` is read from the local hub cache only (the hub is off or cannot
+    be reached); when the cache does not hold it either, raise at once instead of waiting out
+    the hub client's retries (~25 s)."""
+    from mixviz.models.hub import cached_locally, hub_endpoint, hub_offline, unreachable_reason
+
+    if hub_offline():
+        why = "the hub is off (HF_HUB_OFFLINE is set)"
+    elif (reason := unreachable_reason()) is not None:
+        why = f"the hub ({hub_endpoint()}) cannot be reached: {reason}"
+    else:
+        return False
+    if cached_locally(spec):
+        return True
+    raise MixvizError(
+        f"unknown model {spec!r}: {tried}; hub id {spec!r} is not in the local hub cache and {why}"
+    )
 
 
 def load_model(ref: ModelRef, dtype: str = "auto", device: str = "auto", offload: bool = False):

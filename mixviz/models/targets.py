@@ -217,7 +217,7 @@ FORMAT_RULES: dict[str, tuple[Rule, ...]] = {
     "auto_round": (
         Rule(
             "auto-round's own format holds one data-type family per checkpoint (integer, MXFP or "
-            "NVFP, each with BF16 layers); GGML types go to --format gguf",
+            "NVFP, each with BF16 layers); GGML types go to the gguf format",
             "auto_round/compressors/base.py: mixed data types cannot be exported to real "
             "formats except GGUF; tried on tiny (INT+MXFP): it writes, and from_pretrained "
             "fails with 'No compatible backend found for layer …'",
@@ -265,6 +265,12 @@ def gguf_option(option: str) -> str:
     return GGML_EQUIVALENT.get(name, name)
 
 
+def _a(fmt: str) -> str:
+    """``"an auto_round"``, ``"a gguf"``: the format as the refusal's subject, worded for the
+    app and the CLI alike (no ``--format`` flag in it)."""
+    return f"{'an' if fmt[0] in 'aeiou' else 'a'} {fmt}"
+
+
 def check_format(plan: dict[str, str], fmt: str, widths: dict[str, int]) -> None:
     """Refuse, before any work, a plan (layer → option) the checkpoint format cannot hold.
 
@@ -280,13 +286,13 @@ def check_format(plan: dict[str, str], fmt: str, widths: dict[str, int]) -> None
         for name, s in quantized.items():
             g = SCHEMES[gguf_option(s.name)]
             if g.family != "ggml":
-                raise MixvizError(f"--format gguf cannot hold {name} at {s.name}: {rule}")
+                raise MixvizError(f"a gguf checkpoint cannot hold {name} at {s.name}: {rule}")
         bad = [n for n, s in quantized.items()
                if not SCHEMES[gguf_option(s.name)].servable_by_llamacpp(widths[n])]  # fmt: skip
         if bad:
             g, w = SCHEMES[gguf_option(plan[bad[0]])], widths[bad[0]]
             raise MixvizError(
-                f"--format gguf cannot hold {len(bad)} layers ({', '.join(bad[:3])}"
+                f"a gguf checkpoint cannot hold {len(bad)} layers ({', '.join(bad[:3])}"
                 f"{', …' if len(bad) > 3 else ''}): {g.name} needs its {g.block}-wide block "
                 f"to divide in_features ({w}) and llama.cpp has no fallback that does"
             )
@@ -294,16 +300,18 @@ def check_format(plan: dict[str, str], fmt: str, widths: dict[str, int]) -> None
     ggml = [n for n, s in quantized.items() if s.family == "ggml"]
     if ggml:
         raise MixvizError(
-            f"--format {fmt} cannot hold GGML types ({ggml[0]} at {plan[ggml[0]]}): "
-            "use --format gguf"
+            f"{_a(fmt)} checkpoint cannot hold GGML types ({ggml[0]} at {plan[ggml[0]]}): "
+            "choose the gguf format"
         )
     if len(families) > 1:
         first = {f: next(n for n, s in quantized.items() if s.family == f) for f in families}
         example = ", ".join(f"{first[f]} at {plan[first[f]]}" for f in families)
-        raise MixvizError(f"--format {fmt} cannot mix {' and '.join(families)} ({example}): {rule}")
+        raise MixvizError(
+            f"{_a(fmt)} checkpoint cannot mix {' and '.join(families)} ({example}): {rule}"
+        )
     if fmt == "auto_gptq" and families and families != ["int"]:
         name = next(iter(quantized))
-        raise MixvizError(f"--format auto_gptq cannot hold {name} at {plan[name]}: {rule}")
+        raise MixvizError(f"an auto_gptq checkpoint cannot hold {name} at {plan[name]}: {rule}")
 
 
 # --------------------------------------------------------------------------- GGUF names

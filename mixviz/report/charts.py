@@ -44,6 +44,7 @@ __all__ = [
     "frontier_chart",
     "loss_vs_accuracy",
     "padded_range",
+    "predicted_loss_title",
     "score_range",
     "sensitivity_heatmap",
     "strategy_colour",
@@ -56,13 +57,15 @@ def frontier_chart(
     marker: float | None = None,
     no_scale: bool = False,
     x_min: float | None = None,
+    metric: str | None = None,
 ) -> dict:
     """Predicted loss vs average bits per strategy, and a dashed marker at the slider: a
     Vega-Lite spec for ``st.vega_lite_chart``.
 
     A solver's points (one per budget) are joined by a line; a baseline's are drawn as points
     only — it reaches those allocations and nothing between them. The x axis starts at
-    ``x_min`` (the feasible minimum) when given. The lines and the marker are separate named
+    ``x_min`` (the feasible minimum) when given; the y axis says what the loss is: the sum
+    over layers of ``metric``'s score, in its unit. The lines and the marker are separate named
     datasets, so when the slider moves only the one-row ``marker`` dataset changes and the chart
     is updated in place, not re-embedded (a plotly figure would be redrawn whole on every step).
     """
@@ -83,10 +86,12 @@ def frontier_chart(
         "title": "average bits" + (" (no scale bits)" if no_scale else ""),
         "scale": scale,
     }
-    encoding = _frontier_encoding(x, [s for s in front if front[s]])
+    drawn = [s for s in front if front[s]]
+    encoding = _frontier_encoding(x, drawn, predicted_loss_title(metric))
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": "Predicted loss of each strategy's allocations",
+        # room above the plot for the budget's label (MARKER_LABEL_Y), clear of every marker
+        "title": {"text": "Predicted loss of each strategy's allocations", "offset": 22},
         "height": 380,
         "datasets": {
             "frontier": rows,
@@ -103,7 +108,7 @@ def frontier_chart(
                 "data": {"name": "frontier"},
                 "transform": [{"filter": "!datum.solver"}],
                 "mark": {"type": "point", "filled": True, "size": 70},
-                "encoding": {**encoding, "shape": {"field": "strategy", "type": "nominal"}},
+                "encoding": {**encoding, "shape": _frontier_shapes(drawn, baseline)},
             },
             {
                 "data": {"name": "marker"},
@@ -112,23 +117,71 @@ def frontier_chart(
             },
             {
                 "data": {"name": "marker"},
-                "mark": {"type": "text", "align": "left", "dx": 4, "y": 8, "color": "grey"},
+                # above the plot area, where no marker is drawn
+                "mark": {
+                    "type": "text",
+                    "align": "center",
+                    "baseline": "bottom",
+                    "y": MARKER_LABEL_Y,
+                    "color": "grey",
+                },
                 "encoding": {"x": x, "text": {"field": "label"}},
             },
         ],
     }
 
 
-def _frontier_encoding(x: dict, strategies: list[str]) -> dict:
-    """The frontier's Vega-Lite encoding: bits (``x``) against log loss, a colour per
-    strategy (in ``strategies``' order), tooltips."""
+MARKER_LABEL_Y = -6
+"""The budget label's baseline, in pixels above the plot's top edge: a point marker (size 70,
+radius under 5 px) drawn at the top edge reaches no higher than that."""
+
+BASELINE_SHAPES = ("square", "triangle-up", "diamond", "cross", "triangle-down", "wedge")
+
+
+def _frontier_shapes(strategies: list[str], baseline: set[str]) -> dict:
+    """One shape per curve over the same domain as the colours, so the merged legend names
+    every curve (a shape scale over the baselines alone hid the solvers' entries): solvers are
+    circles (their lines tell them apart), each baseline its own shape."""
+    shapes, i = [], 0
+    for s in strategies:
+        if s in baseline:
+            shapes.append(BASELINE_SHAPES[i % len(BASELINE_SHAPES)])
+            i += 1
+        else:
+            shapes.append("circle")
+    return {
+        "field": "strategy",
+        "type": "nominal",
+        "scale": {"domain": strategies, "range": shapes},
+    }
+
+
+def predicted_loss_title(metric: str | None) -> str:
+    """What a predicted loss is, for an axis: Σ over layers of the metric's score, its unit.
+
+    >>> predicted_loss_title("kl")
+    'predicted loss: Σ over layers of the kl score (nats per token), log scale'
+    """
+    if not metric:
+        return "predicted loss (Σ score, log scale)"
+    from mixviz.sensitivity.metrics import score_unit
+
+    unit = score_unit(metric)
+    return f"predicted loss: Σ over layers of the {metric} score" + (
+        f" ({unit}), log scale" if unit else ", log scale"
+    )
+
+
+def _frontier_encoding(x: dict, strategies: list[str], y_title: str) -> dict:
+    """The frontier's Vega-Lite encoding: bits (``x``) against log loss (titled ``y_title``),
+    a colour per strategy (in ``strategies``' order), tooltips."""
     return {
         "x": x,
         "y": {
             "field": "loss",
             "type": "quantitative",
             "scale": {"type": "log"},
-            "title": "predicted loss (Σ score, log scale)",
+            "title": y_title,
         },
         "color": {
             "field": "strategy",

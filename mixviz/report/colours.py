@@ -42,12 +42,24 @@ def format_legend_html(options) -> str:
     return f'<div class="mixviz-legend">{chips}</div>'
 
 
-SERIES_COLOURS = {"bf16": "#000000", "autoscheme": "#e377c2"}  # series that are no strategy
+SERIES_COLOURS = {  # series that are no strategy; each colour used once (tested)
+    "bf16": "#000000",
+    "autoscheme": "#d62728",
+    "pure": "#7f7f7f",  # every layer in the cheapest format ("pure MXFP4")
+    "refined (measured rounds)": "#000080",
+}
 
 
 def strategy_colour(name: str) -> str | None:
     """The line colour of a strategy (its :data:`~mixviz.allocation.strategies.STRATEGIES`
-    entry) or of another series in :data:`SERIES_COLOURS`; None for any other name."""
+    entry) or of another series in :data:`SERIES_COLOURS` (``pure MXFP4`` is ``pure``'s);
+    None for any other name.
+
+    >>> strategy_colour("pure MXFP4") == SERIES_COLOURS["pure"] != strategy_colour("optimal")
+    True
+    """
     if name in STRATEGIES:
         return STRATEGIES[name].colour
+    if name.startswith("pure "):
+        return SERIES_COLOURS["pure"]
     return SERIES_COLOURS.get(name)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.report.formats import (
+    BUILT_BY_MIXVIZ,
+    ModelSource,
     autoround_layer_config,
     autoround_script,
     gptqmodel_why_not,
@@ -101,15 +103,13 @@ def _lines(lines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _loadable(model: str) -> str:
-    """What ``from_pretrained`` loads for a recipe's model: the built folder of ``demo`` or
-    ``tiny``, a folder's absolute path, else the name as it is (a hub id)."""
-    from mixviz.models.loading import DEMO, TINY, resolve_model
-
-    if model in (DEMO, TINY):
-        return resolve_model(model).path
+def _source(model: str) -> ModelSource:
+    """How a script names a recipe's model: ``demo``/``tiny`` through mixviz, a folder by its
+    absolute path, else the name as it is (a hub id)."""
     folder = Path(model).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else model
+    if model not in BUILT_BY_MIXVIZ and folder.is_dir():
+        return ModelSource(str(folder.resolve()))
+    return ModelSource(model)
 
 
 def _names_a_model(recipe: Recipe) -> str | None:
@@ -130,7 +130,7 @@ register_exporter(
         "autoround-script",
         "auto-round script",
         "autoround.py",
-        lambda r: autoround_script(r, _loadable(r.model)),
+        lambda r: autoround_script(r, _source(r.model)),
         _names_a_model,
     )
 )
@@ -139,7 +139,7 @@ register_exporter(
         "autoround",
         "auto-round (config, Python, CLI)",
         "autoround.json",
-        lambda r: _json(to_autoround(r)),
+        lambda r: _json(to_autoround(r, _source(r.model))),
     )
 )
 register_exporter(

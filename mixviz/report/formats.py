@@ -21,6 +21,7 @@ import json
 import re
 import shlex
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 from mixviz.errors import MixvizError
 from mixviz.models.fused import shared_fused
@@ -34,33 +35,82 @@ def _default(recipe: Recipe) -> str:
     return Counter(recipe.layers.values()).most_common(1)[0][0]
 
 
+BUILT_BY_MIXVIZ = ("demo", "tiny")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How a written script or command line names the recipe's model so that it runs as
+    written on any machine: a folder or hub id as it is; a model mixviz builds (``demo``,
+    ``tiny``) found through mixviz there, never this machine's cache path.
+
+    >>> ModelSource("Qwen/Qwen3-8B").shell(), ModelSource("demo").shell()
+    ('Qwen/Qwen3-8B', '"$(mixviz info demo --path)"')
+    >>> ModelSource("demo").python()
+    "mixviz.resolve_model('demo').path"
+    """
+
+    name: str
+
+    @property
+    def built(self) -> bool:
+        return self.name in BUILT_BY_MIXVIZ
+
+    def python(self) -> str:
+        """A Python expression for the path ``from_pretrained`` loads."""
+        return f"mixviz.resolve_model({self.name!r}).path" if self.built else repr(self.name)
+
+    def shell(self) -> str:
+        """One shell word for it (quoted; a built model through the ``mixviz`` command)."""
+        return f'"$(mixviz info {self.name} --path)"' if self.built else shlex.quote(self.name)
+
+    def python_imports(self) -> str:
+        """The import its expression needs (none for a folder or hub id)."""
+        return "import mixviz  # finds (or builds) the model: pip install -r requirements.txt\n"
+
+
+def _source(model: ModelSource | str) -> ModelSource:
+    return model if isinstance(model, ModelSource) else ModelSource(model)
+
+
+def _loading(source: ModelSource, model: str = "MODEL") -> str:
+    """The lines that load ``model`` and its tokenizer (imports above, names defined)."""
+    return (
+        "from auto_round import AutoRound\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        + (source.python_imports() if source.built else "")
+        + "\n"
+        + f"{model} = {source.python()}\n"
+    )
+
+
 # --------------------------------------------------------------------------- auto-round
 
 
-def to_autoround(recipe: Recipe) -> dict:
+def to_autoround(recipe: Recipe, model: ModelSource | str | None = None) -> dict:
     """``{"layer_config", "python", "cli"}``; keys are exact module names, values presets
-    (a GGML type as auto-round names it: ``GGUF:Q4_0``)."""
+    (a GGML type as auto-round names it: ``GGUF:Q4_0``). The snippet and the CLI line load
+    ``model`` (the recipe's by default; see :class:`ModelSource`) and run as written."""
+    source = _source(model or recipe.model)
     layer_config = {n: get_scheme(o).preset for n, o in recipe.layers.items()}
-    default = _default(recipe)
+    default = get_scheme(_default(recipe)).preset
     text = json.dumps(layer_config)
     python = (
-        "from auto_round import AutoRound\n\n"
+        _loading(source) + "model = AutoModelForCausalLM.from_pretrained(MODEL, dtype='auto')\n"
+        "tokenizer = AutoTokenizer.from_pretrained(MODEL)\n"
         f"layer_config = {json.dumps(layer_config, indent=4)}\n"
         f"ar = AutoRound(model, tokenizer, scheme={default!r}, layer_config=layer_config,\n"
-        "               iters=0, disable_opt_rtn=True)\n"
+        "               iters=0, disable_opt_rtn=True, enable_torch_compile=False)\n"
         "model, layer_config = ar.quantize()  # in memory; or ar.quantize_and_save(...)\n"
     )
-    cli = shlex.join(
-        [
-            "auto-round",
-            *("--model", recipe.model),
-            *("--scheme", default),
-            *("--iters", "0"),
-            *("--layer_config", text),
-            *("--format", "auto_round"),
-            *("--output_dir", "./quantized"),
-        ]
-    )
+    rest = [
+        *("--scheme", default),
+        *("--iters", "0"),
+        *("--layer_config", text),
+        *("--format", "auto_round"),
+        *("--output_dir", "./quantized"),
+    ]
+    cli = f"auto-round --model {source.shell()} {shlex.join(rest)}"
     return {"layer_config": layer_config, "python": python, "cli": cli}
 
 
@@ -70,24 +120,28 @@ def autoround_layer_config(recipe: Recipe) -> str:
     return json.dumps({n: get_scheme(o).preset for n, o in recipe.layers.items()}, indent=2) + "\n"
 
 
-def autoround_script(recipe: Recipe, model_path: str, output_dir: str = "./quantized") -> str:
-    """A Python script that quantizes ``model_path`` (a local folder or a hub id, never a
-    mixviz name such as ``demo``) with the recipe and saves it in auto-round's format.
+def autoround_script(
+    recipe: Recipe, model: ModelSource | str, output_dir: str = "./quantized"
+) -> str:
+    """A Python script that quantizes ``model`` (a local folder or a hub id; a model mixviz
+    builds is found through mixviz, see :class:`ModelSource`) with the recipe and saves it in
+    auto-round's format; ``python the_script.py OTHER_MODEL`` quantizes another folder.
 
     >>> r = Recipe("demo", "", {"model.layers.0.mlp.up_proj": "MXFP8"})
-    >>> "MODEL = '/models/smollm2'" in autoround_script(r, "/models/smollm2")
+    >>> "else '/models/smollm2'" in autoround_script(r, "/models/smollm2")
     True
     """
+    source = _source(model)
+    layer_config = {n: get_scheme(o).preset for n, o in recipe.layers.items()}
     return (
-        '"""Quantize with the mixviz recipe (auto-round, RTN); run: python this_file.py"""\n\n'
-        "from auto_round import AutoRound\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"MODEL = {model_path!r}\n"
-        f"OUTPUT_DIR = {output_dir!r}\n"
-        f"LAYER_CONFIG = {json.dumps(dict(recipe.layers), indent=4)}\n\n"
+        '"""Quantize with the mixviz recipe (auto-round, RTN); run: python this_file.py [MODEL]"""'
+        "\n\nimport sys\n\n"
+        + _loading(source).replace("MODEL = ", "MODEL = sys.argv[1] if len(sys.argv) > 1 else ")
+        + f"OUTPUT_DIR = {output_dir!r}\n"
+        f"LAYER_CONFIG = {json.dumps(layer_config, indent=4)}\n\n"
         "model = AutoModelForCausalLM.from_pretrained(MODEL, dtype='auto')\n"
         "tokenizer = AutoTokenizer.from_pretrained(MODEL)\n"
-        f"ar = AutoRound(model, tokenizer, scheme={_default(recipe)!r}, "
+        f"ar = AutoRound(model, tokenizer, scheme={get_scheme(_default(recipe)).preset!r}, "
         "layer_config=LAYER_CONFIG,\n"
         "               iters=0, disable_opt_rtn=True, enable_torch_compile=False)\n"
         "ar.quantize_and_save(OUTPUT_DIR, format='auto_round')\n"

@@ -54,6 +54,14 @@ def score_range(profile) -> tuple[float, float] | None:
     return (min(logs), max(logs)) if logs else None
 
 
+def _score_title(metric: str) -> str:
+    """The colour bar's title: log₁₀ of which score, in what unit (``kl``: nats per token)."""
+    from mixviz.sensitivity.metrics import score_unit
+
+    unit = score_unit(metric)
+    return f"log₁₀ {metric} score" + (f"<br>({unit})" if unit else "")
+
+
 def sensitivity_heatmap(profile, option: str, zrange: tuple[float, float] | None = None):
     """Score per (block, module) for one option, on a log colour scale: ``zrange`` (say from
     :func:`score_range`) fixes the scale's ends so that formats compare; None fits this one."""
@@ -84,7 +92,7 @@ def sensitivity_heatmap(profile, option: str, zrange: tuple[float, float] | None
             colorscale="Viridis",
             zmin=zrange[0] if zrange else None,
             zmax=zrange[1] if zrange else None,
-            colorbar={"title": "log₁₀ score"},
+            colorbar={"title": _score_title(profile.metric)},
             hovertemplate="%{customdata[0]}<br>numel %{customdata[1]:,}<br>score "
             "%{customdata[2]}<extra></extra>",
         )

@@ -113,13 +113,18 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """``bf16``, ``uniform MXFP4``, ``optimal @5``… — how charts and tables name the run."""
+        """``bf16``, ``uniform MXFP4``, ``optimal @5``, ``quantize gguf (optimal @5) → demo-q``…
+        — how charts and tables name the run (a checkpoint job by its budget and folder too, so
+        two jobs from one page are told apart)."""
         if self.recipe is None:
             return "bf16"
+        at = f" @{self.budget:g}" if self.budget is not None else ""
         if self.ship is not None:
-            return f"quantize {self.ship.format}" + (f" ({self.strategy})" if self.strategy else "")
+            what = f" ({self.strategy}{at})" if self.strategy else ""
+            folder = self.ship.out.rstrip("/").rsplit("/", 1)[-1]
+            return f"quantize {self.ship.format}{what}" + (f" → {folder}" if folder else "")
         if self.strategy:
-            return self.strategy + (f" @{self.budget:g}" if self.budget is not None else "")
+            return self.strategy + at
         opts = sorted(set(self.recipe.values()))
         return f"uniform {opts[0]}" if len(opts) == 1 else "custom"
 

@@ -282,6 +282,8 @@ def test_cli_allocate_on_a_profile_file(tmp_path):
     assert doc["strategy"] == "optimal" and doc["avg_bits_no_scale"] <= 5.0
     assert doc["layers"]["model.layers.0.mlp.down_proj"] == "MXFP8"
     assert json.loads(out.read_text())["layers"] == doc["layers"]
+    # what the number is (a synthetic profile's metric has no unit to state)
+    assert doc["predicted_loss_is"]["short"] == "Σ over layers of the synthetic score"
     bad = run_cli("allocate", str(path), "--avg-bits", "3")
     assert bad.returncode == 2 and "feasible range" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -305,3 +307,6 @@ def test_cli_allocate_on_a_model_profiles_first():
     doc = json.loads(r.stdout)
     assert doc["strategy"] == "tail" and len(doc["layers"]) == 28
     assert doc["layers"]["model.layers.0.self_attn.q_proj"] == "MXFP8"
+    is_ = doc["predicted_loss_is"]  # fisher by default: its unit and what one score is
+    assert is_["short"] == "Σ over layers of the fisher score, ≈ nats × calibration sequences"
+    assert is_["score"].startswith("≈ the rise in mean token loss (nats)")

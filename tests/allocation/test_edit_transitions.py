@@ -60,23 +60,23 @@ def test_an_edit_beyond_the_budget_is_refused_and_changes_nothing(prof, feasible
         "Setting 21 layers to BF16 needs an average of 13.00–14.00 bits; the budget is 5 bits. "
         "Nothing was changed.",
         lock({}, rows, "BF16"),
-        13.01,  # the nearest budget the slider offers
+        13.0,  # the nearest budget the slider offers
     )
     assert state.refusals == 1  # a widget keyed by it (the lock table) starts afresh
     moved = state.apply_refused()
-    assert len(moved.locks) == 21 and moved.history.budget == 13.01
+    assert len(moved.locks) == 21 and moved.history.budget == 13.0
     assert moved.refused is None and moved.refusals == 1
     # every layer locked: the range collapses to one value, which is the budget it applies at
     every = lock(moved.locks, select(prof.layers, blocks=[3]), "BF16")
-    full = moved.propose(every, 13.01, "Setting 7 layers to BF16", feasible)
-    assert "needs an average of 16.00–16.00 bits" in full.refused.message
+    full = moved.propose(every, 13.0, "Setting 7 layers to BF16", feasible)
+    assert "needs an average of 16.00 bits" in full.refused.message
     assert full.apply_refused().history.budget == 16.0
 
 
 def test_undo_redo_reset_bring_their_budgets_back(prof, feasible):
     rows = lock({}, select(prof.layers, blocks=[0, 1, 2]), "BF16")
     state = EditState().at_budget(5.0).propose(rows, 5.0, "x", feasible).apply_refused()
-    assert state.history.budget == 13.01
+    assert state.history.budget == 13.0
     assert state.undo().locks == {} and state.undo().history.budget == 5.0
     assert state.undo().redo().locks == rows
     reset = state.reset()
@@ -118,7 +118,7 @@ def test_the_slider_moving_keeps_the_edits():
     [
         (4.0, 8.0, (4.0, 8.0), False),
         (4.123, 7.987, (4.13, 7.98), False),  # inside the feasible range, at 0.01 steps
-        (16.0, 16.0, (16.0, 15.99), True),  # one value: the range's own
+        (16.0, 16.0, (16.0, 16.0), True),  # one value: the range's own
     ],
 )
 def test_budget_range(lo, hi, ends, fixed):
@@ -135,3 +135,16 @@ def test_grid_clicks_add_up():
     assert (p.names, p.rows) == (("c",), (1,))
     assert p.add(["c"], []) == p  # the grid reporting the same selection again adds nothing
     assert Picks().add(["a", "a"], []).names == ("a",)
+
+
+def test_one_feasible_range_in_the_message_the_slider_and_the_fix():
+    """A refused lock said "needs 4.26–8.25 bits … Raise the budget to 4.27" and the slider
+    stopped at 8.24 under a stated 8.25: the message, the slider's ends and the fix now agree,
+    and every budget they name is feasible."""
+    lo, hi = 4.2612, 8.25
+    state = EditState().propose({"a": "BF16"}, 4.0, "Setting 1 layer", lambda locks: (lo, hi))
+    span = BudgetRange(lo, hi)
+    assert span.ends == (4.27, 8.25) and lo <= span.ends[0] and span.ends[1] <= hi
+    assert "needs an average of 4.27–8.25 bits" in state.refused.message
+    assert state.refused.budget == 4.27 == span.nearest(4.0)
+    assert span.holds(8.25) and not span.holds(4.26)

@@ -42,7 +42,7 @@ def test_model_without_block_linears_is_named(convless):
     [
         ("./no/such/folder", "no folder at"),
         (str(Path(__file__).parent), "has no config.json"),  # a folder, not a model
-        ("nobody-xyz/not-a-model", "couldn't connect"),
+        ("nobody-xyz/not-a-model", "not in the local hub cache"),
     ],
 )
 def test_bad_model_names_are_one_clear_error(model, message):

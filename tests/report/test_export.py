@@ -621,16 +621,16 @@ def test_table_exports_keep_the_precision_the_page_shows():
     assert not any(re.match(r"\s*run\s*&\s*&", line) for line in tex)  # no empty header row
 
 
-def test_autoround_downloads_are_what_autoround_reads(tiny_ref):
+def test_autoround_downloads_are_what_autoround_reads(tiny_ref, monkeypatch):
+    from stubs import run_with_stubs
+
     from mixviz.report.formats import autoround_layer_config, autoround_script
 
     layers = {"model.layers.0.mlp.up_proj": "W4A16G32", "model.layers.0.mlp.down_proj": "MXFP8"}
     recipe = Recipe("tiny", "", layers)
     assert json.loads(autoround_layer_config(recipe)) == layers  # bare, no wrapper
     script = autoround_script(recipe, tiny_ref.path)
-    ns: dict = {}
-    head = script.split("model = ")[0]  # up to loading: the constants the script runs with
-    exec(compile(head.replace("from auto_round", "# from auto_round"), "s", "exec"), ns)
+    ns, _ = run_with_stubs(script, monkeypatch)  # the constants the script runs with
     assert ns["MODEL"] == tiny_ref.path and Path(ns["MODEL"]).is_dir()  # a real folder, not "tiny"
     assert ns["LAYER_CONFIG"] == layers
     assert "quantize_and_save(OUTPUT_DIR, format='auto_round')" in script

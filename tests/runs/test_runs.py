@@ -395,3 +395,20 @@ def test_unreachable_ray_address_is_clear(store):
 
     with pytest.raises(MixvizError, match="cannot reach Ray at http://127.0.0.1:9"):
         get_backend("ray", store, ray_address="http://127.0.0.1:9")
+
+
+def test_checkpoint_jobs_from_one_page_have_labels_of_their_own():
+    """Two quantize jobs of the optimal allocation (two budgets, or two folders) were both
+    "quantize auto_round (optimal)" in the queue."""
+    from mixviz.runs.runspec import ShipArgs
+
+    def job(budget, out):
+        ship = ShipArgs("auto_round", out)
+        return RunSpec(
+            model="tiny", recipe={"a": "MXFP4"}, tasks=TASKS, strategy="optimal",
+            budget=budget, ship=ship,
+        )  # fmt: skip
+
+    a, b, c = job(5.03, "/ck/tiny-optimal"), job(6.5, "/ck/tiny-optimal"), job(5.03, "/ck/other/")
+    assert a.label == "quantize auto_round (optimal @5.03) → tiny-optimal"
+    assert len({a.label, b.label, c.label}) == 3

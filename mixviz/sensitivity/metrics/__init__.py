@@ -37,6 +37,8 @@ from mixviz.sensitivity.metrics.registry import (
     WorkUnits,
     metric_names,
     register_metric,
+    score_meaning,
+    score_unit,
 )
 
 for _module in (fisher, hessian, delta_loss, kl):  # the order shown to users
@@ -52,4 +54,6 @@ __all__ = [
     "WorkUnits",
     "metric_names",
     "register_metric",
+    "score_meaning",
+    "score_unit",
 ]

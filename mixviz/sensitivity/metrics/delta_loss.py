@@ -184,4 +184,7 @@ METRIC = Metric(
     "AutoScheme's own score: |gradient × quantization error| with every layer in the "
     "format, one backward pass per format.",
     offload=True,
+    meaning="|∂L/∂W·ΔW|, the first-order size of the change in mean token loss (nats) with "
+    "every layer in the format, summed over the calibration batches",
+    unit="≈ nats × calibration batches",
 )

@@ -227,4 +227,8 @@ METRIC = Metric(
     "(the default: closest to kl for its cost).",
     offload=True,
     in_context="gradient",
+    meaning="≈ the rise in mean token loss (nats) with this layer alone in the format, a "
+    "second-order estimate ½·(∂L/∂W·ΔW)², summed over the calibration sequences (÷ their "
+    "number: nats per token)",
+    unit="≈ nats × calibration sequences",
 )

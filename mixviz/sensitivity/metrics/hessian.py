@@ -130,4 +130,7 @@ METRIC = Metric(
     "Each layer's output error on calibration inputs, block by block with no backward "
     "pass (the fastest).",
     offload=True,
+    meaning="the layer's squared output error ‖ΔW·X‖² summed over the calibration tokens: a "
+    "distortion in activation units, not a loss (its ranking and ratios carry the meaning)",
+    unit="squared output error, not a loss",
 )

@@ -174,4 +174,7 @@ METRIC = Metric(
     "a time (exact but slow).",
     offload=True,
     in_context="swap",
+    meaning="KL divergence in nats per token of the next-token distribution from the "
+    "unquantized model's, this layer alone in the format: the unit of a run's measured KLD",
+    unit="nats per token",
 )

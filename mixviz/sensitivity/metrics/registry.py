@@ -19,7 +19,9 @@ class Metric:
     ``score(model, layers, schemes, ids, step, batch_size=...)`` returns :data:`Scores` and calls
     ``step`` once per unit of work; ``work_units(layers, schemes, nbatches, nblocks)`` says how
     many times (for a progress bar); ``batch_size`` is the number of sequences per batch the
-    profiler passes; ``description`` is one sentence shown in the UI. ``offload``: ``score``
+    profiler passes; ``description`` is one sentence shown in the UI, ``meaning`` one line on
+    what a score is (its quantity and unit) and ``unit`` the short form an axis carries.
+    ``offload``: ``score``
     also takes ``offload=`` (an :class:`~mixviz.sensitivity.offload.Offload`) and then keeps
     the weights on the CPU but for the block it runs, with the same ``step`` count.
     """
@@ -35,6 +37,8 @@ class Metric:
     profiler runs it inside a straight-through point: its gradient is taken at the quantized
     model), ``"swap"`` (``score`` takes ``around=`` and swaps each layer into that context
     itself), or ``""`` (it cannot)."""
+    meaning: str = ""
+    unit: str = ""
 
 
 METRICS: dict[str, Metric] = {}
@@ -54,6 +58,22 @@ def register_metric(metric: Metric) -> Metric:
         raise ValueError(f"a metric needs a name and a batch size ≥ 1: {metric!r}")
     METRICS[metric.name] = metric
     return metric
+
+
+def score_meaning(name: str) -> str:
+    """One line on what ``name``'s score is, for a help text (empty for an unknown metric).
+
+    >>> score_meaning("kl")[:40]
+    'KL divergence in nats per token of the n'
+    """
+    metric = METRICS.get(name)
+    return metric.meaning if metric else ""
+
+
+def score_unit(name: str) -> str:
+    """The short unit of ``name``'s score for an axis (``"nats per token"``), or ``""``."""
+    metric = METRICS.get(name)
+    return metric.unit if metric else ""
 
 
 def metric_names() -> tuple[str, ...]:
