@@ -290,6 +290,23 @@ def accuracy_chart(
 DISPLAY_NAMES = {"bf16": "BF16"}  # one name per series in every chart and table
 
 
+FEW_RUNS = 10
+"""Below this many runs, ρ's 95 % interval spans most of [−1, 1]: the title says so."""
+
+
+def _rho_interval(rho: float, ci: tuple[float, float] | None, n: int) -> str:
+    """ρ's 95 % interval, or why there is none (``[no interval: under 4 runs]``).
+
+    >>> _rho_interval(0.9, (0.4, 0.99), 8), _rho_interval(1.0, (math.nan, math.nan), 3)
+    ('[0.40, 0.99]', '[no interval: under 4 runs]')
+    """
+    if ci is not None and all(c == c for c in ci):
+        return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+    if n < 4:
+        return "[no interval: under 4 runs]"
+    return "[no interval at |ρ| = 1]" if abs(rho) >= 1 else "[no interval]"
+
+
 def loss_vs_accuracy(
     frame,
     rho: float | None,
@@ -316,10 +333,9 @@ def loss_vs_accuracy(
     what = "KLD" if y == "kld" else "accuracy"
     title = f"Predicted loss vs measured {what}"
     if rho is not None:
-        title += f": Spearman ρ = {rho:.3f}"
-        if ci is not None and all(c == c for c in ci):
-            title += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-        title += f" ({len(frame)} runs)"
+        title += f": Spearman ρ = {rho:.3f} {_rho_interval(rho, ci, len(frame))}"
+        few = "; few runs: the interval is wide" if len(frame) < FEW_RUNS else ""
+        title += f" ({len(frame)} runs{few})"
     fig.update_layout(
         title=title,
         xaxis_title="predicted loss (Σ score, log scale)",

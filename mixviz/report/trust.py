@@ -57,24 +57,44 @@ def prediction_trust(predicted, measured) -> Trust | None:
 
 
 def run_points(profile, runs) -> list[dict]:
-    """``{label, predicted_loss, kld, kld_se, accuracy, accuracy_se}`` for every run (rows of
-    the runs frame, with a ``recipe`` map) whose every layer and option the profile scores."""
+    """``{label, predicted_loss, kld, kld_se, accuracy, accuracy_se}`` for every distinct
+    recipe among the runs (rows of the runs frame, with a ``recipe`` map) whose every layer and
+    option the profile scores. Runs of one recipe (a quantize job and the run it came from) are
+    one point, named by all their labels, measured by the run whose KLD rests on most tokens:
+    two points of one recipe would count it twice in ρ."""
     scores = {(r.layer, r.option): r.score for r in profile.rows}
-    pts = []
+    by_recipe: dict[frozenset, dict] = {}
     for row in runs.itertuples():
-        vals = [scores.get((n, o)) for n, o in (getattr(row, "recipe", None) or {}).items()]
-        if vals and all(v is not None for v in vals):
-            pts.append(
-                {
-                    "label": row.label,
-                    "predicted_loss": sum(vals),
-                    "accuracy": getattr(row, "accuracy", None),
-                    "accuracy_se": getattr(row, "accuracy_se", None),
-                    "kld": getattr(row, "kld", None),
-                    "kld_se": getattr(row, "kld_se", None),
-                }
-            )
-    return pts
+        recipe = getattr(row, "recipe", None) or {}
+        vals = [scores.get((n, o)) for n, o in recipe.items()]
+        if not vals or any(v is None for v in vals):
+            continue
+        point = {
+            "label": row.label,
+            "predicted_loss": sum(vals),
+            "accuracy": getattr(row, "accuracy", None),
+            "accuracy_se": getattr(row, "accuracy_se", None),
+            "kld": getattr(row, "kld", None),
+            "kld_se": getattr(row, "kld_se", None),
+            "_weight": _tokens(row),
+        }
+        key = frozenset(recipe.items())
+        seen = by_recipe.get(key)
+        if seen is None:
+            by_recipe[key] = point
+            continue
+        labels = f"{seen['label']} = {point['label']}"
+        by_recipe[key] = {
+            **(point if point["_weight"] > seen["_weight"] else seen),
+            "label": labels,
+        }
+    return [{k: v for k, v in p.items() if k != "_weight"} for p in by_recipe.values()]
+
+
+def _tokens(row) -> float:
+    """What a run's KLD rests on (its scored tokens; 0 when it has none)."""
+    n = getattr(row, "tokens", None)
+    return float(n) if n is not None and n == n else 0.0
 
 
 def kld_trust(points: list[dict]) -> Trust | None:

@@ -78,3 +78,35 @@ def test_the_rounds_are_drawn_measured_beside_predicted():
     assert r.stopped in fig.layout.title.text
     pts = refinement_points(r)
     assert [p["predicted_loss"] for p in pts] == [x.predicted for x in r.rounds]
+
+
+def test_one_point_per_distinct_recipe():
+    """A quantize job and the run it came from share a recipe: one point, both labels, the
+    measurement that rests on more tokens (two points counted that recipe twice in ρ)."""
+    prof = synthetic_profile({"mlp.down_proj": (64, 64)}, 2, ["MXFP4", "MXFP8"])
+    names = [x.name for x in prof.layers]
+    same = {names[0]: "MXFP4", names[1]: "MXFP8"}
+    runs = pd.DataFrame(
+        {
+            "label": ["optimal @5", "quantize auto_round (optimal @5)", "b"],
+            "recipe": [same, dict(same), {names[0]: "MXFP8", names[1]: "MXFP8"}],
+            "kld": [0.2, 0.25, 0.1],
+            "kld_se": [0.01, 0.02, 0.01],
+            "tokens": [2044.0, 511.0, 2044.0],
+        }
+    )
+    pts = run_points(prof, runs)
+    assert [p["label"] for p in pts] == ["optimal @5 = quantize auto_round (optimal @5)", "b"]
+    assert pts[0]["kld"] == 0.2 and "_weight" not in pts[0]
+
+
+def test_rho_always_says_its_interval_or_why_not():
+    from mixviz.report.charts import loss_vs_accuracy
+
+    frame = pd.DataFrame(
+        {"label": ["a", "b", "c"], "predicted_loss": [1.0, 2.0, 3.0], "kld": [0.1, 0.2, 0.3]}
+    )
+    title = loss_vs_accuracy(frame, 1.0, y="kld", ci=(math.nan, math.nan)).layout.title.text
+    assert title.endswith(
+        "ρ = 1.000 [no interval: under 4 runs] (3 runs; few runs: the interval is wide)"
+    )
