@@ -255,12 +255,9 @@ def refine_view(page: Setting, avg: float) -> None:
     if done is not None:
         best = done.rounds[done.best]
         st.plotly_chart(trust.refinement_chart(done), key="allocate_refine_chart")
-        held = (
-            "not scored on held-out windows"
-            if best.heldout is None
-            else f"on held-out windows it was never selected on: {best.heldout:.4f} ± "
-            f"{best.half('heldout'):.4f} (round 0: {done.rounds[0].heldout:.4f})"
-        )
+        held = "not scored on held-out windows" if best.heldout is None else (
+            f"on held-out windows it was never selected on: {best.heldout:.4f} ± "
+            f"{best.half('heldout'):.4f} (round 0: {done.rounds[0].heldout:.4f})")  # fmt: skip
         st.caption(
             f"Best: round {best.index}, chosen on calibration windows (KLD {best.measured:.4f} ± "
             f"{best.half():.4f}; round 0: {done.rounds[0].measured:.4f}); {held}. ± = 95 % t "
@@ -335,7 +332,6 @@ def selection(page: Setting, clicked: list[str] | None, grid_rows, grid_cols) ->
     c1, c2, c3 = st.columns([2, 2, 1])
     rows = c1.multiselect("Whole blocks (rows)", page.blocks, key="edit_blocks")
     cols = c2.multiselect("Whole modules (columns)", page.kinds, key="edit_kinds")
-    # the target runtime's fused groups move together as the sidebar's shared groups do
     runtime = RUNTIMES[page.choice.target].shared if page.choice.target else ()
     fused = [g for g in ("qkv", "gate_up") if g in page.choice.shared or g in runtime]
     c3.caption(

@@ -30,6 +30,8 @@ def scheme_from_autoround(d: dict) -> Scheme:
     want = {k: d.get(k) for k in _FIELDS}
     want["act_bits"] = want["act_bits"] or 16
     for s in SCHEMES.values():
+        if s.preset not in PRESET_SCHEMES:  # the i-quants: ggml's alone, no auto-round preset
+            continue
         preset = PRESET_SCHEMES[s.preset].to_dict()
         have = {k: preset.get(k) for k in _FIELDS}
         have["act_bits"] = have["act_bits"] or 16

@@ -354,6 +354,8 @@ GGML_EXPECTED = {
     # llama.cpp's own types are exactly themselves
     **{g: g.lower() for g in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")},
     **{g: g.lower() for g in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")},
+    **{g: g.lower() for g in ("IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS")},
+    **{g: g.lower() for g in ("IQ2_XXS", "IQ1_M", "IQ1_S")},
 }
 GGML_NONE = ("MXFP8", "NVFP4")
 

@@ -64,19 +64,20 @@ WIDTHS = {"a": 576, "b": 1536}
         ("auto_round", {"a": "Q4_0", "b": "BF16"}, "an auto_round checkpoint .* the gguf format"),
         ("gguf", {"a": "MXFP8", "b": "Q8_0"}, "^a gguf checkpoint cannot hold a at MXFP8"),
         ("gguf", {"a": "W4A16G64", "b": "Q8_0"}, "cannot hold a at W4A16G64"),
-        ("gguf", {"a": "Q4_K", "b": "Q8_0"}, "falls back to Q5_0"),
+        ("gguf", {"a": "Q8_0", "c": "Q4_0"}, "cannot hold 1 layers .*no fallback"),
         ("safetensors", {"a": "W4A16G32"}, "unknown checkpoint format"),
     ],
 )
 def test_formats_refuse_what_they_cannot_hold(fmt, plan, message):
     with pytest.raises(MixvizError, match=message):
-        check_format(plan, fmt, WIDTHS)
+        check_format(plan, fmt, {**WIDTHS, "c": 48})  # 32 does not divide 48
 
 
 def test_formats_take_what_they_hold():
     check_format({"a": "W2A16G32", "b": "W8A16G64"}, "auto_gptq", WIDTHS)
     check_format({"a": "MXFP4", "b": "MXFP8"}, "auto_round", WIDTHS)
     check_format({"a": "Q4_0", "b": "Q6_K"}, "gguf", WIDTHS)  # 1536 takes a K-type
+    check_format({"a": "Q4_K", "b": "Q8_0"}, "gguf", WIDTHS)  # 576: written as Q5_0, as llama.cpp
     check_format({"a": "W4A16G32", "b": "W8A16G32", "c": "BF16"}, "gguf", {**WIDTHS, "c": 64})
     assert gguf_option("W4A16G32") == "Q4_0" and gguf_option("W8A16G32") == "Q8_0"
 
