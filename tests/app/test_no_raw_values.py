@@ -4,32 +4,15 @@ Locks table's free layers)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from apptest import open_app
+from apptest import TINY, open_app, profiled_tiny
 from screen import raw_values, table_cells
-
-TINY = {
-    "model": "tiny",
-    "options": "MXFP4,MXFP8",
-    "metric": "hessian",
-    "nsamples": "2",
-    "seqlen": "32",
-    "noscale": "1",
-}
 
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
     """tiny profiled through the Profile page, in this module's own cache folder."""
-    old = os.environ["MIXVIZ_CACHE"]
-    os.environ["MIXVIZ_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
-    at = open_app("app_pages/profile.py", **TINY)
-    at.button(key="profile_start").click().run()
-    assert not at.exception
-    yield at
-    os.environ["MIXVIZ_CACHE"] = old
+    yield from profiled_tiny(tmp_path_factory)
 
 
 @pytest.mark.parametrize("page", ["model", "profile", "allocate", "runs", "results"])

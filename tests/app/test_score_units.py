@@ -4,33 +4,17 @@ Profile and Allocate pages say it beside the scores and on the axes."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-from apptest import open_app
+from apptest import TINY, open_app, profiled_tiny
 
 from mixviz.sensitivity.metrics import METRICS, score_meaning, score_unit
-
-TINY = {
-    "model": "tiny",
-    "options": "MXFP4,MXFP8",
-    "metric": "hessian",
-    "nsamples": "2",
-    "seqlen": "32",
-    "noscale": "1",
-}
 
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
-    """tiny profiled with hessian through the Profile page, in this module's own cache."""
-    old = os.environ["MIXVIZ_CACHE"]
-    os.environ["MIXVIZ_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
-    at = open_app("app_pages/profile.py", **TINY)
-    at.button(key="profile_start").click().run()
-    assert not at.exception
-    yield at
-    os.environ["MIXVIZ_CACHE"] = old
+    """tiny profiled through the Profile page, in this module's own cache folder."""
+    yield from profiled_tiny(tmp_path_factory)
 
 
 def test_every_metric_says_what_its_score_is():

@@ -4,33 +4,16 @@ browser history entry: written key by key, one page load made a dozen and Back w
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from apptest import open_app
+from apptest import TINY, open_app, profiled_tiny
 
 import ui.url
-
-TINY = {
-    "model": "tiny",
-    "options": "MXFP4,MXFP8",
-    "metric": "hessian",
-    "nsamples": "2",
-    "seqlen": "32",
-    "noscale": "1",
-}
 
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
     """tiny profiled through the Profile page, in this module's own cache folder."""
-    old = os.environ["MIXVIZ_CACHE"]
-    os.environ["MIXVIZ_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
-    at = open_app("app_pages/profile.py", **TINY)
-    at.button(key="profile_start").click().run()
-    assert not at.exception
-    yield at
-    os.environ["MIXVIZ_CACHE"] = old
+    yield from profiled_tiny(tmp_path_factory)
 
 
 class _Params(dict):
