@@ -9,7 +9,7 @@ import streamlit as st
 import mixviz
 from mixviz.allocation.problem import Problem
 from mixviz.models.inventory import inventory_report
-from mixviz.paths import cache_dir
+from mixviz.runs.llamacpp import converted_path
 from mixviz.sensitivity.profile import Profile, profile_model
 from mixviz.sensitivity.spec import ProfileSpec
 
@@ -46,7 +46,7 @@ def file_overhead(spec: str, allocated: tuple[str, ...], fmt: str) -> int:
     from mixviz.models.file_size import overhead
 
     ref = model_ref(spec)
-    conv = cache_dir() / "gguf" / f"{ref.hash}-f32.gguf"
+    conv = converted_path(ref.hash, "f32")
     model = mixviz.meta_model(ref)
     return overhead(model, set(allocated), fmt, dtype="float32", folder=ref.path,
                     gguf_file=conv).bytes  # fmt: skip

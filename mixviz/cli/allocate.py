@@ -139,7 +139,7 @@ def file_overhead(prof, problem, fmt: str):
     conversion where it is cached."""
     from mixviz.models.file_size import overhead
     from mixviz.models.loading import meta_model, resolve_model
-    from mixviz.paths import cache_dir
+    from mixviz.runs.llamacpp import converted_path
 
     try:
         ref = resolve_model(prof.model)
@@ -147,7 +147,7 @@ def file_overhead(prof, problem, fmt: str):
     except MixvizError as e:
         raise MixvizError(f"--size needs the model {prof.model!r} to price the rest of its "
                           f"file: {e}") from None  # fmt: skip
-    conv = cache_dir() / "gguf" / f"{ref.hash}-f32.gguf"
+    conv = converted_path(ref.hash, "f32")
     return overhead(model, set(problem.layers), fmt, dtype=prof.dtype, folder=ref.path,
                     gguf_file=conv)  # fmt: skip
 

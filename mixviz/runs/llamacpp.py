@@ -77,12 +77,18 @@ def _run(cmd: list[str], what: str, timeout: float = 3600, env: dict | None = No
     return text
 
 
+def converted_path(model_hash: str, outtype: str = "bf16") -> Path:
+    """Where llama.cpp's conversion of the model with ``model_hash`` is cached (it may not be
+    there yet: :func:`bf16_gguf` makes it)."""
+    return cache_dir() / "gguf" / f"{model_hash}-{outtype}.gguf"
+
+
 def bf16_gguf(model_dir: str | Path, model_hash: str, outtype: str = "bf16") -> Path:
     """The model as a BF16 GGUF written by llama.cpp's own converter, cached per model hash —
     the base the KLD of a quantized GGUF is measured against. ``outtype="f32"``: the model's
     float32 weights unrounded, the source ``llama-quantize`` writes mixviz's GGUF from (so
     every tensor is quantized from the weights the profile quantized)."""
-    out = cache_dir() / "gguf" / f"{model_hash}-{outtype}.gguf"
+    out = converted_path(model_hash, outtype)
     if out.is_file():
         return out
     t = tools()

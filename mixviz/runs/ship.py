@@ -256,10 +256,10 @@ def _predicted_file(spec: RunSpec, loaded, plan: dict[str, str]) -> int:
     — set beside ``total_bytes``, what was written."""
     from mixviz.models.file_size import predicted_bytes
     from mixviz.models.loading import meta_model, resolve_model
-    from mixviz.paths import cache_dir
+    from mixviz.runs.llamacpp import converted_path
 
     ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    conv = cache_dir() / "gguf" / f"{loaded.model_hash}-f32.gguf"
+    conv = converted_path(loaded.model_hash, "f32")
     dtype = str(loaded.model.dtype).removeprefix("torch.")
     # the meta copy: saving packed loaded.model in place (QuantLinear has no in_features)
     return predicted_bytes(meta_model(ref), plan, spec.ship.format, dtype=dtype,
