@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -42,33 +41,14 @@ sys.path.insert(0, str(REPO))
 
 OPTIONS = "IQ3_S,IQ4_XS,Q3_K,Q4_0,Q4_K,Q5_0,Q5_K,Q6_K,Q8_0"
 RULES = ("Q3_K_M", "Q4_K_M", "Q5_K_M", "IQ4_XS")
-_CHUNK = re.compile(
-    r"^\s*(\d+)\s+\S+\s*±\s*\S+\s+\S+\s*±\s*\S+\s+(\S+)\s*±\s*\S+\s+\S+\s*±\s*\S+\s*%\s+(\S+)",
-    re.M,
-)
-
-
-def chunk_means(text: str) -> list[float]:
-    """Each chunk's mean KLD from llama-perplexity's per-chunk lines (running means)."""
-    cum = [(int(m[1]), float(m[2])) for m in _CHUNK.finditer(text)]
-    return [k * c - (k - 1) * (cum[i - 1][1] if i else 0.0) for i, (k, c) in enumerate(cum)]
 
 
 def kld_run(model: Path, base: Path, limit: int) -> dict:
-    """llama-perplexity --kl-divergence of ``model`` against ``base`` on the held-out text."""
+    """llama-perplexity --kl-divergence of ``model`` against ``base`` on the held-out text,
+    with each chunk's mean KLD (``chunks``)."""
     from mixviz.runs import llamacpp
 
-    t = llamacpp.tools()
-    text_file = llamacpp.evaluation_file()
-    llamacpp.kl_divergence(model, base, text_file, chunks=limit)  # makes the base logits once
-    stem = f"{base.stem}-{text_file.stem}-512-{limit}"
-    logits = base.parent / f"{stem}.kld-base"
-    common = ["-c", "512", "-b", "512", "-t", str(os.cpu_count() or 1), "--chunks", str(limit)]
-    out = llamacpp._run(
-        [str(t.perplexity), "-m", str(model), "--kl-divergence-base", str(logits),
-         "--kl-divergence", *common], "llama-perplexity --kl-divergence",
-    )  # fmt: skip
-    return {**llamacpp.parse_kld(out), "chunks": chunk_means(out)}
+    return llamacpp.kl_divergence(model, base, llamacpp.evaluation_file(), chunks=limit)
 
 
 def paired(a: list[float], b: list[float]) -> str:

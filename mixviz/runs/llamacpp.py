@@ -136,7 +136,21 @@ def parse_kld(text: str) -> dict[str, tuple[float, float | None]]:
             out[key] = (vals[0] * scale, vals[1] * scale if len(vals) > 1 else None)
     if "kld" not in out:
         raise MixvizError("llama-perplexity printed no KLD summary: " + text[-300:])
+    out["chunks"] = chunk_means(text)
     return out
+
+
+_CHUNK = re.compile(
+    r"^\s*(\d+)\s+\S+\s*±\s*\S+\s+\S+\s*±\s*\S+\s+(\S+)\s*±\s*\S+\s+\S+\s*±\s*\S+\s*%\s+(\S+)",
+    re.M,
+)
+
+
+def chunk_means(text: str) -> list[float]:
+    """Each chunk's mean KLD, from llama-perplexity's per-chunk lines (running means printed to
+    5 decimals: chunk k's mean is k·cum_k − (k−1)·cum_{k−1}) — for differences paired by chunk."""
+    cum = [(int(m[1]), float(m[2])) for m in _CHUNK.finditer(text)]
+    return [k * c - (k - 1) * (cum[i - 1][1] if i else 0.0) for i, (k, c) in enumerate(cum)]
 
 
 def kl_divergence(
