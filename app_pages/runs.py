@@ -9,15 +9,15 @@ import ui
 from mixviz import MixvizError
 from mixviz.allocation.strategies import STRATEGIES, allocate
 from mixviz.report.tables import DISPLAY, primary_metric, rests_on
-from mixviz.runs.backends import get_backend, read_log, submit_once
-from mixviz.runs.delivery import checkpoint_state
-from mixviz.runs.logs import clean_log
+from mixviz.runs.evaluation.tasks import BUNDLED_TASKS, check_tasks
+from mixviz.runs.jobs.backends import get_backend, read_log, submit_once
+from mixviz.runs.jobs.logs import clean_log
 from mixviz.runs.progress import duration, eta_text
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.ship import ship_document
+from mixviz.runs.ship.delivery import checkpoint_state
+from mixviz.runs.ship.step import ship_document
+from mixviz.runs.ship.vllm_check import vllm_line
 from mixviz.runs.store import FINAL, Store, read_result
-from mixviz.runs.tasks import BUNDLED_TASKS, check_tasks
-from mixviz.runs.vllm_check import vllm_line
 from ui.allocating import page_locks
 
 choice = ui.choice()

@@ -29,9 +29,9 @@ CHILD = r"""
 import json, sys, time
 from mixviz import Recipe
 from mixviz.models.loading import resolve_model
-from mixviz.runs.backends import LocalBackend, wait
+from mixviz.runs.jobs.backends import LocalBackend, wait
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs import tasks as T
+from mixviz.runs.evaluation import tasks as T
 
 model, option, limit = sys.argv[1], sys.argv[2], (int(sys.argv[3]) or None)
 names = tuple(getattr(T, "BUNDLED_TASKS"))

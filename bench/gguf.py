@@ -9,7 +9,7 @@ exact optimum (``allocate --size BYTES --target llamacpp``: every tensor outside
 priced as the file stores it), from one fisher profile of the demo over the GGML options,
 weighted by the same imatrix (``profile --imatrix auto``; the values are llama-imatrix's, checked
 in tests/sensitivity/test_imatrix.py). mixviz's file is written by
-``llama-quantize --tensor-type-file … --imatrix IM`` (:mod:`mixviz.runs.gguf_writer`).
+``llama-quantize --tensor-type-file … --imatrix IM`` (:mod:`mixviz.runs.ship.gguf_writer`).
 
 Figures: mean KLD ± se and top-1 ± se as llama-perplexity prints them, its 99th percentile of
 per-token KLD (llama.cpp prints no interval for it), and the paired difference mixviz − rule
@@ -46,7 +46,7 @@ RULES = ("Q3_K_M", "Q4_K_M", "Q5_K_M", "IQ4_XS")
 def kld_run(model: Path, base: Path, limit: int) -> dict:
     """llama-perplexity --kl-divergence of ``model`` against ``base`` on the held-out text,
     with each chunk's mean KLD (``chunks``)."""
-    from mixviz.runs import llamacpp
+    from mixviz.runs.ship import llamacpp
 
     return llamacpp.kl_divergence(model, base, llamacpp.evaluation_file(), chunks=limit)
 
@@ -76,8 +76,8 @@ def main() -> int:
     from mixviz.allocation.strategies import allocate
     from mixviz.models.file_size import overhead
     from mixviz.models.loading import meta_model, resolve_model
-    from mixviz.runs import llamacpp
-    from mixviz.runs.gguf_writer import write_with_llamacpp
+    from mixviz.runs.ship import llamacpp
+    from mixviz.runs.ship.gguf_writer import write_with_llamacpp
     from mixviz.sensitivity.imatrix import auto_path
     from mixviz.sensitivity.profile import profile_model
     from mixviz.sensitivity.spec import ProfileSpec

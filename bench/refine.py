@@ -59,8 +59,8 @@ def main() -> int:
     from mixviz.allocation.strategies import allocate
     from mixviz.models.loading import load_model, resolve_model
     from mixviz.models.schemes import parse_options
-    from mixviz.runs.kld import windows
-    from mixviz.runs.measure import MeasureSettings, WindowKLD, refine_profile
+    from mixviz.runs.evaluation.kld import windows
+    from mixviz.runs.evaluation.measure import MeasureSettings, WindowKLD, refine_profile
     from mixviz.sensitivity.profile import profile_model
     from mixviz.sensitivity.spec import ProfileSpec
 

@@ -54,9 +54,9 @@ def main() -> int:
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.strategies import allocate
     from mixviz.models.loading import resolve_model
-    from mixviz.runs.backends import LocalBackend, submit, wait
+    from mixviz.runs.jobs.backends import LocalBackend, submit, wait
     from mixviz.runs.runspec import RunSpec, ShipArgs
-    from mixviz.runs.ship import ship_document
+    from mixviz.runs.ship.step import ship_document
     from mixviz.runs.store import read_result
     from mixviz.sensitivity.profile import profile_model
 

@@ -37,7 +37,7 @@ def main() -> None:
     os.environ["MIXVIZ_CACHE"] = tempfile.mkdtemp(prefix="mixviz-soak-")
     os.environ["MIXVIZ_MAX_PARALLEL"] = str(args.parallel)
 
-    from mixviz.runs.backends import FINAL, LocalBackend, alive
+    from mixviz.runs.jobs.backends import FINAL, LocalBackend, alive
     from mixviz.runs.runspec import RunSpec
     from mixviz.runs.store import Store
 
@@ -87,7 +87,9 @@ def main() -> None:
     missing = [r.id for r in rows if r.status == "done" and not store.results(r.id)]
     time.sleep(15)  # a worker takes a few seconds to exit after its final state
     orphans = [p for p in pids if alive(p)]
-    stray = subprocess.run(["pgrep", "-f", "mixviz.runs.worker"], capture_output=True, text=True)
+    stray = subprocess.run(
+        ["pgrep", "-f", "mixviz.runs.jobs.worker"], capture_output=True, text=True
+    )
     print(
         f"{args.runs} runs of tiny, {args.parallel} at a time, {seconds:.0f} s; "
         f"actions: {dict(actions)}"

@@ -37,8 +37,8 @@ _LAZY = {
     "Recipe": ("mixviz.report.recipe", "Recipe"),
     "Allocation": ("mixviz.allocation.problem", "Allocation"),
     "RunSpec": ("mixviz.runs.runspec", "RunSpec"),
-    "submit": ("mixviz.runs.backends", "submit"),
-    "wait": ("mixviz.runs.backends", "wait"),
+    "submit": ("mixviz.runs.jobs.backends", "submit"),
+    "wait": ("mixviz.runs.jobs.backends", "wait"),
 }
 
 

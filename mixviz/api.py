@@ -80,17 +80,18 @@ def quantize(
     **fields,
 ):
     """Write ``recipe`` as a real ``format`` checkpoint in ``out`` (a queued job: auto-round
-    quantizes, exports, reloads from disk and verifies — :mod:`mixviz.runs.ship`). With
+    quantizes, exports, reloads from disk and verifies — :mod:`mixviz.runs.ship.step`). With
     ``wait`` (default) returns the verification (``ship.json``) once ``out`` holds the
     verified checkpoint (an identical finished job's is copied there, or made anew when its
-    files are gone: :mod:`mixviz.runs.delivery`), else the
-    :class:`~mixviz.runs.backends.Submitted` job. ``fields`` go to the run spec (``limit``,
+    files are gone: :mod:`mixviz.runs.ship.delivery`), else the
+    :class:`~mixviz.runs.jobs.backends.Submitted` job. ``fields`` go to the run spec (``limit``,
     ``device``, ``dtype``, ...)."""
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model, resolve_model
-    from mixviz.runs.backends import LocalBackend, submit
-    from mixviz.runs.delivery import as_delivered, deliver
-    from mixviz.runs.ship import quantize_spec, ship_document
+    from mixviz.runs.jobs.backends import LocalBackend, submit
+    from mixviz.runs.jobs.deliver import deliver
+    from mixviz.runs.ship.delivery import as_delivered
+    from mixviz.runs.ship.step import quantize_spec, ship_document
 
     ref = resolve_model(model or recipe.model)
     if recipe.model_hash and ref.hash != recipe.model_hash:

@@ -2,7 +2,9 @@
 
 Stages, in pipeline order: ``models`` → ``sensitivity`` → ``allocation`` → ``runs`` →
 ``report`` → ``cli``. ``errors`` and ``paths`` sit below them all. A module may import its own
-stage and the stages before it, never a later one.
+stage and the stages before it, never a later one. Inside ``runs`` the same holds for its rooms:
+the record (``runs.runspec``, ``runs.store``, …) → ``runs.evaluation`` → ``runs.ship`` →
+``runs.jobs``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "mixviz"
 STAGES = {"errors": 0, "paths": 0, "models": 1, "sensitivity": 2, "allocation": 3, "runs": 4}
 STAGES |= {"report": 5, "cli": 6, "api": 6, "__init__": 7, "__main__": 7}  # api: the front door
+ROOMS = {"evaluation": 0.1, "ship": 0.2, "jobs": 0.3}  # inside runs, after its shared record
 
 
 def _module(path: Path) -> str:
@@ -41,9 +44,12 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def _stage(module: str) -> int:
+def _stage(module: str) -> float:
     parts = module.split(".")
-    return STAGES[parts[1]] if len(parts) > 1 else STAGES["__init__"]
+    if len(parts) < 2:
+        return STAGES["__init__"]
+    room = ROOMS.get(parts[2], 0.0) if parts[1] == "runs" and len(parts) > 2 else 0.0
+    return STAGES[parts[1]] + room
 
 
 def _graph() -> dict[str, set[str]]:
@@ -61,6 +67,13 @@ def _graph() -> dict[str, set[str]]:
 def test_every_module_belongs_to_a_stage():
     for module in _graph():
         _stage(module)  # KeyError names a module outside the house
+
+
+def test_runs_is_split_into_its_rooms():
+    """``runs`` holds its shared record and three rooms, not the whole pipeline in one folder."""
+    top = {p.stem for p in (PKG / "runs").glob("*.py")} - {"__init__"}
+    assert top == {"runspec", "store", "liveness", "progress"}
+    assert {p.name for p in (PKG / "runs").iterdir() if p.is_dir()} - {"__pycache__"} == set(ROOMS)
 
 
 def test_imports_only_go_down_the_pipeline():

@@ -9,7 +9,7 @@ import streamlit as st
 import mixviz
 from mixviz.allocation.problem import Problem
 from mixviz.models.inventory import inventory_report
-from mixviz.runs.llamacpp import converted_path
+from mixviz.runs.ship.llamacpp import converted_path
 from mixviz.sensitivity.profile import Profile, profile_model
 from mixviz.sensitivity.spec import ProfileSpec
 

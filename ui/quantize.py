@@ -16,9 +16,9 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
     """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
     reloads the files and verifies them against the in-memory model (``mixviz quantize``);
     the sidebar's target runtime refuses what it cannot load, as ``--target`` does."""
-    from mixviz.runs.backends import get_backend, submit
-    from mixviz.runs.delivery import deliver_now
-    from mixviz.runs.ship import quantize_spec
+    from mixviz.runs.jobs.backends import get_backend, submit
+    from mixviz.runs.jobs.deliver import deliver_now
+    from mixviz.runs.ship.step import quantize_spec
 
     c1, c2, c3 = st.columns([1, 3, 1])
     fmt = c1.selectbox("Checkpoint format", FORMATS, key=f"{key}_quantize_format")

@@ -19,7 +19,7 @@ import streamlit as st
 
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
-from mixviz.runs.measure import load_refinement
+from mixviz.runs.evaluation.measure import load_refinement
 
 HELDOUT = 16  # held-out windows each round is scored on (part of the answer's key)
 

@@ -139,7 +139,7 @@ def file_overhead(prof, problem, fmt: str):
     conversion where it is cached."""
     from mixviz.models.file_size import overhead
     from mixviz.models.loading import meta_model, resolve_model
-    from mixviz.runs.llamacpp import converted_path
+    from mixviz.runs.ship.llamacpp import converted_path
 
     try:
         ref = resolve_model(prof.model)

@@ -2,7 +2,7 @@
 
 The job is a queued run like any other (``mixviz runs`` shows it, ``cancel`` stops it): it
 quantizes with auto-round, writes the checkpoint with auto-round's exporter, reloads it from
-disk and checks it against the in-memory model (:mod:`mixviz.runs.ship`).
+disk and checks it against the in-memory model (:mod:`mixviz.runs.ship.step`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mixviz.cli.common import (
     resolve,
 )
 from mixviz.errors import MixvizError
-from mixviz.runs.vllm_check import vllm_line
+from mixviz.runs.ship.vllm_check import vllm_line
 
 
 def add_parser(sub) -> None:
@@ -65,7 +65,7 @@ def ship_spec(args: argparse.Namespace, ref):
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model
     from mixviz.runs.runspec import QuantArgs
-    from mixviz.runs.ship import quantize_spec
+    from mixviz.runs.ship.step import quantize_spec
 
     if args.iters < 0:
         raise MixvizError(f"--iters must be 0 (RTN) or more, got {args.iters}")
@@ -101,9 +101,10 @@ def _imatrix(path: str | None) -> str | None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from mixviz.runs.backends import LocalBackend, submit
-    from mixviz.runs.delivery import as_delivered, deliver
-    from mixviz.runs.ship import ship_document
+    from mixviz.runs.jobs.backends import LocalBackend, submit
+    from mixviz.runs.jobs.deliver import deliver
+    from mixviz.runs.ship.delivery import as_delivered
+    from mixviz.runs.ship.step import ship_document
 
     ref = resolve(args)
     spec = ship_spec(args, ref)
@@ -135,7 +136,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def _queue_only(backend, spec, sub, as_json: bool) -> None:
     """``--no-wait``: print the job's id; a reused job that is done is delivered at once (a
     copy, or queued again), one that is not yet is named."""
-    from mixviz.runs.delivery import deliver_now
+    from mixviz.runs.jobs.deliver import deliver_now
 
     run_id = sub.id
     if sub.reused:

@@ -72,7 +72,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
     from mixviz.allocation.edits import parse_pins
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.refine import RefineSettings
-    from mixviz.runs.measure import MeasureSettings, refine_profile
+    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile
 
     prof = load_or_profile(args.target, args)
     if prof.calib.source != "pydoc" and args.calib == "pydoc":

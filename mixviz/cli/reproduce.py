@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from mixviz.report.reproduce import reports_dir, run_protocol
-    from mixviz.runs.tasks import check_tasks
+    from mixviz.runs.evaluation.tasks import check_tasks
     from mixviz.sensitivity.spec import ProfileSpec
 
     # the profiles' settings, checked before anything runs (each profile adds its options)

@@ -114,8 +114,8 @@ def recipe_file(ref, path: str) -> tuple[dict[str, str], str, float | None]:
 
 def _run_spec(args: argparse.Namespace, ref):
     """The RunSpec for ``run``'s flags, on the already resolved model ``ref``."""
+    from mixviz.runs.evaluation.tasks import KLD_TASK, check_tasks
     from mixviz.runs.runspec import RunSpec
-    from mixviz.runs.tasks import KLD_TASK, check_tasks
 
     strategy, budget = "", None
     if args.bf16:
@@ -145,7 +145,7 @@ def _run_spec(args: argparse.Namespace, ref):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from mixviz.runs.backends import get_backend, submit
+    from mixviz.runs.jobs.backends import get_backend, submit
 
     if args.timeout is not None and not args.wait:
         raise MixvizError("--timeout needs --wait")
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _wait_and_report(backend, run_id: str, args: argparse.Namespace, reused: bool = False) -> None:
-    from mixviz.runs.backends import run_document, wait
+    from mixviz.runs.jobs.backends import run_document, wait
     from mixviz.runs.progress import eta_text
 
     last = [None, 0.0]
@@ -203,7 +203,7 @@ def _run_text(doc: dict) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
-    from mixviz.runs.backends import reconcile_all
+    from mixviz.runs.jobs.backends import reconcile_all
     from mixviz.runs.store import Store
 
     store = Store()
@@ -234,10 +234,10 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def _checkpoint(row) -> dict:
     """A finished quantize run's ``checkpoint`` (where its verified files are, or that they
-    are missing or changed: :func:`~mixviz.runs.delivery.checkpoint_state`)."""
+    are missing or changed: :func:`~mixviz.runs.ship.delivery.checkpoint_state`)."""
     if row.status != "done" or not (row.spec or {}).get("ship"):
         return {}
-    from mixviz.runs.delivery import checkpoint_state
+    from mixviz.runs.ship.delivery import checkpoint_state
 
     return {"checkpoint": checkpoint_state(row.id)}
 
@@ -259,7 +259,7 @@ def _runs_text(doc: dict) -> str:
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
-    from mixviz.runs.backends import get_backend
+    from mixviz.runs.jobs.backends import get_backend
     from mixviz.runs.store import Store
 
     store = Store()

@@ -1,10 +1,10 @@
 """What a checkpoint file weighs, to the byte, before it is written — every tensor at the type
 its writer gives it, plus the format's metadata.
 
-A GGUF written by ``llama-quantize`` (:mod:`mixviz.runs.gguf_writer`) holds the allocated layers
-at their GGML types (:func:`~mixviz.models.schemes.layer_bits`), ``token_embd`` / ``output`` at
-:func:`embedding_type` (llama.cpp's rule for the output tensor: Q6_K where 256 divides the row,
-else Q8_0 — mixviz passes it to llama-quantize for both), 1-D tensors (norms) at F32, each
+A GGUF written by ``llama-quantize`` (:mod:`~mixviz.runs.ship.gguf_writer`) holds the allocated
+layers at their GGML types (:func:`~mixviz.models.schemes.layer_bits`), ``token_embd`` /
+``output`` at :func:`embedding_type` (llama.cpp's rule for the output tensor: Q6_K where 256 divides
+the row, else Q8_0 — mixviz passes it to llama-quantize for both), 1-D tensors (norms) at F32, each
 tensor's data aligned to 32 bytes, after the header (the key–values, the tokenizer among them,
 and the tensor infos). A safetensors checkpoint (auto_round, auto_gptq, llm_compressor) holds
 what is not allocated in the precision the run stored it in (float32 on a CPU, as the model

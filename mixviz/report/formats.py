@@ -181,7 +181,7 @@ def to_gptqmodel(recipe: Recipe) -> dict:
     base = Counter((s.bits, s.group_size) for s in quantized).most_common(1)[0][0]
     dynamic = {}
     # a fused group in one format is named as vLLM's fused module too: vLLM matches `dynamic`
-    # against `…qkv_proj` / `…gate_up_proj` (mixviz.runs.overrides)
+    # against `…qkv_proj` / `…gate_up_proj` (mixviz.runs.ship.overrides)
     fused = {f: get_scheme(o) for f, o in shared_fused(recipe.layers).items()}
     for name, s in {**ints, **fused}.items():
         pattern = "^" + re.escape(name) + "$"

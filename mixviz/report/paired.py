@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixviz.runs.stats import t95
+from mixviz.runs.evaluation.stats import t95
 
 Z95 = 1.959963984540054  # Fisher's z of Spearman's ρ only; means take t (:func:`t95`)
 
@@ -197,7 +197,7 @@ def run_items(run_id: str) -> dict:
 
 def run_kld(run_id: str) -> np.ndarray | None:
     """A finished run's per-token KLD ``[windows, positions]``, or None."""
-    from mixviz.runs.kld import TokenScores
+    from mixviz.runs.evaluation.kld import TokenScores
     from mixviz.runs.store import runs_dir
 
     path = runs_dir() / run_id / "kld.npz"

@@ -80,7 +80,7 @@ def run_protocol(
 
     The model is resolved and its layers listed once, here, and handed down; ``device`` and
     ``dtype`` go to every profile, run and AutoScheme call."""
-    from mixviz.runs.backends import wait
+    from mixviz.runs.jobs.backends import wait
 
     protocol = Protocol(tuple(tasks), limit, metric, nsamples, seqlen, with_autoscheme)
     how = RunOptions(**options)
@@ -108,13 +108,13 @@ def run_protocol(
 
 def submit(rows: list[Row], store: Store, queue: bool = True) -> dict[str, RunRow]:
     """Each distinct run of ``rows`` (by spec key), through the queue's one
-    :func:`~mixviz.runs.backends.submit`: an identical run queued, running or done is reused
+    :func:`~mixviz.runs.jobs.backends.submit`: an identical run queued, running or done is reused
     (and gains the row's name), else a new one is queued on the local backend. With
     ``queue=False`` nothing is queued: the latest done run, else a queued or running one, else
     a placeholder whose status is ``not run``."""
-    from mixviz.runs.local_backend import LocalBackend
-    from mixviz.runs.submission import REUSABLE
-    from mixviz.runs.submission import submit as submit_spec
+    from mixviz.runs.jobs.local_backend import LocalBackend
+    from mixviz.runs.jobs.submission import REUSABLE
+    from mixviz.runs.jobs.submission import submit as submit_spec
 
     runs: dict[str, RunRow] = {}
     if queue:

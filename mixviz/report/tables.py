@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from mixviz.runs.tasks import KLD_TASK
+from mixviz.runs.evaluation.tasks import KLD_TASK
 
 PRIMARY = ("acc", "acc_norm")  # the accuracy metric of a task: acc, else acc_norm
 

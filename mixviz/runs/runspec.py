@@ -46,7 +46,7 @@ class ShipArgs:
     ``format``: ``auto_round``, ``auto_gptq``, ``llm_compressor`` or ``gguf``
     (:mod:`mixviz.models.targets`); ``out``: the folder (absolute path) it is written to;
     ``verify_with``: serving runtimes that load and score it too (``vllm``:
-    :mod:`mixviz.runs.vllm_check`).
+    :mod:`mixviz.runs.ship.vllm_check`).
     """
 
     format: str
@@ -92,7 +92,8 @@ class RunSpec:
     trust_remote_code: bool = False
     device: str = "auto"
     ship: ShipArgs | None = None
-    """Also write the model as a checkpoint and verify it on reload (:mod:`mixviz.runs.ship`)."""
+    """Also write the model as a checkpoint and verify it on reload
+    (:mod:`~mixviz.runs.ship.step`)."""
 
     def __post_init__(self):
         object.__setattr__(self, "device", check_device(self.device))

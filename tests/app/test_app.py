@@ -10,7 +10,7 @@ import pytest
 from apptest import open_app
 
 from mixviz.report import charts
-from mixviz.runs.backends import LocalBackend
+from mixviz.runs.jobs.backends import LocalBackend
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
 
@@ -305,7 +305,7 @@ def test_runs_page_queues_the_comparison(profiled):
 
 
 def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
-    from mixviz.runs.backends import log_path, new_run_id, write_spec
+    from mixviz.runs.jobs.backends import log_path, new_run_id, write_spec
 
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
     store = Store()
@@ -340,8 +340,8 @@ def test_runs_page_details_log_and_headlines(monkeypatch, tmp_path):
 
 
 def _fake_run(store, spec, acc):
-    from mixviz.runs.backends import new_run_id, write_spec
-    from mixviz.runs.worker import execute
+    from mixviz.runs.jobs.backends import new_run_id, write_spec
+    from mixviz.runs.jobs.worker import execute
 
     run_id = new_run_id()
     write_spec(run_id, spec)

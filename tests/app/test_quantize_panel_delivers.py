@@ -10,8 +10,8 @@ import shutil
 import pytest
 from apptest import open_app
 
-from mixviz.runs.backends import LocalBackend
-from mixviz.runs.staging import changed, fingerprint
+from mixviz.runs.jobs.backends import LocalBackend
+from mixviz.runs.ship.staging import changed, fingerprint
 from mixviz.runs.store import Store, runs_dir
 
 TINY = {"model": "tiny", "options": "MXFP4,MXFP8", "metric": "hessian", "nsamples": "2",

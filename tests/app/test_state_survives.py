@@ -75,7 +75,7 @@ def test_locks_are_in_the_url_and_a_reload_or_a_shared_link_has_them(profiled):
 
 
 def test_a_reloaded_runs_page_runs_with_the_links_locks(profiled, monkeypatch):
-    from mixviz.runs.backends import LocalBackend
+    from mixviz.runs.jobs.backends import LocalBackend
     from mixviz.runs.store import Store
 
     monkeypatch.setattr(LocalBackend, "_spawn", lambda self, run_id: None)

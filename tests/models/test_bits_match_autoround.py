@@ -22,7 +22,7 @@ import torch
 from mixviz.models.inventory import Layer
 from mixviz.models.schemes import SCHEMES
 from mixviz.report.recipe import Recipe
-from mixviz.runs.quantize import run_bits
+from mixviz.runs.evaluation.quantize import run_bits
 
 # (block-relative name, in_features, out_features)
 QWEN_LIKE = {

@@ -10,7 +10,7 @@ import torch
 
 from mixviz.models import ggml
 from mixviz.models.schemes import SCHEMES, layer_bits
-from mixviz.runs import llamacpp
+from mixviz.runs.ship import llamacpp
 
 needs_llamacpp = pytest.mark.skipif(
     not (llamacpp.available() and ggml.available()),

@@ -13,7 +13,7 @@ from mixviz.allocation.baselines import llamacpp_type
 from mixviz.allocation.problem import Problem, parse_size, size_budget
 from mixviz.allocation.strategies import allocate
 from mixviz.models.schemes import get_scheme
-from mixviz.runs import llamacpp
+from mixviz.runs.ship import llamacpp
 from mixviz.sensitivity.synthetic import synthetic_profile
 
 GGML_ALL = ["Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
@@ -113,7 +113,7 @@ def test_llamacpp_rules_are_what_llama_quantize_writes(tmp_path, demo_ref, demo_
     """llama-quantize itself makes Q3_K_M, Q4_K_M and Q5_K_M of the demo's BF16 GGUF; every block
     linear's type read back with GGUFReader is what the rule predicts (fallbacks included)."""
     from mixviz.models.targets import gguf_tensor_name
-    from mixviz.runs.checkpoint_files import read_gguf_types
+    from mixviz.runs.ship.checkpoint_files import read_gguf_types
 
     base = llamacpp.bf16_gguf(demo_ref.path, demo_ref.hash)
     linears = [x for x in demo_layers if x.block is not None]
@@ -134,7 +134,7 @@ def test_llamacpp_rules_are_what_llama_quantize_writes(tmp_path, demo_ref, demo_
 def test_tensor_type_file_is_what_llama_quantize_applies(tmp_path, demo_ref, demo_layers):
     from mixviz.report.export import export
     from mixviz.report.recipe import Recipe
-    from mixviz.runs.checkpoint_files import read_gguf_types
+    from mixviz.runs.ship.checkpoint_files import read_gguf_types
 
     base = llamacpp.bf16_gguf(demo_ref.path, demo_ref.hash)
     linears = [x for x in demo_layers if x.block is not None]

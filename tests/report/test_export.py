@@ -73,7 +73,7 @@ def test_autoround_export_round_trip(tiny_ref, tiny_layers):
 
     from mixviz.models.loading import load_model
     from mixviz.models.schemes import get_scheme
-    from mixviz.runs.quantize import verify
+    from mixviz.runs.evaluation.quantize import verify
 
     recipe = Recipe.load(SAVED)
     recipe = Recipe(

@@ -11,8 +11,8 @@ from scipy import stats as sps
 from test_uncertainty import _run  # a finished run through the worker, fakes inside
 
 from mixviz.report import paired, tables
+from mixviz.runs.evaluation.stats import mean_interval, t95
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.stats import mean_interval, t95
 from mixviz.runs.store import Store
 
 TASKS = ("mixviz_lastword", "mixviz_nextsent")

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats as sps
 
 from mixviz.report import paired, tables
+from mixviz.runs.evaluation.stats import item_scores, item_stderrs
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.stats import item_scores, item_stderrs
 from mixviz.runs.store import Store
 
 TASKS = ("mixviz_lastword", "mixviz_nextsent")
@@ -110,8 +110,8 @@ def _run(store, spec: RunSpec, acc: list[int]) -> str:
     """A finished run whose every task scored ``acc`` item by item (through the worker)."""
     from fakes import fake_quantize
 
-    from mixviz.runs.backends import new_run_id, write_spec
-    from mixviz.runs.worker import execute
+    from mixviz.runs.jobs.backends import new_run_id, write_spec
+    from mixviz.runs.jobs.worker import execute
 
     run_id = new_run_id()
     write_spec(run_id, spec)

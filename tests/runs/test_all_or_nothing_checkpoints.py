@@ -17,10 +17,10 @@ from cli import REPO, run_cli
 
 from mixviz import MixvizError
 from mixviz.paths import worker_env
-from mixviz.runs.local_backend import LocalBackend
-from mixviz.runs.staging import partial_dir, partial_runs
+from mixviz.runs.jobs.local_backend import LocalBackend
+from mixviz.runs.jobs.submission import store_once
+from mixviz.runs.ship.staging import partial_dir, partial_runs
 from mixviz.runs.store import Store
-from mixviz.runs.submission import store_once
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def _plan(layers) -> dict[str, str]:
 
 def _queued(tiny_ref, tiny_layers, out: Path) -> tuple[Store, str]:
     """A quantize job for ``out``, queued in the store (no worker started)."""
-    from mixviz.runs.ship import quantize_spec
+    from mixviz.runs.ship.step import quantize_spec
 
     spec = quantize_spec(tiny_ref, _plan(tiny_layers), "auto_round", out, layers=tiny_layers,
                          limit=2)  # fmt: skip
@@ -60,8 +60,8 @@ def test_an_unwritable_out_is_refused_before_anything_is_queued(tmp_path, cache,
 def test_an_out_without_room_is_refused(tmp_path, cache, tiny_ref, tiny_layers, monkeypatch):
     import shutil
 
-    from mixviz.runs.delivery import predicted_bytes
     from mixviz.runs.runspec import RunSpec, ShipArgs
+    from mixviz.runs.ship.delivery import predicted_bytes
 
     spec = RunSpec(model="tiny", recipe=_plan(tiny_layers), tasks=("mixviz_kld",),
                    ship=ShipArgs("auto_round", str(tmp_path / "o")))  # fmt: skip
@@ -96,7 +96,7 @@ def test_partial_folders_of_ended_runs_are_cleared_at_submit(tmp_path, cache, ti
 
 
 def _fail_in(monkeypatch, name: str):
-    import mixviz.runs.ship as ship
+    import mixviz.runs.ship.step as ship
 
     def boom(*args, **kwargs):
         raise MixvizError(f"injected fault in {name}")
@@ -111,7 +111,7 @@ def _fail_in(monkeypatch, name: str):
 )
 def test_a_failure_at_any_stage_leaves_out_as_it_was(tmp_path, cache, tiny_ref, tiny_layers,
                                                      monkeypatch, stage):  # fmt: skip
-    from mixviz.runs.worker import execute
+    from mixviz.runs.jobs.worker import execute
 
     out = tmp_path / "new" / "ckpt"  # its parent does not exist yet either
     store, run_id = _queued(tiny_ref, tiny_layers, out)
@@ -122,7 +122,7 @@ def test_a_failure_at_any_stage_leaves_out_as_it_was(tmp_path, cache, tiny_ref, 
 
 
 def test_a_failure_leaves_an_empty_out_empty(tmp_path, cache, tiny_ref, tiny_layers, monkeypatch):
-    from mixviz.runs.worker import execute
+    from mixviz.runs.jobs.worker import execute
 
     out = tmp_path / "ckpt"
     out.mkdir()
@@ -138,11 +138,11 @@ def test_a_failure_leaves_an_empty_out_empty(tmp_path, cache, tiny_ref, tiny_lay
 STALLED_WORKER = textwrap.dedent(
     """
     import sys, time
-    import mixviz.runs.ship as ship
+    import mixviz.runs.ship.step as ship
     def stall(*args, **kwargs):
         time.sleep(600)
     setattr(ship, sys.argv[2], stall)  # the stage this worker hangs in
-    from mixviz.runs.worker import main
+    from mixviz.runs.jobs.worker import main
     raise SystemExit(main([sys.argv[1]]))
     """
 )

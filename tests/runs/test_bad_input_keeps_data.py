@@ -16,7 +16,7 @@ from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.paths import MAX_BYTES, read_json, safe_filename
-from mixviz.runs.backends import LocalBackend, new_run_id, write_spec
+from mixviz.runs.jobs.backends import LocalBackend, new_run_id, write_spec
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
 from mixviz.sensitivity.profile import profiles_dir
@@ -159,7 +159,7 @@ def test_newer_store_schema_is_refused(store):
 
 
 def test_corrupt_run_spec_fails_the_run_not_the_store(store):
-    from mixviz.runs.worker import execute
+    from mixviz.runs.jobs.worker import execute
 
     run_id = new_run_id()
     folder = Path(os.environ["MIXVIZ_CACHE"]) / "runs" / run_id

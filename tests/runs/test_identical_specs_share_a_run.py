@@ -13,7 +13,7 @@ import time
 import pytest
 from cli import REPO, run_cli
 
-from mixviz.runs.backends import LocalBackend, submit, wait
+from mixviz.runs.jobs.backends import LocalBackend, submit, wait
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store, runs_dir
 
@@ -109,7 +109,7 @@ def test_concurrent_submits_from_processes_make_one_run(cache):
     script = textwrap.dedent(
         """
         import sys, time
-        from mixviz.runs.backends import LocalBackend, submit
+        from mixviz.runs.jobs.backends import LocalBackend, submit
         from mixviz.runs.runspec import RunSpec
         from mixviz.runs.store import Store
         LocalBackend._spawn = lambda self, run_id: None  # claim, start nothing

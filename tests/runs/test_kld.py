@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mixviz.models.loading import load_model, resolve_model
-from mixviz.runs import kld
+from mixviz.runs.evaluation import kld
 
 
 @pytest.fixture(scope="module")

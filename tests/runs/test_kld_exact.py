@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mixviz.models.loading import load_model, resolve_model
-from mixviz.runs import kld
+from mixviz.runs.evaluation import kld
 
 
 def _noisy(model, scale: float = 2.0):

@@ -13,7 +13,7 @@ def lms(tiny_ref):
     from lm_eval.models.huggingface import HFLM
 
     from mixviz.models.loading import load_model
-    from mixviz.runs.lm import scoring_lm
+    from mixviz.runs.evaluation.lm import scoring_lm
 
     model, tok = load_model(tiny_ref, dtype="float32", device="cpu")
     plain = HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
@@ -105,7 +105,7 @@ def test_truncated_requests_take_lm_evals_path(lms, monkeypatch):
 
 
 def test_coverings_group_prefixes_under_the_longest():
-    from mixviz.runs.lm import ScoringLM
+    from mixviz.runs.evaluation.lm import ScoringLM
 
     reqs = [(None, [1], [2, 9]), (None, [1, 2], [3, 9]), (None, [1, 2], [4, 9]), (None, [5], [6])]
     # inputs (context + continuation[:-1]): [1,2], [1,2,3], [1,2,4], [5]

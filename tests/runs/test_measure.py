@@ -13,7 +13,12 @@ from mixviz.allocation.refine import RefineSettings
 from mixviz.errors import MixvizError
 from mixviz.models.loading import load_model
 from mixviz.models.schemes import get_scheme
-from mixviz.runs.measure import MeasureSettings, WindowKLD, calibration_windows, refine_profile
+from mixviz.runs.evaluation.measure import (
+    MeasureSettings,
+    WindowKLD,
+    calibration_windows,
+    refine_profile,
+)
 from mixviz.sensitivity.operating_point import at
 from mixviz.sensitivity.profile import profile_model
 from mixviz.sensitivity.quantizers import LayerQuantizer
@@ -105,8 +110,8 @@ def test_cli_refine_writes_the_rounds_and_the_best_layers(tmp_path):
 
 
 def test_heldout_windows_are_the_evaluation_texts_last(tiny):
-    from mixviz.runs.kld import windows
-    from mixviz.runs.measure import heldout_windows
+    from mixviz.runs.evaluation.kld import windows
+    from mixviz.runs.evaluation.measure import heldout_windows
 
     _, tok = tiny
     held = heldout_windows(tok, 3, 64)

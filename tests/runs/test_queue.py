@@ -21,7 +21,7 @@ from cli import run_cli
 from fakes import wait_for
 
 from mixviz import MixvizError
-from mixviz.runs.backends import LocalBackend, RayBackend, new_run_id, wait, write_spec
+from mixviz.runs.jobs.backends import LocalBackend, RayBackend, new_run_id, wait, write_spec
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store, runs_dir
 
@@ -49,7 +49,7 @@ def _wait_for(store, run_id, pred, timeout=120):
 
 
 def _live_workers() -> list[int]:
-    """This process's child ``mixviz.runs.worker`` processes that are still alive (not zombies)."""
+    """This process's child ``mixviz.runs.jobs.worker`` processes still alive (not zombies)."""
     me, out = os.getpid(), []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -60,7 +60,7 @@ def _live_workers() -> list[int]:
         except OSError:
             continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == me and state != "Z" and b"mixviz.runs.worker" in cmd:
+        if int(ppid) == me and state != "Z" and b"mixviz.runs.jobs.worker" in cmd:
             out.append(int(d.name))
     return out
 
@@ -159,7 +159,7 @@ def test_cancel_sees_a_worker_that_starts_while_it_cancels(store):
 def test_spawner_kills_a_worker_whose_run_was_cancelled_before_its_pid_was_known(
     store, monkeypatch
 ):
-    import mixviz.runs.local_backend as backends
+    import mixviz.runs.jobs.local_backend as backends
 
     run_id = _queue(store)
     started = []
@@ -311,7 +311,7 @@ def test_wait_builds_the_ray_backend_from_the_environment(store, fake_ray, monke
 
 
 def test_wait_without_ray_gives_up_on_a_silent_ray_worker(store, monkeypatch):
-    import mixviz.runs.backends as backends
+    import mixviz.runs.jobs.backends as backends
 
     run_id = _queue(store, backend="ray")
     store.update(run_id, status="running", heartbeat=time.time() - 10 * backends.STALE_S)
@@ -324,7 +324,7 @@ def test_ray_entrypoint_quotes_every_value(store, fake_ray, monkeypatch):
     backend = RayBackend("http://head:8265", store)
     run_id = backend.submit(QUICK)
     entry = backend.client.submitted[0]["entrypoint"]
-    assert shlex.split(entry) == [sys.executable, "-m", "mixviz.runs.worker", run_id]
+    assert shlex.split(entry) == [sys.executable, "-m", "mixviz.runs.jobs.worker", run_id]
 
 
 def test_ray_cancel_of_a_run_being_submitted_stops_the_job(store, fake_ray):
@@ -414,7 +414,7 @@ def test_a_cuda_run_asks_ray_for_one_gpu(store, fake_ray):
     assert "entrypoint_num_gpus" not in cpu and gpu["entrypoint_num_gpus"] == 1
     # and the host memory the model needs: tiny's float32 weights twice, one batch of logits
     # (and its log-softmax) over its vocabulary, the runtime; on CUDA its bf16 weights once
-    from mixviz.runs.ray_backend import LOGITS_TOKENS, RUNTIME_BYTES
+    from mixviz.runs.jobs.ray_backend import LOGITS_TOKENS, RUNTIME_BYTES
 
     # tiny, by hand: embedding and untied head; 4 blocks of q/o (64×64), k/v (2 heads of 16),
     # gate/up/down (64×128) and two norms; the final norm

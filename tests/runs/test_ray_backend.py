@@ -14,10 +14,10 @@ import pytest
 from rayhead import until
 from test_tasks import lastword_direct
 
-from mixviz.runs.backends import RayBackend, alive, wait
+from mixviz.runs.evaluation.tasks import lastword_items
+from mixviz.runs.jobs.backends import RayBackend, alive, wait
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
-from mixviz.runs.tasks import lastword_items
 
 pytestmark = pytest.mark.ray
 

@@ -20,8 +20,8 @@ def cache(tmp_path, monkeypatch):
 def test_a_float32_run_reloads_in_float32(tmp_path, cache, tiny_layers, fmt):
     import torch
 
-    from mixviz.runs.reload import TORCH_INT_BACKENDS, reload
     from mixviz.runs.runspec import RunSpec
+    from mixviz.runs.ship.reload import TORCH_INT_BACKENDS, reload
 
     plan = {x.name: ["W4A16G32", "W8A16G32"][i % 2] for i, x in enumerate(tiny_layers)
             if x.block is not None}  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli import run_cli
 
-from mixviz.runs.staging import changed
+from mixviz.runs.ship.staging import changed
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def _quantize(recipe: Path, out: Path, cache: dict):
 
 def _verified(doc: dict, out: Path) -> None:
     """``out`` holds exactly the files the run verified, byte for byte."""
-    from mixviz.runs.delivery import ship_record
+    from mixviz.runs.ship.delivery import ship_record
 
     files = ship_record(doc["id"])["files"]
     assert {"config.json", "model.safetensors", "mixviz-recipe.json", "README.md"} <= set(files)

@@ -13,13 +13,13 @@ from fakes import fake_quantize, wait_for
 from test_tasks import lastword_direct
 
 from mixviz import MixvizError
-from mixviz.runs.backends import LocalBackend, new_run_id, run_document, wait, write_spec
-from mixviz.runs.evaluate import result_rows
-from mixviz.runs.quantize import layer_plan, run_bits, verify
+from mixviz.runs.evaluation.evaluate import result_rows
+from mixviz.runs.evaluation.quantize import layer_plan, run_bits, verify
+from mixviz.runs.evaluation.tasks import lastword_items
+from mixviz.runs.jobs.backends import LocalBackend, new_run_id, run_document, wait, write_spec
+from mixviz.runs.jobs.worker import execute
 from mixviz.runs.runspec import QuantArgs, RunResult, RunSpec
 from mixviz.runs.store import Store, runs_dir
-from mixviz.runs.tasks import lastword_items
-from mixviz.runs.worker import execute
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = ("mixviz_lastword", "mixviz_nextsent")
@@ -181,14 +181,14 @@ def test_stored_bits_are_counted_from_what_the_model_carries(store, tiny_ref, ti
 
 
 def test_quantized_model_differs_from_bf16_and_carries_its_plan(tiny_ref, tiny_layers):
-    """Real auto-round (mixviz.runs.worker.quantize) on tiny with a partial mixed recipe: the logits
-    move, each layer carries its option (weights of BF16 layers untouched, coarser formats
+    """Real auto-round (mixviz.runs.jobs.worker.quantize) on tiny with a partial mixed recipe: the
+    logits move, each layer carries its option (weights of BF16 layers untouched, coarser formats
     further from the original weights), and the bits counted from the model are the hand
     count."""
     import torch
 
     from mixviz.models.loading import load_model
-    from mixviz.runs.quantize import quantize
+    from mixviz.runs.evaluation.quantize import quantize
 
     recipe = _mixed_recipe(tiny_layers)
     spec = RunSpec(model="tiny", recipe=recipe, tasks=("mixviz_lastword",))
@@ -249,7 +249,7 @@ def test_end_to_end_tiny_real_autoround_and_lm_eval(tiny_ref, tiny_layers):
     Instead: the run's lastword perplexity is that of the model quantized here the same way on
     the same 8 items, not the BF16 model's, and its bits are the hand count."""
     from mixviz.models.loading import load_model
-    from mixviz.runs.quantize import quantize
+    from mixviz.runs.evaluation.quantize import quantize
 
     limit = 8
     r = _cli(
@@ -327,7 +327,7 @@ def bf16_lastword_4(tiny_ref):
 
 
 def _alive_pid(pid):
-    from mixviz.runs.backends import alive
+    from mixviz.runs.jobs.backends import alive
 
     return alive(pid)
 
@@ -391,7 +391,7 @@ def test_demo_mxfp4_is_worse_than_bf16_on_the_same_items(demo_layers):
 
 
 def test_unreachable_ray_address_is_clear(store):
-    from mixviz.runs.backends import get_backend
+    from mixviz.runs.jobs.backends import get_backend
 
     with pytest.raises(MixvizError, match="cannot reach Ray at http://127.0.0.1:9"):
         get_backend("ray", store, ray_address="http://127.0.0.1:9")

@@ -82,7 +82,7 @@ def test_the_groups_come_from_the_architecture_and_splits_are_named():
 def test_quantize_refuses_a_recipe_that_splits_a_fused_group(tmp_path, tiny_ref, monkeypatch):
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model
-    from mixviz.runs.ship import quantize_spec
+    from mixviz.runs.ship.step import quantize_spec
     from mixviz.runs.store import Store
 
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
@@ -109,7 +109,7 @@ def test_quantize_refuses_a_recipe_that_splits_a_fused_group(tmp_path, tiny_ref,
 def test_vllm_cpu_takes_4_bit_integers_only(tmp_path, tiny_ref, monkeypatch):
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model
-    from mixviz.runs.ship import quantize_spec
+    from mixviz.runs.ship.step import quantize_spec
 
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
     cpu, gpu = RUNTIMES["vllm-cpu"], RUNTIMES["vllm"]
@@ -238,7 +238,7 @@ def _vllm_gptq_override(dynamic: dict, prefix: str):
 
 
 def test_overrides_are_named_as_vllms_fused_modules(tmp_path):
-    from mixviz.runs.overrides import name_fused
+    from mixviz.runs.ship.overrides import name_fused
 
     qkv, gate_up = P.format(0) + "self_attn.qkv_proj", P.format(1) + "mlp.gate_up_proj"
     a0, m1, a2 = P.format(0) + "self_attn.", P.format(1) + "mlp.", P.format(2) + "self_attn."

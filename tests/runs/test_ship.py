@@ -238,7 +238,7 @@ def test_a_checkpoint_that_reloads_wrong_fails_the_job_naming_its_layers(tmp_pat
 
 def test_read_formats_catches_a_layer_that_is_not_the_recipes(tmp_path, cache, tiny_ref):
     """The files are the ground: a plan that says W8 where the files hold W4 is caught."""
-    from mixviz.runs.checkpoint_files import read_formats
+    from mixviz.runs.ship.checkpoint_files import read_formats
 
     layers = _block_linears(tiny_ref)
     recipe = _recipe(tmp_path, layers, ["W4A16G32", "W8A16G32"])
@@ -259,8 +259,8 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
     """The done-when of issue 24/25: a mixed Q4_0/Q5_0/Q8_0 GGUF of the demo, types read back
     with GGUFReader, reloaded by transformers, and measured by llama.cpp where it is built."""
     import mixviz
-    from mixviz.runs import llamacpp
-    from mixviz.runs.checkpoint_files import read_gguf_types
+    from mixviz.runs.ship import llamacpp
+    from mixviz.runs.ship.checkpoint_files import read_gguf_types
 
     ref = mixviz.resolve_model("demo")
     layers = _block_linears(ref)
@@ -289,7 +289,7 @@ def test_demo_gguf_has_exactly_the_recipes_types_and_llamacpp_measures_it(tmp_pa
         ship["predicted_file_bytes"],
         size,
     )
-    from mixviz.runs.quantize import run_bits
+    from mixviz.runs.evaluation.quantize import run_bits
     from mixviz.sensitivity.synthetic import synthetic_profile
 
     shapes = {x.name.split(".", 3)[3]: (x.in_features, x.out_features) for x in layers}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mixviz.models.text import calibration_text, evaluation_documents, evaluation_text
-from mixviz.runs.tasks import (
+from mixviz.runs.evaluation.tasks import (
     _content,
     _sentences,
     lastword_items,
@@ -119,7 +119,7 @@ def test_generation_is_deterministic_across_processes():
     assert nextsent_items() == nextsent_items()
     assert ppl_items() == ppl_items()
     code = (
-        "import hashlib, json; from mixviz.runs.tasks import _content; "
+        "import hashlib, json; from mixviz.runs.evaluation.tasks import _content; "
         "print(hashlib.sha256(json.dumps(_content(), sort_keys=True).encode()).hexdigest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
@@ -174,7 +174,7 @@ def test_no_item_is_repeated():
 
 
 def test_nextsent_continuations_are_scored_with_one_space():
-    from mixviz.runs.tasks import task_manager
+    from mixviz.runs.evaluation.tasks import task_manager
 
     task = task_manager(["mixviz_nextsent"]).load(["mixviz_nextsent"])["tasks"]["mixviz_nextsent"]
     doc = task.eval_docs[0]
@@ -235,7 +235,7 @@ def test_lm_eval_numbers_equal_a_direct_computation(tiny_ref, monkeypatch):
     import torch.utils.collect_env as collect_env
 
     from mixviz.models.loading import load_model
-    from mixviz.runs.evaluate import evaluate, result_rows
+    from mixviz.runs.evaluation.evaluate import evaluate, result_rows
     from mixviz.runs.runspec import RunSpec
 
     collected: list[int] = []

@@ -15,8 +15,9 @@ import torch
 from cli import run_cli
 
 from mixviz import MixvizError
-from mixviz.runs import kld, vllm_check
+from mixviz.runs.evaluation import kld
 from mixviz.runs.runspec import RunSpec, ShipArgs
+from mixviz.runs.ship import vllm_check
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import pytest
 from fakes import fake_quantize
 
 from mixviz.models.schemes import get_scheme, layer_bits
-from mixviz.runs.backends import new_run_id, write_spec
-from mixviz.runs.quantize import carried_scheme, layer_plan, quantize, run_bits, verify
+from mixviz.runs.evaluation.quantize import carried_scheme, layer_plan, quantize, run_bits, verify
+from mixviz.runs.jobs.backends import new_run_id, write_spec
+from mixviz.runs.jobs.worker import execute
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
-from mixviz.runs.worker import execute
 
 TASKS = ("mixviz_lastword",)
 

@@ -7,7 +7,7 @@ import torch
 from auto_round.data_type.mxfp import quant_mx
 
 from mixviz.models.schemes import SCHEMES
-from mixviz.runs.fastquant import SameInput, quant_mx_fast, use_fast_activation_quant
+from mixviz.runs.evaluation.fastquant import SameInput, quant_mx_fast, use_fast_activation_quant
 from mixviz.sensitivity.quantizers import LayerQuantizer
 
 
@@ -125,7 +125,7 @@ def test_quantized_tiny_gives_auto_rounds_logits_with_fewer_quantizations(tiny_r
     (q/k/v's and gate/up's shared) instead of 7."""
     from mixviz import Recipe
     from mixviz.models.loading import load_model
-    from mixviz.runs.quantize import quantize
+    from mixviz.runs.evaluation.quantize import quantize
     from mixviz.runs.runspec import RunSpec
 
     model, tok = load_model(tiny_ref, dtype="float32", device="cpu")

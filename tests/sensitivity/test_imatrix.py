@@ -14,7 +14,7 @@ from cli import run_cli
 
 from mixviz import MixvizError
 from mixviz.models import ggml
-from mixviz.runs import llamacpp
+from mixviz.runs.ship import llamacpp
 from mixviz.sensitivity import imatrix
 from mixviz.sensitivity.spec import ProfileSpec
 

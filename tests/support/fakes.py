@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mixviz.models.inventory import inventory
 from mixviz.models.schemes import get_scheme
-from mixviz.runs.quantize import layer_plan
+from mixviz.runs.evaluation.quantize import layer_plan
 
 
 def mark(module, option: str) -> None:

@@ -3,7 +3,8 @@
     python vllm_score.py IN.npz OUT.npz MODEL_DIR [DTYPE]
 
 ``IN.npz`` holds ``tokens`` ``[W, S]`` and the reference's token ids per scored position,
-``ids`` ``[W, S-1, k]`` and ``tail_ids`` ``[W, S-1, m]`` (:mod:`mixviz.runs.kld`). vLLM loads
+``ids`` ``[W, S-1, k]`` and ``tail_ids`` ``[W, S-1, m]`` (:mod:`~mixviz.runs.evaluation.kld`). vLLM
+loads
 ``MODEL_DIR`` as a user serves it (``LLM(model=…, dtype=DTYPE, enforce_eager=True)``, DTYPE
 ``bfloat16`` unless given) and
 scores every window with prompt logprobs (``SamplingParams(prompt_logprobs=1, max_tokens=1)``).

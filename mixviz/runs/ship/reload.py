@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.schemes import get_scheme
-from mixviz.runs.checkpoint_files import checkpoint_file
 from mixviz.runs.runspec import RunSpec
+from mixviz.runs.ship.checkpoint_files import checkpoint_file
 
 Z95 = 1.959963984540054
 PROBE_ROWS = 4
@@ -153,7 +153,7 @@ def compare_reloaded(memory, disk, probe_diff: dict[str, float]) -> dict:
     summaries, the paired KLD and top-1 differences (the KLD one with its ``tolerance``), and
     the probes (largest relative difference, layers not probed, layers beyond
     :data:`PROBE_RTOL`, worst first)."""
-    from mixviz.runs import kld
+    from mixviz.runs.evaluation import kld
 
     delta = paired_windows(memory.kld, disk.kld)
     # "matches the in-memory run within its interval": the paired difference is no larger
@@ -195,7 +195,8 @@ def llamacpp_check(gguf_file: Path, spec: RunSpec, model_hash: str, memory=None)
     from scipy import stats
 
     from mixviz.models.loading import resolve_model
-    from mixviz.runs import kld, llamacpp
+    from mixviz.runs.evaluation import kld
+    from mixviz.runs.ship import llamacpp
 
     try:
         tools = llamacpp.tools()

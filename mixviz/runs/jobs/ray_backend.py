@@ -10,10 +10,10 @@ import time
 from mixviz.errors import MixvizError
 from mixviz.models.device import CUDA, check_dtype, cuda_index
 from mixviz.paths import worker_env
+from mixviz.runs.jobs.submission import ACTIVE, Submitted, store_once
 from mixviz.runs.liveness import mark_stale
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import RunRow, Store
-from mixviz.runs.submission import ACTIVE, Submitted, store_once
 
 
 class RayBackend:
@@ -184,4 +184,4 @@ def run_memory_bytes(params: int, vocab: int, spec: RunSpec) -> int:
 
 def entrypoint(run_id: str) -> str:
     """The worker's shell command line for Ray, every value quoted."""
-    return shlex.join([sys.executable, "-m", "mixviz.runs.worker", run_id])
+    return shlex.join([sys.executable, "-m", "mixviz.runs.jobs.worker", run_id])

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from mixviz.errors import MixvizError
+from mixviz.runs.evaluation.tasks import KLD_TASK
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.tasks import KLD_TASK
 
 
 def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[..., None]) -> dict:
@@ -20,9 +20,9 @@ def evaluate(model, tokenizer, spec: RunSpec, on_task: Callable[..., None]) -> d
     """
     from lm_eval import simple_evaluate
 
-    from mixviz.runs.lm import scoring_lm
-    from mixviz.runs.stats import item_scores
-    from mixviz.runs.tasks import task_manager
+    from mixviz.runs.evaluation.lm import scoring_lm
+    from mixviz.runs.evaluation.stats import item_scores
+    from mixviz.runs.evaluation.tasks import task_manager
 
     tasks = [t for t in spec.tasks if t != KLD_TASK]
     manager = task_manager(tasks)
@@ -84,8 +84,8 @@ def result_rows(raw: dict) -> list[tuple[str, str, float | None, float | None]]:
     """lm-eval results → (task, metric, value, stderr) rows. ``"acc,none"`` → ``acc``.
 
     Standard errors lm-eval did not compute come from the logged items
-    (:func:`mixviz.runs.stats.item_stderrs`); each task also gets an ``items`` row."""
-    from mixviz.runs.stats import item_stderrs
+    (:func:`mixviz.runs.evaluation.stats.item_stderrs`); each task also gets an ``items`` row."""
+    from mixviz.runs.evaluation.stats import item_stderrs
 
     rows = []
     for res in raw.values():

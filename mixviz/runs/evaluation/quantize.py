@@ -143,7 +143,7 @@ def apply_ggml(model, plan: dict[str, str], originals: dict, imatrix: str | None
 
 class KeepAutoRound:
     """The quantize step of a run that writes a checkpoint: keeps its ``AutoRound`` for
-    ``save_quantized`` (:mod:`mixviz.runs.ship`)."""
+    ``save_quantized`` (:mod:`mixviz.runs.ship.step`)."""
 
     ar = None
 

@@ -14,7 +14,7 @@ so are ``kld_median`` and ``kld_p99``. That costs one extra head matmul per wind
 whose logits are not a plain linear head of that input (a soft cap, a logit scale) is checked
 on the first window and falls back to the estimate below; its per-token values are then noisy,
 so no percentile is reported for it (``exact`` is False). refine's yardstick
-(:mod:`mixviz.runs.measure`) uses only means and keeps the cheaper estimate.
+(:mod:`mixviz.runs.evaluation.measure`) uses only means and keeps the cheaper estimate.
 
 **The estimate.** P is kept as its ``TOPK`` largest log-probabilities (and their
 token ids) plus ``TAIL_SAMPLES`` tokens drawn (seeded, with replacement) from P's renormalised
@@ -53,7 +53,7 @@ import torch
 
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_bytes, cache_dir
-from mixviz.runs.tasks import KLD_TASK  # noqa: F401 — the run task this module computes
+from mixviz.runs.evaluation.tasks import KLD_TASK  # noqa: F401 — the run task this module computes
 
 SEQLEN = 512
 TOPK = 64

@@ -1,6 +1,6 @@
 """A quantize job's checkpoint delivered to ``--out``, whether its run is new or reused.
 
-One spec is one run (:func:`~mixviz.runs.backends.submit`), and ``--out`` is not part of the
+One spec is one run (:func:`~mixviz.runs.jobs.backends.submit`), and ``--out`` is not part of the
 spec's key: the same recipe asked for a second folder, or again after its folder was
 deleted, reuses the finished run. Its record (``ship.json``) keeps where its checkpoint lives
 (``out`` and ``locations``) and every file's size and sha256 taken at verify time
@@ -8,46 +8,25 @@ deleted, reuses the finished run. Its record (``ship.json``) keeps where its che
 to ``--out`` (checked again there) or, already there, left as they are; none matches → the
 job is quantized again into ``--out``.
 
->>> sub = submit(backend, spec)                                      # doctest: +SKIP
->>> deliver(backend, spec, sub, say=print).how                       # doctest: +SKIP
-reused run 20261207-104909-1a2b3c, copied to /ckpt/b
-'copied'
+Waiting for the job and delivering is :mod:`mixviz.runs.jobs.deliver`'s; this module keeps the
+record and the checks that need no queue.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_json
 from mixviz.runs.liveness import alive
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.staging import changed, check_room, copy_verified, discard_partials
+from mixviz.runs.ship.staging import changed, check_room, discard_partials
 from mixviz.runs.store import FINAL, Store, runs_dir
-
-AGAIN_MAX = 2  # times a job is quantized again before delivery gives up
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """Where a quantize job left ``--out``: ``how`` is ``written`` (its run wrote it there),
-    ``in place`` (already there and intact), ``copied`` (from ``source``), ``again`` (the
-    files were gone: run ``run_id`` quantizes anew), ``pending`` (the run is not finished) or
-    ``""`` (the run did not finish ``done``: ``status`` says how)."""
-
-    run_id: str
-    status: str
-    how: str
-    message: str = ""
-    source: str | None = None
 
 
 def ship_record(run_id: str) -> dict:
-    """The run's ``ship.json`` (:mod:`mixviz.runs.ship` writes it), ``{}`` when it has none."""
+    """The run's ``ship.json`` (:mod:`mixviz.runs.ship.step` writes it), ``{}`` when it has none."""
     try:
         doc = json.loads((runs_dir() / run_id / "ship.json").read_text())
     except (OSError, ValueError):
@@ -95,7 +74,7 @@ def as_delivered(doc: dict, out: str | Path) -> dict:
     return {**doc, "out": str(out), "file": str(out / Path(doc["file"]).relative_to(old))}
 
 
-def _add_location(run_id: str, out: Path) -> None:
+def add_location(run_id: str, out: Path) -> None:
     doc = ship_record(run_id)
     doc["locations"] = [*doc.get("locations", []), str(out)]
     atomic_write_json(runs_dir() / run_id / "ship.json", doc)
@@ -125,7 +104,7 @@ def predicted_bytes(ref, spec: RunSpec) -> int:
 def check_out(ref, spec: RunSpec, store: Store) -> None:
     """At submit, before any work: partial folders that ended runs left beside ``--out`` are
     removed, and ``--out`` must be writable with room for the checkpoint
-    (:func:`~mixviz.runs.staging.check_room`)."""
+    (:func:`~mixviz.runs.ship.staging.check_room`)."""
     out = Path(spec.ship.out)
     discard_partials(out, lambda run_id: _over(store, run_id))
     check_room(out, predicted_bytes(ref, spec))
@@ -139,65 +118,3 @@ def _over(store: Store, run_id: str) -> bool:
         return store.get(run_id).status in FINAL
     except MixvizError:  # no such run (another store's): leave it
         return False
-
-
-def _filled(out: Path) -> bool:
-    return out.exists() and (not out.is_dir() or any(out.iterdir()))
-
-
-def deliver_now(backend, spec: RunSpec, run_id: str, reused: bool) -> Delivered:
-    """One look at the job ``run_id`` (what :func:`~mixviz.runs.backends.submit` gave for
-    ``spec``): if it finished, make ``--out`` hold its verified checkpoint — left where it is,
-    copied, or (its files gone or changed) queued again with ``force``. Never waits."""
-    row = backend.store.get(run_id)
-    if row.status not in FINAL:
-        return Delivered(run_id, row.status, "pending")
-    if row.status != "done":
-        return Delivered(run_id, row.status, "")
-    out, doc = Path(spec.ship.out), ship_record(run_id)
-    where, why = intact_location(doc)
-    if where == out:
-        how = "in place" if reused else "written"
-        said = f"reused run {run_id}: its verified checkpoint is in {out}" if reused else ""
-        return Delivered(run_id, "done", how, said, str(out))
-    if _filled(out):
-        raise MixvizError(
-            f"{out} holds files that are not run {run_id}'s verified checkpoint"
-            + (f" ({why})" if where is None else "")
-            + ": remove them or choose a new --out"
-        )
-    if where is not None:
-        copy_verified(where, out, doc["files"], f"copy-{os.getpid()}")
-        _add_location(run_id, out)
-        said = f"reused run {run_id}, copied to {out}"
-        return Delivered(run_id, "done", "copied", said, str(where))
-    from mixviz.runs.backends import submit
-
-    gone = not any(p.exists() for p in locations(doc))
-    new = submit(backend, spec, force=True)
-    said = "are gone" if gone else f"changed since they were verified ({why})"
-    said = f"files of run {run_id} {said}: quantizing again (run {new.id})"
-    return Delivered(new.id, new.status, "again", said)
-
-
-def deliver(
-    backend,
-    spec: RunSpec,
-    run_id: str,
-    reused: bool,
-    say: Callable[[str], None] = lambda _: None,
-    on_update=None,
-) -> Delivered:
-    """Wait for the job, then :func:`deliver_now` — again while its files had to be made anew
-    — until ``--out`` holds a verified checkpoint or the run did not finish ``done``."""
-    from mixviz.runs.backends import wait
-
-    for _ in range(AGAIN_MAX + 1):
-        wait(backend.store, run_id, on_update=on_update, backend=backend)
-        got = deliver_now(backend, spec, run_id, reused)
-        if got.message:
-            say(got.message)
-        if got.how != "again":
-            return got
-        run_id, reused = got.run_id, False
-    raise MixvizError(f"the checkpoint for {spec.ship.out} went missing {AGAIN_MAX + 1} times")

@@ -9,11 +9,11 @@ from typing import NamedTuple
 
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_bytes, atomic_write_json
-from mixviz.runs.evaluate import result_rows
-from mixviz.runs.quantize import KeepAutoRound, layer_plan, run_bits, verify
+from mixviz.runs.evaluation.evaluate import result_rows
+from mixviz.runs.evaluation.quantize import KeepAutoRound, layer_plan, run_bits, verify
+from mixviz.runs.evaluation.tasks import KLD_TASK
 from mixviz.runs.runspec import RunResult, RunSpec
 from mixviz.runs.store import Store, runs_dir
-from mixviz.runs.tasks import KLD_TASK
 
 
 def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn) -> str:
@@ -36,8 +36,8 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         timings["kld reference"] = time.perf_counter() - t
     keep = None
     if spec.ship is not None:  # a checkpoint is written from the same AutoRound
-        from mixviz.runs.reload import probe_layers
-        from mixviz.runs.ship import check_ship
+        from mixviz.runs.ship.reload import probe_layers
+        from mixviz.runs.ship.step import check_ship
 
         check_ship(spec, loaded.plan, {x.name: x.in_features for x in loaded.layers})
         quantize_fn = keep = KeepAutoRound()
@@ -53,7 +53,7 @@ def run_steps(store: Store, run_id: str, spec: RunSpec, quantize_fn, evaluate_fn
         raw[KLD_TASK] = kld_step(store, run_id, spec, loaded, reference)
         timings["kld"] = time.perf_counter() - t
     if keep is not None:
-        from mixviz.runs.ship import InMemory, ship_step
+        from mixviz.runs.ship.step import InMemory, ship_step
 
         probes = probe_layers(loaded.model, loaded.plan)  # before saving packs it in place
         memory = InMemory(keep.ar, reference, probes, bits)
@@ -104,8 +104,9 @@ def quantize_step(
 
 
 def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
-    """The unquantized model's KLD reference (:mod:`mixviz.runs.kld`), cached per model."""
-    from mixviz.runs import kld
+    """The unquantized model's KLD reference (:mod:`~mixviz.runs.evaluation.kld`), cached
+    per model."""
+    from mixviz.runs.evaluation import kld
 
     store.update(run_id, stage="kld reference", progress=0.05)
 
@@ -161,7 +162,7 @@ def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, eval
         report(i + fraction, f"evaluating {lm_tasks[i]}" if i < n else "evaluated")
 
     if spec.recipe is not None:
-        from mixviz.runs.fastquant import use_fast_activation_quant
+        from mixviz.runs.evaluation.fastquant import use_fast_activation_quant
 
         use_fast_activation_quant(loaded.model)  # the same numbers, half the time
     if not lm_tasks:
@@ -183,7 +184,7 @@ def kld_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, reference
 def kld_results(spec: RunSpec, loaded: Loaded, reference, progress) -> dict:
     """The KLD task in lm-eval's result layout; per-token scores go to ``kld.npz``.
     ``--limit`` counts its windows of ``kld.SEQLEN`` tokens."""
-    from mixviz.runs import kld
+    from mixviz.runs.evaluation import kld
 
     if spec.recipe is None:
         scores = kld.identical(reference, spec.limit)  # the reference model itself

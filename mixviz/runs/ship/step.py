@@ -4,7 +4,7 @@ A run whose spec has ``ship`` (``mixviz quantize``, the app's *Quantize* button)
 run, measures the in-memory model's KLD, then (:func:`ship_step`):
 
 1. writes the checkpoint with auto-round's own exporter (``save_quantized(format=…)``), its
-   per-layer overrides named also as vLLM's fused modules (:mod:`mixviz.runs.overrides`), plus
+   per-layer overrides named also as vLLM's fused modules (:mod:`mixviz.runs.ship.overrides`), plus
    ``mixviz-recipe.json`` and a model card (``README.md``);
 2. reads every layer's format back **from the files** (safetensors headers and the
    ``quantization_config``, or the GGUF tensor types through ``gguf.GGUFReader``) and the bytes
@@ -17,14 +17,14 @@ run, measures the in-memory model's KLD, then (:func:`ship_step`):
    probe is compared with the in-memory layer's, and those that differ by more than
    ``PROBE_RTOL`` are listed (the layers to look at when the KLD check fails);
 4. for GGUF, llama.cpp itself: ``llama-perplexity --kl-divergence`` of the file against a BF16
-   GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.llamacpp`);
+   GGUF of the same model written by llama.cpp's converter (:mod:`mixviz.runs.ship.llamacpp`);
    with ``--verify-with vllm``, vLLM itself loads and scores the files
-   (:mod:`mixviz.runs.vllm_check`): a refusal or a KLD beyond the interval fails the run.
+   (:mod:`mixviz.runs.ship.vllm_check`): a refusal or a KLD beyond the interval fails the run.
 
 Everything lands in ``cache/runs/<id>/ship.json``, with every file's size and sha256
-(``files``, what a reused job checks before copying: :mod:`mixviz.runs.delivery`); a failed
+(``files``, what a reused job checks before copying: :mod:`mixviz.runs.ship.delivery`); a failed
 check fails the run naming the layers that differ. The files are written into a sibling partial
-folder renamed to ``--out`` only once verified (:mod:`mixviz.runs.staging`).
+folder renamed to ``--out`` only once verified (:mod:`mixviz.runs.ship.staging`).
 """
 
 from __future__ import annotations
@@ -41,19 +41,19 @@ from mixviz.errors import MixvizError
 from mixviz.models.schemes import get_scheme, layer_bits
 from mixviz.models.targets import check_format, check_shared, gguf_option
 from mixviz.paths import atomic_write_bytes, atomic_write_json
-from mixviz.runs.checkpoint_files import checkpoint_file, read_formats, sizes
-from mixviz.runs.overrides import name_fused
-from mixviz.runs.reload import (
+from mixviz.runs.runspec import RunSpec
+from mixviz.runs.ship.checkpoint_files import checkpoint_file, read_formats, sizes
+from mixviz.runs.ship.overrides import name_fused
+from mixviz.runs.ship.reload import (
     compare_probes,
     compare_reloaded,
     llamacpp_check,
     reload,
     within_interval,
 )
-from mixviz.runs.runspec import RunSpec
-from mixviz.runs.staging import fingerprint, staged
+from mixviz.runs.ship.staging import fingerprint, staged
+from mixviz.runs.ship.vllm_check import vllm_check, vllm_line, vllm_ok
 from mixviz.runs.store import Store, runs_dir
-from mixviz.runs.vllm_check import vllm_check, vllm_line, vllm_ok
 
 SHIP_TASK = "mixviz_ship"
 RECIPE_FILE = "mixviz-recipe.json"
@@ -88,9 +88,9 @@ def quantize_spec(
     or lacks room. ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``, ``strategy``,
     ``device``, ...)."""
     from mixviz.models.targets import get_runtime
-    from mixviz.runs.delivery import check_out, holds
+    from mixviz.runs.evaluation.tasks import KLD_TASK
     from mixviz.runs.runspec import ShipArgs
-    from mixviz.runs.tasks import KLD_TASK
+    from mixviz.runs.ship.delivery import check_out, holds
 
     widths = {x.name: x.in_features for x in layers}
     recipe = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe}
@@ -139,7 +139,7 @@ def _format_string(spec: RunSpec, plan: dict[str, str]) -> str:
 @dataclass(frozen=True)
 class InMemory:
     """What the in-memory run hands the ship step: the ``AutoRound`` that writes the files, the
-    KLD reference, each layer's output on a probe (:func:`~mixviz.runs.reload.probe_layers`,
+    KLD reference, each layer's output on a probe (:func:`~mixviz.runs.ship.reload.probe_layers`,
     taken before saving packs the model) and the run's bits (with scale bits, without)."""
 
     ar: object
@@ -168,7 +168,7 @@ def ship_step(
     store: Store, run_id: str, spec: RunSpec, loaded, memory: InMemory, raw: dict
 ) -> dict[str, float]:
     """Write, read back, reload and verify the checkpoint (module doc) in a sibling partial
-    folder, renamed to ``--out`` only once verified (:func:`~mixviz.runs.staging.staged`: a
+    folder, renamed to ``--out`` only once verified (:func:`~mixviz.runs.ship.staging.staged`: a
     failure, a cancel or a kill leaves ``--out`` as it was); returns its timings. ``raw``
     gains the ``mixviz_ship`` task's numbers; a failed check raises."""
     if memory.reference is None:
@@ -242,9 +242,9 @@ def _ship_into(
 
 def _write(ar, spec: RunSpec, loaded, out: Path) -> str:
     """Write the files; the writer's name (``auto-round``, or ``llama-quantize`` for a GGUF where
-    llama.cpp is built: :mod:`mixviz.runs.gguf_writer`)."""
+    llama.cpp is built: :mod:`mixviz.runs.ship.gguf_writer`)."""
     if spec.ship.format == "gguf":
-        from mixviz.runs.gguf_writer import write_gguf
+        from mixviz.runs.ship.gguf_writer import write_gguf
 
         return write_gguf(ar, spec, loaded, out, _format_string(spec, loaded.plan))
     ar.save_quantized(str(out), format=_format_string(spec, loaded.plan), inplace=True)
@@ -256,7 +256,7 @@ def _predicted_file(spec: RunSpec, loaded, plan: dict[str, str]) -> int:
     — set beside ``total_bytes``, what was written."""
     from mixviz.models.file_size import predicted_bytes
     from mixviz.models.loading import meta_model, resolve_model
-    from mixviz.runs.llamacpp import converted_path
+    from mixviz.runs.ship.llamacpp import converted_path
 
     ref = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
     conv = converted_path(loaded.model_hash, "f32")
@@ -300,7 +300,7 @@ def _refuse(doc: dict, wrong: list[str]) -> None:
 def _klds(run_id: str, spec: RunSpec, model, reference, raw: dict) -> tuple:
     """The in-memory model's per-token scores and the reloaded one's, both kept in the run's
     folder whatever the verdict (the files are what ships)."""
-    from mixviz.runs import kld
+    from mixviz.runs.evaluation import kld
 
     disk = kld.score(model, reference, limit=spec.limit)
     memory = raw["mixviz_kld"]["token_scores"]

@@ -10,12 +10,12 @@ import time
 
 from mixviz.errors import MixvizError
 from mixviz.paths import REPO_ROOT, worker_env
+from mixviz.runs.jobs.logs import log_path
+from mixviz.runs.jobs.submission import ACTIVE, Submitted, store_once
 from mixviz.runs.liveness import HOST, STALE_S, alive, kill_group, on_this_host
-from mixviz.runs.logs import log_path
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.staging import discard
+from mixviz.runs.ship.staging import discard
 from mixviz.runs.store import RunRow, Store
-from mixviz.runs.submission import ACTIVE, Submitted, store_once
 
 
 class LocalBackend:
@@ -73,7 +73,7 @@ class LocalBackend:
         log = open(log_path(run_id), "ab")  # noqa: SIM115 — handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mixviz.runs.worker", run_id],
+                [sys.executable, "-m", "mixviz.runs.jobs.worker", run_id],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

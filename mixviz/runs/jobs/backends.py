@@ -15,12 +15,10 @@ import os
 import time
 
 from mixviz.errors import MixvizError
-from mixviz.runs.liveness import STALE_S, alive, mark_stale
-from mixviz.runs.local_backend import LocalBackend
-from mixviz.runs.logs import log_path, read_log
-from mixviz.runs.ray_backend import RayBackend
-from mixviz.runs.store import FINAL, SAME, RunRow, Store, read_result
-from mixviz.runs.submission import (
+from mixviz.runs.jobs.local_backend import LocalBackend
+from mixviz.runs.jobs.logs import log_path, read_log
+from mixviz.runs.jobs.ray_backend import RayBackend
+from mixviz.runs.jobs.submission import (
     ACTIVE,
     REUSABLE,
     Submitted,
@@ -29,6 +27,8 @@ from mixviz.runs.submission import (
     submit_once,
     write_spec,
 )
+from mixviz.runs.liveness import STALE_S, alive, mark_stale
+from mixviz.runs.store import FINAL, SAME, RunRow, Store, read_result
 
 __all__ = [  # the backends, and what callers of one need beside it
     "ACTIVE",

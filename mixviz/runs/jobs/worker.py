@@ -1,11 +1,12 @@
 """The run worker: one process per run — claim it, keep its heartbeat, run its steps
-(:mod:`mixviz.runs.steps`), leave it in a final state, start the next queued run.
+(:mod:`mixviz.runs.jobs.steps`), leave it in a final state, start the next queued run.
 
-``python -m mixviz.runs.worker RUN_ID`` reads ``cache/runs/<id>/spec.json``, reports its stage,
+``python -m mixviz.runs.jobs.worker RUN_ID`` reads ``cache/runs/<id>/spec.json``, reports its stage,
 progress and a heartbeat to the store, writes ``lm_eval.json`` and ``result.json`` beside the
 spec, and finally starts the next queued run. The quantize and evaluate steps are plain
 functions passed to :func:`execute`, so tests can swap in fakes; the real ones are
-:func:`mixviz.runs.quantize.quantize` and :func:`mixviz.runs.evaluate.evaluate`.
+:func:`mixviz.runs.evaluation.quantize.quantize` and
+:func:`mixviz.runs.evaluation.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import time
 import traceback
 
 from mixviz.errors import MixvizError
-from mixviz.runs.evaluate import evaluate
-from mixviz.runs.quantize import quantize
+from mixviz.runs.evaluation.evaluate import evaluate
+from mixviz.runs.evaluation.quantize import quantize
+from mixviz.runs.jobs.steps import run_steps
 from mixviz.runs.runspec import RunSpec
-from mixviz.runs.steps import run_steps
 from mixviz.runs.store import Store, runs_dir
 
 HEARTBEAT_S = 2.0
@@ -36,7 +37,7 @@ def execute(
 ) -> str:
     """Run one queued run to a final state; returns that state.
 
-    The steps: :func:`claim` the run, then (:func:`~mixviz.runs.steps.run_steps`) load the
+    The steps: :func:`claim` the run, then (:func:`~mixviz.runs.jobs.steps.run_steps`) load the
     model, quantize it and verify what it carries (skipped for the BF16 reference), evaluate it
     and record the result; any failure leaves it ``failed`` (:func:`fail`). Then the next
     queued local run starts."""
@@ -105,7 +106,7 @@ def kick_next(store: Store, run_id: str) -> None:
     must not start the head's local runs on its own machine."""
     if store.get(run_id).backend != "local":
         return
-    from mixviz.runs.local_backend import LocalBackend
+    from mixviz.runs.jobs.local_backend import LocalBackend
 
     try:
         LocalBackend(store).kick()
@@ -124,7 +125,7 @@ def _heartbeat(store: Store, run_id: str, stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        sys.stderr.write("usage: python -m mixviz.runs.worker RUN_ID\n")
+        sys.stderr.write("usage: python -m mixviz.runs.jobs.worker RUN_ID\n")
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     status = execute(argv[0])

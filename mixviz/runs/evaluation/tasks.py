@@ -22,7 +22,9 @@ from mixviz.errors import MixvizError
 from mixviz.models.text import evaluation_documents
 from mixviz.paths import atomic_write_bytes, cache_dir
 
-KLD_TASK = "mixviz_kld"  # KL divergence to the unquantized model: mixviz.runs.kld, not lm-eval
+KLD_TASK = (
+    "mixviz_kld"  # KL divergence to the unquantized model: mixviz.runs.evaluation.kld, not lm-eval
+)
 LM_EVAL_TASKS = ("mixviz_lastword", "mixviz_nextsent", "mixviz_ppl")
 BUNDLED_TASKS = (*LM_EVAL_TASKS, KLD_TASK)
 _BUILDER_VERSION = 3  # 2: no doubled space, no repeated paragraphs; 3: every sentence end
