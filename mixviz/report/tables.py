@@ -30,6 +30,8 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
     for run in store.list(("done",), model=model):
         res, errs = store.results(run.id), store.stderrs(run.id)
         spec = run.spec
+        if spec.get("refine"):  # a refine job: its answer is rounds, not a run's results
+            continue
         recipe = spec.get("recipe")
         strategy = spec.get("strategy") or ("bf16" if recipe is None else run.label)
         row = {
