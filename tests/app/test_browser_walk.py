@@ -80,14 +80,14 @@ def test_the_walk(tmp_path):
         assert float(shown) == float(bits)  # the reload kept the budget
 
         # refine: a queued job, followed on the page, still followed after a reload
-        page.get_by_label("Rounds at most").fill("1")
+        page.get_by_label("Rounds at most", exact=True).fill("1")
         page.keyboard.press("Enter")
         wait_idle(page)
         page.get_by_role("button", name="Refine", exact=True).click()
         page.get_by_role("button", name="Cancel refine").wait_for(timeout=60_000)  # followed
         # quantize with a limit, its predicted time said
         assert page.get_by_text(re.compile(r"^Predicted time: ")).count() == 1
-        page.get_by_label("KLD windows (--limit)").fill("1")
+        page.get_by_label("KLD windows (--limit)", exact=True).fill("1")
         page.keyboard.press("Enter")
         wait_idle(page)
         page.get_by_role("button", name="Quantize", exact=True).click()
