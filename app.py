@@ -15,4 +15,5 @@ pages = [
 ]
 page = st.navigation(pages)
 ui.sidebar()  # once, for every page: a page reads it with ui.choice()
+ui.url_history_per_page()  # Back walks pages, not slider steps
 page.run()

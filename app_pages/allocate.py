@@ -232,55 +232,6 @@ def refine_settings() -> tuple[int, str]:
     return int(state.get("allocate_refine_rounds", 3)), state.get("allocate_refine_how", "kind")
 
 
-CORRECTIONS = {"kind": "one factor per module kind", "context": "profile around each round"}
-
-
-@st.fragment(run_every=3)
-def refine_view(page: Setting, avg: float) -> None:
-    """*Refine from measured KLD*: solve, measure on calibration text, correct the additive
-    model per module kind, re-solve (``mixviz refine``, in the background)."""
-    st.subheader("Refine from measured KLD")
-    avg = st.session_state.get("budget", avg)  # the slider's, as it moved since the page ran
-    c1, c2 = st.columns(2)
-    rounds = c1.number_input("Rounds at most", 1, 10, 3, key="allocate_refine_rounds")
-    how = c2.selectbox(
-        "Correction",
-        ["kind", "context"],
-        format_func=CORRECTIONS.get,
-        key="allocate_refine_how",
-        help="kind: measure each module kind moved, rescale its scores; context: profile "
-        "again around each round's allocation (fisher or kl profiles)",
-    )
-    done = refining.finished(page, avg, rounds, how)
-    if done is not None:
-        best = done.rounds[done.best]
-        st.plotly_chart(trust.refinement_chart(done), key="allocate_refine_chart")
-        held = "not scored on held-out windows" if best.heldout is None else (
-            f"on held-out windows it was never selected on: {best.heldout:.4f} ± "
-            f"{best.half('heldout'):.4f} (round 0: {done.rounds[0].heldout:.4f})")  # fmt: skip
-        st.caption(
-            f"Best: round {best.index}, chosen on calibration windows (KLD {best.measured:.4f} ± "
-            f"{best.half():.4f}; round 0: {done.rounds[0].measured:.4f}); {held}. ± = 95 % t "
-            f"interval over windows. {done.measurements} measurements in {done.seconds:.0f} s."
-        )
-        return
-    if refining.running(page, avg, rounds, how):
-        st.info(f"Refining at {avg:.2f} bits…")
-        st.code(refining.log_tail(page, avg, rounds, how) or "starting", language=None)
-        return
-    st.caption(
-        "Measures the model quantized to this allocation on calibration text, corrects the "
-        "additive model (each module kind's scores by measured ÷ predicted, or scored afresh "
-        "around the allocation), re-solves; stops when a round no longer lowers the measured "
-        "KLD beyond its interval. A minute or more per round on a CPU."
-    )
-    if st.button("Refine", key="allocate_refine", help="mixviz refine, in the background"):
-        try:
-            refining.start(page, avg, rounds, how)
-        except MixvizError as e:
-            st.error(str(e))
-
-
 def downloads(page: Setting, best, avg: float) -> None:
     """The recipe and what each tool reads; a target that cannot hold it says why below."""
     st.subheader("Download")
@@ -447,4 +398,4 @@ page = setting(choice, profile, edits_from_link(profile))
 start = budget_start(page)
 budget_view(page, start)
 lock_table(page, st.session_state.get("budget", start))
-refine_view(page, st.session_state.get("budget", start))
+refining.refine_panel(page, st.session_state.get("budget", start))

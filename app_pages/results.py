@@ -96,9 +96,10 @@ def table_view() -> None:
     table = tables.study_table(frame, tasks, compare=compare)
     st.table(tables.as_shown(table))
     st.caption(
-        "acc ± standard error; items = the items the average rests on; KLD = mean KL "
-        "divergence to the unquantized model per token (± se over 512-token windows); top-1 = "
-        "tokens whose most likely next token is unchanged."
+        'acc ± standard error ("± —" and why where a number has none, e.g. 1 item or 1 '
+        "window: no interval); items = the items the average rests on; KLD = mean KL "
+        "divergence to the unquantized model per token (± se over 512-token windows; windows "
+        "= how many); top-1 = tokens whose most likely next token is unchanged."
     )
     c1, c2, c3 = st.columns(3)
     c1.download_button("Markdown", tables.to_markdown(table), "results.md", key="results_md")

@@ -18,6 +18,7 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
     the sidebar's target runtime refuses what it cannot load, as ``--target`` does."""
     from mixviz.runs.jobs.backends import get_backend, submit
     from mixviz.runs.jobs.deliver import deliver_now
+    from mixviz.runs.runspec import QuantArgs
     from mixviz.runs.ship.step import quantize_spec
 
     c1, c2, c3 = st.columns([1, 3, 1])
@@ -26,6 +27,7 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
     out = c2.text_input(
         "Folder", str(cache_dir() / "checkpoints" / stem), key=f"{key}_quantize_out_{fmt}"
     )
+    limit, iters = size_inputs(choice.model, fmt, key)
     if not c3.button("Quantize", key=f"{key}_quantize", help="a queued job, like a run"):
         return
     try:
@@ -42,6 +44,8 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
             trust_remote_code=choice.trust_remote_code,
             device=choice.device,
             dtype=choice.dtype,
+            limit=limit,
+            quant=QuantArgs(iters=iters, disable_opt_rtn=iters == 0),
         )
         backend = get_backend()
         sub = submit(backend, spec)
@@ -56,3 +60,36 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
                 (st.warning if got.how == "again" else st.success)(got.message)
     except MixvizError as e:
         st.error(str(e))
+
+
+def size_inputs(model: str, fmt: str, key: str) -> tuple[int | None, int]:
+    """The CLI's ``--limit`` (KLD windows; 0 = all) and ``--iters`` (auto-round tuning steps;
+    0 = RTN), and the time such a job is predicted to take on this machine."""
+    from mixviz.runs.jobs.forecast import quantize_forecast
+    from mixviz.runs.progress import duration
+    from mixviz.runs.store import Store
+
+    c1, c2, c3 = st.columns([1, 1, 3])
+    limit = c1.number_input(
+        "KLD windows (--limit)",
+        0,
+        4096,
+        4,
+        key=f"{key}_quantize_limit",
+        help="held-out windows of 512 tokens the checkpoint is verified on (fewer: faster, "
+        "a wider interval); 0 = all, as the CLI's default (slow)",
+    )
+    iters = c2.number_input(
+        "Tuning steps (--iters)",
+        0,
+        10_000,
+        0,
+        key=f"{key}_quantize_iters",
+        help="auto-round's tuning steps per block; 0 = plain RTN (no calibration)",
+    )
+    got = quantize_forecast(Store(), model, int(limit) or None, int(iters), fmt)
+    if got.seconds is None:
+        c3.caption(f"Predicted time: not known yet ({got.basis}).")
+    else:
+        c3.caption(f"Predicted time: about {duration(got.seconds)} ({got.basis}).")
+    return int(limit) or None, int(iters)

@@ -1,18 +1,15 @@
-"""The Allocate page's *Refine* action: ``mixviz refine`` in a background process (it measures
-the model for a minute or more), its answer read back from a file keyed by the page's problem.
+"""The Allocate page's *Refine* panel: ``mixviz refine`` as a job in the one queue (beside the
+runs, with its stage, progress and cancel), found again by its spec after a reload.
 
-The process gets the profile as a file and the page's problem as flags (locks as ``--pin``,
-shared groups, target, accounting), so what it refines is what the page shows; it selects on
-calibration windows and scores every round on :data:`HELDOUT` held-out windows it never
-selects on (both shown). Its log lies beside the answer, and the page polls for it."""
+The job gets the profile as a file and the page's problem (locks as pins, shared groups,
+target, accounting), so what it refines is what the page shows; it selects on calibration
+windows and scores every round on :data:`HELDOUT` held-out windows it never selects on (both
+shown). Its rounds are shown as they finish (:mod:`mixviz.runs.jobs.refine`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import streamlit as st
@@ -20,65 +17,172 @@ import streamlit as st
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
 from mixviz.runs.evaluation.measure import load_refinement
+from mixviz.runs.jobs.refine import answer_path, rounds_so_far
+from mixviz.runs.progress import eta_text
+from mixviz.runs.runspec import REFINE_TASK, RefineArgs, RunSpec
+from mixviz.runs.store import FINAL, RunRow, Store
 
 HELDOUT = 16  # held-out windows each round is scored on (part of the answer's key)
+CORRECTIONS = {"kind": "one factor per module kind", "context": "profile around each round"}
 
 
-def job_paths(page, avg: float, rounds: int, how: str) -> tuple[Path, Path, Path]:
-    """(answer, log, profile) files of the refinement of ``page``'s problem at ``avg`` bits
-    (the process id goes beside the log, suffix ``.pid``)."""
-    doc = json.dumps([list(map(str, page.problem_key)), round(avg, 4), rounds, how, HELDOUT])
-    stem = hashlib.sha256(doc.encode()).hexdigest()[:16]
-    folder = cache_dir() / "refine" / "app"
-    return folder / f"{stem}.json", folder / f"{stem}.log", folder / f"{stem}.profile.json"
+def profile_path(page) -> Path:
+    """The file the page's profile is saved to for a refine job (one per problem)."""
+    stem = hashlib.sha256(json.dumps(list(map(str, page.problem_key))).encode()).hexdigest()
+    return cache_dir() / "refine" / "app" / f"{stem[:16]}.profile.json"
+
+
+def job_spec(page, avg: float, rounds: int, how: str) -> RunSpec:
+    """The refine job of ``page``'s problem at ``avg`` bits (what the queue runs and keys)."""
+    c = page.choice
+    args = RefineArgs(
+        str(profile_path(page)),
+        round(avg, 4),
+        rounds,
+        how,
+        heldout=HELDOUT,
+        ignore_scale_bits=c.ignore_scale_bits,
+        shared=tuple(c.shared),
+        pins=dict(page.locks),
+        target=c.target or None,
+    )
+    prof = page.profile
+    return RunSpec(
+        model=prof.model,
+        recipe=None,
+        tasks=(REFINE_TASK,),
+        model_hash=prof.model_hash,
+        device=c.device,
+        dtype=c.dtype,
+        refine=args,
+    )
+
+
+def job(page, avg: float, rounds: int, how: str) -> RunRow | None:
+    """The latest refine job for these settings (any state), or None."""
+    key = job_spec(page, avg, rounds, how).key
+    rows = [r for r in Store().list() if r.key == key]
+    return rows[-1] if rows else None
 
 
 def finished(page, avg: float, rounds: int, how: str):
-    """The refinement written for these settings, or None."""
-    return load_refinement(job_paths(page, avg, rounds, how)[0])
+    """The refinement a finished job wrote for these settings, or None."""
+    row = job(page, avg, rounds, how)
+    return load_refinement(answer_path(row.id)) if row and row.status == "done" else None
 
 
-def running(page, avg: float, rounds: int, how: str) -> bool:
-    """Whether a process for these settings is still at work (its log says so)."""
-    out, log, _ = job_paths(page, avg, rounds, how)
-    if out.is_file() or not log.is_file():
-        return False
-    try:
-        pid = int(log.with_suffix(".pid").read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
+def start(page, avg: float, rounds: int, how: str) -> str:
+    """Queue the refine job (a finished or running identical one is reused); its line."""
+    from mixviz.runs.jobs.backends import get_backend, submit
 
-
-def log_tail(page, avg: float, rounds: int, how: str, lines: int = 6) -> str:
-    log = job_paths(page, avg, rounds, how)[1]
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
-
-
-def start(page, avg: float, rounds: int, how: str) -> None:
-    """Start ``mixviz refine`` on the page's problem in its own process session."""
     if page.profile.calib.source != "pydoc":
         raise MixvizError("refine from the app measures on the bundled calibration text only")
-    out, log, prof = job_paths(page, avg, rounds, how)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    page.profile.save(prof)
-    c = page.choice
-    argv = [sys.executable, "-m", "mixviz", "refine", str(prof), "--avg-bits", f"{avg:.4f}"]
-    argv += ["--rounds", str(rounds), "--grouping", how, "--out", str(out)]
-    argv += ["--heldout", str(HELDOUT)]
-    argv += ["--device", c.device, "--dtype", c.dtype]
-    if c.ignore_scale_bits:
-        argv.append("--ignore-scale-bits")
-    if c.target:
-        argv += ["--target", c.target]
-    for s in c.shared:
-        argv += ["--shared", s]
-    for name, option in sorted(page.locks.items()):
-        argv += ["--pin", f"{name}={option}"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    log.with_suffix(".pid").write_text(str(proc.pid))
+    path = profile_path(page)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.profile.save(path)
+    spec = job_spec(page, avg, rounds, how)
+    return submit(get_backend(), spec).describe(spec.label)
+
+
+def rounds_frame(rounds: list[dict]):
+    """One row per finished round: bits, the calibration and held-out KLD with their ± (95 %
+    t), the change against the best before it."""
+    import pandas as pd
+
+    from mixviz.allocation.refine import Round
+
+    rows = []
+    for d in rounds:
+        r = Round(**d)
+        held = "—" if r.heldout is None else f"{r.heldout:.4f} ± {r.half('heldout'):.4f}"
+        gain = "— (round 0)" if r.gain is None else f"{r.gain:+.4f} ± {r.half('gain'):.4f}"
+        rows.append(
+            {
+                "round": r.index,
+                "avg bits": f"{r.avg_bits:.3f}",
+                "calibration KLD": f"{r.measured:.4f} ± {r.half():.4f}",
+                "held-out KLD": held,
+                "vs best before": gain,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def follow(row: RunRow) -> None:
+    """A running (or queued) job: its stage, progress, clock, rounds so far; cancel."""
+    from mixviz.runs.jobs.backends import get_backend
+
+    text = eta_text(row.progress, row.started) if row.started else "queued behind other jobs"
+    st.progress(min(max(row.progress, 0.0), 1.0), text=f"{row.stage or row.status} · {text}")
+    done = rounds_so_far(row.id)
+    if done:
+        st.caption(f"{len(done)} round(s) finished so far:")
+        st.dataframe(rounds_frame(done), hide_index=True, key="allocate_refine_rounds_so_far")
+    if st.button("Cancel refine", key="allocate_refine_cancel"):
+        try:
+            get_backend(row.backend).cancel(row.id)
+        except MixvizError as e:
+            st.error(str(e))
+
+
+def ended(row: RunRow) -> None:
+    """A job that failed, was cancelled or lost: why, and that Refine starts it again."""
+    why = f": {row.error}" if row.error else ""
+    st.warning(f"The last refine at these settings was {row.status}{why}. Refine starts anew.")
+
+
+@st.fragment(run_every=2)
+def refine_panel(page, avg: float) -> None:
+    """*Refine from measured KLD*: solve, measure on calibration text, correct the additive
+    model per module kind, re-solve — a job in the queue, followed here round by round."""
+    st.subheader("Refine from measured KLD")
+    avg = st.session_state.get("budget", avg)  # the slider's, as it moved since the page ran
+    c1, c2 = st.columns(2)
+    rounds = c1.number_input("Rounds at most", 1, 10, 3, key="allocate_refine_rounds")
+    how = c2.selectbox(
+        "Correction",
+        ["kind", "context"],
+        format_func=CORRECTIONS.get,
+        key="allocate_refine_how",
+        help="kind: measure each module kind moved, rescale its scores; context: profile "
+        "again around each round's allocation (fisher or kl profiles)",
+    )
+    row = job(page, avg, rounds, how)
+    done = finished(page, avg, rounds, how)
+    if done is not None:
+        return finished_view(done)
+    if row is not None and row.status not in FINAL:
+        return follow(row)
+    if row is not None:
+        ended(row)
+    st.caption(
+        "Measures the model quantized to this allocation on calibration text, corrects the "
+        "additive model (each module kind's scores by measured ÷ predicted, or scored afresh "
+        "around the allocation), re-solves; stops when a round no longer lowers the measured "
+        "KLD beyond its interval. A job in the queue (Runs page), after any queued runs; a "
+        "minute or more per round on a CPU."
+    )
+    if st.button("Refine", key="allocate_refine", help="mixviz refine, queued like a run"):
+        try:
+            st.success(start(page, avg, rounds, how) + ": its rounds appear here as they finish")
+        except MixvizError as e:
+            st.error(str(e))
+
+
+def finished_view(done) -> None:
+    """The finished refinement: each round's KLD, the best one and what it rests on."""
+    from mixviz.report import trust
+
+    best = done.rounds[done.best]
+    st.plotly_chart(trust.refinement_chart(done), key="allocate_refine_chart")
+    held = "not scored on held-out windows" if best.heldout is None else (
+        f"on held-out windows it was never selected on: {best.heldout:.4f} ± "
+        f"{best.half('heldout'):.4f} (round 0: {done.rounds[0].heldout:.4f})")  # fmt: skip
+    st.caption(
+        f"Best: round {best.index}, chosen on calibration windows (KLD {best.measured:.4f} ± "
+        f"{best.half():.4f}; round 0: {done.rounds[0].measured:.4f}); {held}. ± = 95 % t "
+        f"interval over windows. {done.measurements} measurements in {done.seconds:.0f} s."
+    )
 
 
 @st.cache_data(ttl=15, show_spinner=False)

@@ -98,3 +98,26 @@ def url_write(**values: str) -> None:
     changed = {k: v for k, v in values.items() if st.query_params.get(k) != v}
     if changed:
         st.query_params.update(changed)
+
+
+# Streamlit pushes a history entry for every change of the query string (each slider step
+# added one, and Back walked them). Within one page a change replaces the entry; a new page
+# (another path) still adds one, so Back walks pages.
+_REPLACE_WITHIN_PAGE = """<script>
+(() => {
+  const h = window.history;
+  if (h.__mixvizReplaces) return;
+  const push = h.pushState.bind(h);
+  h.pushState = (state, title, url) => {
+    const next = new URL(url ?? window.location.href, window.location.href);
+    if (next.pathname === window.location.pathname) return h.replaceState(state, title, url);
+    return push(state, title, url);
+  };
+  h.__mixvizReplaces = true;
+})();
+</script>"""
+
+
+def url_history_per_page() -> None:
+    """Make the browser's history hold one entry per page, not one per URL write."""
+    st.html(_REPLACE_WITHIN_PAGE, unsafe_allow_javascript=True, width="content")

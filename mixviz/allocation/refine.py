@@ -258,11 +258,13 @@ def refine(
     progress: Callable[[str], None] | None = None,
     reprofile: Reprofile | None = None,
     score: Measure | None = None,
+    on_round: Callable[[Round], None] | None = None,
 ) -> Refinement:
     """Solve, measure, correct the additive model, re-solve — ``settings.rounds`` corrections
     at most; stop early when a round's allocation is the one before, or its measured loss is
     not lower than the best so far beyond the paired 95 % t interval. ``score`` (optional)
-    measures each round's allocation on held-out windows, never used to select.
+    measures each round's allocation on held-out windows, never used to select; ``on_round``
+    is handed each round as it finishes.
 
     The correction, by ``settings.grouping``: ``kind``/``block`` rescale each group's scores by
     measured ÷ predicted change of moving it (one measurement per group); ``context`` scores
@@ -282,6 +284,8 @@ def refine(
     scale = {**{g: f0 for g in groups}, "*": f0}
     first = _round(0, problem, scaled(problem, scale, groups), choice, m, scale, 1)
     rounds = [replace(first, **_held(score, choice, say, 0))]
+    done = on_round or (lambda r: None)
+    done(rounds[0])
     best, best_m, count, stopped = 0, m, 1, f"{settings.rounds} rounds done"
     for k in range(1, settings.rounds + 1):
         if reprofile is not None and settings.grouping == "context":
@@ -305,6 +309,7 @@ def refine(
         gain_df = m_new.df if m_new.df == best_m.df else None
         r = _round(k, problem, corrected, new, m_new, scale, probes + 1, (gain, se, gain_df))
         rounds.append(replace(r, **_held(score, new, say, k)))
+        done(rounds[-1])
         choice, m = new, m_new
         if gain < -t95(gain_df) * se:
             best, best_m = k, m_new

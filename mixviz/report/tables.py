@@ -30,6 +30,8 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
     for run in store.list(("done",), model=model):
         res, errs = store.results(run.id), store.stderrs(run.id)
         spec = run.spec
+        if spec.get("refine"):  # a refine job: its answer is rounds, not a run's results
+            continue
         recipe = spec.get("recipe")
         strategy = spec.get("strategy") or ("bf16" if recipe is None else run.label)
         row = {
@@ -63,6 +65,7 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
             row[key] = kld.get(key)
         for key in ("kld", "top1"):
             row[f"{key}_se"] = errs.get(KLD_TASK, {}).get(key)
+        row["kld_windows"] = int(kld["df"]) + 1 if kld.get("df") is not None else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -83,6 +86,7 @@ SUMMARY_COLUMNS = (
     "top1",
     "top1_se",
     "tokens",
+    "kld_windows",
     "predicted_loss",
 )
 
@@ -107,9 +111,14 @@ def study_table(
     for t in tasks:
         se_col = f"{t}:{task_metric(frame, t)}_stderr"
         ses = frame[se_col] if se_col in frame else [None] * len(frame)
-        out[t] = [format_se(v, e) for v, e in zip(frame[t], ses, strict=True)]
+        ns = frame[f"{t}:items"] if f"{t}:items" in frame else [None] * len(frame)
+        out[t] = [
+            format_se(v, e, why=no_interval(n, "item"))
+            for v, e, n in zip(frame[t], ses, ns, strict=True)
+        ]
     cells = [summary_cells(row, ref) for _, row in frame.iterrows()]
-    columns = ["average", "items"] + (["KLD", "top-1 %"] if frame["kld"].notna().any() else [])
+    kld = ["KLD", "windows", "top-1 %"] if frame["kld"].notna().any() else []
+    columns = ["average", "items", *kld]
     for c in columns:
         out[c] = [x[c] for x in cells]
     deltas = paired_column(frame, tasks, compare)
@@ -121,16 +130,35 @@ def study_table(
 
 def summary_cells(line, reference: float | None) -> dict[str, str]:
     """One finished run's summary cells from its :func:`results_frame` line: the average
-    (± se, share of ``reference``), the items it rests on, KLD ± se and top-1 % ± se."""
+    (± se, share of ``reference``), the items it rests on, KLD ± se and the 512-token
+    windows it rests on, top-1 % ± se; a number without ± says why (``1 window: no
+    interval``)."""
     top1, top1_se = line["top1"], line["top1_se"]
+    items, windows = line["n_items"], line.get("kld_windows")
+    why_items, why_windows = no_interval(items, "item"), no_interval(windows, "window")
     return {
-        "average": format_share(line["accuracy"], reference, line["accuracy_se"]),
-        "items": f"{int(line['n_items'])}" if pd.notna(line["n_items"]) else "",
-        "KLD": format_se(line["kld"], line["kld_se"], 4),
-        "top-1 %": format_se(100 * top1, 100 * top1_se if pd.notna(top1_se) else None, 1)
+        "average": format_share(line["accuracy"], reference, line["accuracy_se"], why_items),
+        "items": f"{int(items)}" if pd.notna(items) else "",
+        "KLD": format_se(line["kld"], line["kld_se"], 4, why_windows),
+        "windows": f"{int(windows)}" if windows is not None and pd.notna(windows) else "",
+        "top-1 %": format_se(
+            100 * top1, 100 * top1_se if pd.notna(top1_se) else None, 1, why_windows
+        )
         if pd.notna(top1)
         else "",
     }
+
+
+def no_interval(n, unit: str) -> str:
+    """Why a number has no ±: ``'1 window: no interval'`` under two, else that no standard
+    error was recorded.
+
+    >>> no_interval(1, "window"), no_interval(None, "item")
+    ('1 window: no interval', 'no standard error recorded')
+    """
+    if n is not None and pd.notna(n) and n < 2:
+        return f"{int(n)} {unit}: no interval"
+    return "no standard error recorded"
 
 
 BASELINES = ("head", "tail", "uniform", "llamacpp")
@@ -186,25 +214,30 @@ def task_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in SUMMARY_COLUMNS and ":" not in c]
 
 
-def format_se(value, se=None, digits: int = 4) -> str:
-    """``format_se(0.2875, 0.036)`` → ``'0.2875 ± 0.0360'``; the value alone without se.
+def format_se(value, se=None, digits: int = 4, why: str | None = None) -> str:
+    """``format_se(0.2875, 0.036)`` → ``'0.2875 ± 0.0360'``; without se the value alone, or
+    with ``why`` a dash and the reason.
 
     >>> format_se(0.2875, 0.036), format_se(0.5), format_se(None)
     ('0.2875 ± 0.0360', '0.5000', '')
+    >>> format_se(0.5, None, 2, "1 item: no interval")
+    '0.50 ± — (1 item: no interval)'
     """
     if value is None or pd.isna(value):
         return ""
     if se is None or pd.isna(se):
-        return f"{value:.{digits}f}"
+        return f"{value:.{digits}f}" + (f" ± — ({why})" if why else "")
     return f"{value:.{digits}f} ± {se:.{digits}f}"
 
 
-def format_share(value: float | None, reference: float | None, se: float | None = None) -> str:
+def format_share(
+    value: float | None, reference: float | None, se: float | None = None, why: str | None = None
+) -> str:
     """``format_share(0.6857, 0.7076)`` → ``'0.6857 (96.9%)'``; with ``se=0.012``:
-    ``'0.6857 ± 0.0120 (96.9%)'``."""
+    ``'0.6857 ± 0.0120 (96.9%)'``; ``why`` as :func:`format_se`."""
     if value is None or pd.isna(value):
         return ""
-    text = format_se(value, se)
+    text = format_se(value, se, why=why)
     if reference:
         return f"{text} ({100 * value / reference:.1f}%)"
     return text

@@ -68,6 +68,36 @@ class ShipArgs:
             raise MixvizError("a checkpoint needs an output folder (--out DIR)")
 
 
+REFINE_TASK = "mixviz_refine"
+"""The one task of a refine job: its answer is ``refine.json``, not lm-eval results."""
+
+
+@dataclass(frozen=True)
+class RefineArgs:
+    """A refine job (``mixviz refine``, queued like a run): the saved profile it refines, the
+    budget, rounds, correction and where it measures, and the page's problem (pins, shared
+    groups, target runtime, scale-bit accounting)."""
+
+    profile: str
+    avg_bits: float
+    rounds: int = 3
+    grouping: str = "kind"
+    calib: str = "pydoc"
+    windows: int = 16
+    seqlen: int = 512
+    heldout: int = 16
+    ignore_scale_bits: bool = False
+    shared: tuple[str, ...] = ()
+    pins: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shared", tuple(self.shared))
+        object.__setattr__(self, "pins", dict(sorted(self.pins.items())))
+        if not self.profile:
+            raise MixvizError("a refine job needs a saved profile")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Quantize ``model`` with ``recipe`` (None = the unquantized reference), then evaluate.
@@ -94,6 +124,8 @@ class RunSpec:
     ship: ShipArgs | None = None
     """Also write the model as a checkpoint and verify it on reload
     (:mod:`~mixviz.runs.ship.step`)."""
+    refine: RefineArgs | None = None
+    """Not a run but a refinement of a profile's allocation (:mod:`~mixviz.runs.jobs.refine`)."""
 
     def __post_init__(self):
         object.__setattr__(self, "device", check_device(self.device))
@@ -109,6 +141,8 @@ class RunSpec:
                 raise MixvizError("the recipe is empty")
             for option in set(self.recipe.values()):
                 get_scheme(option)  # raises on unknown options
+        if self.refine is not None and (self.recipe is not None or self.ship is not None):
+            raise MixvizError("a refine job quantizes nothing itself: no recipe, no checkpoint")
         if self.ship is not None and self.recipe is None:
             raise MixvizError("a checkpoint needs a recipe (nothing to quantize in BF16)")
 
@@ -117,6 +151,9 @@ class RunSpec:
         """``bf16``, ``uniform MXFP4``, ``optimal @5``, ``quantize gguf (optimal @5) → demo-q``…
         — how charts and tables name the run (a checkpoint job by its budget and folder too, so
         two jobs from one page are told apart)."""
+        if self.refine is not None:
+            r = self.refine
+            return f"refine @{r.avg_bits:g} ({r.grouping}, {r.rounds} rounds)"
         if self.recipe is None:
             return "bf16"
         at = f" @{self.budget:g}" if self.budget is not None else ""
@@ -135,6 +172,8 @@ class RunSpec:
         d = self.to_dict()
         for k in ("strategy", "budget", "format", "version"):
             d.pop(k, None)
+        if d.get("refine") is None:  # specs written before refine jobs keep their key
+            d.pop("refine", None)
         if d.get("ship") is None:  # specs written before checkpoints keep their key
             d.pop("ship", None)
         else:  # the same checkpoint whatever the folder: a reused job copies it there
@@ -163,6 +202,8 @@ class RunSpec:
             d["quant"] = QuantArgs(**d.get("quant", {}))
             if d.get("ship") is not None:
                 d["ship"] = ShipArgs(**d["ship"])
+            if d.get("refine") is not None:
+                d["refine"] = RefineArgs(**d["refine"])
             return cls(**d)
         except TypeError as e:
             raise MixvizError(f"malformed run spec: {e}") from None

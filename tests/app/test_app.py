@@ -609,22 +609,37 @@ def test_allocate_shows_the_budget_as_bpw_and_file_size(profiled, tiny_ref, tiny
     assert float(re.search(r"about ([0-9.]+) MB", shown)[1]) == pytest.approx(want, abs=0.05)
 
 
-def test_allocate_refine_measures_in_the_background_and_draws_its_rounds(profiled):
-    """*Refine* starts ``mixviz refine`` on the page's problem; when it has written its rounds,
-    the page draws them (measured vs corrected) and puts them on the frontier."""
+def test_allocate_refine_is_a_queued_job_followed_and_found_again(profiled):
+    """*Refine* queues ``mixviz refine`` on the page's problem as a job beside the runs (stage,
+    progress, clock, cancel); a reload (a fresh session) follows the same job; when it has
+    written its rounds, the page draws them (measured vs corrected) and puts them on the
+    frontier."""
+    from mixviz.runs.store import Store
+
     at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})
     assert not at.exception
     assert any("How far to trust the prediction" in c.value for c in at.caption)
     at.number_input(key="allocate_refine_rounds").set_value(1).run()
     at.button(key="allocate_refine").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("queued run" in s.value for s in at.success)
+    (job,) = [r for r in Store().list() if r.spec.get("refine")]
+    assert job.label == "refine @6 (kind, 1 rounds)" and job.spec["refine"]["rounds"] == 1
+    seen = set()
     deadline = time.time() + 600
     while time.time() < deadline:
+        at = _app("app_pages/allocate.py", **{**TINY, "bits": "6"})  # a reload: a new session
+        at.session_state["allocate_refine_rounds"] = 1
         at.run()
         if any(c.value.startswith("Best: round") for c in at.caption):
             break
-        time.sleep(2)
+        bars = [b.proto.text for b in at.get("progress")]
+        seen.update(bars)
+        if bars:
+            assert at.button(key="allocate_refine_cancel")  # a running job can be stopped
+        time.sleep(1)
     assert not at.exception
+    assert any(" elapsed" in b for b in seen), seen  # followed while it ran: stage · clock
     (best,) = [c.value for c in at.caption if c.value.startswith("Best: round")]
     assert "chosen on calibration windows" in best and "held-out windows" in best
     chart = at.get("plotly_chart")[-1].proto.spec

@@ -63,3 +63,27 @@ def test_a_reused_job_is_copied_or_quantized_again(tmp_path, allocate_page):
     fresh = [r for r in Store().list() if r.id != job.id]
     assert len(fresh) == 1 and fresh[0].spec["ship"]["out"] == str(tmp_path / "c")
     assert fresh[0].status in ("queued", "starting") and fresh[0].id in again
+
+
+def test_the_panel_takes_limit_and_iters_and_predicts_the_time(tmp_path, allocate_page):
+    at = allocate_page
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Predicted time")]
+    assert "not known yet (no finished quantize job of tiny with iters 0" in caption
+    at.number_input(key="allocate_quantize_limit").set_value(3)
+    at.number_input(key="allocate_quantize_iters").set_value(0)
+    _quantize_into(at, tmp_path / "a")
+    (job,) = [r for r in Store().list() if r.spec.get("ship")]
+    assert job.spec["limit"] == 3 and job.spec["quant"]["iters"] == 0
+    # finished in 100 s, 40 of them over its 3 KLD windows: 6 windows → 60 + 80 s
+    _finish(job.id, tmp_path / "a")
+    Store().put_results(job.id, [("mixviz_kld", "df", 2.0, None)])
+    result = {"format": "mixviz.runresult", "version": 1, "id": job.id, "status": "done",
+              "avg_bits": 6.0, "avg_bits_no_scale": 6.0, "results": {}, "stderrs": {},
+              "seconds": 100.0, "timings": {"kld": 30.0, "reload kld": 10.0}}  # fmt: skip
+    (runs_dir() / job.id / "result.json").write_text(json.dumps(result))
+    at.number_input(key="allocate_quantize_limit").set_value(6).run()
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Predicted time")]
+    assert caption.startswith("Predicted time: about 2:20 (6 window(s), scaled from job")
+    at.number_input(key="allocate_quantize_iters").set_value(50).run()
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Predicted time")]
+    assert "not known yet" in caption and "iters 50" in caption

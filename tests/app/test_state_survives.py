@@ -95,3 +95,12 @@ def test_a_bad_locks_link_is_an_error_not_a_crash(profiled):
     assert not at.exception
     assert any("(from the URL)" in e.value and "9.down" in e.value for e in at.error)
     assert at.session_state["allocate_pins"] == {}
+
+
+def test_every_page_makes_url_writes_replace_the_history_entry():
+    """The app (every page: it is app.py's) carries the script that turns a same-page
+    ``pushState`` into ``replaceState``; the browser test shows Back walking pages."""
+    at = open_app(**TINY)
+    assert not at.exception
+    (script,) = [h for h in at.get("html") if "__mixvizReplaces" in h.proto.body]
+    assert "replaceState" in script.proto.body and "next.pathname ===" in script.proto.body

@@ -159,3 +159,32 @@ def test_study_table_reads_acc_pm_se_items_and_paired_delta(monkeypatch, tmp_pat
     table = tables.study_table(frame, list(TASKS), compare=head_id)
     delta_col = [c for c in table.columns if c.startswith("Δ average vs head @5")][0]
     assert table.loc["optimal @5", delta_col].startswith(f"{want:+.1f} [")
+
+
+def test_a_number_without_an_interval_says_dash_and_why(monkeypatch, tmp_path):
+    """One item per task and one KLD window: no ±, and the table says so instead of showing
+    the bare number as if it were exact."""
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
+    store = Store()
+    recipe = {"model.layers.0.mlp.up_proj": "MXFP4"}
+    run_id = _run(store, RunSpec(model="tiny", recipe=recipe, tasks=TASKS, strategy="head"), [1])
+    store.put_results(
+        run_id,
+        [
+            *((t, "acc", 1.0, None) for t in TASKS),
+            *((t, "items", 1.0, None) for t in TASKS),
+            ("mixviz_kld", "kld", 0.05, None),
+            ("mixviz_kld", "top1", 0.9, None),
+            ("mixviz_kld", "df", 0.0, None),
+        ],
+    )
+    spec = RunSpec(model="tiny", recipe=recipe, tasks=(*TASKS, "mixviz_kld"), strategy="head")
+    import json
+
+    store.update(run_id, spec=json.dumps(spec.to_dict()))
+    frame = tables.results_frame(store, "tiny")
+    row = tables.study_table(frame, list(TASKS)).iloc[0]
+    assert row[TASKS[0]] == "1.0000 ± — (1 item: no interval)"
+    assert row["KLD"] == "0.0500 ± — (1 window: no interval)" and row["windows"] == "1"
+    assert row["top-1 %"] == "90.0 ± — (1 window: no interval)"
+    assert row["average"].startswith("1.0000 ± — (") and row["items"] == "2"

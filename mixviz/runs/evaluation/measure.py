@@ -132,11 +132,13 @@ def refine_profile(
     where: MeasureSettings | None = None,
     progress: Callable[[str], None] | None = None,
     rules: dict | None = None,
+    on_round: Callable[[Round], None] | None = None,
 ) -> Refinement:
     """Refine ``problem`` (built from ``profile`` with ``rules``, the keywords of
     :meth:`~mixviz.allocation.problem.Problem.from_profile`) by measuring its model on
     calibration text; a cached answer is returned at once. Refining in ``context`` profiles
-    around each round's allocation with the profile's own settings."""
+    around each round's allocation with the profile's own settings. ``on_round`` is handed
+    each round as it finishes (:func:`~mixviz.allocation.refine.refine`)."""
     where = where or MeasureSettings()
     if settings.grouping == "context":
         from mixviz.sensitivity.metrics import METRICS
@@ -170,7 +172,7 @@ def refine_profile(
         held = heldout_windows(tok, where.heldout, where.seqlen)
         score = WindowKLD(model, held, cache=measure.cache)  # the same quantized weights
     again = _reprofile(ref, profile, where, rules or {}) if settings.grouping == "context" else None
-    result = refine(problem, settings, measure, say, again, score)
+    result = refine(problem, settings, measure, say, again, score, on_round)
     atomic_write_json(path, result.to_dict())
     return result
 

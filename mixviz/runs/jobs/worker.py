@@ -39,7 +39,8 @@ def execute(
 
     The steps: :func:`claim` the run, then (:func:`~mixviz.runs.jobs.steps.run_steps`) load the
     model, quantize it and verify what it carries (skipped for the BF16 reference), evaluate it
-    and record the result; any failure leaves it ``failed`` (:func:`fail`). Then the next
+    and record the result (a refine job: :func:`~mixviz.runs.jobs.refine.refine_steps`); any
+    failure leaves it ``failed`` (:func:`fail`). Then the next
     queued local run starts."""
     store = store or Store()
     spec = claim(store, run_id)
@@ -49,6 +50,10 @@ def execute(
     beat = threading.Thread(target=_heartbeat, args=(store, run_id, stop), daemon=True)
     beat.start()
     try:
+        if spec.refine is not None:
+            from mixviz.runs.jobs.refine import refine_steps
+
+            return refine_steps(store, run_id, spec)
         return run_steps(store, run_id, spec, quantize_fn, evaluate_fn)
     except BaseException as e:  # noqa: BLE001 — every way out must leave a final state
         return fail(store, run_id, e)
