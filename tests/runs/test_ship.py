@@ -321,3 +321,22 @@ def test_tiny_mx_mix_in_auto_round_format_reloads_and_matches(tmp_path, cache, t
     assert ship["ok"] and all(f["ok"] for f in ship["layers"].values())
     assert abs(ship["delta_kld"]["delta"]) <= ship["delta_kld"]["tolerance"]
     assert ship["quantized_bytes_ratio"] == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.slow
+def test_demo_llm_compressor_integer_mix_reloads_as_the_in_memory_run(tmp_path, cache):
+    """Issue 34 item 5: a W4/W8 G64 mix of the demo in compressed-tensors' format reloads with
+    the in-memory run's KLD (it reloaded as garbage, KLD 14 nats, through transformers'
+    ``dequantize=True``: bench/llm_compressor_mix.py)."""
+    import mixviz
+
+    layers = _block_linears(mixviz.resolve_model("demo"))
+    recipe = _recipe(tmp_path, layers, ["W4A16G64", "W8A16G64"])
+    r = run_cli("quantize", "demo", "--recipe", recipe, "--format", "llm_compressor", "--out",
+                tmp_path / "lc", "--limit", "2", "--json", env=cache)  # fmt: skip
+    ship = _ship_doc(r, cache)
+    assert ship["ok"] and ship["probe_drift"] == []
+    d = ship["delta_kld"]
+    assert abs(d["delta"]) <= d["tolerance"]
+    memory = dict((m, v) for m, v, _ in ship["kld_memory"])["kld"]
+    assert 0 < memory < 1 and abs(d["delta"]) < 0.05 * memory
