@@ -100,7 +100,7 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
     if fmt == "auto_round" and mx:  # weights dequantized once, the in-memory activation quant
         from mixviz.runs.evaluation.fastquant import use_fast_reload
 
-        use_fast_reload(model)  # bit for bit, ~3× less time than auto-round's MX linears
+        use_fast_reload(model)  # bit for bit (tests/sensitivity/test_fastquant.py)
     return model.eval()
 
 
