@@ -7,7 +7,12 @@ import torch
 from auto_round.data_type.mxfp import quant_mx
 
 from mixviz.models.schemes import SCHEMES
-from mixviz.runs.evaluation.fastquant import SameInput, quant_mx_fast, use_fast_activation_quant
+from mixviz.runs.evaluation.fastquant import (
+    SameInput,
+    quant_mx_fast,
+    use_fast_activation_quant,
+    use_fast_reload,
+)
 from mixviz.sensitivity.quantizers import LayerQuantizer
 
 
@@ -151,6 +156,34 @@ def test_quantized_tiny_gives_auto_rounds_logits_with_fewer_quantizations(tiny_r
     assert torch.equal(got, want)
     assert sum(computed) == 4 * qmodel.config.num_hidden_layers
     assert len(computed) == 7 * qmodel.config.num_hidden_layers
+
+
+def test_reloaded_mx_checkpoint_gives_auto_rounds_logits_with_weights_dequantized_once(
+    tiny_ref, tmp_path
+):
+    """An MXFP4/MXFP8 mix of ``tiny`` written in auto-round's format and reloaded: with
+    :func:`use_fast_reload` its MX linears hold float weights (dequantized once) and quantize
+    their inputs with the fast quantizer, and the logits are auto-round's own, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from mixviz.models.loading import load_model
+    from mixviz.runs.evaluation.quantize import autoround, quantize_with
+    from mixviz.runs.runspec import RunSpec
+
+    model, tok = load_model(tiny_ref, dtype="float32", device="cpu")
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:-1]
+    recipe = {n: ("MXFP4", "MXFP8")[i % 2] for i, n in enumerate(names)}
+    ar = autoround(model, tok, RunSpec(model="tiny", recipe=recipe, tasks=("t",)))
+    quantize_with(ar, RunSpec(model="tiny", recipe=recipe, tasks=("t",)))
+    ar.save_quantized(str(tmp_path), format="auto_round", inplace=True)
+    ids = torch.randint(0, model.config.vocab_size, (2, 64))
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    fast = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    assert use_fast_reload(fast) == len(recipe)
+    mods = dict(fast.named_modules())
+    assert all(mods[n].weight.dtype == torch.float32 and mods[n].pre_dequantized for n in recipe)
+    with torch.no_grad():
+        assert torch.equal(fast(ids).logits, plain(ids).logits)
 
 
 # --------------------------------------------------------------------------- non-finite groups

@@ -19,7 +19,7 @@ import torch
 
 from mixviz.sensitivity.quantizers import mx_format, plain_mx, quant_mx_fast
 
-__all__ = ["SameInput", "quant_mx_fast", "use_fast_activation_quant"]
+__all__ = ["SameInput", "quant_mx_fast", "use_fast_activation_quant", "use_fast_reload"]
 
 
 class SameInput:
@@ -73,3 +73,33 @@ def use_fast_activation_quant(model) -> int:
         layer.act_quant_func = fast
         swapped += 1
     return swapped
+
+
+def use_fast_reload(model) -> int:
+    """Make a reloaded auto-round MX checkpoint compute as the in-memory model does: each
+    ``MXFP4QuantLinear``/``MXFP8QuantLinear`` dequantizes its weight once (not on every
+    forward) and quantizes its input with :func:`quant_mx_fast` (one :class:`SameInput` for
+    all, so q/k/v share one quantization). The same numbers; returns how many layers changed.
+    Layers whose activation function is not auto-round's plain ``quant_mx`` keep their own."""
+    from auto_round.data_type.utils import get_quant_func
+
+    swapped, fast = 0, SameInput()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if not (hasattr(module, "pre_dequantize") and hasattr(module, "qdq_input")):
+            continue
+        bits, group, dtype = config.act_bits, config.act_group_size, config.act_data_type
+        func, _ = get_quant_func(dtype=dtype, bits=bits, sym=True)
+        if not plain_mx(func) or mx_format(str(dtype), int(bits)) is None:
+            continue
+        module.pre_dequantize()
+        module.qdq_input = _bound(fast, bits, group, dtype)
+        swapped += 1
+    return swapped
+
+
+def _bound(fast: SameInput, bits: int, group_size: int, data_type: str):
+    def qdq_input(activation: torch.Tensor) -> torch.Tensor:
+        return fast(activation, bits=bits, group_size=group_size, data_type=data_type)[0]
+
+    return qdq_input

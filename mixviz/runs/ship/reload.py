@@ -72,6 +72,7 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
 
     device, dtype = placement(spec.device, spec.dtype)
     fmt = spec.ship.format
+    mx = any(get_scheme(o).family in ("mxfp", "nvfp") for o in plan.values())
     kwargs: dict = {"device_map": str(device)}
     if fmt == "gguf":
         kwargs.update(gguf_file=checkpoint_file(out, fmt).name, dtype=dtype)
@@ -80,17 +81,13 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
 
         kwargs.update(quantization_config=AutoRoundConfig(backend="auto"), dtype=dtype)
     elif fmt == "llm_compressor":
-        from transformers import CompressedTensorsConfig
-
-        mx = any(get_scheme(o).family in ("mxfp", "nvfp") for o in plan.values())
-        # compressed-tensors' packed kernels are for GPUs: on a CPU integer weights are
-        # decompressed on load (asked), MX/NV ones by transformers itself, in bfloat16 only
-        # (fp32: dtype mismatch)
+        # MX/NV layers run in bfloat16 only (fp32: dtype mismatch). No quantization_config:
+        # compressed-tensors' own route gives every module its config group's scheme, where
+        # transformers' ``dequantize=True`` decompresses every dense module with the first
+        # group's (bench/llm_compressor_mix.py: a W4+W8 mix reloads as garbage)
         kwargs.update(dtype=torch.bfloat16 if mx else dtype)
         if on_cpu(device):  # tried: with a device_map MX layers stay packed, and fail to run
             kwargs.pop("device_map")
-            if not mx:
-                kwargs.update(quantization_config=CompressedTensorsConfig(run_compressed=False))
     else:
         kwargs.update(dtype=dtype)
     try:
@@ -98,6 +95,12 @@ def reload(out: Path, spec: RunSpec, plan: dict[str, str]):
             model = AutoModelForCausalLM.from_pretrained(str(out), **kwargs)
     except Exception as e:  # every loader has its own exceptions
         raise MixvizError(f"the {fmt} checkpoint in {out} does not load: {str(e)[:300]}") from None
+    if fmt == "llm_compressor" and not mx:  # unpacked now, not on the first forward: the
+        model.hf_quantizer.compressor.decompress_model(model)  # probes run layer by layer
+    if fmt == "auto_round" and mx:  # weights dequantized once, the in-memory activation quant
+        from mixviz.runs.evaluation.fastquant import use_fast_reload
+
+        use_fast_reload(model)  # bit for bit (tests/sensitivity/test_fastquant.py)
     return model.eval()
 
 
