@@ -171,7 +171,7 @@ def _wait_and_report(backend, run_id: str, args: argparse.Namespace, reused: boo
         """A line when the run moves, and every 30 s while it does not (the time goes on)."""
         now = (row.status, row.stage, round(row.progress, 2))
         if now != last[0] or time.time() - last[1] > 30:
-            eta = eta_text(row.progress, row.started)
+            eta = eta_text(row.progress, row.started, progressed=row.progressed)
             progress(
                 f"{row.id}: {row.status} {row.stage} {row.progress:.0%}"
                 + (f" · {eta}" if eta else "")

@@ -138,9 +138,12 @@ def block_progress(on_block: Callable[[int, int], None]) -> Iterator[None]:
     base = orchestrator.tqdm
 
     class Counting(base):  # type: ignore[misc, valid-type]
+        done = 0  # counted here: a disabled tqdm (no terminal) does not count its own n
+
         def update(self, n: float | None = 1):
             out = super().update(n)
-            on_block(int(self.n), int(self.total or 0))
+            self.done += int(n or 0)
+            on_block(self.done, int(self.total or 0))
             return out
 
     orchestrator.tqdm = Counting

@@ -90,9 +90,7 @@ def _units(layers: list[Layer], nbatches: int) -> int:
 
 
 @contextmanager
-def _fisher_hooks(
-    mods: dict, layers: list[Layer], schemes: list[Scheme], acc: dict, on_layer=None
-):
+def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: dict, on_layer=None):
     """Score ``layers`` from every gradient autograd gives their weights (and, for formats that
     quantize activations, their inputs) inside the ``with``; quantizers are built on entry,
     on the device the layers are on then. ``on_layer()`` after each layer's gradient is
@@ -114,9 +112,7 @@ def _fisher_hooks(
             w.requires_grad_(True)
             qs = {s.name: quant[(x.name, s.name)] for s in schemes if s.bits < 16}
             handles.append(
-                w.register_post_accumulate_grad_hook(
-                    _score_hook(acc, x.name, qs, cache, on_layer)
-                )
+                w.register_post_accumulate_grad_hook(_score_hook(acc, x.name, qs, cache, on_layer))
             )
             if act_schemes:
                 qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
