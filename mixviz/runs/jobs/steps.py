@@ -98,7 +98,7 @@ def quantize_step(
     its ``(avg bits, avg bits without scale bits)`` — the bits of what it carries."""
     from mixviz.runs.evaluation.quantize import block_progress
 
-    store.update(run_id, stage="quantizing", progress=QUANTIZE[0])
+    store.update(run_id, stage="quantizing")  # progress: from its blocks
     write = _paced(store, run_id)
 
     def on_block(i: int, n: int) -> None:
@@ -117,7 +117,7 @@ def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
     per model."""
     from mixviz.runs.evaluation import kld
 
-    store.update(run_id, stage="kld reference", progress=0.05)
+    store.update(run_id, stage="kld reference")  # progress: from its windows
     write = _paced(store, run_id)
 
     def on_window(i: int, n: int) -> None:
@@ -133,7 +133,9 @@ def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
     )
 
 
-QUANTIZE = (0.15, 0.3)  # the share of a run's progress its quantize step moves over
+# The share of a run's progress its quantize step moves over. A step's start moves no progress:
+# the estimate of the time left rests on completed units only (windows, blocks, batches).
+QUANTIZE = (0.15, 0.3)
 
 
 def _paced(store: Store, run_id: str, every: float = 1.0):
@@ -180,7 +182,7 @@ def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, eval
     """lm-eval's results per task (the KLD task is :func:`kld_step`'s), progress per batch."""
     from dataclasses import replace
 
-    store.update(run_id, stage="evaluating", progress=0.3)
+    store.update(run_id, stage="evaluating")  # progress: from its batches
     lm_tasks = tuple(t for t in spec.tasks if t != KLD_TASK)
     report = _progress_writer(store, run_id, spec)
 
