@@ -48,7 +48,7 @@ def _anchors(profile) -> list:
 
 def predicted_kld(profile, best, where) -> None:
     """``where.metric`` of the optimal allocation's predicted KLD ± interval, its source
-    below; without runs or an anchor, a button that measures one (about a minute)."""
+    below; without runs or an anchor, a button that measures one (minutes on a CPU)."""
     from mixviz.report.predicted_kld import how_to_get, predict_kld
 
     points = _points(profile, profile.key, profile.model)
@@ -63,7 +63,7 @@ def predicted_kld(profile, best, where) -> None:
         return
     have = sum(1 for p in points if p.get("kld") is not None)
     where.metric("Optimal: predicted KLD to the unquantized model", "—", help=KLD_HELP)
-    where.caption(how_to_get(have, "the comparison on the Runs page, or measure an anchor"))
+    where.caption(how_to_get(have, "the comparison on the Runs page, or measure an anchor below"))
     if where.button("Measure an anchor", key="allocate_anchor", help=_ANCHOR_HELP):
         _measure(profile, best)
 

@@ -120,7 +120,7 @@ def predict_kld(predicted: float, points: list[dict], anchors: list[Anchor]) -> 
 def how_to_get(have_runs: int, command: str) -> str:
     """What the page or CLI says with no prediction yet: what would give one."""
     runs = "no runs yet" if not have_runs else f"{have_runs} run(s) with KLD, 3 needed"
-    return f"— {runs}: run {command} (one measured anchor, about a minute on a CPU)"
+    return f"— {runs}: run {command}"
 
 
 def run_points_for(profile, store=None) -> list[dict]:
