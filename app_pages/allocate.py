@@ -15,7 +15,6 @@ from mixviz.models.targets import RUNTIMES
 from mixviz.report import charts, trust
 from mixviz.report.export import EXPORTERS
 from mixviz.report.recipe import Recipe
-from mixviz.sensitivity.metrics import score_meaning
 from ui import refining
 from ui.allocating import (
     Setting,
@@ -27,6 +26,7 @@ from ui.allocating import (
     setting,
 )
 from ui.heatmap import clear_selection, heatmap_chart, heatmap_content, heatmap_grid
+from ui.predicted import loss_help, predicted_kld
 
 # --------------------------------------------------------------------------- the budget view
 
@@ -105,9 +105,10 @@ def solved_on_demand(page: Setting, best, avg: float) -> Callable[[str], object]
 def cost_metrics(page: Setting, cost, avg: float) -> None:
     """Predicted loss, achieved bits and the layers locked / moved, and what the locks cost."""
     best, locks = cost.after, page.locks
-    c1, c2, c3 = st.columns(3)
+    c0, c1, c2, c3 = st.columns([3, 2, 2, 2])
+    predicted_kld(page.profile, best, c0)
     c1.metric(
-        "Optimal: predicted loss",
+        f"Optimal: Σ {page.profile.metric} score",
         f"{best.predicted_loss:.4g}",
         f"{cost.loss_ratio - 1:+.1%} from the locks" if locks else None,
         delta_color="inverse",
@@ -133,16 +134,6 @@ def cost_metrics(page: Setting, cost, avg: float) -> None:
             f"bits. {len(cost.changed)} other layers moved, {len(cost.gave_back)} of them to "
             "fewer bits to pay for the locks."
         )
-
-
-def loss_help(metric: str) -> str:
-    """What the predicted loss is: the sum over layers of the profile's scores, and what one
-    score is (its unit)."""
-    return (
-        f"The sum over layers of each layer's {metric} score at its format: an additive "
-        f"estimate that ignores how layers' errors combine, not a measured KLD. One "
-        f"{metric} score: {score_meaning(metric)}."
-    )
 
 
 # --------------------------------------------------------------------------- the heatmap

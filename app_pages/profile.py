@@ -1,7 +1,5 @@
 """Profile page: how much each layer suffers in each format."""
 
-import time
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -9,9 +7,11 @@ import streamlit as st
 import ui
 from mixviz import MixvizError
 from mixviz.report import charts
-from mixviz.runs.progress import eta_text
+from mixviz.runs.progress import Pace
 from mixviz.sensitivity.metrics import metric_names, score_meaning
 from mixviz.sensitivity.profile import profile_model
+
+TICK_S = 1.0  # the profile line redraws this often
 
 choice = ui.choice()
 st.title("Profile")
@@ -25,24 +25,24 @@ profile = ui.require_profile(choice, missing=None)  # the buttons below make it
 
 
 def run_profile(use_cache: bool) -> None:
-    """Profile with the sidebar's settings (a progress bar with elapsed time and an ETA), then
-    redraw the page with the new profile."""
-    bar = st.progress(0.0, text="starting")
-    t0 = time.time()
-
-    def progress(done: int, total: int, msg: str) -> None:
-        fraction = min(done / max(total, 1), 1.0)
-        bar.progress(fraction, text=f"{msg} · {eta_text(fraction, t0)}")
-
+    """Profile with the sidebar's settings, then redraw the page with the new profile. The
+    work runs in a thread; this script redraws its line every second (the elapsed clock
+    ticks; the bar and the estimate move with the metric's completed steps)."""
+    bar = st.progress(0.0, text="starting: loading the model")
+    pace = Pace(msg="starting: loading the model")
+    job = ui.in_thread(
+        profile_model,
+        choice.model,
+        ui.profile_spec(choice),
+        use_cache=use_cache,
+        allow_partial=True,
+        trust_remote_code=choice.trust_remote_code,
+        progress=pace.update,
+    )
+    while not job.wait(TICK_S):
+        bar.progress(pace.fraction, text=pace.line())
     try:
-        made = profile_model(
-            choice.model,
-            ui.profile_spec(choice),
-            use_cache=use_cache,
-            allow_partial=True,
-            trust_remote_code=choice.trust_remote_code,
-            progress=progress,
-        )
+        made = job.result()
     except MixvizError as e:
         st.error(str(e))
         st.stop()

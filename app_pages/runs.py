@@ -170,7 +170,7 @@ def run_time(row) -> str:
     """``'took 1:15'`` once finished; ``'0:40 elapsed, ~2:00 left'`` while it runs."""
     if row.status in FINAL:
         return f"took {duration(row.elapsed)}" if row.elapsed is not None else ""
-    return eta_text(row.progress, row.started)
+    return eta_text(row.progress, row.started, progressed=row.progressed)
 
 
 def queue_frame(rows) -> pd.DataFrame:

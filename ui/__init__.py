@@ -3,6 +3,7 @@ URL's parameters, the Streamlit caches, the profile a page needs and a few table
 
 ``app.py`` draws the sidebar once per run; a page reads it with :func:`choice`."""
 
+from ui.background import in_thread
 from ui.caches import (
     allocation_at,
     edit_cost_at,
@@ -59,6 +60,7 @@ __all__ = [
     "file_size",
     "forget_profiles",
     "frontier_for",
+    "in_thread",
     "is_upload",
     "items_per_task",
     "windows_note",

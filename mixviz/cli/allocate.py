@@ -14,6 +14,7 @@ from mixviz.cli.common import (
     emit,
     profile_kwargs,
     profile_spec,
+    progress,
     resolve,
     strategy_names,
 )
@@ -61,6 +62,12 @@ def add_parser(sub) -> None:
     add_profile_when_model(alloc)
     add_trust_remote_code(alloc)
     add_json(alloc)
+    alloc.add_argument(
+        "--anchor",
+        action="store_true",
+        help="measure the allocation's KLD once in memory (8×512 calibration tokens, cached) "
+        "so the predicted KLD has something to rest on before any run has finished",
+    )
     alloc.add_argument("--out", help="also write the allocation JSON to this file")
     alloc.set_defaults(func=cmd_allocate)
 
@@ -195,9 +202,33 @@ def cmd_allocate(args: argparse.Namespace) -> None:
     doc["model"] = prof.model
     doc["model_hash"] = prof.model_hash
     doc["predicted_loss_is"] = _loss_is(prof.metric)
+    doc.update(_predicted_kld(prof, result, args))
     if args.target_runtime:
         doc["target"] = args.target_runtime
     emit(doc, args.json, _allocation_text, args.out)
+
+
+def _predicted_kld(prof, result, args: argparse.Namespace) -> dict:
+    """``predicted_kld`` (value, lo, hi, source, …; None without runs or an anchor) and
+    ``predicted_kld_note``: what it rests on, or what would give one."""
+    from mixviz.report.predicted_kld import how_to_get, predict_kld, run_points_for
+    from mixviz.runs.evaluation.anchor import cached_anchors, measure_anchor
+
+    if args.anchor:
+        measure_anchor(prof, result, progress=progress)
+    try:
+        points = run_points_for(prof)
+    except MixvizError:
+        points = []  # no readable run store: the anchor alone
+    got = predict_kld(result.predicted_loss, points, cached_anchors(prof))
+    if got is not None:
+        return {"predicted_kld": got.to_dict(), "predicted_kld_note": got.source}
+    have = sum(1 for p in points if p.get("kld") is not None)
+    again = (
+        f"mixviz allocate {args.target} --avg-bits {result.budget_avg_bits:g} --anchor "
+        "(one measured anchor, minutes on a CPU), or 3 runs with KLD (mixviz run)"
+    )
+    return {"predicted_kld": None, "predicted_kld_note": how_to_get(have, again)}
 
 
 def _loss_is(metric: str) -> dict[str, str]:
@@ -222,6 +253,7 @@ def _allocation_text(doc: dict) -> str:
         f"predicted loss {doc['predicted_loss']:.4g}"
         + (f" ({doc['predicted_loss_is']['short']})" if "predicted_loss_is" in doc else "")
         + f", {doc['seconds'] * 1000:.1f} ms",
+        _kld_line(doc),
         "  "
         + ", ".join(f"{o}: {n} layers" for o, n in sorted(Counter(doc["layers"].values()).items())),
     ]
@@ -232,3 +264,14 @@ def _allocation_text(doc: dict) -> str:
         blocks.setdefault(key, []).append(f"{parts[-1].removesuffix('_proj')}={option}")
     lines += [f"  block {k:>3}: {' '.join(v)}" for k, v in blocks.items()]
     return "\n".join(lines)
+
+
+def _kld_line(doc: dict) -> str:
+    """``'  predicted KLD 0.031 ± 0.0051 nats/token (calibration line over 5 runs)'``."""
+    got = doc.get("predicted_kld")
+    if got is None:
+        return f"  predicted KLD {doc.get('predicted_kld_note', '—')}"
+    return (
+        f"  predicted KLD to the unquantized model {got['value']:.3g} ± "
+        f"{got['half_width_95']:.2g} nats/token ({got['source']})"
+    )

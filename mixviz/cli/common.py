@@ -24,6 +24,35 @@ def progress(msg: str) -> None:
     sys.stderr.flush()
 
 
+class JobLine:
+    """A queued job's line on stderr: ``show(row)`` on every poll. On a terminal the line is
+    redrawn in place each time (the elapsed clock ticks with the poll, 1 s); in a log, a line
+    when the job moves and every 30 s while it does not."""
+
+    def __init__(self, every: float = 30.0):
+        self.tty = sys.stderr.isatty()
+        self.every, self.last, self.at = every, None, 0.0
+
+    def show(self, row) -> None:
+        import time
+
+        from mixviz.runs.progress import eta_text
+
+        eta = eta_text(row.progress, row.started, progressed=row.progressed)
+        text = f"{row.id}: {row.status} {row.stage} {row.progress:.0%}" + (
+            f" · {eta}" if eta else ""
+        )
+        if self.tty:
+            end = "\n" if row.status in ("done", "failed", "cancelled", "lost") else ""
+            sys.stderr.write(f"\r\x1b[Kmixviz: {text}{end}")
+            sys.stderr.flush()
+            return
+        moved = (row.status, row.stage, round(row.progress, 2))
+        if moved != self.last or time.time() - self.at > self.every:
+            progress(text)
+            self.last, self.at = moved, time.time()
+
+
 def emit(doc: dict, as_json: bool, text: Callable[[dict], str], out: str | None = None) -> None:
     """Print ``doc`` as JSON or as ``text(doc)``; with ``out``, also write the JSON there."""
     rendered = json.dumps(doc, indent=2) if as_json else text(doc)

@@ -12,6 +12,7 @@ import json
 import sys
 
 from mixviz.cli.common import (
+    JobLine,
     add_device_flags,
     add_json,
     add_model,
@@ -114,14 +115,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.no_wait:
         _queue_only(backend, spec, sub, args.json)
         return
-    last = [None]
-
-    def show(row) -> None:
-        if row.stage != last[0]:
-            progress(f"{row.id}: {row.status} {row.stage} {row.progress:.0%}")
-            last[0] = row.stage
-
-    got = deliver(backend, spec, sub.id, sub.reused, say=progress, on_update=show)
+    line = JobLine()
+    got = deliver(backend, spec, sub.id, sub.reused, say=progress, on_update=line.show)
     row = backend.store.get(got.run_id)
     ship = ship_document(got.run_id) or {}
     if ship and got.status == "done":

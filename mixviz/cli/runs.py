@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from mixviz.cli.common import (
+    JobLine,
     add_device_flags,
     add_json,
     add_model,
@@ -163,22 +163,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _wait_and_report(backend, run_id: str, args: argparse.Namespace, reused: bool = False) -> None:
     from mixviz.runs.jobs.backends import run_document, wait
-    from mixviz.runs.progress import eta_text
 
-    last = [None, 0.0]
-
-    def show(row) -> None:
-        """A line when the run moves, and every 30 s while it does not (the time goes on)."""
-        now = (row.status, row.stage, round(row.progress, 2))
-        if now != last[0] or time.time() - last[1] > 30:
-            eta = eta_text(row.progress, row.started)
-            progress(
-                f"{row.id}: {row.status} {row.stage} {row.progress:.0%}"
-                + (f" · {eta}" if eta else "")
-            )
-            last[:] = [now, time.time()]
-
-    wait(backend.store, run_id, timeout=args.timeout, on_update=show, backend=backend)
+    line = JobLine()
+    wait(backend.store, run_id, timeout=args.timeout, on_update=line.show, backend=backend)
     doc = {**run_document(backend.store, run_id), "reused": reused}
     emit(doc, args.json, _run_text)
     if doc["status"] != "done":

@@ -25,7 +25,7 @@ from pathlib import Path
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``progressed``, when the progress last advanced
 FINAL = ("done", "failed", "cancelled", "lost")
 SAME = " = "  # joins the names of specs that are one run: "pure MXFP4 = uniform @5"
 
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     heartbeat REAL,
     avg_bits REAL,
-    error TEXT
+    error TEXT,
+    progressed REAL
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
@@ -143,6 +144,7 @@ class RunRow:
     heartbeat: float | None
     avg_bits: float | None
     error: str | None
+    progressed: float | None = None  # when ``progress`` last advanced (the estimate's pace)
 
     @property
     def elapsed(self) -> float | None:
@@ -167,7 +169,9 @@ class Store:
                         f"run store {self.path} has schema version {version}, newer than this "
                         f"mixviz ({SCHEMA_VERSION}); upgrade mixviz"
                     )
-                if version < SCHEMA_VERSION:  # only a new store is written to on open
+                if version == 1:  # the one column version 2 added
+                    con.execute("ALTER TABLE runs ADD COLUMN progressed REAL")
+                if version < SCHEMA_VERSION:  # only a new or older store is written to on open
                     con.executescript(_SCHEMA)
                     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             finally:
@@ -287,11 +291,16 @@ class Store:
             return _row(got), reused
 
     def update(self, run_id: str, **fields) -> None:
+        """Set ``fields``; a ``progress`` above the stored one also stamps ``progressed``."""
         if not fields:
             return
         cols = ", ".join(f"{k} = ?" for k in fields)
+        values: tuple = tuple(fields.values())
+        if "progress" in fields and "progressed" not in fields:
+            cols += ", progressed = CASE WHEN ? > progress THEN ? ELSE progressed END"
+            values += (fields["progress"], time.time())
         with self.tx() as con:
-            con.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
+            con.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*values, run_id))
 
     def transition(self, run_id: str, from_status: tuple[str, ...], **fields) -> bool:
         """Update only if the run is still in one of ``from_status`` (no lost updates)."""

@@ -176,7 +176,7 @@ def test_allocate_lock_a_column_resolves_and_undo_restores(profiled):
     moved = [
         n for n in after["layers"] if n not in downs and after["layers"][n] != before["layers"][n]
     ]
-    loss, _, counts = (m.value for m in at.metric)
+    _, loss, _, counts = (m.value for m in at.metric)  # predicted KLD first
     assert float(loss) == pytest.approx(after["predicted_loss"], rel=1e-3)
     assert counts == f"4 / {len(moved)}"
     cost = next(c.value for c in at.caption if "pay for the locks" in c.value)

@@ -39,7 +39,7 @@ def test_profile_page_says_what_a_score_is(profiled):
 def test_allocate_page_says_what_the_predicted_loss_is(profiled):
     at = open_app("app_pages/allocate.py", **{**TINY, "bits": "6"})
     assert not at.exception
-    (loss,) = [m for m in at.metric if m.label == "Optimal: predicted loss"]
+    (loss,) = [m for m in at.metric if m.label == "Optimal: Σ hessian score"]
     assert "sum over layers" in loss.help and score_meaning("hessian") in loss.help
     frontier = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     y = frontier["layer"][0]["encoding"]["y"]["title"]

@@ -3,6 +3,9 @@ carries its planned scheme, and the bits of what it carries."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from mixviz.errors import MixvizError
 from mixviz.models.schemes import SCHEMES, Scheme, get_scheme, layer_bits
 from mixviz.runs.runspec import RunSpec
@@ -119,6 +122,35 @@ def quantize_with(ar, spec: RunSpec):
     if ggml_plan:
         apply_ggml(qmodel, ggml_plan, originals, spec.quant.imatrix)
     return qmodel
+
+
+@contextmanager
+def block_progress(on_block: Callable[[int, int], None]) -> Iterator[None]:
+    """Inside the ``with``, ``on_block(done, total)`` each time auto-round finishes a block
+    (its own progress bar's ``update``, which counts decoder blocks): the work itself, so a
+    run's line moves while it quantizes. Outside auto-round (a fake quantizer) it does
+    nothing."""
+    try:
+        from auto_round.compressors import orchestrator
+    except ImportError:
+        yield
+        return
+    base = orchestrator.tqdm
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        done = 0  # counted here: a disabled tqdm (no terminal) does not count its own n
+
+        def update(self, n: float | None = 1):
+            out = super().update(n)
+            self.done += int(n or 0)
+            on_block(self.done, int(self.total or 0))
+            return out
+
+    orchestrator.tqdm = Counting
+    try:
+        yield
+    finally:
+        orchestrator.tqdm = base
 
 
 def apply_ggml(model, plan: dict[str, str], originals: dict, imatrix: str | None) -> None:

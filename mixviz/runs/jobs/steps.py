@@ -96,8 +96,17 @@ def quantize_step(
 ) -> tuple[Loaded, tuple[float, float]]:
     """Quantize, then verify every layer carries its planned scheme: the quantized model and
     its ``(avg bits, avg bits without scale bits)`` — the bits of what it carries."""
-    store.update(run_id, stage="quantizing", progress=0.1)
-    model = quantize_fn(loaded.model, loaded.tokenizer, spec)
+    from mixviz.runs.evaluation.quantize import block_progress
+
+    store.update(run_id, stage="quantizing")  # progress: from its blocks
+    write = _paced(store, run_id)
+
+    def on_block(i: int, n: int) -> None:
+        span = QUANTIZE[1] - QUANTIZE[0]
+        write(QUANTIZE[0] + span * i / max(n, 1), f"quantizing, block {i}/{n}", i == n)
+
+    with block_progress(on_block):
+        model = quantize_fn(loaded.model, loaded.tokenizer, spec)
     bits = run_bits(verify(model, loaded.plan), loaded.layers)
     store.update(run_id, avg_bits=bits[0])
     return loaded._replace(model=model), bits
@@ -108,11 +117,11 @@ def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
     per model."""
     from mixviz.runs.evaluation import kld
 
-    store.update(run_id, stage="kld reference", progress=0.05)
+    store.update(run_id, stage="kld reference")  # progress: from its windows
+    write = _paced(store, run_id)
 
     def on_window(i: int, n: int) -> None:
-        if i % 4 == 0 or i == n:
-            store.update(run_id, progress=0.05 + 0.1 * i / n)
+        write(0.05 + 0.1 * i / n, f"kld reference, window {i}/{n}", i == n)
 
     return kld.reference(
         loaded.model,
@@ -122,6 +131,25 @@ def reference_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded):
         progress=on_window,
         limit=spec.limit,  # --limit counts KLD windows too
     )
+
+
+# The share of a run's progress its quantize step moves over. A step's start moves no progress:
+# the estimate of the time left rests on completed units only (windows, blocks, batches).
+QUANTIZE = (0.15, 0.3)
+
+
+def _paced(store: Store, run_id: str, every: float = 1.0):
+    """``write(progress, stage, last)``: to the store at most once per ``every`` seconds
+    (and always for the ``last`` unit), so a fast loop does not write per unit."""
+    at = [0.0]
+
+    def write(progress: float, stage: str, last: bool = False) -> None:
+        now = time.monotonic()
+        if last or now - at[0] >= every:
+            at[0] = now
+            store.update(run_id, progress=progress, stage=stage)
+
+    return write
 
 
 def _slots(spec: RunSpec) -> tuple[int, int]:
@@ -154,7 +182,7 @@ def evaluate_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, eval
     """lm-eval's results per task (the KLD task is :func:`kld_step`'s), progress per batch."""
     from dataclasses import replace
 
-    store.update(run_id, stage="evaluating", progress=0.3)
+    store.update(run_id, stage="evaluating")  # progress: from its batches
     lm_tasks = tuple(t for t in spec.tasks if t != KLD_TASK)
     report = _progress_writer(store, run_id, spec)
 

@@ -89,6 +89,7 @@ def claim(store: Store, run_id: str) -> RunSpec | str:
         pid=os.getpid(),
         stage="loading",
         progress=0.0,
+        progressed=None,
     ):
         return store.get(run_id).status  # cancelled before it started
     return spec

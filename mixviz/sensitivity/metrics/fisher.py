@@ -62,13 +62,13 @@ def fisher(
     parts = [Part(batch) for batch in ids.split(batch_size)]
     if offload is None:
         h = embeddings_require_grad(model)
-        try:
-            with _fisher_hooks(mods, layers, schemes, acc):
-                for p in parts:
+        try:  # a step per batch's forward and per layer scored in its backward: the bar moves
+            with _fisher_hooks(mods, layers, schemes, acc, lambda: step("fisher backward")):
+                for i, p in enumerate(parts, 1):
                     out = model(input_ids=p.ids, labels=p.ids, use_cache=False)
+                    step(f"fisher forward {i}/{len(parts)}")
                     out.loss.backward()
                     del out
-                    step("fisher backward")
         finally:
             h.remove()
     else:
@@ -79,16 +79,22 @@ def fisher(
             return _fisher_hooks(mods, todo, schemes, acc)
 
         nblocks = len(decoder_parts(model)[0])
-        tick = pacer(step, len(parts), 2 * nblocks + 1, "fisher")
+        tick = pacer(step, _units(layers, len(parts)), 2 * nblocks + 1, "fisher")
         blockwise_backward(model, parts, offload, on_block, tick)
     return {k: 0.5 * v for k, v in acc.items()}
 
 
+def _units(layers: list[Layer], nbatches: int) -> int:
+    """Fisher's work units: per batch, its forward and each layer's scored gradient."""
+    return nbatches * (1 + len(layers))
+
+
 @contextmanager
-def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: dict):
+def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: dict, on_layer=None):
     """Score ``layers`` from every gradient autograd gives their weights (and, for formats that
     quantize activations, their inputs) inside the ``with``; quantizers are built on entry,
-    on the device the layers are on then."""
+    on the device the layers are on then. ``on_layer()`` after each layer's gradient is
+    scored."""
     from mixviz.sensitivity.quantizers import LayerQuantizer
 
     quant = {(x.name, s.name): LayerQuantizer(mods[x.name], s) for x in layers for s in schemes}
@@ -106,7 +112,7 @@ def _fisher_hooks(mods: dict, layers: list[Layer], schemes: list[Scheme], acc: d
             w.requires_grad_(True)
             qs = {s.name: quant[(x.name, s.name)] for s in schemes if s.bits < 16}
             handles.append(
-                w.register_post_accumulate_grad_hook(_score_hook(acc, x.name, qs, cache))
+                w.register_post_accumulate_grad_hook(_score_hook(acc, x.name, qs, cache, on_layer))
             )
             if act_schemes:
                 qa = {s.name: quant[(x.name, s.name)].act for s in act_schemes}
@@ -145,7 +151,7 @@ class _QCache(dict):
 _CPU_PIECE = 1 << 17
 
 
-def _score_hook(acc: dict, name: str, quants: dict, cache: _QCache):
+def _score_hook(acc: dict, name: str, quants: dict, cache: _QCache, on_layer=None):
     """Add this batch's ``Σ g² ⊙ (W − Q(W))²`` to every option's score, then drop ``g``.
 
     MX formats recompute Q(W) every batch, a few rows at a time on a CPU
@@ -173,6 +179,8 @@ def _score_hook(acc: dict, name: str, quants: dict, cache: _QCache):
                     sums[sname] = torch.dot(g2, cache.delta_sq((name, sname), wf, q))
             for sname, v in sums.items():
                 acc[(name, sname)] += float(v)
+        if on_layer is not None:
+            on_layer()
 
     return hook
 
@@ -222,7 +230,7 @@ METRIC = Metric(
     "fisher",
     fisher,
     1,
-    lambda layers, schemes, nbatches, nblocks: nbatches,
+    lambda layers, schemes, nbatches, nblocks: _units(layers, nbatches),
     "Diagonal Fisher: one backward pass at the unquantized model, shared by every format "
     "(the default: closest to kl for its cost).",
     offload=True,
