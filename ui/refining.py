@@ -65,6 +65,32 @@ def job(page, avg: float, rounds: int, how: str) -> RunRow | None:
     return rows[-1] if rows else None
 
 
+def latest(page, avg: float) -> RunRow | None:
+    """The latest refine job of ``page``'s profile at ``avg`` bits, whatever its rounds and
+    correction: after a reload the panel's inputs start from its settings, so the job is found
+    again (the inputs live in the session, which a reload forgets)."""
+    path, bits = str(profile_path(page)), round(avg, 4)
+    rows = [
+        r
+        for r in Store().list()
+        if (r.spec.get("refine") or {}).get("profile") == path
+        and (r.spec.get("refine") or {}).get("avg_bits") == bits
+    ]
+    return rows[-1] if rows else None
+
+
+def resume_inputs(page, avg: float) -> None:
+    """On a fresh session, set the panel's inputs to the latest job's settings (see
+    :func:`latest`); inputs the user has set already are left alone."""
+    if "allocate_refine_rounds" in st.session_state:
+        return
+    row = latest(page, avg)
+    if row is not None:
+        args = row.spec["refine"]
+        st.session_state["allocate_refine_rounds"] = int(args.get("rounds", 3))
+        st.session_state["allocate_refine_how"] = args.get("grouping", "kind")
+
+
 def finished(page, avg: float, rounds: int, how: str):
     """The refinement a finished job wrote for these settings, or None."""
     row = job(page, avg, rounds, how)
@@ -112,7 +138,9 @@ def follow(row: RunRow) -> None:
     """A running (or queued) job: its stage, progress, clock, rounds so far; cancel."""
     from mixviz.runs.jobs.backends import get_backend
 
-    text = eta_text(row.progress, row.started) if row.started else "queued behind other jobs"
+    text = "queued behind other jobs"
+    if row.started:
+        text = eta_text(row.progress, row.started, progressed=row.progressed)
     st.progress(min(max(row.progress, 0.0), 1.0), text=f"{row.stage or row.status} · {text}")
     done = rounds_so_far(row.id)
     if done:
@@ -137,8 +165,12 @@ def refine_panel(page, avg: float) -> None:
     model per module kind, re-solve — a job in the queue, followed here round by round."""
     st.subheader("Refine from measured KLD")
     avg = st.session_state.get("budget", avg)  # the slider's, as it moved since the page ran
+    resume_inputs(page, avg)
     c1, c2 = st.columns(2)
-    rounds = c1.number_input("Rounds at most", 1, 10, 3, key="allocate_refine_rounds")
+    resumed = "allocate_refine_rounds" in st.session_state  # no default beside a set state
+    rounds = c1.number_input(
+        "Rounds at most", 1, 10, **({} if resumed else {"value": 3}), key="allocate_refine_rounds"
+    )
     how = c2.selectbox(
         "Correction",
         ["kind", "context"],

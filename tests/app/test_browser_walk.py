@@ -112,7 +112,7 @@ def test_the_walk(tmp_path):
         assert [r.status for r in refine + ship] == ["done", "done"], [r.error for r in jobs]
         assert ship[0].spec["limit"] == 1
         nav(page, "Runs")
-        page.get_by_text(re.compile("refine @")).first.wait_for(timeout=60_000)
+        page.get_by_text(re.compile("refine @")).first.wait_for(state="attached", timeout=60_000)
         no_raw(page)
         nav(page, "Results")
         wait_idle(page)
