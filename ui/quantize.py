@@ -12,12 +12,22 @@ from ui.caches import model_layers, model_ref
 from ui.sidebar import Choice
 
 
-def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, key: str) -> None:
+def quantize_panel(
+    choice: Choice,
+    recipe: dict[str, str],
+    name: str,
+    budget,
+    key: str,
+    imatrix: str | None = None,
+) -> None:
     """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
     reloads the files and verifies them against the in-memory model (``mixviz quantize``);
-    the sidebar's target runtime refuses what it cannot load, as ``--target`` does."""
+    the sidebar's target runtime refuses what it cannot load, as ``--target`` does.
+    ``imatrix``: the importance matrix file the profile was weighted by — its GGML layers are
+    quantized with it, as ``quantize --imatrix`` does."""
     from mixviz.runs.jobs.backends import get_backend, submit
     from mixviz.runs.jobs.deliver import deliver_now
+    from mixviz.runs.runspec import QuantArgs
     from mixviz.runs.ship.step import quantize_spec
 
     c1, c2, c3 = st.columns([1, 3, 1])
@@ -26,6 +36,8 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
     out = c2.text_input(
         "Folder", str(cache_dir() / "checkpoints" / stem), key=f"{key}_quantize_out_{fmt}"
     )
+    if imatrix:
+        st.caption(f"GGML layers are quantized with the profile's importance matrix ({imatrix})")
     if not c3.button("Quantize", key=f"{key}_quantize", help="a queued job, like a run"):
         return
     try:
@@ -39,6 +51,7 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
             target=choice.target or None,
             strategy=name,
             budget=budget,
+            quant=QuantArgs(imatrix=imatrix),
             trust_remote_code=choice.trust_remote_code,
             device=choice.device,
             dtype=choice.dtype,
@@ -56,3 +69,15 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
                 (st.warning if got.how == "again" else st.success)(got.message)
     except MixvizError as e:
         st.error(str(e))
+
+
+def profile_imatrix(profile) -> str | None:
+    """The importance matrix file ``profile`` was weighted by, for :func:`quantize_panel`
+    (None without one; a warning where the profile names one that is not kept here)."""
+    from mixviz.sensitivity.imatrix import profile_file
+
+    path = profile_file(profile)
+    if profile.imatrix and path is None:
+        st.warning(f"The profile was weighted by the importance matrix {profile.imatrix}, "
+                   "which is not kept here: the checkpoint is quantized without it")  # fmt: skip
+    return None if path is None else str(path)
