@@ -63,6 +63,7 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
             row[key] = kld.get(key)
         for key in ("kld", "top1"):
             row[f"{key}_se"] = errs.get(KLD_TASK, {}).get(key)
+        row["score_from"] = spec.get("score_from", "all")  # which positions KLD/top-1 rest on
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -83,6 +84,7 @@ SUMMARY_COLUMNS = (
     "top1",
     "top1_se",
     "tokens",
+    "score_from",
     "predicted_loss",
 )
 
@@ -121,12 +123,14 @@ def study_table(
 
 def summary_cells(line, reference: float | None) -> dict[str, str]:
     """One finished run's summary cells from its :func:`results_frame` line: the average
-    (± se, share of ``reference``), the items it rests on, KLD ± se and top-1 % ± se."""
+    (± se, share of ``reference``), the items it rests on, KLD ± se and top-1 % ± se (the KLD
+    marked ``(half)`` when scored on llama.cpp's positions only)."""
     top1, top1_se = line["top1"], line["top1_se"]
+    half = line.get("score_from") == "half" and pd.notna(line["kld"])
     return {
         "average": format_share(line["accuracy"], reference, line["accuracy_se"]),
         "items": f"{int(line['n_items'])}" if pd.notna(line["n_items"]) else "",
-        "KLD": format_se(line["kld"], line["kld_se"], 4),
+        "KLD": format_se(line["kld"], line["kld_se"], 4) + (" (half)" if half else ""),
         "top-1 %": format_se(100 * top1, 100 * top1_se if pd.notna(top1_se) else None, 1)
         if pd.notna(top1)
         else "",
