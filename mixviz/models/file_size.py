@@ -11,8 +11,9 @@ what is not allocated in the precision the run stored it in (float32 on a CPU, a
 was loaded), plus its JSON headers and the tokenizer and config files beside it. Each format
 packs a quantized layer its own way: auto_round exactly the bits
 :func:`~mixviz.models.schemes.layer_bits` counts; auto_gptq those plus an int32 ``g_idx`` per
-input feature; llm_compressor no zero points for a symmetric integer layer (the bit count has
-one, :func:`layer_bytes`) but an int64 ``weight_shape`` pair.
+input feature (and a tied output head again, in float16); llm_compressor no zero points for a
+symmetric integer layer (the bit count has one, :func:`layer_bytes`) but an int64
+``weight_shape`` pair.
 
 >>> embedding_type(576), embedding_type(4096)
 ('Q8_0', 'Q6_K')
@@ -182,6 +183,9 @@ def safetensors_overhead(
     mods = dict(model.named_modules())
     if fmt == "auto_gptq":
         parts["g_idx (int32 per input feature)"] = sum(4 * mods[n].in_features for n in quantized)
+        head = _tied_head(model, allocated)
+        if head:  # measured on the demo: auto_gptq writes a tied head again, in float16
+            parts["output head, untied (float16)"] = 2 * head
     if fmt == "llm_compressor":
         parts["weight_shape (int64 pair per layer)"] = 16 * len(quantized)
     entries = len(others) + len(allocated) + 3 * len(quantized)
@@ -193,6 +197,18 @@ def safetensors_overhead(
     parts["config files"] = CONFIG_BYTES + CONFIG_PER_LAYER * len(quantized)
     group = _zero_point_group(options) if fmt == "llm_compressor" else 0
     return Overhead(fmt, sum(parts.values()), parts, group)
+
+
+def _tied_head(model, allocated: set[str]) -> int:
+    """The parameters of the model's output head when it shares the embedding's weight and is
+    not allocated (else 0)."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if get_out is not None else None
+    if head is None or get_in is None or head.weight is not get_in().weight:
+        return 0
+    name = next((n for n, m in model.named_modules() if m is head), "")
+    return 0 if name in allocated else head.weight.numel()
 
 
 def _zero_point_group(options) -> int:
