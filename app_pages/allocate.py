@@ -245,14 +245,14 @@ def downloads(page: Setting, best, avg: float) -> None:
 
 
 def quantize(page: Setting, best, avg: float) -> None:
-    """Write the allocation as a real checkpoint (a queued job)."""
+    """Write the allocation as a real checkpoint (a queued job), GGML layers with the
+    profile's importance matrix where it has one."""
     st.subheader("Quantize")
-    st.caption(
-        "Write this allocation as a real checkpoint with auto-round's exporter; the job reloads "
-        "the files from disk and checks them against the in-memory model (formats read from "
-        "the files, bytes, KLD). A format that cannot hold the recipe says why."
-    )
-    ui.quantize_panel(page.choice, dict(best.layers), best.strategy, avg, "allocate")
+    st.caption("Write this allocation as a real checkpoint with auto-round's exporter; the job "
+               "reloads the files from disk and checks them against the in-memory model (formats "
+               "read from the files, bytes, KLD); a format that cannot says why.")  # fmt: skip
+    ui.quantize_panel(page.choice, dict(best.layers), best.strategy, avg, "allocate",
+                      imatrix=ui.profile_imatrix(page.profile))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- editing

@@ -269,8 +269,9 @@ def details(rows) -> None:
                        "quantizing the same recipe again writes them anew")  # fmt: skip
     elif row.status == "done" and row.spec.get("recipe"):
         with st.expander("Save this run's model as a checkpoint"):
+            imatrix = (row.spec.get("quant") or {}).get("imatrix")  # the run's own
             ui.quantize_panel(choice, row.spec["recipe"], labels[pick], row.spec.get("budget"),
-                              "runs")  # fmt: skip
+                              "runs", imatrix=imatrix)  # fmt: skip
     with st.expander("Log", expanded=row.status not in FINAL):
         st.code(clean_log(read_log(pick))[-8000:] or "(empty)", language=None)
 

@@ -31,7 +31,7 @@ from ui.profiles import (
     profile_time,
     require_profile,
 )
-from ui.quantize import quantize_panel
+from ui.quantize import profile_imatrix, quantize_panel
 from ui.sidebar import DEFAULT_MODEL, DEFAULT_OPTIONS, SHARED_CHOICES, Choice, choice, sidebar
 from ui.uploads import is_upload, save_upload, uploads_dir
 from ui.url import (
@@ -72,6 +72,7 @@ __all__ = [
     "problem_for",
     "profile_spec",
     "profile_time",
+    "profile_imatrix",
     "quantize_panel",
     "recipe_bits",
     "require_profile",

@@ -29,6 +29,7 @@ def profile_spec(choice: Choice) -> ProfileSpec:
         calib=choice.calib,
         device=choice.device,
         dtype=choice.dtype,
+        imatrix="auto" if choice.imatrix else None,
     )
 
 

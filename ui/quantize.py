@@ -12,10 +12,19 @@ from ui.caches import model_layers, model_ref
 from ui.sidebar import Choice
 
 
-def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, key: str) -> None:
+def quantize_panel(
+    choice: Choice,
+    recipe: dict[str, str],
+    name: str,
+    budget,
+    key: str,
+    imatrix: str | None = None,
+) -> None:
     """*Quantize*: write ``recipe`` as a real checkpoint (format, folder) — a queued job that
     reloads the files and verifies them against the in-memory model (``mixviz quantize``);
-    the sidebar's target runtime refuses what it cannot load, as ``--target`` does."""
+    the sidebar's target runtime refuses what it cannot load, as ``--target`` does.
+    ``imatrix``: the importance matrix file the profile was weighted by — its GGML layers are
+    quantized with it, as ``quantize --imatrix`` does."""
     from mixviz.runs.jobs.backends import get_backend, submit
     from mixviz.runs.jobs.deliver import deliver_now
     from mixviz.runs.runspec import QuantArgs
@@ -28,6 +37,8 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
         "Folder", str(cache_dir() / "checkpoints" / stem), key=f"{key}_quantize_out_{fmt}"
     )
     limit, iters = size_inputs(choice.model, fmt, key)
+    if imatrix:
+        st.caption(f"GGML layers are quantized with the profile's importance matrix ({imatrix})")
     if not c3.button("Quantize", key=f"{key}_quantize", help="a queued job, like a run"):
         return
     try:
@@ -45,7 +56,7 @@ def quantize_panel(choice: Choice, recipe: dict[str, str], name: str, budget, ke
             device=choice.device,
             dtype=choice.dtype,
             limit=limit,
-            quant=QuantArgs(iters=iters, disable_opt_rtn=iters == 0),
+            quant=QuantArgs(iters=iters, disable_opt_rtn=iters == 0, imatrix=imatrix),
         )
         backend = get_backend()
         sub = submit(backend, spec)
@@ -93,3 +104,15 @@ def size_inputs(model: str, fmt: str, key: str) -> tuple[int | None, int]:
     else:
         c3.caption(f"Predicted time: about {duration(got.seconds)} ({got.basis}).")
     return int(limit) or None, int(iters)
+
+
+def profile_imatrix(profile) -> str | None:
+    """The importance matrix file ``profile`` was weighted by, for :func:`quantize_panel`
+    (None without one; a warning where the profile names one that is not kept here)."""
+    from mixviz.sensitivity.imatrix import profile_file
+
+    path = profile_file(profile)
+    if profile.imatrix and path is None:
+        st.warning(f"The profile was weighted by the importance matrix {profile.imatrix}, "
+                   "which is not kept here: the checkpoint is quantized without it")  # fmt: skip
+    return None if path is None else str(path)

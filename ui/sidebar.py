@@ -10,7 +10,7 @@ import streamlit as st
 
 from mixviz.errors import MixvizError
 from mixviz.models.device import DTYPES, describe, device_choices, emulated_dtype_note, placement
-from mixviz.models.schemes import SCHEMES
+from mixviz.models.schemes import SCHEMES, get_scheme
 from mixviz.models.targets import RUNTIMES
 from mixviz.models.text import BUNDLED
 from mixviz.sensitivity.metrics import DEFAULT_METRIC, metric_names, score_meaning
@@ -40,6 +40,8 @@ class Choice:
     trust_remote_code: bool
     device: str
     dtype: str
+    imatrix: bool = False
+    """GGML types weighted by llama.cpp's importance matrix of the calibration text."""
 
 
 def sidebar() -> Choice:
@@ -52,6 +54,7 @@ def sidebar() -> Choice:
         st.header("mixviz")
         picked = _what_to_quantize()
         calib, nsamples, seqlen = _calibration()
+        imatrix = _importance(picked["options"])
         device, dtype = _where_it_runs()
         trust = _trust(picked["model"])
     if trust:
@@ -67,7 +70,10 @@ def sidebar() -> Choice:
         seqlen=str(seqlen),
         device=device,
         dtype=dtype,
+        **({"imatrix": "1"} if imatrix else {}),
     )
+    if not imatrix:
+        url_drop("imatrix")
     made = Choice(
         model=picked["model"].strip(),
         options=tuple(x for x in picked["options"].split(",") if x),
@@ -81,6 +87,7 @@ def sidebar() -> Choice:
         trust_remote_code=trust,
         device=device,
         dtype=dtype,
+        imatrix=imatrix,
     )
     st.session_state[_KEY] = made
     return made
@@ -183,6 +190,20 @@ def _calibration() -> tuple[str, int, int]:
             key="sb_seqlen",
         )
     return calib, nsamples, seqlen
+
+
+def _importance(options: str) -> bool:
+    """Whether GGML types are weighted by llama.cpp's importance matrix (offered when one is
+    among the candidate formats), as ``profile --imatrix auto``."""
+    if not any(get_scheme(o).ggml for o in options.split(",") if o):
+        return False
+    return st.checkbox(
+        "Importance matrix (llama.cpp's)",
+        value=url_flag("imatrix"),
+        key="sb_imatrix",
+        help="Weight the GGML types' errors by llama.cpp's importance matrix of the calibration "
+        "text, as llama-quantize --imatrix does; checkpoints are quantized with the same one",
+    )
 
 
 def _where_it_runs() -> tuple[str, str]:

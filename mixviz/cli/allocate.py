@@ -128,7 +128,7 @@ def _budget(args: argparse.Namespace, prof, problem) -> tuple[float, dict]:
     size = parse_size(args.size)
     fmt = args.file_format or _file_format(prof, args.target_runtime)
     over = file_overhead(prof, problem, fmt)
-    avg = size_budget(problem, size, overhead_bytes=over.bytes)
+    avg = over.counted_bits(size_budget(problem, size, overhead_bytes=over.bytes))
     return avg, {"size_bytes": size, "file_format": fmt, "overhead_bytes": over.bytes,
                  "overhead": over.parts, "avg_bits": avg}  # fmt: skip
 
@@ -156,7 +156,7 @@ def file_overhead(prof, problem, fmt: str):
                           f"file: {e}") from None  # fmt: skip
     conv = converted_path(ref.hash, "f32")
     return overhead(model, set(problem.layers), fmt, dtype=prof.dtype, folder=ref.path,
-                    gguf_file=conv)  # fmt: skip
+                    gguf_file=conv, options=prof.options)  # fmt: skip
 
 
 def shared_groups(items: list[str] | None) -> list[str]:

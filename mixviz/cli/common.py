@@ -282,3 +282,16 @@ def profile_kwargs(args: argparse.Namespace) -> dict:
         "allow_partial": args.allow_partial,
         "trust_remote_code": args.trust_remote_code,
     }
+
+
+def add_score_from(parser: argparse.ArgumentParser) -> None:
+    """``--score-from all|half``: which positions of each KLD window are scored."""
+    from mixviz.runs.runspec import SCORE_FROM
+
+    parser.add_argument(
+        "--score-from",
+        choices=SCORE_FROM,
+        default="all",
+        help="KLD, perplexity and top-1 on every position of each 512-token window (all) or on "
+        "llama.cpp's (half: the second half, as llama-perplexity scores); recorded in the result",
+    )

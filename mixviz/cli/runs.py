@@ -12,6 +12,7 @@ from mixviz.cli.common import (
     add_device_flags,
     add_json,
     add_model,
+    add_score_from,
     add_trust_remote_code,
     device_kwargs,
     emit,
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="skip mixviz_kld (KL divergence to the unquantized model; added by default)",
     )
+    add_score_from(run)
     run.add_argument("--batch-size", type=int, default=8)
     add_device_flags(run)
     run.add_argument("--seed", type=int, default=0)
@@ -140,6 +142,7 @@ def _run_spec(args: argparse.Namespace, ref):
         budget=budget,
         model_hash=ref.hash,
         trust_remote_code=args.trust_remote_code,
+        score_from=args.score_from,
         **device_kwargs(args),
     )
 
@@ -182,7 +185,9 @@ def _run_text(doc: dict) -> str:
         cells = [
             f"{m} {v:.4f}" + (f" ± {errs[m]:.4f}" if m in errs else "") for m, v in metrics.items()
         ]
-        lines.append(f"  {task}: " + ", ".join(cells))
+        half = task == "mixviz_kld" and doc.get("score_from") == "half"
+        where = " (llama.cpp's positions)" if half else ""
+        lines.append(f"  {task}: " + ", ".join(cells) + where)
     return "\n".join(lines)
 
 

@@ -8,7 +8,12 @@ the row, else Q8_0 — mixviz passes it to llama-quantize for both), 1-D tensors
 tensor's data aligned to 32 bytes, after the header (the key–values, the tokenizer among them,
 and the tensor infos). A safetensors checkpoint (auto_round, auto_gptq, llm_compressor) holds
 what is not allocated in the precision the run stored it in (float32 on a CPU, as the model
-was loaded), plus its JSON headers and the tokenizer and config files beside it.
+was loaded), plus its JSON headers and the tokenizer and config files beside it. Each format
+packs a quantized layer its own way: auto_round exactly the bits
+:func:`~mixviz.models.schemes.layer_bits` counts; auto_gptq those plus an int32 ``g_idx`` per
+input feature (and a tied output head again, in float16); llm_compressor no zero points for a
+symmetric integer layer (the bit count has one, :func:`layer_bytes`) but an int64
+``weight_shape`` pair.
 
 >>> embedding_type(576), embedding_type(4096)
 ('Q8_0', 'Q6_K')
@@ -27,7 +32,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # files a safetensors checkpoint carries beside its weights (save_pretrained and auto-round)
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")  # fmt: skip
-CONFIG_SLACK = 6_000  # config.json, generation_config.json, quantization_config.json, card
+CONFIG_BYTES = 4_000  # config.json, generation_config.json, quantization_config.json
+CONFIG_PER_LAYER = 60  # a mixed plan's per-layer entries in them (measured on tiny: ~7 KB / 28)
+SAFETENSORS_ENTRY = 100  # one tensor's entry in the JSON header (name, dtype, shape, offsets)
 
 
 def embedding_type(n_embd: int) -> str:
@@ -49,13 +56,51 @@ def _pad(n: int, to: int = GGUF_ALIGNMENT) -> int:
     return -(-n // to) * to
 
 
+def layer_bytes(fmt: str, scheme, in_features: int, out_features: int) -> int:
+    """The bytes of one quantized linear layer's weight data (``scheme`` under 16 bits) in format
+    ``fmt``: llm_compressor leaves a symmetric integer layer's zero points out. (What a format
+    adds per layer besides — auto_gptq's ``g_idx``, llm_compressor's ``weight_shape`` — is in
+    :func:`safetensors_overhead`.)
+
+    >>> from mixviz.models.schemes import get_scheme
+    >>> w4 = get_scheme("W4A16G32")
+    >>> [layer_bytes(f, w4, 64, 8) for f in ("auto_round", "auto_gptq", "llm_compressor")]
+    [296, 296, 288]
+    """
+    from mixviz.models.schemes import layer_bits
+
+    n = layer_bits(scheme, in_features, out_features) // 8
+    if fmt == "llm_compressor" and _drops_zero_points(scheme):
+        return n - out_features * -(-in_features // scheme.group_size) * scheme.bits // 8
+    return n
+
+
+def _drops_zero_points(scheme) -> bool:
+    """llm_compressor stores no zero point for a symmetric integer layer."""
+    return scheme.data_type == "int" and scheme.sym and not scheme.ggml
+
+
 @dataclass(frozen=True)
 class Overhead:
-    """Bytes a file holds besides the allocated layers' data, and what they are made of."""
+    """Bytes a file holds besides the allocated layers' data, and what they are made of.
+    ``zero_point_group``: the format leaves out the zero points the bit count has, for layers
+    in groups of that size (llm_compressor; 0: it keeps what is counted)."""
 
     format: str
     bytes: int
     parts: dict[str, int] = field(default_factory=dict)
+    zero_point_group: int = 0
+
+    def counted_bits(self, file_bits: float) -> float:
+        """The average bits as the allocation counts them, of layers whose data in this file
+        is ``file_bits`` per weight: with zero points left out in groups of G (bits ``b``, a
+        16-bit scale), ``f = b + 16/G`` per weight in the file is ``b + (16 + b)/G`` counted.
+
+        >>> Overhead("llm_compressor", 0, zero_point_group=32).counted_bits(4.5)
+        4.625
+        """
+        g = self.zero_point_group
+        return file_bits * (1 + 1 / g) - 16 / g**2 if g else file_bits
 
 
 def _others(model, allocated: set[str]) -> list[tuple[str, tuple[int, ...]]]:
@@ -110,9 +155,22 @@ def gguf_header_bytes(gguf_file: str | Path | None, model, tokenizer_dir: str | 
     return n
 
 
-def safetensors_overhead(model, allocated: set[str], dtype: str, folder: str | Path) -> Overhead:
-    """A safetensors checkpoint's bytes outside the allocated layers' data: the other tensors in
-    the run's ``dtype``, the JSON headers, and the tokenizer and config files."""
+def safetensors_overhead(
+    model,
+    allocated: set[str],
+    dtype: str,
+    folder: str | Path,
+    fmt: str = "auto_round",
+    options: tuple[str, ...] = (),
+    quantized: set[str] | None = None,
+) -> Overhead:
+    """A safetensors checkpoint's bytes outside the allocated layers' data, every allocated layer
+    taken as quantized: the other tensors in the run's ``dtype``, what ``fmt`` adds per layer
+    (auto_gptq's ``g_idx``, llm_compressor's ``weight_shape``), the JSON headers, and the
+    tokenizer and config files. ``options``: the allocation's, for llm_compressor's
+    ``zero_point_group`` (when they share one group size); ``quantized``: the allocated layers
+    a plan quantizes (default: all; the others are one BF16 tensor each)."""
+    quantized = set(allocated) if quantized is None else quantized
     width = DTYPE_BYTES.get(dtype, 4)
     others = _others(model, allocated)
     data = 0
@@ -122,42 +180,82 @@ def safetensors_overhead(model, allocated: set[str], dtype: str, folder: str | P
             k *= d
         data += k * width
     parts = {f"other tensors ({dtype})": data}
-    parts["safetensors headers"] = 8 + 120 * (len(others) + 4 * len(allocated))
+    mods = dict(model.named_modules())
+    if fmt == "auto_gptq":
+        parts["g_idx (int32 per input feature)"] = sum(4 * mods[n].in_features for n in quantized)
+        head = _tied_head(model, allocated)
+        if head:  # measured on the demo: auto_gptq writes a tied head again, in float16
+            parts["output head, untied (float16)"] = 2 * head
+    if fmt == "llm_compressor":
+        parts["weight_shape (int64 pair per layer)"] = 16 * len(quantized)
+    entries = len(others) + len(allocated) + 3 * len(quantized)
+    parts["safetensors headers"] = 8 + SAFETENSORS_ENTRY * entries
     side = sum(
         (Path(folder) / f).stat().st_size for f in SIDE_FILES if (Path(folder) / f).is_file()
     )
     parts["tokenizer files"] = side
-    parts["config files and card"] = CONFIG_SLACK
-    return Overhead("safetensors", sum(parts.values()), parts)
+    parts["config files"] = CONFIG_BYTES + CONFIG_PER_LAYER * len(quantized)
+    group = _zero_point_group(options) if fmt == "llm_compressor" else 0
+    return Overhead(fmt, sum(parts.values()), parts, group)
+
+
+def _tied_head(model, allocated: set[str]) -> int:
+    """The parameters of the model's output head when it shares the embedding's weight and is
+    not allocated (else 0)."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if get_out is not None else None
+    if head is None or get_in is None or head.weight is not get_in().weight:
+        return 0
+    name = next((n for n, m in model.named_modules() if m is head), "")
+    return 0 if name in allocated else head.weight.numel()
+
+
+def _zero_point_group(options) -> int:
+    """The group size of the options whose zero points llm_compressor leaves out, when they all
+    share one (else 0: the budget keeps the count with zero points)."""
+    from mixviz.models.schemes import get_scheme
+
+    quantized = [get_scheme(o) for o in options if get_scheme(o).bits < 16]
+    sizes = {s.group_size for s in quantized}
+    return (
+        sizes.pop()
+        if quantized and len(sizes) == 1 and all(map(_drops_zero_points, quantized))
+        else 0
+    )
 
 
 def overhead(
-    model, allocated: set[str], fmt: str, *, dtype: str, folder, gguf_file=None
+    model, allocated: set[str], fmt: str, *, dtype: str, folder, gguf_file=None, options=()
 ) -> Overhead:
     """:func:`gguf_overhead` or :func:`safetensors_overhead` for checkpoint format ``fmt`` of
     ``model`` (a meta model is enough) from the model folder ``folder``."""
     if fmt == "gguf":
         return gguf_overhead(model, allocated, gguf_header_bytes(gguf_file, model, folder))
-    return safetensors_overhead(model, allocated, dtype, folder)
+    return safetensors_overhead(model, allocated, dtype, folder, fmt, tuple(options))
 
 
 def predicted_bytes(
     model, plan: dict[str, str], fmt: str, *, dtype: str, folder, gguf_file=None
 ) -> int:
     """The bytes of the checkpoint that writes ``plan`` (layer → option) in format ``fmt``: the
-    layers' exact bits (BF16 layers of a safetensors file in the run's ``dtype``) plus
-    :func:`overhead`."""
+    layers' bytes (:func:`layer_bytes`; BF16 layers of a safetensors file in the run's
+    ``dtype``) plus :func:`overhead` of the quantized ones."""
     from mixviz.models.schemes import get_scheme, layer_bits
 
     mods = dict(model.named_modules())
-    data = 0
+    data, quantized = 0, set()
     for name, option in plan.items():
         lin, s = mods[name], get_scheme(option)
-        if s.bits >= 16 and fmt != "gguf":
+        if fmt == "gguf":
+            data += layer_bits(s, lin.in_features, lin.out_features) // 8
+        elif s.bits >= 16:
             data += lin.in_features * lin.out_features * DTYPE_BYTES.get(dtype, 4)
         else:
-            data += layer_bits(s, lin.in_features, lin.out_features) // 8
-    return (
-        data
-        + overhead(model, set(plan), fmt, dtype=dtype, folder=folder, gguf_file=gguf_file).bytes
-    )
+            data += layer_bytes(fmt, s, lin.in_features, lin.out_features)
+            quantized.add(name)
+    if fmt == "gguf":
+        over = overhead(model, set(plan), fmt, dtype=dtype, folder=folder, gguf_file=gguf_file)
+    else:
+        over = safetensors_overhead(model, set(plan), dtype, folder, fmt, quantized=quantized)
+    return data + over.bytes

@@ -195,18 +195,39 @@ def run_items(run_id: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_kld(run_id: str) -> np.ndarray | None:
-    """A finished run's per-token KLD ``[windows, positions]``, or None."""
+def run_scores(run_id: str):
+    """A finished run's per-token :class:`~mixviz.runs.evaluation.kld.TokenScores`, or None."""
     from mixviz.runs.evaluation.kld import TokenScores
     from mixviz.runs.store import runs_dir
 
     path = runs_dir() / run_id / "kld.npz"
-    return TokenScores.load(path).kld if path.is_file() else None
+    return TokenScores.load(path) if path.is_file() else None
 
 
-def compare_runs(a_id: str, b_id: str, tasks: list[str], primary: dict[str, str]) -> dict:
+def run_kld(run_id: str) -> np.ndarray | None:
+    """A finished run's per-token KLD ``[windows, positions]``, or None."""
+    s = run_scores(run_id)
+    return None if s is None else s.kld
+
+
+def kld_positions(a_id: str, b_id: str, score_from: str | None = None) -> str | None:
+    """The positions two runs' KLD is compared on: ``score_from``, or (None) every position
+    when both were scored on all, llama.cpp's half when either was; None without both."""
+    a, b = run_scores(a_id), run_scores(b_id)
+    if a is None or b is None:
+        return None
+    return score_from or ("half" if "half" in (a.positions, b.positions) else "all")
+
+
+def compare_runs(
+    a_id: str, b_id: str, tasks: list[str], primary: dict[str, str], score_from: str | None = None
+) -> dict:
     """``{task: Paired, "average": Paired, "kld": Paired}`` of run ``b`` against run ``a``:
-    each task's primary metric (``primary[task]``), their average, and KLD where both have it."""
+    each task's primary metric (``primary[task]``), their average, and KLD where both have it,
+    on :func:`kld_positions` (a run scored on llama.cpp's half is never paired with all of
+    another's positions)."""
+    from mixviz.runs.evaluation.kld import scored_from
+
     a, b = run_items(a_id), run_items(b_id)
     out: dict[str, Paired] = {}
     for task in tasks:
@@ -215,8 +236,9 @@ def compare_runs(a_id: str, b_id: str, tasks: list[str], primary: dict[str, str]
             out[task] = paired_items(a[task], b[task], m)
     if out:
         out["average"] = paired_average([out[t] for t in tasks if t in out])
-    ka, kb = run_kld(a_id), run_kld(b_id)
-    if ka is not None and kb is not None:
+    where = kld_positions(a_id, b_id, score_from)
+    if where is not None:
+        ka, kb = (scored_from(run_scores(i), where).kld for i in (a_id, b_id))
         out["kld"] = paired_kld(ka, kb)
     return out
 

@@ -66,6 +66,7 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
         for key in ("kld", "top1"):
             row[f"{key}_se"] = errs.get(KLD_TASK, {}).get(key)
         row["kld_windows"] = int(kld["df"]) + 1 if kld.get("df") is not None else None
+        row["score_from"] = spec.get("score_from", "all")  # which positions KLD/top-1 rest on
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -87,6 +88,7 @@ SUMMARY_COLUMNS = (
     "top1_se",
     "tokens",
     "kld_windows",
+    "score_from",
     "predicted_loss",
 )
 
@@ -131,15 +133,16 @@ def study_table(
 def summary_cells(line, reference: float | None) -> dict[str, str]:
     """One finished run's summary cells from its :func:`results_frame` line: the average
     (± se, share of ``reference``), the items it rests on, KLD ± se and the 512-token
-    windows it rests on, top-1 % ± se; a number without ± says why (``1 window: no
-    interval``)."""
+    windows it rests on (marked ``(half)`` when scored on llama.cpp's positions only), top-1 %
+    ± se; a number without ± says why (``1 window: no interval``)."""
     top1, top1_se = line["top1"], line["top1_se"]
     items, windows = line["n_items"], line.get("kld_windows")
     why_items, why_windows = no_interval(items, "item"), no_interval(windows, "window")
+    half = line.get("score_from") == "half" and pd.notna(line["kld"])
     return {
         "average": format_share(line["accuracy"], reference, line["accuracy_se"], why_items),
         "items": f"{int(items)}" if pd.notna(items) else "",
-        "KLD": format_se(line["kld"], line["kld_se"], 4, why_windows),
+        "KLD": format_se(line["kld"], line["kld_se"], 4, why_windows) + (" (half)" if half else ""),
         "windows": f"{int(windows)}" if windows is not None and pd.notna(windows) else "",
         "top-1 %": format_se(
             100 * top1, 100 * top1_se if pd.notna(top1_se) else None, 1, why_windows

@@ -35,6 +35,18 @@ class QuantArgs:
     in memory, and by ``llama-quantize --imatrix`` for a GGUF checkpoint)."""
 
 
+SCORE_FROM = ("all", "half")
+"""Which positions of each KLD window a run scores: ``all`` (every one but the first) or
+``half`` (llama.cpp's: the second half, :func:`mixviz.runs.evaluation.kld.llamacpp_positions`)."""
+
+
+def check_score_from(score_from: str) -> str:
+    """``score_from`` when it is one of :data:`SCORE_FROM`, else a user error."""
+    if score_from not in SCORE_FROM:
+        raise MixvizError(f"--score-from {score_from!r}: choose from {', '.join(SCORE_FROM)}")
+    return score_from
+
+
 VERIFIERS = ("vllm",)
 """The serving runtimes ``mixviz quantize --verify-with`` loads a checkpoint in."""
 
@@ -126,10 +138,13 @@ class RunSpec:
     (:mod:`~mixviz.runs.ship.step`)."""
     refine: RefineArgs | None = None
     """Not a run but a refinement of a profile's allocation (:mod:`~mixviz.runs.jobs.refine`)."""
+    score_from: str = "all"
+    """The KLD task's positions (:data:`SCORE_FROM`): ``half`` scores llama.cpp's."""
 
     def __post_init__(self):
         object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
+        check_score_from(self.score_from)
         if self.dtype == "float16" and self.device == CPU:
             raise MixvizError("float16 is about 50× slower on the CPU: use bfloat16 or float32")
         if self.limit is not None and self.limit < 1:
@@ -151,6 +166,10 @@ class RunSpec:
         """``bf16``, ``uniform MXFP4``, ``optimal @5``, ``quantize gguf (optimal @5) → demo-q``…
         — how charts and tables name the run (a checkpoint job by its budget and folder too, so
         two jobs from one page are told apart)."""
+        half = " · half" if self.score_from == "half" else ""  # scored on llama.cpp's positions
+        return self._label() + half
+
+    def _label(self) -> str:
         if self.refine is not None:
             r = self.refine
             return f"refine @{r.avg_bits:g} ({r.grouping}, {r.rounds} rounds)"
@@ -181,6 +200,8 @@ class RunSpec:
             d["ship"] = {"format": d["ship"]["format"], **({"verify_with": vw} if vw else {})}
         if d["quant"].get("imatrix") is None:  # and those before importance matrices
             d["quant"].pop("imatrix", None)
+        if d.get("score_from") == "all":  # and those scored on every position
+            d.pop("score_from")
         if self.recipe and any(get_scheme(o).ggml for o in self.recipe.values()):
             from mixviz.models import ggml
 
@@ -224,6 +245,9 @@ class RunResult:
     machine: dict = field(default_factory=dict)
     """What the run's numbers rest on: host, cores, device and precision, peak memory
     (:func:`mixviz.models.device.machine`); empty for runs recorded before it was kept."""
+    score_from: str = "all"
+    """The positions its KLD, perplexity and top-1 rest on (:data:`SCORE_FROM`; runs recorded
+    before it was kept scored all)."""
 
     def to_dict(self) -> dict:
         return {"format": RESULT_FORMAT, "version": RESULT_VERSION, **asdict(self)}

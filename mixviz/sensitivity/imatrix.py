@@ -201,18 +201,60 @@ def auto_path(model_hash: str, spec) -> Path:
     """Where ``--imatrix auto``'s matrix for ``spec``'s calibration windows is kept (GGUF, as
     llama-imatrix writes it): the file to hand ``llama-quantize --imatrix``."""
     from mixviz.models.text import calibration_text
+
+    text = calibration_text(spec.calib).hash
+    return _auto_name(model_hash, text, spec.nsamples, spec.seqlen, spec.dtype)
+
+
+def _auto_name(model_hash: str, text_hash: str, nsamples: int, seqlen: int, dtype: str) -> Path:
     from mixviz.paths import cache_dir
 
-    text = calibration_text(spec.calib).hash[:12]
-    name = f"{model_hash[:16]}-{text}-{spec.nsamples}x{spec.seqlen}-{spec.dtype}.gguf"
+    name = f"{model_hash[:16]}-{text_hash[:12]}-{nsamples}x{seqlen}-{dtype}.gguf"
     return cache_dir() / "imatrix" / name
+
+
+def _kept_path(path: str | Path) -> Path:
+    """Where a profile's imatrix *file* is kept, by its digest (``imatrix_id``'s), so the file
+    a profile was weighted by can be found again from the profile alone."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return _kept_path_of(digest, Path(path).name)
+
+
+def profile_file(profile) -> Path | None:
+    """The importance matrix file a :class:`~mixviz.sensitivity.profile.Profile` was weighted
+    by (its ``imatrix``: ``auto`` or ``name@digest``), to hand ``quantize --imatrix``; None
+    without one, or where the file is not kept here."""
+    if profile.imatrix is None:
+        return None
+    if profile.imatrix != "auto":
+        name, _, digest = profile.imatrix.rpartition("@")
+        path = _kept_path_of(digest, name)
+        return path if path.is_file() else None
+    c = profile.calib  # the spec's dtype may have been "auto" (the file is named by it)
+    for dtype in (profile.dtype, "auto"):
+        path = _auto_name(profile.model_hash, c.hash, c.nsamples, c.seqlen, dtype)
+        if path.is_file():
+            return path
+    return None
+
+
+def _kept_path_of(digest: str, name: str) -> Path:
+    from mixviz.paths import cache_dir
+
+    return cache_dir() / "imatrix" / "kept" / f"{digest}-{name}"
 
 
 def load(spec, model=None, windows=None, model_hash: str = "") -> Imatrix:
     """``spec.imatrix`` as an :class:`Imatrix`: the file it names, or (``auto``) the one kept at
     :func:`auto_path`, computed from ``model`` over ``windows`` when absent."""
     if spec.imatrix != "auto":
-        return read(spec.imatrix)
+        im = read(spec.imatrix)
+        kept = _kept_path(spec.imatrix)
+        if not kept.is_file():  # found again from the profile: profile_file
+            from mixviz.paths import atomic_write_bytes
+
+            atomic_write_bytes(kept, Path(spec.imatrix).read_bytes())
+        return im
     path = auto_path(model_hash, spec)
     if path.is_file():
         return read(path)

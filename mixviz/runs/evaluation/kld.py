@@ -54,6 +54,7 @@ import torch
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_bytes, cache_dir
 from mixviz.runs.evaluation.tasks import KLD_TASK  # noqa: F401 — the run task this module computes
+from mixviz.runs.runspec import SCORE_FROM, check_score_from  # noqa: F401 — re-exported
 
 SEQLEN = 512
 TOPK = 64
@@ -92,26 +93,31 @@ class Reference:
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per scored position ``[W, SEQLEN-1]``: KLD to the reference, same top-1, the model's NLL;
-    ``exact``: every KLD over the full vocabulary (else the unbiased, noisy estimate)."""
+    """Per scored position ``[W, positions]``: KLD to the reference, same top-1, the model's NLL;
+    ``exact``: every KLD over the full vocabulary (else the unbiased, noisy estimate);
+    ``positions``: which of each window's positions these are (``SCORE_FROM``)."""
 
     kld: np.ndarray
     top1: np.ndarray
     nll: np.ndarray
     nll_ref: np.ndarray
     exact: bool = False
+    positions: str = "all"
 
     def save(self, path) -> None:
         buf = io.BytesIO()
         arrays = {"kld": self.kld, "top1": self.top1, "nll": self.nll, "nll_ref": self.nll_ref}
-        np.savez_compressed(buf, **arrays, exact=np.array(self.exact))
+        np.savez_compressed(
+            buf, **arrays, exact=np.array(self.exact), positions=np.array(self.positions)
+        )
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> TokenScores:
         with np.load(path) as z:
             exact = bool(z["exact"]) if "exact" in z else False  # older files: the estimate
-            return cls(z["kld"], z["top1"], z["nll"], z["nll_ref"], exact)
+            where = str(z["positions"]) if "positions" in z else "all"  # older: every position
+            return cls(z["kld"], z["top1"], z["nll"], z["nll_ref"], exact, where)
 
 
 def windows(tokenizer, seqlen: int = SEQLEN) -> torch.Tensor:
@@ -411,11 +417,28 @@ def summarize(s: TokenScores) -> list[tuple[str, float, float | None]]:
 def llamacpp_positions(s: TokenScores) -> TokenScores:
     """The positions ``llama-perplexity`` scores: the second half of each window (its
     ``first = n_ctx / 2``: logits at positions ``n/2 … n−2``, each predicting the next token).
-    Every comparison with llama.cpp's numbers uses these.
+    Every comparison with llama.cpp's numbers uses these. Scores already cut are returned as
+    they are.
 
     >>> t = TokenScores(*(np.arange(8.0).reshape(1, 8),) * 4)  # a 9-token window
-    >>> llamacpp_positions(t).kld.tolist()
-    [[4.0, 5.0, 6.0, 7.0]]
+    >>> half = llamacpp_positions(t)
+    >>> half.kld.tolist(), half.positions, llamacpp_positions(half).kld.tolist()
+    ([[4.0, 5.0, 6.0, 7.0]], 'half', [[4.0, 5.0, 6.0, 7.0]])
     """
+    if s.positions == "half":
+        return s
     first = (s.kld.shape[1] + 1) // 2
-    return TokenScores(s.kld[:, first:], s.top1[:, first:], s.nll[:, first:], s.nll_ref[:, first:])
+    cut = (s.kld[:, first:], s.top1[:, first:], s.nll[:, first:], s.nll_ref[:, first:])
+    return TokenScores(*cut, s.exact, "half")
+
+
+def scored_from(s: TokenScores, score_from: str) -> TokenScores:
+    """``s`` on the positions ``score_from`` names (``all`` or ``half``: :data:`SCORE_FROM`);
+    scores already cut to llama.cpp's half cannot give back all positions."""
+    check_score_from(score_from)
+    if score_from == "half":
+        return llamacpp_positions(s)
+    if s.positions != "all":
+        raise MixvizError("these scores hold only llama.cpp's positions (the second half of each "
+                          "window): score both sides from half")  # fmt: skip
+    return s

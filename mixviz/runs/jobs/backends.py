@@ -130,7 +130,7 @@ def wait(
 
 def run_document(store: Store, run_id: str) -> dict:
     """The ``run --wait --json`` document: id, status, avg_bits, results and their standard
-    errors, seconds."""
+    errors, seconds, and the positions its KLD task scored."""
     row = store.get(run_id)
     result = read_result(run_id)
     return {
@@ -143,5 +143,6 @@ def run_document(store: Store, run_id: str) -> dict:
         "seconds": result.seconds if result else None,
         "timings": result.timings if result else {},
         "machine": result.machine if result else {},
+        "score_from": (row.spec or {}).get("score_from", "all"),  # KLD's positions
         "error": row.error,
     }

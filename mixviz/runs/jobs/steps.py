@@ -211,13 +211,15 @@ def kld_step(store: Store, run_id: str, spec: RunSpec, loaded: Loaded, reference
 
 def kld_results(spec: RunSpec, loaded: Loaded, reference, progress) -> dict:
     """The KLD task in lm-eval's result layout; per-token scores go to ``kld.npz``.
-    ``--limit`` counts its windows of ``kld.SEQLEN`` tokens."""
+    ``--limit`` counts its windows of ``kld.SEQLEN`` tokens; ``spec.score_from`` says which of
+    their positions are scored (``half``: llama.cpp's), and is recorded beside the numbers."""
     from mixviz.runs.evaluation import kld
 
     if spec.recipe is None:
         scores = kld.identical(reference, spec.limit)  # the reference model itself
     else:
         scores = kld.score(loaded.model, reference, progress=progress, limit=spec.limit)
+    scores = kld.scored_from(scores, spec.score_from)
     metrics: dict = {"alias": KLD_TASK}
     for metric, value, se in kld.summarize(scores):
         metrics[f"{metric},none"] = value
@@ -258,6 +260,7 @@ def record_step(
         seconds,
         timings,
         machine(*placement(spec.device, spec.dtype)),
+        score_from=spec.score_from,
     )
     atomic_write_json(folder / "result.json", result.to_dict())
     store.put_results(run_id, rows)

@@ -302,7 +302,7 @@ def _klds(run_id: str, spec: RunSpec, model, reference, raw: dict) -> tuple:
     folder whatever the verdict (the files are what ships)."""
     from mixviz.runs.evaluation import kld
 
-    disk = kld.score(model, reference, limit=spec.limit)
+    disk = kld.scored_from(kld.score(model, reference, limit=spec.limit), spec.score_from)
     memory = raw["mixviz_kld"]["token_scores"]
     folder = runs_dir() / run_id
     memory.save(folder / "kld_memory.npz")
