@@ -204,6 +204,7 @@ def frontier_view(page: Setting, avg: float) -> None:
     st.subheader("Predicted loss vs average bits")
     choice = page.choice
     front = ui.frontier_for(page.problem, page.problem_key)
+    refining.resume_inputs(page, avg)  # a fresh session: the latest refine job's settings
     refined = refining.finished(page, avg, *refine_settings())
     if refined is not None:
         front = {**front, "refined (measured rounds)": trust.refinement_points(refined)}

@@ -144,6 +144,8 @@ def planned_bits(row) -> float | None:
     if row.avg_bits is not None:
         return row.avg_bits
     recipe = row.spec.get("recipe")
+    if row.spec.get("refine"):  # a refine job: the budget it refines at
+        return float(row.spec["refine"]["avg_bits"])
     if recipe is None:
         return 16.0
     try:

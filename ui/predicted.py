@@ -15,8 +15,9 @@ KLD_HELP = (
     "Mean KL divergence per token (nats) of the quantized model's next-token distribution "
     "from the unquantized model's: 0 = identical. Predicted from the profile's Σ score "
     "through the calibration line over finished runs (measured KLD ≈ a + b × Σ score), or "
-    "before any run from one measured anchor scaled by Σ score; ± = 95 % interval for one "
-    "more run (the line's prediction interval, or the anchor's t interval over windows)."
+    "before any run from one measured anchor scaled by Σ score; ± = 95 %: the line's "
+    "prediction interval for one more run, or the anchor's t interval over its calibration "
+    "windows — its measurement only: the scaling away from the anchor is assumed, not measured."
 )
 
 

@@ -78,18 +78,21 @@ def from_line(points: list[dict], predicted: float) -> PredictedKLD | None:
     resid = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
     s = math.sqrt(resid / (n - 2))
     half = _t95(n - 2) * s * math.sqrt(1 + 1 / n + (predicted - mx) ** 2 / sxx)
-    return PredictedKLD(
-        intercept + slope * predicted, half, f"calibration line over {n} runs", "line", n
-    )
+    value = max(intercept + slope * predicted, 0.0)  # a KLD is never negative
+    return PredictedKLD(value, half, f"calibration line over {n} runs", "line", n)
 
 
 def from_anchor(anchor: Anchor, predicted: float) -> PredictedKLD:
     """The anchor's KLD scaled by ``predicted ÷`` its Σ score (a line through zero and the
-    anchor), ± its 95 % t interval over windows scaled alike.
+    anchor), ± its 95 % t interval over windows scaled alike. That ± is the anchor's
+    measurement only: away from the anchor (``predicted`` ≠ its Σ score) the line through zero
+    is assumed, not measured, and the source says so.
 
     >>> a = Anchor(5.0, 2.0, 0.04, 0.005, 8, 512, {})
-    >>> p = from_anchor(a, 1.0); round(p.value, 3), round(p.half, 4), p.source
-    (0.02, 0.0059, 'one measured anchor at 5.00 bits (8×512 calibration tokens)')
+    >>> p = from_anchor(a, 2.0); round(p.value, 3), round(p.half, 4), p.source
+    (0.04, 0.0118, 'one measured anchor at 5.00 bits (8×512 calibration tokens)')
+    >>> from_anchor(a, 1.0).source.endswith("± its measurement only")
+    True
     """
     ratio = predicted / anchor.predicted_loss if anchor.predicted_loss > 0 else 1.0
     half = _t95(max(anchor.windows - 1, 1)) * anchor.kld_se * ratio
@@ -97,6 +100,8 @@ def from_anchor(anchor: Anchor, predicted: float) -> PredictedKLD:
         f"one measured anchor at {anchor.avg_bits:.2f} bits "
         f"({anchor.windows}×{anchor.seqlen} calibration tokens)"
     )
+    if abs(ratio - 1) > 0.01:
+        source += f", scaled ×{ratio:.2f} by Σ score (KLD ∝ score assumed): ± its measurement only"
     return PredictedKLD(anchor.kld * ratio, half, source, "anchor", anchor.windows)
 
 
@@ -113,8 +118,8 @@ def predict_kld(predicted: float, points: list[dict], anchors: list[Anchor]) -> 
     line = from_line(points, predicted)
     if line is not None:
         return line
-    anchor = nearest_anchor(anchors, predicted)
-    return None if anchor is None else from_anchor(anchor, predicted)
+    anchor = nearest_anchor(anchors, predicted) if predicted > 0 else None
+    return None if anchor is None else from_anchor(anchor, predicted)  # no scaling from 0
 
 
 def how_to_get(have_runs: int, command: str) -> str:

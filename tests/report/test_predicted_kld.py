@@ -53,7 +53,10 @@ def test_the_anchor_scales_by_the_score_and_says_so():
     assert same.value == pytest.approx(0.04) and same.basis == "anchor"
     assert same.half == pytest.approx(2.3646 * 0.004, rel=1e-3)  # t(7) × se
     assert same.source == "one measured anchor at 5.00 bits (8×512 calibration tokens)"
-    assert from_anchor(a, 1.0).value == pytest.approx(0.02)
+    away = from_anchor(a, 1.0)  # scaled: its ± is the anchor's measurement, no more
+    assert away.value == pytest.approx(0.02)
+    assert "scaled ×0.50" in away.source and away.source.endswith("± its measurement only")
+    assert predict_kld(0.0, [], [a]) is None  # nothing to scale from a Σ score of 0
     b = Anchor(4.5, 8.0, 0.15, 0.01, 8, 512, {})
     assert nearest_anchor([a, b], 6.0) is b and nearest_anchor([a, b], 2.5) is a
     assert nearest_anchor([], 1.0) is None

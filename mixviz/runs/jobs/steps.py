@@ -159,12 +159,14 @@ def _slots(spec: RunSpec) -> tuple[int, int]:
 
 
 def _progress_writer(store: Store, run_id: str, spec: RunSpec):
-    """``report(done_slots, stage)``: progress over 0.3–1.0, written every 0.5 % at most."""
+    """``report(done_slots, stage)``: progress over 0.3–1.0 (0.3–0.7 for a checkpoint job: its
+    ship stages follow from 0.72), written every 0.5 % at most."""
     slots = _slots(spec)[1]
     last = [0.0]
+    top = 0.7 if spec.ship is not None else 1.0  # progress never falls back
 
     def report(done: float, stage: str) -> None:
-        progress = 0.3 + 0.7 * done / max(slots, 1)
+        progress = 0.3 + (top - 0.3) * done / max(slots, 1)
         if progress - last[0] >= 0.005 or done >= slots:  # smooth, without a write per batch
             last[0] = progress
             store.update(run_id, progress=progress, stage=stage)
