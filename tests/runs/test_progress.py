@@ -137,3 +137,22 @@ def test_quantizing_reports_auto_rounds_blocks():
             bar.update(1)
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert orchestrator.tqdm.__name__ == "tqdm"  # put back
+
+
+def test_a_checkpoint_jobs_evaluation_leaves_room_for_its_ship_stages(tmp_path):
+    """The KLD of a quantize job reports up to 0.7, below the ship stages' first 0.72: its bar
+    never falls back (a plain run's evaluation still ends at 1.0)."""
+    from mixviz.runs.evaluation.tasks import KLD_TASK
+    from mixviz.runs.jobs import steps
+    from mixviz.runs.runspec import RunSpec, ShipArgs
+
+    store = Store(tmp_path / "runs.db")
+    recipe = {"model.layers.0.mlp.up_proj": "W4A16G32"}
+    for ship, top in ((ShipArgs("auto_round", str(tmp_path / "out")), 0.7), (None, 1.0)):
+        spec = RunSpec(model="tiny", recipe=recipe, tasks=(KLD_TASK,), ship=ship, limit=2)
+        run_id = f"run-{top}"
+        store.insert(run_id, spec.key, "tiny", spec.label, spec.to_dict())
+        report = steps._progress_writer(store, run_id, spec)
+        for done in (0.5, 1.0):
+            report(done, f"evaluating {KLD_TASK}")
+        assert store.get(run_id).progress == pytest.approx(top)
