@@ -170,7 +170,7 @@ class Store:
                         f"mixviz ({SCHEMA_VERSION}); upgrade mixviz"
                     )
                 if version == 1:  # the one column version 2 added
-                    con.execute("ALTER TABLE runs ADD COLUMN progressed REAL")
+                    _add_column(con, "runs", "progressed REAL")
                 if version < SCHEMA_VERSION:  # only a new or older store is written to on open
                     con.executescript(_SCHEMA)
                     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -405,3 +405,13 @@ def _row(r: sqlite3.Row) -> RunRow:
     d = dict(r)
     d["spec"] = json.loads(d["spec"])
     return RunRow(**d)
+
+
+def _add_column(con: sqlite3.Connection, table: str, column: str) -> None:
+    """``ALTER TABLE … ADD COLUMN``, where another process opening the same old store at the
+    same moment may have added it first (then there is nothing left to do)."""
+    try:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    except sqlite3.OperationalError as e:
+        if "duplicate column" not in str(e):
+            raise

@@ -156,3 +156,16 @@ def test_a_checkpoint_jobs_evaluation_leaves_room_for_its_ship_stages(tmp_path):
         for done in (0.5, 1.0):
             report(done, f"evaluating {KLD_TASK}")
         assert store.get(run_id).progress == pytest.approx(top)
+
+
+def test_a_version_1_store_migrated_by_another_process_first_still_opens(tmp_path):
+    """Two processes opening one old store at once: the second finds the column added."""
+    path = tmp_path / "runs.db"
+    Store(path).insert("old", "k", "tiny", "bf16", {})
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version = 1")  # version 1 on disk, the column already there
+    con.commit()
+    con.close()
+    store = Store(path)  # raised "run store busy or read-only … duplicate column" before
+    store.update("old", progress=0.5)
+    assert store.get("old").progressed is not None
