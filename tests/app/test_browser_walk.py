@@ -1,7 +1,7 @@
 """The second newcomer walk (issue 35) in a real browser on tiny: first start, a profile with
 its progress, slider steps that add no history entry, Back that walks pages and keeps the
-budget, a reload, a bad model name, refine and a quantize with a limit followed in the one
-queue — and no raw None/nan on any page."""
+budget, a reload, a shared link with a lock that holds, a bad model name, refine and a
+quantize with a limit followed in the one queue — and no raw None/nan on any page."""
 
 from __future__ import annotations
 
@@ -116,6 +116,28 @@ def test_the_walk(tmp_path):
         no_raw(page)
         nav(page, "Results")
         wait_idle(page)
+        no_raw(page)
+
+        # a shared link with a lock: budget and lock hold through a reload, a page and Back
+        def held() -> None:
+            wait_idle(page)
+            assert "bits=5.5" in page.url and "locks=0.down" in page.url, page.url
+            metric = page.locator('[data-testid="stMetric"]', has_text="Locked / moved")
+            assert re.search(r"\b1 / \d+", metric.inner_text()), metric.inner_text()
+            thumb = page.locator('[data-testid="stSliderThumbValue"]').first.inner_text()
+            assert float(thumb) == 5.5
+
+        page.goto(f"{url}/allocate?{QUERY}&bits=5.5&locks=0.down=MXFP8")
+        page.get_by_role("slider").wait_for(timeout=120_000)
+        held()
+        page.reload()
+        page.get_by_role("slider").wait_for(timeout=120_000)
+        held()
+        nav(page, "Runs")
+        page.go_back()
+        page.wait_for_function("() => location.pathname.endsWith('/allocate')", timeout=30_000)
+        page.get_by_role("slider").wait_for(timeout=120_000)
+        held()
         no_raw(page)
 
         # a bad model name answers with an error, not a hang
