@@ -224,9 +224,9 @@ def _predicted_kld(prof, result, args: argparse.Namespace) -> dict:
     if got is not None:
         return {"predicted_kld": got.to_dict(), "predicted_kld_note": got.source}
     have = sum(1 for p in points if p.get("kld") is not None)
-    again = (
-        f"mixviz allocate {args.target} --avg-bits {result.budget_avg_bits:g} --anchor "
-        "(one measured anchor, minutes on a CPU), or 3 runs with KLD (mixviz run)"
+    again = (  # the same command and flags (pins, --shared, --target …): the same allocation
+        "this allocate command again with --anchor (one measured anchor, minutes on a CPU), "
+        "or 3 runs with KLD (mixviz run)"
     )
     return {"predicted_kld": None, "predicted_kld_note": how_to_get(have, again)}
 

@@ -98,7 +98,7 @@ def test_cli_allocate_json_says_predicted_kld_and_what_it_rests_on(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["predicted_kld"] is None
-    assert doc["predicted_kld_note"].startswith("— no runs yet: run mixviz allocate")
+    assert doc["predicted_kld_note"].startswith("— no runs yet: run this allocate command again")
     assert "--anchor" in doc["predicted_kld_note"]
     # an anchor measured earlier (as --anchor writes it) is what it then rests on
     monkey = pytest.MonkeyPatch()
