@@ -72,7 +72,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
     from mixviz.allocation.edits import parse_pins
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.refine import RefineSettings
-    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile
+    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile, refined_doc
 
     prof = load_or_profile(args.target, args)
     if prof.calib.source != "pydoc" and args.calib == "pydoc":
@@ -92,14 +92,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
         args.calib, args.windows, args.window_len, args.device, args.dtype, args.heldout
     )
     result = refine_profile(prof, problem, settings, where, progress, rules)
-    doc = {
-        **result.to_dict(),
-        "model": prof.model,
-        "model_hash": prof.model_hash,
-        "profile_key": prof.key,
-        "strategy": "refined",
-        "layers": dict(result.layers),
-    }
+    doc = refined_doc(prof, result)
     emit(doc, args.json, _text, args.out)
 
 

@@ -125,6 +125,19 @@ def refine_path(profile, problem_doc: dict, settings: RefineSettings, where: Mea
     return cache_dir() / "refine" / f"{refine_key(profile, problem_doc, settings, where)}.json"
 
 
+def refined_doc(prof, result) -> dict:
+    """What ``mixviz refine`` prints as JSON and a refine job writes as its answer: the
+    refinement with the profile it rests on and its best allocation's layers."""
+    return {
+        **result.to_dict(),
+        "model": prof.model,
+        "model_hash": prof.model_hash,
+        "profile_key": prof.key,
+        "strategy": "refined",
+        "layers": dict(result.layers),
+    }
+
+
 def refine_profile(
     profile,
     problem,

@@ -51,7 +51,7 @@ def refine_steps(store: Store, run_id: str, spec: RunSpec) -> str:
 
     from mixviz.allocation.problem import Problem
     from mixviz.allocation.refine import RefineSettings, groups_of
-    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile
+    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile, refined_doc
     from mixviz.sensitivity.profile import Profile
 
     args = spec.refine
@@ -81,14 +81,7 @@ def refine_steps(store: Store, run_id: str, spec: RunSpec) -> str:
     if not rounds:  # a cached answer: its rounds at once
         for r in result.rounds:
             on_round(r)
-    doc = {
-        **result.to_dict(),
-        "model": prof.model,
-        "model_hash": prof.model_hash,
-        "profile_key": prof.key,
-        "strategy": "refined",
-        "layers": dict(result.layers),
-    }
+    doc = refined_doc(prof, result)
     atomic_write_json(answer_path(run_id), doc)
     done = store.transition(
         run_id,
