@@ -70,7 +70,8 @@ def test_profile_slider_run_results(tmp_path):
         page.screenshot(path=SHOTS / "profile.png", full_page=True)
 
         page.goto(f"{url}/allocate?{QUERY}&bits=5")
-        metric = page.locator('[data-testid="stMetricValue"]').nth(1)
+        metric = page.locator('[data-testid="stMetric"]', has_text="Achieved average bits")
+        metric = metric.locator('[data-testid="stMetricValue"]')
         metric.wait_for(timeout=120_000)
         wait_idle(page)
         before = metric.inner_text()
@@ -79,12 +80,9 @@ def test_profile_slider_run_results(tmp_path):
         for _ in range(50):
             page.keyboard.press("ArrowRight")
         wait_idle(page)
-        page.wait_for_function(
-            "(b) => document.querySelectorAll('[data-testid=\"stMetricValue\"]')[1]"
-            ".innerText !== b",
-            arg=before,
-            timeout=60_000,
-        )
+        deadline = time.time() + 60
+        while metric.inner_text() == before and time.time() < deadline:
+            page.wait_for_timeout(250)
         after = metric.inner_text()
         assert float(after) > float(before)
         assert float(after) <= 5.5 + 1e-9
