@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
-from apptest import open_app
+from apptest import TINY, open_app, profiled_tiny
 
 from mixviz.report import charts
 from mixviz.runs.jobs.backends import LocalBackend
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.store import Store
-
-TINY = {
-    "model": "tiny",
-    "options": "MXFP4,MXFP8",
-    "metric": "hessian",
-    "nsamples": "2",
-    "seqlen": "32",
-    "noscale": "1",
-}
-
 
 _app = open_app
 
@@ -31,12 +20,7 @@ _app = open_app
 def profiled(tmp_path_factory):
     """Profile tiny through the Profile page's button (cached for the other pages), in this
     module's own cache folder: a profile an earlier test made is not found there."""
-    old = os.environ["MIXVIZ_CACHE"]
-    os.environ["MIXVIZ_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
-    at = _app("app_pages/profile.py", **TINY)
-    at.button(key="profile_start").click().run()
-    yield at
-    os.environ["MIXVIZ_CACHE"] = old
+    yield from profiled_tiny(tmp_path_factory)
 
 
 def test_model_page_shows_tiny_inventory():
