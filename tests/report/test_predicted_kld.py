@@ -82,7 +82,7 @@ def test_an_anchor_is_measured_once_and_cached(tiny_ref, tiny_layers, monkeypatc
     assert cached_anchors(profile) == [got]
     import mixviz.runs.evaluation.anchor as anchor_module
 
-    monkeypatch.setattr(anchor_module, "WindowKLD", None)  # measuring again would fail
+    monkeypatch.setattr(anchor_module, "calibration_measure", None)  # measuring again would fail
     assert measure_anchor(profile, alloc, where) == got
 
 

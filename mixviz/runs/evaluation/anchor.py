@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.paths import atomic_write_json, cache_dir, read_json
-from mixviz.runs.evaluation.measure import MeasureSettings, WindowKLD, calibration_windows
+from mixviz.runs.evaluation.measure import MeasureSettings, calibration_measure
 
 FORMAT = "mixviz.anchor"
 VERSION = 1
@@ -89,18 +89,8 @@ def measure_anchor(
             return Anchor.from_dict(read_json(path, "anchor"))
         except (MixvizError, TypeError):
             pass  # measured again below
-    from mixviz.models.loading import load_model, resolve_model
-
-    ref = resolve_model(profile.model)
-    if ref.hash != profile.model_hash:
-        raise MixvizError(
-            f"the profile was measured on another version of {profile.model!r}: profile it again"
-        )
     say = progress or (lambda msg: None)
-    say(f"loading {ref.name}")
-    model, tok = load_model(ref, dtype=where.dtype, device=where.device)
-    say(f"reference over {where.windows}×{where.seqlen} calibration tokens")
-    measure = WindowKLD(model, calibration_windows(tok, where.calib, where.windows, where.seqlen))
+    measure = calibration_measure(profile, where, say)[3]
     say("KLD of the allocation")
     m = measure(dict(allocation.layers))
     anchor = Anchor(

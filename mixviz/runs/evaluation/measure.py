@@ -138,6 +138,25 @@ def refined_doc(prof, result) -> dict:
     }
 
 
+def calibration_measure(profile, where: MeasureSettings, say):
+    """``profile``'s model loaded as ``where`` asks (refused if it is not the version the
+    profile measured) and its in-memory KLD over ``where``'s calibration windows:
+    ``(ref, model, tokenizer, WindowKLD)`` — what refine and the anchor both measure with."""
+    from mixviz.models.loading import load_model, resolve_model
+
+    ref = resolve_model(profile.model)
+    if ref.hash != profile.model_hash:
+        raise MixvizError(
+            f"the profile was measured on another version of {profile.model!r} "
+            f"({profile.model_hash[:12]} ≠ {ref.hash[:12]}): profile it again"
+        )
+    say(f"loading {ref.name}")
+    model, tok = load_model(ref, dtype=where.dtype, device=where.device)
+    say(f"reference over {where.windows}×{where.seqlen} calibration tokens")
+    measure = WindowKLD(model, calibration_windows(tok, where.calib, where.windows, where.seqlen))
+    return ref, model, tok, measure
+
+
 def refine_profile(
     profile,
     problem,
@@ -166,19 +185,9 @@ def refine_profile(
     if cached is not None:
         return cached
     from mixviz.allocation.refine import refine
-    from mixviz.models.loading import load_model, resolve_model
 
-    ref = resolve_model(profile.model)
-    if ref.hash != profile.model_hash:
-        raise MixvizError(
-            f"the profile was measured on another version of {profile.model!r} "
-            f"({profile.model_hash[:12]} ≠ {ref.hash[:12]}): profile it again"
-        )
     say = progress or (lambda msg: None)
-    say(f"loading {ref.name}")
-    model, tok = load_model(ref, dtype=where.dtype, device=where.device)
-    say(f"reference over {where.windows}×{where.seqlen} calibration tokens")
-    measure = WindowKLD(model, calibration_windows(tok, where.calib, where.windows, where.seqlen))
+    ref, model, tok, measure = calibration_measure(profile, where, say)
     score = None
     if where.heldout:
         say(f"reference over {where.heldout}×{where.seqlen} held-out tokens")
