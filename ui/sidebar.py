@@ -144,7 +144,8 @@ def _what_to_quantize() -> dict[str, str]:
         key="sb_target",
         format_func=lambda t: "any (no runtime rules)" if t == "any" else RUNTIMES[t].label,
         help="The runtime that will serve the model: its rules join the allocation (vLLM / "
-        "SGLang: fused q/k/v and gate/up share one format; vLLM (CPU): 4-bit integers only; "
+        "SGLang: fused q/k/v and gate/up share one format; vLLM (CPU): 4-bit integers only with "
+        "AVX-512, unquantized layers only without; "
         "llama.cpp: GGML types only).",
     )
     return {

@@ -87,7 +87,9 @@ def add_target(parser: argparse.ArgumentParser) -> None:
         dest="target_runtime",
         choices=list(RUNTIMES),
         help="the runtime that will serve the model: its rules join the problem (vllm/sglang: "
-        "fused q/k/v and gate/up share one format; llamacpp: GGML types only)",
+        "fused q/k/v and gate/up share one format; vllm-cpu: this CPU's vLLM kernels, 4-bit "
+        "integers with AVX-512, nothing quantized without (vllm-cpu-avx512/-avx2 name the "
+        "serving CPU's); llamacpp: GGML types only)",
     )
 
 

