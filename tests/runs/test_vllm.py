@@ -111,12 +111,52 @@ def test_quantize_says_not_checked_without_vllm_and_fails_when_vllm_refuses(
     # another spec (--limit 3): the same one would reuse the finished job (its folder is unkeyed)
     r = run_cli("quantize", "tiny", "--recipe", recipe, "--format", "auto_round", "--out",
                 tmp_path / "b", "--limit", "3", "--verify-with", "vllm", "--json",
-                env={**cache, **fake})  # fmt: skip
+                env={**cache, **fake, "MIXVIZ_VLLM_CPU_ISA": "avx2"})  # fmt: skip
     assert r.returncode == 2
-    want = "vLLM 0.32.0 in float16: refused the checkpoint: NotImplementedError: INC on CPU:"
+    want = "vLLM 0.32.0 (AVX2 kernels) in float16: refused the checkpoint: NotImplementedError: INC"
     assert want in r.stderr, r.stderr[-2000:]
     ship = json.loads(r.stdout)["ship"]
     assert ship["vllm"]["refused"].startswith("NotImplementedError") and not ship["ok"]
+
+
+def test_the_check_runs_vllm_as_on_the_cpu_asked_for(tmp_path, monkeypatch, tiny_ref):
+    """``MIXVIZ_VLLM_CPU_ISA`` reaches vLLM's scorer (which then takes that CPU's kernels), the
+    record says which kernels ran, and AVX-512 asked on a CPU without it is not checked."""
+    from mixviz.runs.evaluation.kld import compute_reference
+
+    fake = _fake_vllm(
+        tmp_path / "vllm", 'echo "ValueError: ran as $MIXVIZ_VLLM_CPU_ISA" >&2; exit 1'
+    )
+    monkeypatch.setenv("MIXVIZ_VLLM", fake["MIXVIZ_VLLM"])
+    monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx2")
+    ref = compute_reference(
+        _Uniform(), torch.randint(0, 50, (2, 8)), topk=4, samples=2, exact=False
+    )
+    doc = vllm_check.vllm_check(tmp_path, ref, None)
+    assert doc["refused"] == "ValueError: ran as avx2" and doc["isa"] == "avx2"
+    assert vllm_check.vllm_line(doc).startswith("vLLM 0.32.0 (AVX2 kernels) in float16")
+    monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx512")
+    monkeypatch.setattr(vllm_check, "_has_avx512", lambda: False)
+    assert "this CPU has no AVX-512" in vllm_check.vllm_check(tmp_path, ref, None)["skipped"]
+
+
+class _Uniform(torch.nn.Module):
+    """A model whose logits are all zero (what compute_reference needs: ``.logits``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))  # a device to be on
+
+    def forward(self, ids):
+        return type("Out", (), {"logits": torch.zeros(*ids.shape, 50)})()
+
+
+def test_quantize_refuses_one_window(tmp_path, cache, tiny_ref):
+    """One held-out window has no interval to verify a checkpoint by: refused at submit."""
+    r = run_cli("quantize", "tiny", "--recipe", _tiny_recipe(tmp_path, tiny_ref), "--format",
+                "auto_round", "--out", tmp_path / "a", "--limit", "1", env=cache)  # fmt: skip
+    assert r.returncode == 2 and "--limit 1: the checkpoint is verified by comparing" in r.stderr
+    assert not (tmp_path / "a").exists()
 
 
 # --------------------------------------------------------------------------- vLLM itself
