@@ -140,7 +140,9 @@ def follow(row: RunRow) -> None:
 
     text = "queued behind other jobs"
     if row.started:
-        text = eta_text(row.progress, row.started, progressed=row.progressed)
+        text = eta_text(
+            row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by
+        )
     st.progress(min(max(row.progress, 0.0), 1.0), text=f"{row.stage or row.status} · {text}")
     done = rounds_so_far(row.id)
     if done:

@@ -38,7 +38,9 @@ class JobLine:
 
         from mixviz.runs.progress import eta_text
 
-        eta = eta_text(row.progress, row.started, progressed=row.progressed)
+        eta = eta_text(
+            row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by
+        )
         text = f"{row.id}: {row.status} {row.stage} {row.progress:.0%}" + (
             f" · {eta}" if eta else ""
         )

@@ -16,7 +16,13 @@ class Terminal(io.StringIO):
 
 def row(started: float, progress: float = 0.1, status: str = "running", stage: str = "x"):
     return SimpleNamespace(
-        id="r1", status=status, stage=stage, progress=progress, started=started, progressed=None
+        id="r1",
+        status=status,
+        stage=stage,
+        progress=progress,
+        started=started,
+        progressed=None,
+        finish_by=None,
     )
 
 
