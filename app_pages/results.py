@@ -41,20 +41,30 @@ def reference(column: str) -> float | None:
     return float(value) if value is not None and pd.notna(value) else None
 
 
+def chart(fig, key: str, points: pd.DataFrame, y: str) -> None:
+    """The figure, and under it which points have no ± and why (as the table says it)."""
+    st.plotly_chart(fig, key=key)
+    note = charts.missing_intervals(points, y)
+    if note:
+        st.caption(note)
+
+
 def accuracy_view() -> None:
     st.subheader("Accuracy vs average bits")
     if quant.empty:
         st.info("The chart needs a finished quantized run (only BF16 has finished).")
         return
     y_title = f"accuracy: mean of {ui.task_metrics(frame, tasks)} over {len(tasks)} tasks{items}"
-    st.plotly_chart(
+    chart(
         charts.accuracy_chart(quant, reference("accuracy"), y_title=y_title),
-        key="results_accuracy",
+        "results_accuracy",
+        quant,
+        "accuracy",
     )
     if tasks:
         st.subheader("Per task")
         task = st.selectbox("Task", tasks, key="results_task")
-        st.plotly_chart(
+        chart(
             charts.accuracy_chart(
                 quant,
                 reference(task),
@@ -62,7 +72,9 @@ def accuracy_view() -> None:
                 y_title=f"{task}: {ui.task_metrics(frame, [task])}"
                 + ui.items_per_task(store, frame, [task]),
             ),
-            key="results_task_chart",
+            "results_task_chart",
+            quant,
+            task,
         )
 
 
@@ -71,13 +83,14 @@ def kld_view() -> None:
     if "kld" not in quant or not quant["kld"].notna().any():
         return
     st.subheader("KL divergence from BF16 vs average bits")
-    st.plotly_chart(
+    measured = quant[quant["kld"].notna()]
+    chart(
         charts.accuracy_chart(
-            quant[quant["kld"].notna()],
-            y="kld",
-            y_title=f"KLD from BF16 (nats/token){ui.windows_note(quant)}",
+            measured, y="kld", y_title=f"KLD from BF16 (nats/token){ui.windows_note(quant)}"
         ),
-        key="results_kld",
+        "results_kld",
+        measured,
+        "kld",
     )
 
 
@@ -138,9 +151,8 @@ def loss_view() -> None:
                 f"Spearman's ρ is not defined for {y}: every run measured the same value (or "
                 "has the same predicted loss)."
             )
-        st.plotly_chart(
-            charts.loss_vs_accuracy(have, rho, y_title=title, y=y, ci=ci), key=f"results_loss_{y}"
-        )
+        fig = charts.loss_vs_accuracy(have, rho, y_title=title, y=y, ci=ci)
+        chart(fig, f"results_loss_{y}", have, y)
 
 
 accuracy_view()

@@ -172,7 +172,7 @@ def run_time(row) -> str:
     """``'took 1:15'`` once finished; ``'0:40 elapsed, ~2:00 left'`` while it runs."""
     if row.status in FINAL:
         return f"took {duration(row.elapsed)}" if row.elapsed is not None else ""
-    return eta_text(row.progress, row.started, progressed=row.progressed)
+    return eta_text(row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by)
 
 
 def queue_frame(rows) -> pd.DataFrame:

@@ -17,9 +17,9 @@ import streamlit as st
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
 from mixviz.runs.evaluation.measure import load_refinement
-from mixviz.runs.jobs.refine import answer_path, rounds_so_far
+from mixviz.runs.jobs.refine import answer_path, refine_spec, rounds_so_far
 from mixviz.runs.progress import eta_text
-from mixviz.runs.runspec import REFINE_TASK, RefineArgs, RunSpec
+from mixviz.runs.runspec import RefineArgs, RunSpec
 from mixviz.runs.store import FINAL, RunRow, Store
 
 HELDOUT = 16  # held-out windows each round is scored on (part of the answer's key)
@@ -46,16 +46,7 @@ def job_spec(page, avg: float, rounds: int, how: str) -> RunSpec:
         pins=dict(page.locks),
         target=c.target or None,
     )
-    prof = page.profile
-    return RunSpec(
-        model=prof.model,
-        recipe=None,
-        tasks=(REFINE_TASK,),
-        model_hash=prof.model_hash,
-        device=c.device,
-        dtype=c.dtype,
-        refine=args,
-    )
+    return refine_spec(page.profile, args, c.device, c.dtype)
 
 
 def job(page, avg: float, rounds: int, how: str) -> RunRow | None:
@@ -140,7 +131,9 @@ def follow(row: RunRow) -> None:
 
     text = "queued behind other jobs"
     if row.started:
-        text = eta_text(row.progress, row.started, progressed=row.progressed)
+        text = eta_text(
+            row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by
+        )
     st.progress(min(max(row.progress, 0.0), 1.0), text=f"{row.stage or row.status} · {text}")
     done = rounds_so_far(row.id)
     if done:

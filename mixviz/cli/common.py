@@ -38,7 +38,9 @@ class JobLine:
 
         from mixviz.runs.progress import eta_text
 
-        eta = eta_text(row.progress, row.started, progressed=row.progressed)
+        eta = eta_text(
+            row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by
+        )
         text = f"{row.id}: {row.status} {row.stage} {row.progress:.0%}" + (
             f" · {eta}" if eta else ""
         )
@@ -51,6 +53,30 @@ class JobLine:
         if moved != self.last or time.time() - self.at > self.every:
             progress(text)
             self.last, self.at = moved, time.time()
+
+
+def follow(backend, run_id: str, reused: bool):
+    """Wait for the job with its :class:`JobLine`; its final row. Ctrl-C cancels the job when
+    this command queued it (a reused one was queued by someone else: it is left running, and
+    how to stop it said) and is raised again."""
+    from mixviz.runs.jobs.backends import wait
+
+    line = JobLine()
+    try:
+        return wait(backend.store, run_id, on_update=line.show, backend=backend)
+    except KeyboardInterrupt:
+        if line.tty:
+            sys.stderr.write("\n")
+        if reused:
+            progress(f"job {run_id} left running (queued before this command; `mixviz cancel "
+                     f"{run_id}` stops it)")  # fmt: skip
+        else:
+            try:
+                backend.cancel(run_id)
+                progress(f"cancelled job {run_id}")
+            except MixvizError:  # it finished meanwhile
+                pass
+        raise
 
 
 def emit(doc: dict, as_json: bool, text: Callable[[dict], str], out: str | None = None) -> None:

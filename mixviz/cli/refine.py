@@ -1,6 +1,10 @@
 """``mixviz refine PROFILE.json|MODEL --avg-bits B --rounds K``: solve, measure KLD on
 calibration text, correct the additive model per group, re-solve, until it stops helping; every
-round is also scored on held-out windows it never selects on."""
+round is also scored on held-out windows it never selects on.
+
+The refinement is a job in the one queue, the same kind the app's *Refine* panel queues
+(:mod:`mixviz.runs.jobs.refine`): ``mixviz runs`` lists it, an identical one is reused, the
+command follows it with the ticking line and Ctrl-C cancels it."""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from mixviz.cli.common import (
     add_device_flags,
     add_json,
     add_trust_remote_code,
+    device_kwargs,
     emit,
+    follow,
     progress,
 )
 from mixviz.errors import MixvizError
@@ -69,10 +75,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_refine(args: argparse.Namespace) -> None:
-    from mixviz.allocation.edits import parse_pins
-    from mixviz.allocation.problem import Problem
-    from mixviz.allocation.refine import RefineSettings
-    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile, refined_doc
+    from mixviz.paths import read_json
+    from mixviz.runs.jobs.backends import get_backend, submit
+    from mixviz.runs.jobs.refine import answer_path, refine_plan, refine_spec
 
     prof = load_or_profile(args.target, args)
     if prof.calib.source != "pydoc" and args.calib == "pydoc":
@@ -80,20 +85,44 @@ def cmd_refine(args: argparse.Namespace) -> None:
             f"the profile was calibrated on {prof.calib.source!r}: pass that file as --calib "
             "so refine measures on calibration text too"
         )
-    rules = {
-        "ignore_scale_bits": args.ignore_scale_bits,
-        "shared": shared_groups(args.shared),
-        "pins": parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
-        "target": args.target_runtime,
-    }
-    problem = Problem.from_profile(prof, **rules)
-    settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
-    where = MeasureSettings(
-        args.calib, args.windows, args.window_len, args.device, args.dtype, args.heldout
+    job = _job_args(args, prof)
+    where = device_kwargs(args)
+    refine_plan(prof, job, **where)  # every refusal here, before anything is queued
+    spec = refine_spec(prof, job, **where)
+    backend = get_backend()
+    sub = submit(backend, spec)
+    progress(sub.describe(spec.label))
+    row = follow(backend, sub.id, sub.reused)
+    if row.status != "done":
+        raise MixvizError(f"refine job {row.id} {row.status}: {row.error or ''}".strip())
+    emit(read_json(answer_path(row.id), "refinement"), args.json, _text, args.out)
+
+
+def _job_args(args: argparse.Namespace, prof):
+    """The refine job's arguments from the command's flags (the profile saved by content)."""
+    from pathlib import Path
+
+    from mixviz.allocation.edits import parse_pins
+    from mixviz.runs.jobs.refine import profile_file
+    from mixviz.runs.runspec import RefineArgs
+
+    calib = args.calib
+    if calib != "pydoc":  # the worker reads it from wherever it runs
+        calib = str(Path(calib).expanduser().resolve())
+    return RefineArgs(
+        str(profile_file(prof)),
+        args.avg_bits,
+        args.rounds,
+        args.grouping,
+        calib=calib,
+        windows=args.windows,
+        seqlen=args.window_len,
+        heldout=args.heldout,
+        ignore_scale_bits=args.ignore_scale_bits,
+        shared=tuple(shared_groups(args.shared)),
+        pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
+        target=args.target_runtime,
     )
-    result = refine_profile(prof, problem, settings, where, progress, rules)
-    doc = refined_doc(prof, result)
-    emit(doc, args.json, _text, args.out)
 
 
 def _text(doc: dict) -> str:

@@ -217,6 +217,47 @@ def error_column(frame, y: str) -> str | None:
     return next((c for c in candidates if c in frame), None)
 
 
+COUNTS = {"accuracy": ("n_items", "item"), "kld": ("kld_windows", "window")}
+"""The column counting what each chart's ``y`` rests on (a task's: ``<task>:items``)."""
+
+
+def interval_notes(frame, y: str) -> list[str]:
+    """Each point's ± as the tables write it: ``'± 0.0200'``, or a dash and why there is none
+    (:func:`~mixviz.report.tables.no_interval`: 1 item or window, or no standard error).
+
+    >>> import pandas as pd
+    >>> interval_notes(pd.DataFrame({"accuracy": [0.6, 0.5], "accuracy_se": [0.02, None],
+    ...     "n_items": [50, 1]}), "accuracy")
+    ['± 0.0200', '± — (1 item: no interval)']
+    """
+    from mixviz.report.tables import no_interval
+
+    err = error_column(frame, y)
+    count, unit = COUNTS.get(y, (f"{y}:items", "item"))
+    ses = frame[err].tolist() if err else [None] * len(frame)
+    ns = frame[count].tolist() if count in frame else [None] * len(frame)
+    return [
+        f"± {se:.4f}" if se is not None and se == se else f"± — ({no_interval(n, unit)})"
+        for se, n in zip(ses, ns, strict=True)
+    ]
+
+
+def missing_intervals(frame, y: str) -> str:
+    """The caption under a chart with points that have no ±, saying why as the tables do:
+    ``'No error bar on 2 of 3 points: ± — (1 item: no interval)'``; ``''`` when all have one.
+
+    >>> import pandas as pd
+    >>> missing_intervals(pd.DataFrame({"kld": [0.1, 0.2], "kld_windows": [1, 1]}), "kld")
+    'No error bar on 2 of 2 points: ± — (1 window: no interval)'
+    """
+    notes = interval_notes(frame, y)
+    missing = [n for n in notes if n.startswith("± —")]
+    if not missing:
+        return ""
+    why = "; ".join(sorted(set(missing)))
+    return f"No error bar on {len(missing)} of {len(notes)} points: {why}"
+
+
 def padded_range(values, pad: float) -> list[float] | None:
     """``[min - p, max + p]`` with ``p`` = 8 % of the span, at least ``pad``; None if empty.
 
@@ -240,7 +281,8 @@ def accuracy_chart(
     title: str | None = None,
 ) -> go.Figure:
     """``y`` vs average bits, one series per strategy (points joined when it has several),
-    error bars where the results carry a standard error, BF16 as a dotted reference line
+    error bars where the results carry a standard error (the hover gives each point's ±, or
+    ``± — (why)`` where it has none: :func:`interval_notes`), BF16 as a dotted reference line
     (in the legend too); axes fitted to the data with some padding."""
     err = error_column(frame, y)
     y_title = y_title or y
@@ -260,7 +302,10 @@ def accuracy_chart(
                 line={"color": strategy_colour(strategy)},
                 marker={"size": 9},
                 error_y={"type": "data", "array": se, "visible": True} if se else None,
-                hovertemplate="%{x:.3f} bits<br>%{y:.4f}<extra>" + str(strategy) + "</extra>",
+                customdata=interval_notes(part, y),
+                hovertemplate="%{x:.3f} bits<br>%{y:.4f} %{customdata}<extra>"
+                + str(strategy)
+                + "</extra>",
             )
         )
     if bf16 is not None:
@@ -327,7 +372,8 @@ def loss_vs_accuracy(
             text=frame["label"],
             textposition="top center",
             name="quantized runs",
-            hovertemplate="%{text}<br>loss %{x:.4g}<br>%{y:.4f}<extra></extra>",
+            customdata=interval_notes(frame, y),
+            hovertemplate="%{text}<br>loss %{x:.4g}<br>%{y:.4f} %{customdata}<extra></extra>",
         )
     )
     what = "KLD" if y == "kld" else "accuracy"

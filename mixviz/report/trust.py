@@ -57,7 +57,8 @@ def prediction_trust(predicted, measured) -> Trust | None:
 
 
 def run_points(profile, runs) -> list[dict]:
-    """``{label, predicted_loss, kld, kld_se, accuracy, accuracy_se}`` for every distinct
+    """``{label, predicted_loss, kld, kld_se, accuracy, accuracy_se, n_items, kld_windows}``
+    for every distinct
     recipe among the runs (rows of the runs frame, with a ``recipe`` map) whose every layer and
     option the profile scores. Runs of one recipe (a quantize job and the run it came from) are
     one point, named by all their labels, measured by the run whose KLD rests on most tokens:
@@ -76,6 +77,8 @@ def run_points(profile, runs) -> list[dict]:
             "accuracy_se": getattr(row, "accuracy_se", None),
             "kld": getattr(row, "kld", None),
             "kld_se": getattr(row, "kld_se", None),
+            "n_items": getattr(row, "n_items", None),
+            "kld_windows": getattr(row, "kld_windows", None),
             "_weight": _tokens(row),
         }
         key = frozenset(recipe.items())

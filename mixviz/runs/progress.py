@@ -2,9 +2,11 @@
 (the app's Runs and Profile pages and the CLI's ``runs --wait`` say both).
 
 The estimate rests on completed work only: the pace up to the moment the last unit finished
-(``progressed``), counted down since. While work goes at a steady pace it never grows between
-two polls (a poll between two units counts down instead of stretching the pace), and it is
-absent until :data:`MIN_FRACTION` of the work is done.
+(``progressed``), counted down since. It is a promise that only shrinks: each finished unit
+makes a "finish by" time (:func:`promise`) that replaces the kept one only when it is earlier,
+or when the kept one has run out — so a slow unit (a stage boundary) never raises it, and a
+poll between two units counts down. It is absent until :data:`MIN_FRACTION` of the work is
+done, and once the promise has run out, until the next unit gives a new one.
 """
 
 from __future__ import annotations
@@ -38,24 +40,50 @@ def remaining(fraction: float, elapsed: float) -> float | None:
     return elapsed * (1 - fraction) / fraction
 
 
+def promise(fraction: float, started: float, at: float, kept: float | None = None) -> float | None:
+    """The "finish by" time once ``fraction`` is done at ``at``: the pace so far makes a new
+    one, which replaces ``kept`` only when it is earlier or ``kept`` has run out by ``at``.
+    None before :data:`MIN_FRACTION` is done, and once all of it is.
+
+    >>> promise(0.25, 0.0, 60.0)  # 60 s for a quarter: 180 s more
+    240.0
+    >>> promise(0.5, 0.0, 200.0, kept=240.0)  # a slow unit: the earlier promise stays
+    240.0
+    >>> promise(0.5, 0.0, 100.0, kept=240.0), promise(0.5, 0.0, 250.0, kept=240.0)
+    (200.0, 500.0)
+    """
+    left = remaining(fraction, at - started)
+    if left is None:
+        return None
+    new = at + left
+    return kept if kept is not None and at < kept < new else new
+
+
 def time_left(
-    fraction: float, started: float, progressed: float | None, now: float
+    fraction: float,
+    started: float,
+    progressed: float | None,
+    now: float,
+    finish_by: float | None = None,
 ) -> float | None:
-    """Seconds left: the pace of the work done by ``progressed`` (when ``fraction`` was
-    reached), less the time since then; None before :data:`MIN_FRACTION` is done, or once
-    the countdown has run out (the estimate was too short: no number beats a wrong one).
+    """Seconds left until ``finish_by`` (kept by the store or a :class:`Pace`; without one,
+    the promise the work done by ``progressed`` makes); None before :data:`MIN_FRACTION` is
+    done, or once the promise has run out (it was too short: no number beats a wrong one).
 
     >>> time_left(0.25, 0.0, 60.0, 60.0), time_left(0.25, 0.0, 60.0, 90.0)
     (180.0, 150.0)
     >>> time_left(0.01, 0.0, 60.0, 61.0), time_left(0.25, 0.0, 60.0, 400.0)
     (None, None)
+    >>> time_left(0.5, 0.0, 200.0, 210.0, finish_by=240.0)  # not the 200 s its pace says
+    30.0
     """
-    at = now if progressed is None else min(progressed, now)
-    left = remaining(fraction, at - started)
-    if left is None:
+    if fraction >= 1:
         return None
-    left -= now - at
-    return left if left > 0 else None
+    at = now if progressed is None else min(progressed, now)
+    by = promise(fraction, started, at) if finish_by is None else finish_by
+    if by is None:
+        return None
+    return by - now if by > now else None
 
 
 def eta_text(
@@ -63,9 +91,11 @@ def eta_text(
     started: float | None,
     now: float | None = None,
     progressed: float | None = None,
+    finish_by: float | None = None,
 ) -> str:
     """``'1:00 elapsed, ~3:00 left'`` for a task ``fraction`` done that started at ``started``
-    (a ``time.time()``) and last advanced at ``progressed``; ``''`` when it has not started.
+    (a ``time.time()``), last advanced at ``progressed`` and promised to end by ``finish_by``
+    (:func:`time_left`); ``''`` when it has not started.
 
     >>> eta_text(0.25, 1000.0, now=1060.0)
     '1:00 elapsed, ~3:00 left'
@@ -77,7 +107,7 @@ def eta_text(
     if started is None:
         return ""
     now = time.time() if now is None else now
-    left = time_left(fraction, started, progressed, now)
+    left = time_left(fraction, started, progressed, now, finish_by)
     text = f"{duration(now - started)} elapsed"
     return text if left is None else f"{text}, ~{duration(left)} left"
 
@@ -85,7 +115,8 @@ def eta_text(
 class Pace:
     """Progress of work done in this process (the Profile page's): ``update(done, total,
     msg)`` from the work, ``line(now)`` as often as the page likes — the elapsed clock ticks
-    on every call, the estimate moves only with completed units.
+    on every call, the estimate counts down to a promise (:func:`promise`) kept here that
+    completed units may only bring forward.
 
     >>> p = Pace(started=0.0); p.update(1, 4, "block 1", now=10.0)
     >>> p.line(now=12.0)
@@ -95,13 +126,17 @@ class Pace:
     def __init__(self, started: float | None = None, msg: str = "starting"):
         self.started = time.time() if started is None else started
         self.fraction, self.msg, self.progressed = 0.0, msg, None
+        self.finish_by: float | None = None
 
     def update(self, done: int, total: int, msg: str, now: float | None = None) -> None:
         fraction = min(done / max(total, 1), 1.0)
         if fraction > self.fraction:
-            self.fraction, self.progressed = fraction, time.time() if now is None else now
+            at = time.time() if now is None else now
+            self.finish_by = promise(fraction, self.started, at, self.finish_by)
+            self.fraction, self.progressed = fraction, at
         self.msg = msg
 
     def line(self, now: float | None = None) -> str:
-        eta = eta_text(self.fraction, self.started, now, self.progressed or self.started)
+        at = self.progressed or self.started
+        eta = eta_text(self.fraction, self.started, now, at, self.finish_by)
         return f"{self.msg} · {eta}"

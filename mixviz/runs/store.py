@@ -24,8 +24,10 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
+from mixviz.runs.progress import promise
 
-SCHEMA_VERSION = 2  # 2: ``progressed``, when the progress last advanced
+SCHEMA_VERSION = 3  # 2: ``progressed``, when the progress last advanced; 3: ``finish_by``
+ADDED = {2: "progressed REAL", 3: "finish_by REAL"}  # the column each version added
 FINAL = ("done", "failed", "cancelled", "lost")
 SAME = " = "  # joins the names of specs that are one run: "pure MXFP4 = uniform @5"
 
@@ -48,7 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat REAL,
     avg_bits REAL,
     error TEXT,
-    progressed REAL
+    progressed REAL,
+    finish_by REAL
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
@@ -145,6 +148,7 @@ class RunRow:
     avg_bits: float | None
     error: str | None
     progressed: float | None = None  # when ``progress`` last advanced (the estimate's pace)
+    finish_by: float | None = None  # the estimate's promise, only ever brought forward
 
     @property
     def elapsed(self) -> float | None:
@@ -169,8 +173,9 @@ class Store:
                         f"run store {self.path} has schema version {version}, newer than this "
                         f"mixviz ({SCHEMA_VERSION}); upgrade mixviz"
                     )
-                if version == 1:  # the one column version 2 added
-                    _add_column(con, "runs", "progressed REAL")
+                for added, column in ADDED.items():  # an older store gains what it lacks
+                    if 0 < version < added:
+                        _add_column(con, "runs", column)
                 if version < SCHEMA_VERSION:  # only a new or older store is written to on open
                     con.executescript(_SCHEMA)
                     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -291,16 +296,16 @@ class Store:
             return _row(got), reused
 
     def update(self, run_id: str, **fields) -> None:
-        """Set ``fields``; a ``progress`` above the stored one also stamps ``progressed``."""
+        """Set ``fields``; a ``progress`` above the stored one also stamps ``progressed`` and
+        keeps the estimate's ``finish_by`` (:func:`~mixviz.runs.progress.promise`), in the
+        same UPDATE."""
         if not fields:
             return
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        values: tuple = tuple(fields.values())
-        if "progress" in fields and "progressed" not in fields:
-            cols += ", progressed = CASE WHEN ? > progress THEN ? ELSE progressed END"
-            values += (fields["progress"], time.time())
         with self.tx() as con:
-            con.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*values, run_id))
+            if "progress" in fields and "progressed" not in fields:
+                fields = {**fields, **_advanced(con, run_id, fields)}
+            cols = ", ".join(f"{k} = ?" for k in fields)
+            con.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
 
     def transition(self, run_id: str, from_status: tuple[str, ...], **fields) -> bool:
         """Update only if the run is still in one of ``from_status`` (no lost updates)."""
@@ -405,6 +410,19 @@ def _row(r: sqlite3.Row) -> RunRow:
     d = dict(r)
     d["spec"] = json.loads(d["spec"])
     return RunRow(**d)
+
+
+def _advanced(con: sqlite3.Connection, run_id: str, fields: dict) -> dict:
+    """``{progressed, finish_by}`` when ``fields["progress"]`` is above the stored progress
+    (a unit finished now), else ``{}``."""
+    row = con.execute(
+        "SELECT progress, started, finish_by FROM runs WHERE id = ?", (run_id,)
+    ).fetchone()
+    if row is None or not fields["progress"] > row["progress"]:
+        return {}
+    now, started = time.time(), fields.get("started", row["started"])
+    by = None if started is None else promise(fields["progress"], started, now, row["finish_by"])
+    return {"progressed": now, "finish_by": by}
 
 
 def _add_column(con: sqlite3.Connection, table: str, column: str) -> None:

@@ -1,10 +1,13 @@
 """``run --wait`` and ``quantize``: the job's line on a terminal is redrawn every poll (the
-elapsed clock ticks); in a log, a line when it moves and every 30 s while it does not."""
+elapsed clock ticks); in a log, a line when it moves and every 30 s while it does not; Ctrl-C
+cancels the job the command queued."""
 
 from __future__ import annotations
 
 import io
 from types import SimpleNamespace
+
+import pytest
 
 from mixviz.cli.common import JobLine
 
@@ -16,7 +19,13 @@ class Terminal(io.StringIO):
 
 def row(started: float, progress: float = 0.1, status: str = "running", stage: str = "x"):
     return SimpleNamespace(
-        id="r1", status=status, stage=stage, progress=progress, started=started, progressed=None
+        id="r1",
+        status=status,
+        stage=stage,
+        progress=progress,
+        started=started,
+        progressed=None,
+        finish_by=None,
     )
 
 
@@ -56,3 +65,39 @@ def test_the_line_names_the_stage(monkeypatch):
     monkeypatch.setattr("sys.stderr", err)
     JobLine().show(row(started=0.0, stage=stage))
     assert f"running {stage} 10%" in err.getvalue()
+
+
+class Backend:
+    """A backend whose job is interrupted while it is followed; records what was cancelled."""
+
+    def __init__(self, store):
+        self.store, self.name, self.cancelled = store, "local", []
+
+    def cancel(self, run_id):
+        self.cancelled.append(run_id)
+        return self.store.cancel(run_id, ("queued", "running"))
+
+    def reconcile(self):
+        raise KeyboardInterrupt  # Ctrl-C while the command waits
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_ctrl_c_cancels_the_job_this_command_queued(tmp_path, monkeypatch, capsys, reused):
+    from mixviz.cli.common import follow
+    from mixviz.runs.store import Store
+
+    monkeypatch.setattr(
+        "mixviz.runs.jobs.backends.reconcile_all", lambda s, b: b["local"].reconcile()
+    )
+    store = Store(tmp_path / "runs.db")
+    store.insert("r1", "k", "tiny", "refine @6 (kind, 1 rounds)", {})
+    backend = Backend(store)
+    with pytest.raises(KeyboardInterrupt):
+        follow(backend, "r1", reused)
+    err = capsys.readouterr().err
+    if reused:  # someone else's job: left running, and how to stop it said
+        assert backend.cancelled == [] and store.get("r1").status == "queued"
+        assert "mixviz cancel r1" in err
+    else:
+        assert backend.cancelled == ["r1"] and store.get("r1").status == "cancelled"
+        assert "cancelled job r1" in err

@@ -104,9 +104,18 @@ def test_cli_refine_writes_the_rounds_and_the_best_layers(tmp_path):
     assert doc["format"] == "mixviz.refinement" and doc["strategy"] == "refined"
     assert set(doc["layers"].values()) <= {"MXFP4", "MXFP8"}
     assert doc["layers"] == doc["rounds"][doc["best"]]["layers"]
-    for r in doc["rounds"]:  # both figures, each with its df: selection and held-out
-        assert r["measured_df"] == 3 and r["heldout_df"] == 2 and r["heldout"] > 0
+    for d in doc["rounds"]:  # both figures, each with its df: selection and held-out
+        assert d["measured_df"] == 3 and d["heldout_df"] == 2 and d["heldout"] > 0
     assert doc["best_heldout"] == doc["rounds"][doc["best"]]["heldout"]
+    # a job in the one queue: the same command again reuses the finished job, same answer
+    assert "queued run" in r.stderr
+    again = run_cli(
+        "refine", "tiny", "--avg-bits", "6", "--rounds", "1", "--nsamples", "4", "--seqlen",
+        "64", "--windows", "4", "--window-len", "64", "--heldout", "3", "--json",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "reusing its results" in again.stderr
+    assert json.loads(again.stdout) == doc
 
 
 def test_heldout_windows_are_the_evaluation_texts_last(tiny):

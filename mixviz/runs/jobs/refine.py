@@ -1,6 +1,7 @@
 """A refine job in the queue: ``mixviz refine`` run by the worker (:mod:`.worker`), its stage
 and progress in the store, each round written to ``runs/<id>/rounds.json`` as it finishes and
-the answer to ``runs/<id>/refine.json``.
+the answer to ``runs/<id>/refine.json``. The CLI and the app's panel both build the job with
+:func:`refine_spec` and check it with :func:`refine_plan` — the rules the job refines under.
 
 Progress counts measurements: round 0 is one (plus its held-out score), every later round one
 per group moved, one for the re-solved allocation (plus its held-out score); a ``context``
@@ -12,11 +13,15 @@ round profiles around the allocation instead of moving groups.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 from mixviz.errors import MixvizError
-from mixviz.paths import atomic_write_json, read_json
-from mixviz.runs.runspec import RunSpec
+from mixviz.paths import atomic_write_json, cache_dir, read_json
+from mixviz.runs.runspec import REFINE_TASK, RefineArgs, RunSpec
 from mixviz.runs.store import Store, runs_dir
 
 SETUP = 0.1  # the share of progress loading the model and its references take
@@ -26,6 +31,66 @@ def expected_measurements(rounds: int, groups: int, heldout: bool) -> int:
     """Measurements (and re-profiles) a refinement makes at most."""
     per = 1 + int(heldout)
     return per + rounds * (groups + per)
+
+
+class RefinePlan(NamedTuple):
+    """What a refine job refines: the problem (built with ``rules``), its settings and where
+    it measures."""
+
+    problem: object
+    settings: object
+    where: object
+    rules: dict
+
+
+def refine_plan(prof, args: RefineArgs, device: str = "auto", dtype: str = "auto") -> RefinePlan:
+    """The job's problem from ``prof`` under ``args``' rules (pins, shared groups, target,
+    scale-bit accounting), every refusal raised here — a split group, a budget outside the
+    feasible range, bad windows — so a caller can check before it queues anything."""
+    from mixviz.allocation.problem import Problem, budget_bits
+    from mixviz.allocation.refine import RefineSettings
+    from mixviz.runs.evaluation.measure import MeasureSettings
+
+    rules = {
+        "ignore_scale_bits": args.ignore_scale_bits,
+        "shared": list(args.shared),
+        "pins": dict(args.pins),
+        "target": args.target,
+    }
+    problem = Problem.from_profile(prof, **rules)
+    settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
+    where = MeasureSettings(args.calib, args.windows, args.seqlen, device, dtype, args.heldout)
+    budget_bits(problem, settings.avg_bits)
+    return RefinePlan(problem, settings, where, rules)
+
+
+def refine_spec(prof, args: RefineArgs, device: str = "auto", dtype: str = "auto") -> RunSpec:
+    """The refine job of ``prof`` (saved at ``args.profile``) as the queue runs and keys it."""
+    return RunSpec(
+        model=prof.model,
+        recipe=None,
+        tasks=(REFINE_TASK,),
+        model_hash=prof.model_hash,
+        device=device,
+        dtype=dtype,
+        refine=args,
+    )
+
+
+def profile_file(prof) -> Path:
+    """``prof`` saved where a refine job reads it, named by its content (written once): the
+    same profile is the same file, so the same job (``cache/refine/profiles/``)."""
+    text = json.dumps(prof.to_dict(), sort_keys=True)
+    path = (
+        cache_dir()
+        / "refine"
+        / "profiles"
+        / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    )
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prof.save(path)
+    return path
 
 
 def rounds_so_far(run_id: str) -> list[dict]:
@@ -49,24 +114,13 @@ def refine_steps(store: Store, run_id: str, spec: RunSpec) -> str:
     or ``failed`` where the job was no longer running at the end (cancelled meanwhile)."""
     from dataclasses import asdict
 
-    from mixviz.allocation.problem import Problem
-    from mixviz.allocation.refine import RefineSettings, groups_of
-    from mixviz.runs.evaluation.measure import MeasureSettings, refine_profile, refined_doc
+    from mixviz.allocation.refine import groups_of
+    from mixviz.runs.evaluation.measure import refine_profile, refined_doc
     from mixviz.sensitivity.profile import Profile
 
     args = spec.refine
     prof = Profile.load(args.profile)
-    rules = {
-        "ignore_scale_bits": args.ignore_scale_bits,
-        "shared": list(args.shared),
-        "pins": dict(args.pins),
-        "target": args.target,
-    }
-    problem = Problem.from_profile(prof, **rules)
-    settings = RefineSettings(args.avg_bits, args.rounds, args.grouping)
-    where = MeasureSettings(
-        args.calib, args.windows, args.seqlen, spec.device, spec.dtype, args.heldout
-    )
+    problem, settings, where, rules = refine_plan(prof, args, spec.device, spec.dtype)
     groups = 1 if args.grouping == "context" else len(groups_of(problem, args.grouping))
     total = expected_measurements(args.rounds, groups, bool(args.heldout))
     say = _reporter(store, run_id, total)

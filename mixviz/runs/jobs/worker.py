@@ -90,6 +90,7 @@ def claim(store: Store, run_id: str) -> RunSpec | str:
         stage="loading",
         progress=0.0,
         progressed=None,
+        finish_by=None,
     ):
         return store.get(run_id).status  # cancelled before it started
     return spec
