@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from mixviz.errors import MixvizError
+from mixviz.models.targets import resolve_target
 from mixviz.paths import cache_dir
 from mixviz.runs.evaluation.measure import load_refinement
 from mixviz.runs.jobs.refine import answer_path, refine_spec, rounds_so_far
@@ -44,7 +45,7 @@ def job_spec(page, avg: float, rounds: int, how: str) -> RunSpec:
         ignore_scale_bits=c.ignore_scale_bits,
         shared=tuple(c.shared),
         pins=dict(page.locks),
-        target=c.target or None,
+        target=resolve_target(c.target or None),
     )
     return refine_spec(page.profile, args, c.device, c.dtype)
 

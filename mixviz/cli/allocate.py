@@ -206,7 +206,9 @@ def cmd_allocate(args: argparse.Namespace) -> None:
     doc["predicted_loss_is"] = _loss_is(prof.metric)
     doc.update(_predicted_kld(prof, result, args))
     if args.target_runtime:
-        doc["target"] = args.target_runtime
+        from mixviz.models.targets import resolve_target
+
+        doc["target"] = resolve_target(args.target_runtime)  # the build it was solved for
     emit(doc, args.json, _allocation_text, args.out)
 
 

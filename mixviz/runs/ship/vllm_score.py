@@ -95,5 +95,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":  # vLLM spawns its engine: the guard keeps it from re-running this
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if os.environ.get("MIXVIZ_VLLM_CPU_ISA") == "avx2":  # as_avx2 holds in this process only
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     sys.exit(main(sys.argv[1:]))
