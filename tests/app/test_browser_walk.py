@@ -79,7 +79,7 @@ def test_the_walk(tmp_path):
         page.get_by_role("button", name="Cancel refine").wait_for(timeout=60_000)  # followed
         # quantize with a limit, its predicted time said
         assert page.get_by_text(re.compile(r"^Predicted time: ")).count() == 1
-        page.get_by_label("KLD windows (--limit)", exact=True).fill("1")
+        page.get_by_label("KLD windows (--limit)", exact=True).fill("2")
         page.keyboard.press("Enter")
         wait_idle(page)
         page.get_by_role("button", name="Quantize", exact=True).click()
@@ -102,7 +102,7 @@ def test_the_walk(tmp_path):
         refine = [r for r in jobs if r.spec.get("refine")]
         ship = [r for r in jobs if r.spec.get("ship")]
         assert [r.status for r in refine + ship] == ["done", "done"], [r.error for r in jobs]
-        assert ship[0].spec["limit"] == 1
+        assert ship[0].spec["limit"] == 2
         nav(page, "Runs")
         page.get_by_text(re.compile("refine @")).first.wait_for(state="attached", timeout=60_000)
         no_raw(page)
