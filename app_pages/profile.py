@@ -9,7 +9,7 @@ from mixviz import MixvizError
 from mixviz.report import charts
 from mixviz.runs.progress import Pace
 from mixviz.sensitivity.metrics import metric_names, score_meaning
-from mixviz.sensitivity.profile import profile_model
+from mixviz.sensitivity.profile import Cancelled, profile_model
 
 TICK_S = 1.0  # the profile line redraws this often
 
@@ -27,8 +27,12 @@ profile = ui.require_profile(choice, missing=None)  # the buttons below make it
 def run_profile(use_cache: bool) -> None:
     """Profile with the sidebar's settings, then redraw the page with the new profile. The
     work runs in a thread; this script redraws its line every second (the elapsed clock
-    ticks; the bar and the estimate move with the metric's completed steps)."""
+    ticks; the bar and the estimate move with the metric's completed steps). Leaving the page,
+    changing a setting, *Stop profiling* or the session ending interrupts this script: the
+    work is then cancelled (it stops at its next step, nothing cached), and the page says so
+    when it is next shown."""
     bar = st.progress(0.0, text="starting: loading the model")
+    st.button("Stop profiling", key="profile_stop")  # its click interrupts the loop below
     pace = Pace(msg="starting: loading the model")
     job = ui.in_thread(
         profile_model,
@@ -38,9 +42,16 @@ def run_profile(use_cache: bool) -> None:
         allow_partial=True,
         trust_remote_code=choice.trust_remote_code,
         progress=pace.update,
+        cancel_kw="cancel",
     )
-    while not job.wait(TICK_S):
-        bar.progress(pace.fraction, text=pace.line())
+    st.session_state["profile_job"] = (what, job)
+    try:
+        while not job.wait(TICK_S):
+            bar.progress(pace.fraction, text=pace.line())
+    finally:  # also when Streamlit interrupts the script to rerun it or end the session
+        if not job.wait(0):
+            job.cancel()
+    st.session_state.pop("profile_job", None)
     try:
         made = job.result()
     except MixvizError as e:
@@ -51,7 +62,24 @@ def run_profile(use_cache: bool) -> None:
     st.rerun()  # redraw with the new profile: its heatmaps, and Recompute instead of Profile
 
 
+def say_stopped() -> None:
+    """A profile this session stopped before it finished: stopping, or stopped (said once)."""
+    if "profile_job" not in st.session_state:
+        return
+    was, job = st.session_state["profile_job"]
+    if not job.wait(0):
+        st.info(f"Stopping the profile of {was}: it stops at its next step, nothing is saved.")
+        return
+    del st.session_state["profile_job"]
+    if isinstance(job.error, Cancelled):
+        st.warning(
+            f"Profiling {was} was stopped before it finished (the page was left, a setting "
+            "changed or *Stop profiling* was pressed): nothing was saved."
+        )
+
+
 what = f"{choice.model} with {choice.metric}"
+say_stopped()
 if "profile_done" in st.session_state:
     st.success(st.session_state.pop("profile_done"))
 if profile is None:

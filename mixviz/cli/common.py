@@ -55,15 +55,16 @@ class JobLine:
             self.last, self.at = moved, time.time()
 
 
-def follow(backend, run_id: str, reused: bool):
+def follow(backend, run_id: str, reused: bool, timeout: float | None = None):
     """Wait for the job with its :class:`JobLine`; its final row. Ctrl-C cancels the job when
     this command queued it (a reused one was queued by someone else: it is left running, and
-    how to stop it said) and is raised again."""
+    how to stop it said) and is raised again; ``timeout`` (seconds) is ``wait``'s: an error,
+    the job left as it is."""
     from mixviz.runs.jobs.backends import wait
 
     line = JobLine()
     try:
-        return wait(backend.store, run_id, on_update=line.show, backend=backend)
+        return wait(backend.store, run_id, timeout=timeout, on_update=line.show, backend=backend)
     except KeyboardInterrupt:
         if line.tty:
             sys.stderr.write("\n")

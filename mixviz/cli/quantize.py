@@ -12,13 +12,13 @@ import json
 import sys
 
 from mixviz.cli.common import (
-    JobLine,
     add_device_flags,
     add_json,
     add_model,
     add_trust_remote_code,
     device_kwargs,
     emit,
+    follow,
     progress,
     resolve,
 )
@@ -115,8 +115,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.no_wait:
         _queue_only(backend, spec, sub, args.json)
         return
-    line = JobLine()
-    got = deliver(backend, spec, sub.id, sub.reused, say=progress, on_update=line.show)
+    got = deliver(
+        backend, spec, sub.id, sub.reused, say=progress,
+        follow=lambda run_id, reused: follow(backend, run_id, reused),
+    )  # fmt: skip
     row = backend.store.get(got.run_id)
     ship = ship_document(got.run_id) or {}
     if ship and got.status == "done":

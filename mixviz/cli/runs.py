@@ -8,7 +8,6 @@ import json
 import sys
 
 from mixviz.cli.common import (
-    JobLine,
     add_device_flags,
     add_json,
     add_model,
@@ -16,6 +15,7 @@ from mixviz.cli.common import (
     add_trust_remote_code,
     device_kwargs,
     emit,
+    follow,
     progress,
     resolve,
 )
@@ -165,10 +165,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _wait_and_report(backend, run_id: str, args: argparse.Namespace, reused: bool = False) -> None:
-    from mixviz.runs.jobs.backends import run_document, wait
+    from mixviz.runs.jobs.backends import run_document
 
-    line = JobLine()
-    wait(backend.store, run_id, timeout=args.timeout, on_update=line.show, backend=backend)
+    follow(backend, run_id, reused, timeout=args.timeout)
     doc = {**run_document(backend.store, run_id), "reused": reused}
     emit(doc, args.json, _run_text)
     if doc["status"] != "done":

@@ -109,7 +109,8 @@ def kld_trust(points: list[dict]) -> Trust | None:
 def refinement_chart(refinement):
     """Each refine round: the KLD measured on the selection windows and on held-out ones (± the
     95 % t interval) beside what the corrected additive model predicted for it, so a person
-    sees the correction converge (the best round ringed)."""
+    sees the correction converge (the best round ringed). The hover gives each point's ±, or
+    ``± — (why)`` where it has none, as the Results charts do (:func:`_round_notes`)."""
     import plotly.graph_objects as go
 
     rounds = refinement.rounds
@@ -131,9 +132,11 @@ def refinement_chart(refinement):
                 mode="lines+markers",
                 line={"color": "#1f77b4"},
                 name="measured KLD (selection: calibration windows)",
-                customdata=[r.avg_bits for r in rounds],
-                hovertemplate="round %{x}<br>measured %{y:.4f}<br>%{customdata:.3f} bits"
-                "<extra></extra>",
+                customdata=[
+                    [n, r.avg_bits] for n, r in zip(_round_notes(rounds), rounds, strict=True)
+                ],
+                hovertemplate="round %{x}<br>measured %{y:.4f} %{customdata[0]}"
+                "<br>%{customdata[1]:.3f} bits<extra></extra>",
             ),
             *_heldout_trace(rounds),
             go.Scatter(
@@ -170,9 +173,30 @@ def _heldout_trace(rounds) -> list:
             mode="lines+markers",
             line={"color": "#2ca02c"},
             name="held-out KLD (never selected on)",
-            hovertemplate="round %{x}<br>held-out %{y:.4f}<extra></extra>",
+            customdata=_round_notes(have, "heldout"),
+            hovertemplate="round %{x}<br>held-out %{y:.4f} %{customdata}<extra></extra>",
         )
     ]
+
+
+def _round_notes(rounds, which: str = "measured") -> list[str]:
+    """Each round's ``which`` (``measured`` or ``heldout``) ± as the Results charts write it
+    (:func:`~mixviz.report.charts.interval_notes`): the 95 % t half-width its error bar draws,
+    or a dash and why there is none (1 window, or no standard error)."""
+    import pandas as pd
+
+    from mixviz.report.charts import interval_notes
+
+    dfs = [getattr(r, f"{which}_df") for r in rounds]
+    frame = pd.DataFrame(
+        {
+            "kld": [getattr(r, which) for r in rounds],
+            "kld_se": [r.half(which) for r in rounds],
+            "kld_windows": [None if df is None else df + 1 for df in dfs],
+        },
+        dtype=float,
+    )
+    return interval_notes(frame, "kld")
 
 
 def refinement_points(refinement) -> list[dict]:

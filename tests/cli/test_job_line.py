@@ -1,6 +1,6 @@
-"""``run --wait`` and ``quantize``: the job's line on a terminal is redrawn every poll (the
-elapsed clock ticks); in a log, a line when it moves and every 30 s while it does not; Ctrl-C
-cancels the job the command queued."""
+"""``run --wait``, ``quantize`` and ``refine``: the job's line on a terminal is redrawn every
+poll (the elapsed clock ticks); in a log, a line when it moves and every 30 s while it does not;
+Ctrl-C cancels the job the command queued (one it reused is left running)."""
 
 from __future__ import annotations
 
@@ -101,3 +101,60 @@ def test_ctrl_c_cancels_the_job_this_command_queued(tmp_path, monkeypatch, capsy
     else:
         assert backend.cancelled == ["r1"] and store.get("r1").status == "cancelled"
         assert "cancelled job r1" in err
+
+
+@pytest.fixture
+def interrupted(tmp_path, monkeypatch, capsys):
+    """Run a command whose job never starts (no worker) and whose wait gets Ctrl-C: its exit
+    code, stderr and the job as the store then holds it."""
+    from mixviz.cli import main
+    from mixviz.runs.jobs.local_backend import LocalBackend
+    from mixviz.runs.store import Store
+
+    monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(LocalBackend, "_spawn", lambda self, run_id: None)
+
+    def ctrl_c(store, backends):
+        raise KeyboardInterrupt
+
+    def go(*argv, queued_before: bool = False):
+        if queued_before:  # someone else queued the identical job
+            assert main([*argv, "--no-wait"] if argv[0] == "quantize" else argv[:-1]) == 0
+            capsys.readouterr()
+        monkeypatch.setattr("mixviz.runs.jobs.backends.reconcile_all", ctrl_c)
+        code = main(list(argv))
+        (row,) = Store().list()
+        return code, capsys.readouterr().err, row
+
+    return go
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_ctrl_c_in_run_wait_cancels_the_run_it_queued(interrupted, reused):
+    code, err, row = interrupted(
+        "run", "tiny", "--bf16", "--tasks", "lambada_openai", "--limit", "2", "--wait",
+        queued_before=reused,
+    )  # fmt: skip
+    assert code == 130 and "interrupted" in err
+    if reused:
+        assert row.status != "cancelled" and f"mixviz cancel {row.id}" in err
+    else:
+        assert row.status == "cancelled" and f"cancelled job {row.id}" in err
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_ctrl_c_in_quantize_cancels_the_job_it_queued(interrupted, tmp_path, tiny_layers, reused):
+    import json
+
+    plan = {x.name: "W4A16G32" for x in tiny_layers if x.block is not None}
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"layers": plan}))
+    code, err, row = interrupted(
+        "quantize", "tiny", "--recipe", str(recipe), "--format", "auto_round",
+        "--out", str(tmp_path / "ckpt"), "--limit", "2", queued_before=reused,
+    )  # fmt: skip
+    assert code == 130 and "interrupted" in err
+    if reused:
+        assert row.status != "cancelled" and f"mixviz cancel {row.id}" in err
+    else:
+        assert row.status == "cancelled" and f"cancelled job {row.id}" in err

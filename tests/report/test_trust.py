@@ -78,6 +78,25 @@ def test_the_rounds_are_drawn_measured_beside_predicted():
     assert r.stopped in fig.layout.title.text
     pts = refinement_points(r)
     assert [p["predicted_loss"] for p in pts] == [x.predicted for x in r.rounds]
+    # the hover gives each point's ± (its error bar), as the Results charts do
+    assert [c[0] for c in measured.customdata] == [f"± {x.half():.4f}" for x in r.rounds]
+    assert "%{customdata[0]}" in measured.hovertemplate
+
+    # a round on 1 window (no interval), one with no standard error: a dash and why
+    from dataclasses import replace
+
+    one = replace(r.rounds[0], measured_se=0.0, measured_df=0, heldout=0.1, heldout_se=0.01,
+                  heldout_df=15)  # fmt: skip
+    none = replace(one, index=1, measured_se=None, measured_df=None, heldout_se=None)
+    fig = refinement_chart(replace(r, rounds=(one, none), best=0))
+    measured = next(t for t in fig.data if t.name.startswith("measured"))
+    held = next(t for t in fig.data if t.name.startswith("held-out"))
+    assert [c[0] for c in measured.customdata] == [
+        "± — (1 window: no interval)",
+        "± — (no standard error recorded)",
+    ]
+    want = [f"± {one.half('heldout'):.4f}", "± — (no standard error recorded)"]
+    assert list(held.customdata) == want
 
 
 def test_one_point_per_distinct_recipe():

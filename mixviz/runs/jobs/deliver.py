@@ -81,12 +81,17 @@ def deliver(
     run_id: str,
     reused: bool,
     say: Callable[[str], None] = lambda _: None,
-    on_update=None,
+    follow: Callable[[str, bool], object] | None = None,
 ) -> Delivered:
     """Wait for the job, then :func:`deliver_now` — again while its files had to be made anew
-    — until ``--out`` holds a verified checkpoint or the run did not finish ``done``."""
+    — until ``--out`` holds a verified checkpoint or the run did not finish ``done``.
+    ``follow(run_id, reused)`` waits instead of a plain wait (the CLI's line, whose Ctrl-C
+    cancels a job the command queued)."""
     for _ in range(AGAIN_MAX + 1):
-        wait(backend.store, run_id, on_update=on_update, backend=backend)
+        if follow is None:
+            wait(backend.store, run_id, backend=backend)
+        else:
+            follow(run_id, reused)
         got = deliver_now(backend, spec, run_id, reused)
         if got.message:
             say(got.message)
