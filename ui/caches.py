@@ -52,6 +52,21 @@ def file_overhead(spec: str, allocated: tuple[str, ...], fmt: str) -> int:
                     gguf_file=conv).bytes  # fmt: skip
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def checkpoint_bytes(
+    spec: str, plan: tuple[tuple[str, str], ...], fmt: str, device: str, dtype: str
+) -> int:
+    """The bytes of the ``fmt`` checkpoint that writes ``plan``, as ``quantize`` predicts them
+    and checks the written files against (:func:`mixviz.models.file_size.predicted_bytes`)."""
+    from mixviz.models.device import placement
+    from mixviz.models.file_size import predicted_bytes
+
+    ref = model_ref(spec)
+    run_dtype = str(placement(device, dtype)[1]).removeprefix("torch.")
+    return predicted_bytes(mixviz.meta_model(ref), dict(plan), fmt, dtype=run_dtype,
+                           folder=ref.path, gguf_file=converted_path(ref.hash, "f32"))  # fmt: skip
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def profile_on_disk(model: str, spec: ProfileSpec, trust_remote_code: bool, where: str) -> Profile:
     """The profile ``profile_model(model, spec)`` finds on disk. Only hits are memoised: a miss

@@ -8,7 +8,7 @@ import streamlit as st
 from mixviz.errors import MixvizError
 from mixviz.models.targets import FORMATS
 from mixviz.paths import cache_dir, safe_filename
-from ui.caches import model_layers, model_ref
+from ui.caches import checkpoint_bytes, model_layers, model_ref
 from ui.sidebar import Choice
 
 
@@ -37,6 +37,7 @@ def quantize_panel(
         "Folder", str(cache_dir() / "checkpoints" / stem), key=f"{key}_quantize_out_{fmt}"
     )
     limit, iters = size_inputs(choice.model, fmt, key)
+    st.caption(checkpoint_size(choice, recipe, fmt))
     if imatrix:
         st.caption(f"GGML layers are quantized with the profile's importance matrix ({imatrix})")
     if not c3.button("Quantize", key=f"{key}_quantize", help="a queued job, like a run"):
@@ -71,6 +72,26 @@ def quantize_panel(
                 (st.warning if got.how == "again" else st.success)(got.message)
     except MixvizError as e:
         st.error(str(e))
+
+
+def checkpoint_size(choice: Choice, recipe: dict[str, str], fmt: str) -> str:
+    """``The checkpoint: 123.4 MiB …``: the written files' predicted bytes, by the function
+    ``quantize`` checks them against, or why this format cannot hold the recipe."""
+    from mixviz.models.targets import check_format
+
+    layers = model_layers(choice.model)
+    plan = {**{n: "BF16" for n, x in layers.items() if x.block is not None}, **recipe}
+    try:
+        check_format(plan, fmt, {n: x.in_features for n, x in layers.items()})
+        size = checkpoint_bytes(
+            choice.model, tuple(sorted(plan.items())), fmt, choice.device, choice.dtype
+        )
+    except MixvizError as e:
+        return f"The checkpoint: — ({e})"
+    return (
+        f"The checkpoint: {size / 2**20:.1f} MiB ({size:,} bytes) as {_an(fmt)} file, predicted "
+        "by the function quantize checks the written files against"
+    )
 
 
 def size_inputs(model: str, fmt: str, key: str) -> tuple[int | None, int]:
@@ -116,3 +137,7 @@ def profile_imatrix(profile) -> str | None:
         st.warning(f"The profile was weighted by the importance matrix {profile.imatrix}, "
                    "which is not kept here: the checkpoint is quantized without it")  # fmt: skip
     return None if path is None else str(path)
+
+
+def _an(fmt: str) -> str:
+    return f"{'an' if fmt[0] in 'aeiou' else 'a'} {fmt}"

@@ -43,7 +43,7 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
             "model": run.model,
             "recipe": recipe,
         }
-        accs, ses, items = [], [], 0.0
+        accs, ses, counts = [], [], []
         for task in spec.get("tasks", []):
             metrics = res.get(task, {})
             m = primary_metric(metrics)
@@ -51,7 +51,7 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
                 row[task] = metrics[m]
                 accs.append(metrics[m])
                 ses.append(errs.get(task, {}).get(m))
-                items += metrics.get("items") or 0.0
+                counts.append(metrics.get("items"))
             for key, value in metrics.items():
                 row[f"{task}:{key}"] = value
             for key, value in errs.get(task, {}).items():
@@ -59,7 +59,10 @@ def results_frame(store, model: str | None = None) -> pd.DataFrame:
         row["accuracy"] = sum(accs) / len(accs) if accs else None
         known = accs and all(e is not None for e in ses)
         row["accuracy_se"] = math.sqrt(sum(e**2 for e in ses)) / len(ses) if known else None
+        items = sum(n or 0.0 for n in counts)
         row["n_items"] = int(items) if items else None
+        # the average has no se when one task has none: the fewest items a task rests on
+        row["fewest_items"] = min((n for n in counts if n is not None), default=None)
         kld = res.get(KLD_TASK, {})
         for key in ("kld", "top1", "tokens"):
             row[key] = kld.get(key)
@@ -82,6 +85,7 @@ SUMMARY_COLUMNS = (
     "accuracy",
     "accuracy_se",
     "n_items",
+    "fewest_items",
     "kld",
     "kld_se",
     "top1",
@@ -137,7 +141,9 @@ def summary_cells(line, reference: float | None) -> dict[str, str]:
     ± se; a number without ± says why (``1 window: no interval``)."""
     top1, top1_se = line["top1"], line["top1_se"]
     items, windows = line["n_items"], line.get("kld_windows")
-    why_items, why_windows = no_interval(items, "item"), no_interval(windows, "window")
+    # the average's ± needs every task's: one task on 1 item is why it has none
+    why_items = no_interval(line.get("fewest_items"), "item per task")
+    why_windows = no_interval(windows, "window")
     half = line.get("score_from") == "half" and pd.notna(line["kld"])
     return {
         "average": format_share(line["accuracy"], reference, line["accuracy_se"], why_items),

@@ -10,25 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, browser_page, streamlit_server, wait_idle
+from browser import CHROMIUM, browser_page, no_raw, streamlit_server, wait_idle
 
 from mixviz.runs.store import FINAL, Store
 
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 QUERY = "model=tiny&options=MXFP4,MXFP8&metric=hessian&nsamples=2&seqlen=32&noscale=1"
-RAW = re.compile(r"\b(None|nan|NaN)\b")
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed"),
 ]
-
-
-def no_raw(page) -> None:
-    """No raw ``None``/``nan`` in the page's text (shown with its context when there is)."""
-    text = page.inner_text("body")
-    hit = RAW.search(text)
-    assert hit is None, text[max(hit.start() - 80, 0) : hit.end() + 80]
 
 
 def nav(page, title: str) -> None:
@@ -87,7 +79,7 @@ def test_the_walk(tmp_path):
         page.get_by_role("button", name="Cancel refine").wait_for(timeout=60_000)  # followed
         # quantize with a limit, its predicted time said
         assert page.get_by_text(re.compile(r"^Predicted time: ")).count() == 1
-        page.get_by_label("KLD windows (--limit)", exact=True).fill("1")
+        page.get_by_label("KLD windows (--limit)", exact=True).fill("2")
         page.keyboard.press("Enter")
         wait_idle(page)
         page.get_by_role("button", name="Quantize", exact=True).click()
@@ -110,7 +102,7 @@ def test_the_walk(tmp_path):
         refine = [r for r in jobs if r.spec.get("refine")]
         ship = [r for r in jobs if r.spec.get("ship")]
         assert [r.status for r in refine + ship] == ["done", "done"], [r.error for r in jobs]
-        assert ship[0].spec["limit"] == 1
+        assert ship[0].spec["limit"] == 2
         nav(page, "Runs")
         page.get_by_text(re.compile("refine @")).first.wait_for(state="attached", timeout=60_000)
         no_raw(page)
@@ -140,8 +132,9 @@ def test_the_walk(tmp_path):
         held()
         no_raw(page)
 
-        # a bad model name answers with an error, not a hang
+        # a bad model name answers with an error, fast: the hub is off (HF_HUB_OFFLINE, set
+        # for every test) — about 0.5 s here, page render included
         t0 = time.time()
         page.goto(f"{url}/?model=no-such-model-xyz")
         page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=60_000)
-        assert time.time() - t0 < 30
+        assert time.time() - t0 < 10

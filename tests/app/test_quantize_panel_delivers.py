@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -87,3 +88,29 @@ def test_the_panel_takes_limit_and_iters_and_predicts_the_time(tmp_path, allocat
     at.number_input(key="allocate_quantize_iters").set_value(50).run()
     (caption,) = [c.value for c in at.caption if c.value.startswith("Predicted time")]
     assert "not known yet" in caption and "iters 50" in caption
+
+
+def test_the_panel_promises_the_bytes_the_job_checks_the_files_against(tmp_path, allocate_page):
+    """The panel's size is the job's predicted checkpoint bytes (what ``quantize`` compares
+    the written files with), per format; a format that cannot hold the recipe says why."""
+    from mixviz.models.loading import resolve_model
+    from mixviz.runs.runspec import RunSpec
+    from mixviz.runs.ship.delivery import predicted_bytes
+
+    at = allocate_page
+
+    def promised() -> str:
+        (said,) = [c.value for c in at.caption if c.value.startswith("The checkpoint: ")]
+        return said
+
+    m = re.search(r"\(([\d,]+) bytes\) as an auto_round file", promised())
+    assert m, promised()
+    _quantize_into(at, tmp_path / "a")
+    (job,) = [r for r in Store().list() if r.spec.get("ship")]
+    assert int(m[1].replace(",", "")) == predicted_bytes(
+        resolve_model("tiny"), RunSpec.from_dict(job.spec)
+    )
+    at.selectbox(key="allocate_quantize_format").set_value("llm_compressor").run()
+    assert re.search(r"MiB \([\d,]+ bytes\) as a llm_compressor file", promised()), promised()
+    at.selectbox(key="allocate_quantize_format").set_value("auto_gptq").run()
+    assert promised().startswith("The checkpoint: — (an auto_gptq checkpoint cannot hold")

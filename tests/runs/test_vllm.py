@@ -252,6 +252,22 @@ def test_vllm_cpu_loads_a_mixed_demo_checkpoint_and_measures_what_mixviz_does(tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["auto_round", "llm_compressor"])
+def test_vllm_cpu_loads_the_mix_in_each_format_it_takes(tmp_path, cache, fmt):
+    """The other formats vLLM-CPU loads (README's "which format loads where"): the same mixed
+    W4 recipe under ``--target vllm-cpu-avx512``, loaded by vLLM and agreeing with mixviz."""
+    if not vllm_check.available():
+        pytest.skip(f"no vLLM venv at {vllm_check.vllm_python()} (bash .ci/vllm.sh)")
+    if not _wna16_kernel():
+        pytest.skip("no WNA16 kernel in this CPU's vLLM build (no AVX-512): see the test above")
+    r, doc = _quantize(tmp_path, cache, fmt, _mixed_w4_plan(), fmt, "--target", "vllm-cpu-avx512")
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = doc["ship"]["vllm"]
+    assert said["ok"] and said["dtype"] == "float16" and said["isa"] == "avx512", said
+    print(fmt, vllm_check.vllm_line(said))
+
+
+@pytest.mark.slow
 def test_vllm_cpu_without_avx512_refuses_every_quantized_checkpoint(tmp_path, cache):
     """``vllm-cpu-avx2``'s rule, proven by vLLM's AVX2 build itself (on any x86 CPU:
     ``MIXVIZ_VLLM_CPU_ISA=avx2`` makes vLLM take that build's kernels): ``--target vllm-cpu``

@@ -11,6 +11,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from screen import RAW
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MIXVIZ_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -100,3 +102,11 @@ def wait_idle(page, timeout: float = 120_000, settle_ms: int = 200) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout
     )
+
+
+def no_raw(page) -> None:
+    """No raw ``None``/``nan``/``<NA>`` (:data:`screen.RAW`) in the page's text (shown with
+    its context when there is)."""
+    text = page.inner_text("body")
+    hit = RAW.search(text)
+    assert hit is None, text[max(hit.start() - 80, 0) : hit.end() + 80]
