@@ -75,22 +75,25 @@ def quantize_panel(
 
 
 def checkpoint_size(choice: Choice, recipe: dict[str, str], fmt: str) -> str:
-    """``The checkpoint: 123.4 MiB …``: the written files' predicted bytes, by the function
-    ``quantize`` checks them against, or why this format cannot hold the recipe."""
-    from mixviz.models.targets import check_format
+    """``The checkpoint: 123.4 MiB …``: the written files' predicted bytes, as ``quantize``
+    predicts them (and records beside the bytes written), or why this format cannot hold the
+    recipe."""
+    from mixviz.models.targets import check_format, gguf_option
 
     layers = model_layers(choice.model)
     plan = {**{n: "BF16" for n, x in layers.items() if x.block is not None}, **recipe}
     try:
         check_format(plan, fmt, {n: x.in_features for n, x in layers.items()})
+        if fmt == "gguf":  # written as its GGML equivalent (W4A16G32 → Q4_0), priced as that
+            plan = {n: gguf_option(o) for n, o in plan.items()}
         size = checkpoint_bytes(
             choice.model, tuple(sorted(plan.items())), fmt, choice.device, choice.dtype
         )
     except MixvizError as e:
         return f"The checkpoint: — ({e})"
     return (
-        f"The checkpoint: {size / 2**20:.1f} MiB ({size:,} bytes) as {_an(fmt)} file, predicted "
-        "by the function quantize checks the written files against"
+        f"The checkpoint: {size / 2**20:.1f} MiB ({size:,} bytes) as {_an(fmt)} file, as "
+        "quantize predicts it (recorded beside the bytes it writes)"
     )
 
 

@@ -217,7 +217,7 @@ def error_column(frame, y: str) -> str | None:
     return next((c for c in candidates if c in frame), None)
 
 
-COUNTS = {"accuracy": ("n_items", "item"), "kld": ("kld_windows", "window")}
+COUNTS = {"accuracy": ("fewest_items", "item per task"), "kld": ("kld_windows", "window")}
 """The column counting what each chart's ``y`` rests on (a task's: ``<task>:items``)."""
 
 
@@ -227,8 +227,8 @@ def interval_notes(frame, y: str) -> list[str]:
 
     >>> import pandas as pd
     >>> interval_notes(pd.DataFrame({"accuracy": [0.6, 0.5], "accuracy_se": [0.02, None],
-    ...     "n_items": [50, 1]}), "accuracy")
-    ['± 0.0200', '± — (1 item: no interval)']
+    ...     "fewest_items": [50, 1]}), "accuracy")
+    ['± 0.0200', '± — (1 item per task: no interval)']
     """
     from mixviz.report.tables import no_interval
 

@@ -78,6 +78,7 @@ def run_points(profile, runs) -> list[dict]:
             "kld": getattr(row, "kld", None),
             "kld_se": getattr(row, "kld_se", None),
             "n_items": getattr(row, "n_items", None),
+            "fewest_items": getattr(row, "fewest_items", None),
             "kld_windows": getattr(row, "kld_windows", None),
             "_weight": _tokens(row),
         }

@@ -13,6 +13,7 @@ rollback journal, which relies on the share's POSIX locks; set it on every machi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -407,7 +408,10 @@ class Store:
 
 
 def _row(r: sqlite3.Row) -> RunRow:
-    d = dict(r)
+    """A row as a :class:`RunRow`; columns a newer schema added (another process migrated
+    the store while this one had it open) are left out, not an error."""
+    known = {f.name for f in dataclasses.fields(RunRow)}
+    d = {k: v for k, v in dict(r).items() if k in known}
     d["spec"] = json.loads(d["spec"])
     return RunRow(**d)
 

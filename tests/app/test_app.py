@@ -388,32 +388,35 @@ def test_results_page_table_in_study_style(monkeypatch, tmp_path):
 
 
 def test_results_charts_say_a_one_item_run_has_no_interval(monkeypatch, tmp_path):
-    """Issue 35: "acc ± standard error" with no ± and no reason. Runs of 1 item each: the
-    accuracy and per-task charts say "± — (1 item: no interval)" under them and per point,
-    and a run with a standard error keeps its ±."""
+    """Issue 35: "acc ± standard error" with no ± and no reason. Runs of 1 item per task over
+    two tasks: the average's chart says "1 item per task" (as the table), each task's chart
+    "1 item", under them and per point; a run with a standard error keeps its ±."""
     monkeypatch.setenv("MIXVIZ_CACHE", str(tmp_path))
-    store, task = Store(), "mixviz_lastword"
+    store, tasks = Store(), ("mixviz_lastword", "mixviz_nextsent")
     for budget, se in ((4.5, None), (5.0, None), (6.0, 0.02)):
         spec = RunSpec(
             model="tiny",
             recipe={"model.layers.0.mlp.up_proj": "MXFP4" if budget < 6 else "MXFP8"},
-            tasks=(task,),
+            tasks=tasks,
             strategy="optimal",
             budget=budget,
             limit=1,
         )
         run_id = _fake_run(store, spec, 0.5)
         items = 1.0 if se is None else 50.0
-        store.put_results(run_id, [(task, "acc", 0.5, se), (task, "items", items, None)])
+        for task in tasks:
+            store.put_results(run_id, [(task, "acc", 0.5, se), (task, "items", items, None)])
     at = _app("app_pages/results.py", model="tiny")
     assert not at.exception and not at.error
-    said = "No error bar on 2 of 3 points: ± — (1 item: no interval)"
-    assert [c.value for c in at.caption].count(said) == 2  # the average's chart and the task's
-    for element in at.get("plotly_chart"):
-        (line,) = json.loads(element.proto.spec)["data"]
-        assert line["customdata"][:2] == ["± — (1 item: no interval)"] * 2
-        assert line["customdata"][2] == "± 0.0200"
-        assert "%{customdata}" in line["hovertemplate"]
+    captions = [c.value for c in at.caption]
+    per_task = "± — (1 item: no interval)"
+    average = "± — (1 item per task: no interval)"
+    assert captions.count(f"No error bar on 2 of 3 points: {per_task}") == 1  # the task's chart
+    assert captions.count(f"No error bar on 2 of 3 points: {average}") == 1
+    notes = [json.loads(e.proto.spec)["data"][0]["customdata"] for e in at.get("plotly_chart")]
+    assert sorted(n[:2] for n in notes) == [[average] * 2, [per_task] * 2], notes
+    for line_notes in notes:
+        assert line_notes[2] == "± 0.0200"
 
 
 def test_results_page_one_run_has_sensible_axes(monkeypatch, tmp_path):

@@ -158,7 +158,7 @@ def test_vllm_cpu_without_avx512_serves_nothing_quantized(tmp_path, tiny_ref, mo
     prof = synthetic_profile(SHAPES, 3, ["W4A16G32", "BF16"], seed=3)
     got = allocate(Problem.from_profile(prof, target="vllm-cpu-avx2"), 16, "optimal").layers
     assert set(got.values()) == {"BF16"}
-    with pytest.raises(MixvizError, match="BF16 layers only|no option|infeasible|cannot"):
+    with pytest.raises(MixvizError, match="no option is available"):
         Problem.from_profile(synthetic_profile(SHAPES, 3, ["W4A16G32"], seed=3),
                              target="vllm-cpu-avx2").feasible_range()  # fmt: skip
     monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx3")

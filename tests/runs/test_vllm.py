@@ -82,6 +82,10 @@ def test_verify_with_changes_the_key_only_when_asked():
     assert old.key == RunSpec(**base, ship=ShipArgs("auto_round", "/tmp/y")).key
     asked = RunSpec(**base, ship=ShipArgs("auto_round", "/tmp/x", ("vllm",)))
     assert asked.key != old.key and RunSpec.from_dict(asked.to_dict()) == asked
+    # the kernel build the check runs is part of what it checked
+    builds = {RunSpec(**base, ship=ShipArgs("auto_round", "/tmp/x", ("vllm",), isa)).key
+              for isa in ("avx2", "avx512")}  # fmt: skip
+    assert len(builds) == 2 and asked.key not in builds
     with pytest.raises(MixvizError, match="--verify-with 'sglang'"):
         ShipArgs("auto_round", "/tmp/x", ("sglang",))
 
@@ -122,6 +126,7 @@ def test_quantize_says_not_checked_without_vllm_and_fails_when_vllm_refuses(
 def test_the_check_runs_vllm_as_on_the_cpu_asked_for(tmp_path, monkeypatch, tiny_ref):
     """``MIXVIZ_VLLM_CPU_ISA`` reaches vLLM's scorer (which then takes that CPU's kernels), the
     record says which kernels ran, and AVX-512 asked on a CPU without it is not checked."""
+    from mixviz.models import cpu_isa
     from mixviz.runs.evaluation.kld import compute_reference
 
     fake = _fake_vllm(
@@ -135,8 +140,15 @@ def test_the_check_runs_vllm_as_on_the_cpu_asked_for(tmp_path, monkeypatch, tiny
     doc = vllm_check.vllm_check(tmp_path, ref, None)
     assert doc["refused"] == "ValueError: ran as avx2" and doc["isa"] == "avx2"
     assert vllm_check.vllm_line(doc).startswith("vLLM 0.32.0 (AVX2 kernels) in float16")
+    monkeypatch.delenv("MIXVIZ_VLLM_CPU_ISA")  # this CPU's build, from its flags
+    monkeypatch.setattr(cpu_isa, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert vllm_check.vllm_check(tmp_path, ref, None)["refused"] == "ValueError: ran as avx2"
+    monkeypatch.setattr(cpu_isa, "_cpu_flags", lambda: {"avx512f", "avx512bw", "avx512vl",
+                                                        "avx512dq"})  # fmt: skip
+    assert vllm_check.vllm_check(tmp_path, ref, None)["refused"] == "ValueError: ran as avx512"
+    assert vllm_check.vllm_check(tmp_path, ref, None, isa="avx2")["isa"] == "avx2"  # the spec's
     monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx512")
-    monkeypatch.setattr(vllm_check, "_has_avx512", lambda: False)
+    monkeypatch.setattr(cpu_isa, "_cpu_flags", lambda: {"avx2"})
     assert "this CPU has no AVX-512" in vllm_check.vllm_check(tmp_path, ref, None)["skipped"]
 
 
@@ -149,6 +161,26 @@ class _Uniform(torch.nn.Module):
 
     def forward(self, ids):
         return type("Out", (), {"logits": torch.zeros(*ids.shape, 50)})()
+
+
+def test_a_spec_records_the_build_its_target_names(tmp_path, cache, tiny_ref, monkeypatch):
+    """``--target vllm-cpu-avx512 --verify-with vllm`` checks with AVX-512 kernels whatever
+    CPU the worker runs on; ``vllm-cpu`` (or no target) records this CPU's build."""
+    from mixviz.models.inventory import inventory
+    from mixviz.models.loading import meta_model
+    from mixviz.models.targets import resolve_target
+    from mixviz.runs.ship.step import quantize_spec
+
+    layers = inventory(meta_model(tiny_ref))
+    w4 = {x.name: "W4A16G32" for x in layers if x.block is not None}
+    monkeypatch.setenv("MIXVIZ_VLLM_CPU_ISA", "avx2")
+    spec = quantize_spec(tiny_ref, w4, "auto_round", tmp_path / "o", layers=layers,
+                         target="vllm-cpu-avx512", verify_with=("vllm",))  # fmt: skip
+    assert spec.ship.vllm_isa == "avx512"
+    spec = quantize_spec(tiny_ref, w4, "auto_round", tmp_path / "o", layers=layers,
+                         verify_with=("vllm",))  # fmt: skip
+    assert spec.ship.vllm_isa == "avx2"
+    assert resolve_target("vllm-cpu") == "vllm-cpu-avx2"  # what refine jobs and recipes record
 
 
 def test_quantize_refuses_one_window(tmp_path, cache, tiny_ref):

@@ -85,7 +85,7 @@ def vllm_check(
     ``{"refused": vLLM's error}`` when it will not load the files, else its KLD summary, the paired
     differences and ``ok``. vLLM's own log goes to ``log`` (the run's ``vllm.log``). ``isa``: the
     kernel build vLLM runs with (the spec's; else this CPU's or ``$MIXVIZ_VLLM_CPU_ISA``'s)."""
-    from mixviz.models.targets import vllm_cpu_isa
+    from mixviz.models.cpu_isa import vllm_cpu_isa
 
     if not available():
         return {
@@ -128,7 +128,7 @@ def vllm_check(
 
 
 def _has_avx512() -> bool:
-    from mixviz.models.targets import cpu_isa_here
+    from mixviz.models.cpu_isa import cpu_isa_here
 
     return cpu_isa_here() == "avx512"
 
