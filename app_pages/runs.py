@@ -12,7 +12,7 @@ from mixviz.report.tables import DISPLAY, primary_metric, rests_on
 from mixviz.runs.evaluation.tasks import BUNDLED_TASKS, check_tasks
 from mixviz.runs.jobs.backends import get_backend, read_log, submit_once
 from mixviz.runs.jobs.logs import clean_log
-from mixviz.runs.progress import duration, eta_text
+from mixviz.runs.progress import duration
 from mixviz.runs.runspec import RunSpec
 from mixviz.runs.ship.delivery import checkpoint_state
 from mixviz.runs.ship.step import ship_document
@@ -172,7 +172,7 @@ def run_time(row) -> str:
     """``'took 1:15'`` once finished; ``'0:40 elapsed, ~2:00 left'`` while it runs."""
     if row.status in FINAL:
         return f"took {duration(row.elapsed)}" if row.elapsed is not None else ""
-    return eta_text(row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by)
+    return row.eta()
 
 
 def queue_frame(rows) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mixviz.errors import MixvizError
-from mixviz.models.targets import FORMATS
+from mixviz.models.targets import FORMATS, a_or_an
 from mixviz.paths import cache_dir, safe_filename
 from ui.caches import checkpoint_bytes, model_layers, model_ref
 from ui.sidebar import Choice
@@ -78,21 +78,19 @@ def checkpoint_size(choice: Choice, recipe: dict[str, str], fmt: str) -> str:
     """``The checkpoint: 123.4 MiB …``: the written files' predicted bytes, as ``quantize``
     predicts them (and records beside the bytes written), or why this format cannot hold the
     recipe."""
-    from mixviz.models.targets import check_format, gguf_option
+    from mixviz.models.targets import check_format
 
     layers = model_layers(choice.model)
     plan = {**{n: "BF16" for n, x in layers.items() if x.block is not None}, **recipe}
     try:
         check_format(plan, fmt, {n: x.in_features for n, x in layers.items()})
-        if fmt == "gguf":  # written as its GGML equivalent (W4A16G32 → Q4_0), priced as that
-            plan = {n: gguf_option(o) for n, o in plan.items()}
         size = checkpoint_bytes(
             choice.model, tuple(sorted(plan.items())), fmt, choice.device, choice.dtype
         )
     except MixvizError as e:
         return f"The checkpoint: — ({e})"
     return (
-        f"The checkpoint: {size / 2**20:.1f} MiB ({size:,} bytes) as {_an(fmt)} file, as "
+        f"The checkpoint: {size / 2**20:.1f} MiB ({size:,} bytes) as {a_or_an(fmt)} file, as "
         "quantize predicts it (recorded beside the bytes it writes)"
     )
 
@@ -140,7 +138,3 @@ def profile_imatrix(profile) -> str | None:
         st.warning(f"The profile was weighted by the importance matrix {profile.imatrix}, "
                    "which is not kept here: the checkpoint is quantized without it")  # fmt: skip
     return None if path is None else str(path)
-
-
-def _an(fmt: str) -> str:
-    return f"{'an' if fmt[0] in 'aeiou' else 'a'} {fmt}"

@@ -19,7 +19,6 @@ from mixviz.models.targets import resolve_target
 from mixviz.paths import cache_dir
 from mixviz.runs.evaluation.measure import load_refinement
 from mixviz.runs.jobs.refine import answer_path, refine_spec, rounds_so_far
-from mixviz.runs.progress import eta_text
 from mixviz.runs.runspec import RefineArgs, RunSpec
 from mixviz.runs.store import FINAL, RunRow, Store
 
@@ -132,9 +131,7 @@ def follow(row: RunRow) -> None:
 
     text = "queued behind other jobs"
     if row.started:
-        text = eta_text(
-            row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by
-        )
+        text = row.eta()
     st.progress(min(max(row.progress, 0.0), 1.0), text=f"{row.stage or row.status} · {text}")
     done = rounds_so_far(row.id)
     if done:

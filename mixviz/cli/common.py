@@ -36,11 +36,7 @@ class JobLine:
     def show(self, row) -> None:
         import time
 
-        from mixviz.runs.progress import eta_text
-
-        eta = eta_text(
-            row.progress, row.started, progressed=row.progressed, finish_by=row.finish_by
-        )
+        eta = row.eta()
         text = f"{row.id}: {row.status} {row.stage} {row.progress:.0%}" + (
             f" · {eta}" if eta else ""
         )

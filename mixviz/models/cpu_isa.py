@@ -7,6 +7,7 @@ one in ``platforms/cpu.py`` ``import_kernels`` by ``torch.cpu._is_avx512_support
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -52,11 +53,13 @@ def cpu_isa_here() -> str:
     return "avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else "avx2"
 
 
-def _cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (None where it cannot be read)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (None where it cannot be read), read once
+    per process: ``vllm-cpu`` is resolved on every :func:`~mixviz.models.targets.get_runtime`."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
-    return set(line.split(":", 1)[1].split()) if line else None
+    return frozenset(line.split(":", 1)[1].split()) if line else None

@@ -242,7 +242,10 @@ def predicted_bytes(
     layers' bytes (:func:`layer_bytes`; BF16 layers of a safetensors file in the run's
     ``dtype``) plus :func:`overhead` of the quantized ones."""
     from mixviz.models.schemes import get_scheme, layer_bits
+    from mixviz.models.targets import gguf_option
 
+    if fmt == "gguf":  # a layer is written as its GGML equivalent (W4A16G32 → Q4_0): priced so
+        plan = {name: gguf_option(option) for name, option in plan.items()}
     mods = dict(model.named_modules())
     data, quantized = 0, set()
     for name, option in plan.items():

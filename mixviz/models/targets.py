@@ -347,7 +347,7 @@ def gguf_option(option: str) -> str:
     return GGML_EQUIVALENT.get(name, name)
 
 
-def _a(fmt: str) -> str:
+def a_or_an(fmt: str) -> str:
     """``"an auto_round"``, ``"a gguf"``: the format as the refusal's subject, worded for the
     app and the CLI alike (no ``--format`` flag in it)."""
     return f"{'an' if fmt[0] in 'aeiou' else 'a'} {fmt}"
@@ -382,14 +382,14 @@ def check_format(plan: dict[str, str], fmt: str, widths: dict[str, int]) -> None
     ggml = [n for n, s in quantized.items() if s.family == "ggml"]
     if ggml:
         raise MixvizError(
-            f"{_a(fmt)} checkpoint cannot hold GGML types ({ggml[0]} at {plan[ggml[0]]}): "
+            f"{a_or_an(fmt)} checkpoint cannot hold GGML types ({ggml[0]} at {plan[ggml[0]]}): "
             "choose the gguf format"
         )
     if len(families) > 1:
         first = {f: next(n for n, s in quantized.items() if s.family == f) for f in families}
         example = ", ".join(f"{first[f]} at {plan[first[f]]}" for f in families)
         raise MixvizError(
-            f"{_a(fmt)} checkpoint cannot mix {' and '.join(families)} ({example}): {rule}"
+            f"{a_or_an(fmt)} checkpoint cannot mix {' and '.join(families)} ({example}): {rule}"
         )
     if fmt == "auto_gptq" and families and families != ["int"]:
         name = next(iter(quantized))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mixviz.errors import MixvizError
 from mixviz.paths import cache_dir
-from mixviz.runs.progress import promise
+from mixviz.runs.progress import eta_text, promise
 
 SCHEMA_VERSION = 3  # 2: ``progressed``, when the progress last advanced; 3: ``finish_by``
 ADDED = {2: "progressed REAL", 3: "finish_by REAL"}  # the column each version added
@@ -150,6 +150,12 @@ class RunRow:
     error: str | None
     progressed: float | None = None  # when ``progress`` last advanced (the estimate's pace)
     finish_by: float | None = None  # the estimate's promise, only ever brought forward
+
+    def eta(self) -> str:
+        """``'0:40 elapsed, ~2:00 left'`` for this job now (:func:`~mixviz.runs.progress.eta_text`
+        with its pace and its promise); ``''`` before it started."""
+        return eta_text(self.progress, self.started, progressed=self.progressed,
+                        finish_by=self.finish_by)  # fmt: skip
 
     @property
     def elapsed(self) -> float | None:
@@ -407,11 +413,13 @@ class Store:
         return out
 
 
+_ROW_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRow))
+
+
 def _row(r: sqlite3.Row) -> RunRow:
     """A row as a :class:`RunRow`; columns a newer schema added (another process migrated
     the store while this one had it open) are left out, not an error."""
-    known = {f.name for f in dataclasses.fields(RunRow)}
-    d = {k: v for k, v in dict(r).items() if k in known}
+    d = {k: v for k, v in dict(r).items() if k in _ROW_FIELDS}
     d["spec"] = json.loads(d["spec"])
     return RunRow(**d)
 

@@ -5,7 +5,6 @@ Ctrl-C cancels the job the command queued (one it reused is left running)."""
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,15 +17,14 @@ class Terminal(io.StringIO):
 
 
 def row(started: float, progress: float = 0.1, status: str = "running", stage: str = "x"):
-    return SimpleNamespace(
-        id="r1",
-        status=status,
-        stage=stage,
-        progress=progress,
-        started=started,
-        progressed=None,
-        finish_by=None,
-    )
+    """A stored job's row as the line reads it (what the store does not matter here: blank)."""
+    from mixviz.runs.store import RunRow
+
+    return RunRow(
+        id="r1", key="", model="", label="", spec={}, status=status, stage=stage,
+        progress=progress, created=started, started=started, finished=None, backend="local",
+        backend_id=None, pid=None, heartbeat=None, avg_bits=None, error=None,
+    )  # fmt: skip
 
 
 def test_on_a_terminal_the_line_ticks_every_poll(monkeypatch):
